@@ -1,0 +1,57 @@
+"""The billing service: customers, invoices, payments, documents and notifications."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flask import Flask
+
+from billing.adapters.stripe_gateway import StripeGateway, StripeSdkGateway
+from billing.adapters.task_queue import CeleryJobPublisher, JobPublisher
+from billing.config import Settings, broker_and_result_urls
+from billing.extensions import db
+from billing.logging import configure_logging
+
+# One mebibyte: far above any honest request (500 lines of 500 characters), far below harm.
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def create_app(
+    env: Mapping[str, str] | None = None,
+    *,
+    publisher: JobPublisher | None = None,
+    stripe_gateway: StripeGateway | None = None,
+) -> Flask:
+    """Build the app from the environment (or `env`); adapters may be swapped for tests."""
+    settings = Settings.from_env(env)
+    configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config.update(settings.flask_config())
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    db.init_app(app)
+
+    broker_url, result_url = broker_and_result_urls(settings.redis_url)
+    app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(broker_url, result_url)
+    app.extensions["billing.stripe"] = stripe_gateway or StripeSdkGateway(
+        settings.stripe_api_key, settings.stripe_api_base
+    )
+
+    from flask_mail import Mail
+
+    Mail(app)
+
+    from billing.api import customers, health, invoices, jobs, openapi
+    from billing.api.errors import register_error_handlers
+    from billing.api.middleware import register_middleware
+
+    register_middleware(app)
+    register_error_handlers(app)
+    for blueprint in (health.bp, openapi.bp, customers.bp, invoices.bp, jobs.bp):
+        app.register_blueprint(blueprint)
+
+    from billing.cli import register_cli
+
+    register_cli(app)
+    return app

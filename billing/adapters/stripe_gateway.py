@@ -1,0 +1,110 @@
+"""Stripe behind a small interface: the real SDK, pointed at Stripe or at a local emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import stripe
+
+
+class StripeUnavailable(Exception):
+    """No answer, a timeout, a 5xx or a rate limit: the outcome is unknown, never a failure."""
+
+
+class StripeRejected(Exception):
+    """Stripe answered with a definite refusal (invalid request, card error)."""
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+class StripeGateway(Protocol):
+    def create_customer(
+        self, *, name: str, email: str, metadata: dict[str, str], idempotency_key: str
+    ) -> str: ...
+
+    def find_customer_by_metadata(self, key: str, value: str) -> str | None: ...
+
+    def attach_default_payment_method(
+        self, *, stripe_customer_id: str, payment_method: str, idempotency_key: str
+    ) -> None: ...
+
+
+class StripeSdkGateway:
+    # Timeouts bound how long a worker waits for an answer it may never get; what
+    # happens after a timeout is the caller's reconciliation, never a blind retry.
+    TIMEOUT_SECONDS = 20
+
+    def __init__(self, api_key: str, api_base: str | None = None) -> None:
+        base_addresses = {"api": api_base} if api_base else {}
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses=base_addresses,  # type: ignore[arg-type]
+            # The SDK must never retry on its own: a retried create is a second object
+            # on any server that does not deduplicate, and we own every retry.
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=self.TIMEOUT_SECONDS),
+        )
+        # Stripe's search API exists on Stripe itself, not on the local emulator.
+        self._has_search = api_base is None
+
+    def create_customer(
+        self, *, name: str, email: str, metadata: dict[str, str], idempotency_key: str
+    ) -> str:
+        with _translated_errors():
+            customer = self._client.v1.customers.create(
+                params={"name": name, "email": email, "metadata": metadata},
+                options={"idempotency_key": idempotency_key},
+            )
+        return str(customer.id)
+
+    def find_customer_by_metadata(self, key: str, value: str) -> str | None:
+        with _translated_errors():
+            if self._has_search:
+                found = self._client.v1.customers.search(
+                    params={"query": f"metadata['{key}']:'{value}'", "limit": 1}
+                )
+                return str(found.data[0].id) if found.data else None
+            page = self._client.v1.customers.list(params={"limit": 100})
+            for customer in page.auto_paging_iter():
+                metadata: dict[str, Any] = customer.to_dict().get("metadata") or {}
+                if metadata.get(key) == value:
+                    return str(customer.id)
+        return None
+
+    def attach_default_payment_method(
+        self, *, stripe_customer_id: str, payment_method: str, idempotency_key: str
+    ) -> None:
+        with _translated_errors():
+            self._client.v1.payment_methods.attach(
+                payment_method,
+                params={"customer": stripe_customer_id},
+                options={"idempotency_key": f"{idempotency_key}:attach"},
+            )
+            self._client.v1.customers.update(
+                stripe_customer_id,
+                params={"invoice_settings": {"default_payment_method": payment_method}},
+                options={"idempotency_key": f"{idempotency_key}:default"},
+            )
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+        raise StripeUnavailable(str(exc)) from exc
+    except stripe.StripeError as exc:
+        if (exc.http_status or 0) >= 500:
+            raise StripeUnavailable(str(exc)) from exc
+        error = exc.error
+        raise StripeRejected(
+            (error.message if error else None) or str(exc),
+            code=exc.code,
+            param=error.param if error else None,
+        ) from exc

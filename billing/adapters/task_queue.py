@@ -1,0 +1,65 @@
+"""Publishing recorded jobs to the Celery broker by name (the relay's only outside call)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from celery import Celery
+
+from billing.jobs import queue_for
+
+
+class JobPublisher(Protocol):
+    def publish(self, job_id: str, job_name: str, request_id: str | None) -> None: ...
+
+    def ping(self) -> None: ...
+
+
+def celery_settings(broker_url: str, result_url: str) -> dict[str, Any]:
+    """Settings shared by the publisher and the workers, so both speak the same protocol."""
+    return {
+        "broker_url": broker_url,
+        "result_backend": result_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # The outbox, not Celery's result backend, holds every job's state.
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Longer than the longest task (a PDF render, a Stripe call with its timeouts),
+        # or Redis would hand a running task to a second worker.
+        "broker_transport_options": {"visibility_timeout": 3600},
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": "billing",
+        "enable_utc": True,
+    }
+
+
+class CeleryJobPublisher:
+    """Sends a job id to its queue; the worker reads the rest from the outbox."""
+
+    def __init__(self, broker_url: str, result_url: str) -> None:
+        self._celery = Celery("billing-relay", set_as_current=False)
+        self._celery.conf.update(celery_settings(broker_url, result_url))
+        # A publish that cannot reach Redis must fail fast: the job stays recorded and the
+        # sweeper sends it later, so the web request need not wait for the broker.
+        self._celery.conf.broker_transport_options = {
+            **self._celery.conf.broker_transport_options,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        }
+
+    def publish(self, job_id: str, job_name: str, request_id: str | None) -> None:
+        self._celery.send_task(
+            job_name,
+            kwargs={"job_id": job_id},
+            queue=queue_for(job_name),
+            headers={"request_id": request_id} if request_id else None,
+            retry=False,
+        )
+
+    def ping(self) -> None:
+        with self._celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)

@@ -1,0 +1,237 @@
+"""One decorator per route: authentication, parsing, idempotency, shaping, and the OpenAPI
+entry, all from the same declaration so that the document cannot drift from the code."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+from pydantic import BaseModel, ValidationError
+
+from billing.api.errors import ApiError, RequestInvalid, from_service_error, from_validation_error
+from billing.extensions import db
+from billing.services import context, ledger
+from billing.services.api_keys import Principal
+from billing.services.errors import ServiceError
+from billing.services.ledger import Claim
+from billing.services.unit_of_work import transaction
+
+# Longer than gunicorn's worker timeout: a request still holding its key is alive.
+IDEMPOTENT_REQUEST_LEASE = timedelta(seconds=60)
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+ViewResult = tuple[BaseModel | None, int]
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    method: str
+    path: str
+    summary: str
+    tag: str
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    admin_only: bool
+    public: bool
+    errors: tuple[int, ...]
+
+
+ENDPOINTS: list[EndpointSpec] = []
+
+
+def principal() -> Principal:
+    found: Principal = g.principal
+    return found
+
+
+def customer_scope() -> str | None:
+    """None for an admin key; the key's own customer otherwise."""
+    return principal().customer_id
+
+
+def _parse_body(model: type[BaseModel] | None) -> BaseModel | None:
+    raw = request.get_data(cache=True)
+    if model is None:
+        if raw.strip() in (b"", b"{}"):
+            return None
+        raise RequestInvalid(400, "parameter_unknown", "this endpoint takes no parameters")
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise from_validation_error(exc) from exc
+
+
+def _parse_query(model: type[BaseModel] | None) -> BaseModel | None:
+    if model is None:
+        return None
+    args: dict[str, Any] = {}
+    for key in request.args:
+        values = request.args.getlist(key)
+        if len(values) > 1:
+            raise RequestInvalid(400, "parameter_invalid", f"{key} given more than once", param=key)
+        args[key] = values[0]
+    try:
+        return model.model_validate(args, strict=False)
+    except ValidationError as exc:
+        raise from_validation_error(exc, location="query") from exc
+
+
+def _fingerprint() -> str:
+    raw = request.get_data(cache=True)
+    try:
+        canonical = json.dumps(json.loads(raw or b"{}"), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        canonical = raw.decode("utf-8", "replace")
+    material = f"{request.method} {request.path}\n{canonical}"
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _shape(result: ViewResult) -> tuple[Any, int]:
+    model, status = result
+    return (model.model_dump(mode="json") if model is not None else None), status
+
+
+def _json(body: Any, status: int) -> Response:
+    response = jsonify(body) if body is not None else Response(status=status)
+    response.status_code = status
+    return response
+
+
+def _run_idempotently(view: Callable[[], ViewResult], atomic: bool) -> Response:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return _json(*_shape(view()))
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise RequestInvalid(
+            400,
+            "idempotency_key_invalid",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+            param="Idempotency-Key",
+        )
+    keep_for = timedelta(hours=context.settings().idempotency_key_ttl_hours)
+    claimed = ledger.claim(
+        f"api:{principal().api_key_id}",
+        key,
+        _fingerprint(),
+        lease=IDEMPOTENT_REQUEST_LEASE,
+        keep_for=keep_for,
+    )
+    if claimed.claim is Claim.MISMATCH:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with different parameters or another endpoint",
+            param="Idempotency-Key",
+        )
+    if claimed.claim is Claim.IN_PROGRESS:
+        raise ApiError(
+            409,
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still running; retry later",
+            param="Idempotency-Key",
+        )
+    if claimed.claim is Claim.DONE:
+        response = _json(claimed.response_body, claimed.response_status or 200)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    try:
+        if atomic:
+            # The change and its stored response commit together: no crash can leave one
+            # without the other, so a retry never performs the request twice.
+            with transaction():
+                body, status = _shape(view())
+                ledger.complete(
+                    claimed.entry_id, "succeeded", response_status=status, response_body=body
+                )
+        else:
+            body, status = _shape(view())
+            with transaction():
+                ledger.complete(
+                    claimed.entry_id, "succeeded", response_status=status, response_body=body
+                )
+    except RequestInvalid:
+        db.session.rollback()
+        ledger.release(claimed.entry_id)
+        raise
+    except (ApiError, ServiceError) as exc:
+        db.session.rollback()
+        error = exc if isinstance(exc, ApiError) else from_service_error(exc)
+        with transaction():
+            ledger.complete(
+                claimed.entry_id, "failed", response_status=error.status, response_body=error.body()
+            )
+        raise
+    except BaseException:
+        # Nothing was committed (the transaction rolled back): let a retry run afresh.
+        db.session.rollback()
+        ledger.release(claimed.entry_id)
+        raise
+    return _json(body, status)
+
+
+def endpoint(
+    blueprint: Blueprint,
+    rule: str,
+    method: str,
+    *,
+    summary: str,
+    response: type[BaseModel] | None,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    status: int = 200,
+    admin_only: bool = False,
+    public: bool = False,
+    atomic: bool = True,
+    errors: tuple[int, ...] = (),
+) -> Callable[[Callable[..., ViewResult]], Callable[..., Response]]:
+    prefix = blueprint.url_prefix or ""
+    path = prefix + rule.replace("<", "{").replace(">", "}")
+    ENDPOINTS.append(
+        EndpointSpec(
+            method=method.lower(),
+            path=path,
+            summary=summary,
+            tag=blueprint.name,
+            body=body,
+            query=query,
+            response=response,
+            status=status,
+            admin_only=admin_only,
+            public=public,
+            errors=errors,
+        )
+    )
+
+    def decorate(view: Callable[..., ViewResult]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def handle(**path_args: Any) -> Response:
+            if admin_only and not principal().is_admin:
+                raise ApiError(403, "permission_denied", "this action needs an admin API key")
+
+            def call() -> ViewResult:
+                kwargs = dict(path_args)
+                if body is not None or method == "POST":
+                    parsed = _parse_body(body)
+                    if body is not None:
+                        kwargs["body"] = parsed
+                if query is not None:
+                    kwargs["query"] = _parse_query(query)
+                return view(**kwargs)
+
+            if method == "POST":
+                return _run_idempotently(call, atomic)
+            return _json(*_shape(call()))
+
+        blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=handle, methods=[method])
+        return handle
+
+    return decorate

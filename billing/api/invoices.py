@@ -1,0 +1,148 @@
+"""/v1/invoices"""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from billing.api import schemas
+from billing.api.endpoint import ViewResult, customer_scope, endpoint
+from billing.api.serializers import invoice_out
+from billing.services import invoices as service
+
+bp = Blueprint("invoices", __name__, url_prefix="/v1/invoices")
+
+
+def _line(line: schemas.LineCreate) -> service.LineFields:
+    return service.LineFields(
+        description=line.description,
+        quantity=line.quantity,
+        unit_amount=line.unit_amount,
+        tax_rate=line.tax_rate,
+    )
+
+
+@endpoint(
+    bp,
+    "",
+    "POST",
+    summary="Create a draft invoice with lines",
+    body=schemas.InvoiceCreate,
+    response=schemas.InvoiceOut,
+    admin_only=True,
+    errors=(400, 403, 404, 422),
+)
+def create_invoice(body: schemas.InvoiceCreate) -> ViewResult:
+    invoice = service.create_invoice(
+        service.InvoiceFields(
+            customer_id=body.customer,
+            collection_method=body.collection_method,
+            currency=body.currency,
+            days_until_due=body.days_until_due,
+            due_date=body.due_date,
+            description=body.description,
+            metadata=body.metadata,
+            lines=[_line(line) for line in body.lines],
+        )
+    )
+    return invoice_out(invoice), 200
+
+
+@endpoint(
+    bp,
+    "",
+    "GET",
+    summary="List invoices, newest first",
+    query=schemas.InvoiceListQuery,
+    response=schemas.InvoiceList,
+    errors=(400,),
+)
+def list_invoices(query: schemas.InvoiceListQuery) -> ViewResult:
+    page = service.list_invoices(
+        customer_scope=customer_scope(),
+        customer_id=query.customer,
+        status=query.status,
+        limit=query.limit,
+        starting_after=query.starting_after,
+    )
+    return schemas.InvoiceList(
+        data=[invoice_out(i) for i in page.items], has_more=page.has_more
+    ), 200
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>",
+    "GET",
+    summary="Retrieve an invoice",
+    response=schemas.InvoiceOut,
+    errors=(404,),
+)
+def get_invoice(invoice_id: str) -> ViewResult:
+    return invoice_out(service.get_invoice(invoice_id, customer_scope=customer_scope())), 200
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/lines",
+    "POST",
+    summary="Add a line to a draft invoice",
+    body=schemas.LineCreate,
+    response=schemas.InvoiceOut,
+    admin_only=True,
+    errors=(400, 403, 404, 409),
+)
+def add_line(invoice_id: str, body: schemas.LineCreate) -> ViewResult:
+    line = service.add_line(invoice_id, _line(body))
+    return invoice_out(line.invoice), 200
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/lines/<line_id>",
+    "DELETE",
+    summary="Remove a line from a draft",
+    response=schemas.InvoiceOut,
+    admin_only=True,
+    errors=(403, 404, 409),
+)
+def delete_line(invoice_id: str, line_id: str) -> ViewResult:
+    return invoice_out(service.delete_line(invoice_id, line_id)), 200
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/finalize",
+    "POST",
+    summary="Finalize a draft: number it, open it",
+    response=schemas.InvoiceOut,
+    admin_only=True,
+    errors=(403, 404, 409, 422),
+)
+def finalize_invoice(invoice_id: str) -> ViewResult:
+    return invoice_out(service.finalize_invoice(invoice_id)), 200
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/void",
+    "POST",
+    summary="Void an open or uncollectible invoice",
+    response=schemas.InvoiceOut,
+    admin_only=True,
+    errors=(403, 404, 409),
+)
+def void_invoice(invoice_id: str) -> ViewResult:
+    return invoice_out(service.void_invoice(invoice_id)), 200
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/mark_uncollectible",
+    "POST",
+    summary="Mark an open invoice uncollectible",
+    response=schemas.InvoiceOut,
+    admin_only=True,
+    errors=(403, 404, 409),
+)
+def mark_uncollectible(invoice_id: str) -> ViewResult:
+    return invoice_out(service.mark_uncollectible(invoice_id)), 200

@@ -1,0 +1,29 @@
+"""/v1/jobs: the state of recorded follow-up work, read from the outbox."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from billing.api import schemas
+from billing.api.endpoint import ViewResult, endpoint
+from billing.api.serializers import job_out
+from billing.services import outbox
+from billing.services.errors import NotFound
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+@endpoint(
+    bp,
+    "/<job_id>",
+    "GET",
+    summary="Retrieve a job's state",
+    response=schemas.JobOut,
+    admin_only=True,
+    errors=(403, 404),
+)
+def get_job(job_id: str) -> ViewResult:
+    job = outbox.get_job(job_id)
+    if job is None:
+        raise NotFound(f"No such job: '{job_id}'", param="id")
+    return job_out(job), 200

@@ -1,0 +1,53 @@
+"""Request ids and authentication, around every request."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask, Response, g, request
+
+from billing.api.errors import ApiError
+from billing.ids import new_id
+from billing.logging import bind_context, clear_context
+from billing.services.api_keys import authenticate
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs")
+
+
+def register_middleware(app: Flask) -> None:
+    @app.before_request
+    def _bind_request_id() -> None:
+        clear_context()
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied if _REQUEST_ID.match(supplied) else new_id("req")
+        bind_context(request_id=g.request_id, method=request.method, path=request.path)
+
+    @app.before_request
+    def _authenticate() -> None:
+        if not request.path.startswith("/v1/") or request.path.startswith("/v1/webhooks/"):
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ApiError(
+                401,
+                "authentication_required",
+                "send your API key as 'Authorization: Bearer <key>'",
+            )
+        principal = authenticate(secret.strip())
+        if principal is None:
+            raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
+        g.principal = principal
+        bind_context(api_key_id=principal.api_key_id)
+
+    @app.after_request
+    def _return_request_id(response: Response) -> Response:
+        request_id = g.get("request_id")
+        if request_id:
+            response.headers["X-Request-ID"] = request_id
+        return response
+
+    @app.teardown_request
+    def _unbind(_exc: BaseException | None) -> None:
+        clear_context()

@@ -1,0 +1,128 @@
+"""/openapi.json, built from the same schemas that validate requests, and /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apispec import APISpec
+from flask import Blueprint, Response, jsonify, render_template
+from pydantic import BaseModel
+
+from billing.api.endpoint import ENDPOINTS, EndpointSpec
+from billing.api.schemas import ErrorResponse
+
+bp = Blueprint("docs", __name__, template_folder="templates")
+
+_REF = "#/components/schemas/{model}"
+
+
+def _register(spec: APISpec, model: type[BaseModel], mode: str = "validation") -> dict[str, str]:
+    schema = model.model_json_schema(ref_template=_REF, mode=mode)  # type: ignore[arg-type]
+    for name, definition in schema.pop("$defs", {}).items():
+        if name not in spec.components.schemas:
+            spec.components.schema(name, definition)
+    name = model.__name__
+    if name not in spec.components.schemas:
+        spec.components.schema(name, schema)
+    return {"$ref": _REF.format(model=name)}
+
+
+def _query_parameters(spec: APISpec, model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=_REF)
+    for name, definition in schema.pop("$defs", {}).items():
+        if name not in spec.components.schemas:
+            spec.components.schema(name, definition)
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", []),
+            "schema": prop,
+        }
+        for name, prop in schema.get("properties", {}).items()
+    ]
+
+
+def _operation(spec: APISpec, endpoint: EndpointSpec) -> dict[str, Any]:
+    error_ref = _register(spec, ErrorResponse, mode="serialization")
+    parameters: list[dict[str, Any]] = [
+        {"name": part.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
+        for part in endpoint.path.split("/")
+        if part.startswith("{")
+    ]
+    if endpoint.query is not None:
+        parameters += _query_parameters(spec, endpoint.query)
+    if endpoint.method == "post":
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 255},
+                "description": "Replays the stored response for 24 hours; see the README.",
+            }
+        )
+    responses: dict[str, Any] = {}
+    success: dict[str, Any] = {"description": "Success"}
+    if endpoint.response is not None:
+        ref = _register(spec, endpoint.response, mode="serialization")
+        success["content"] = {"application/json": {"schema": ref}}
+    responses[str(endpoint.status)] = success
+    statuses = set(endpoint.errors)
+    if not endpoint.public:
+        statuses.add(401)
+    if endpoint.method == "post":
+        statuses |= {409, 422}
+    for status in sorted(statuses):
+        responses[str(status)] = {
+            "description": "Error",
+            "content": {"application/json": {"schema": error_ref}},
+        }
+    operation: dict[str, Any] = {
+        "summary": endpoint.summary,
+        "tags": [endpoint.tag],
+        "operationId": f"{endpoint.method}_{endpoint.path}".replace("/", "_")
+        .replace("{", "")
+        .replace("}", ""),
+        "parameters": parameters,
+        "responses": responses,
+    }
+    if endpoint.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _register(spec, endpoint.body)}},
+        }
+    if endpoint.public:
+        operation["security"] = []
+    return operation
+
+
+def build_openapi() -> dict[str, Any]:
+    spec = APISpec(
+        title="Billing service API",
+        version="1",
+        openapi_version="3.1.0",
+        info={
+            "description": "Customers, invoices and payments. Errors are JSON with a stable code."
+        },
+    )
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        paths.setdefault(endpoint.path, {})[endpoint.method] = _operation(spec, endpoint)
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
+    document = spec.to_dict()
+    document["security"] = [{"bearer": []}]
+    return document
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(build_openapi())
+
+
+@bp.get("/docs")
+def docs() -> str:
+    document = build_openapi()
+    return render_template("docs.html", document=document)

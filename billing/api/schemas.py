@@ -1,0 +1,270 @@
+"""Request and response schemas: the same models validate requests and make /openapi.json."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+from billing.domain.invoices import MAX_TAX_RATE, TAX_RATE_QUANTUM, CollectionMethod, InvoiceStatus
+from billing.domain.money import UnknownCurrency, normalize_currency
+
+
+class Strict(BaseModel):
+    """Unknown fields are refused, and numbers are not parsed out of strings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+
+def _no_control_characters(value: str) -> str:
+    # CR/LF in a name or address would let it forge an email header later on.
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError("must not contain control characters such as line breaks")
+    return value
+
+
+def _currency(value: str) -> str:
+    try:
+        return normalize_currency(value)
+    except UnknownCurrency as exc:
+        raise ValueError(f"'{value}' is not a known ISO 4217 currency code") from exc
+
+
+def _tax_rate(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError('must be a number of percent, such as 19 or "7.7"')
+    try:
+        rate = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValueError('must be a number of percent, such as 19 or "7.7"') from exc
+    if not rate.is_finite() or rate < 0 or rate > MAX_TAX_RATE:
+        raise ValueError("must be between 0 and 100 percent")
+    if rate != rate.quantize(TAX_RATE_QUANTUM):
+        raise ValueError("has at most four decimal places")
+    return rate.quantize(TAX_RATE_QUANTUM)
+
+
+Text = Annotated[str, AfterValidator(_no_control_characters)]
+Name = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
+Email = Annotated[
+    Text,
+    StringConstraints(
+        min_length=3, max_length=320, pattern=r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"
+    ),
+]
+Currency = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=3),
+    AfterValidator(_currency),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z]{3}$", "example": "eur"}),
+]
+TaxRate = Annotated[
+    Decimal,
+    BeforeValidator(_tax_rate),
+    PlainSerializer(
+        lambda d: str(d.normalize()) if d == d.to_integral() else str(d), return_type=str
+    ),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\d{1,3}(\.\d{1,4})?$"}],
+            "description": "Percent, 0 to 100, at most four decimals.",
+        }
+    ),
+]
+Metadata = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=40)],
+        Annotated[str, StringConstraints(max_length=500)],
+    ],
+    Field(max_length=50),
+]
+ObjectId = Annotated[
+    str, StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z]+_[0-9a-z]+$")
+]
+Amount = Annotated[int, Field(ge=0, le=99_999_999_999)]
+Quantity = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class Address(Strict):
+    line1: Annotated[Text, StringConstraints(max_length=200)] | None = None
+    line2: Annotated[Text, StringConstraints(max_length=200)] | None = None
+    city: Annotated[Text, StringConstraints(max_length=100)] | None = None
+    state: Annotated[Text, StringConstraints(max_length=100)] | None = None
+    postal_code: Annotated[Text, StringConstraints(max_length=20)] | None = None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+
+
+class CustomerCreate(Strict):
+    name: Name
+    email: Email
+    currency: Currency
+    address: Address | None = None
+    tax_id: Annotated[Text, StringConstraints(max_length=64)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class CustomerUpdate(Strict):
+    name: Name | None = None
+    email: Email | None = None
+    currency: Currency | None = None
+    address: Address | None = None
+    tax_id: Annotated[Text, StringConstraints(max_length=64)] | None = None
+    metadata: Metadata | None = None
+
+
+class PaymentMethodAttach(Strict):
+    payment_method: Annotated[str, StringConstraints(pattern=r"^pm_[A-Za-z0-9_]{1,250}$")]
+
+
+class LineCreate(Strict):
+    description: Annotated[Text, StringConstraints(min_length=1, max_length=500)]
+    quantity: Quantity = 1
+    unit_amount: Amount
+    tax_rate: TaxRate = Decimal(0)
+
+
+class InvoiceCreate(Strict):
+    customer: ObjectId
+    collection_method: CollectionMethod = CollectionMethod.CHARGE_AUTOMATICALLY
+    currency: Currency | None = None
+    days_until_due: Annotated[int, Field(ge=0, le=365)] | None = None
+    due_date: date | None = Field(default=None, json_schema_extra={"format": "date"})
+    description: Annotated[str, StringConstraints(max_length=5000)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    lines: Annotated[list[LineCreate], Field(max_length=500)] = Field(default_factory=list)
+
+
+class ListQuery(Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    limit: Annotated[int, Field(ge=1, le=100)] = 10
+    starting_after: ObjectId | None = None
+
+
+class CustomerListQuery(ListQuery):
+    pass
+
+
+class InvoiceListQuery(ListQuery):
+    customer: ObjectId | None = None
+    status: InvoiceStatus | None = None
+
+
+# Responses ---------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class CustomerOut(BaseModel):
+    id: str
+    object: Literal["customer"] = "customer"
+    name: str
+    email: str
+    currency: str
+    address: Address | None
+    tax_id: str | None
+    metadata: dict[str, str]
+    stripe_customer_id: str | None
+    default_payment_method: str | None
+    created: int
+    sync_job: str | None = Field(default=None, description="The job creating it on Stripe.")
+
+
+class CustomerList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CustomerOut]
+    has_more: bool
+
+
+class LineOut(BaseModel):
+    id: str
+    object: Literal["line_item"] = "line_item"
+    description: str
+    quantity: int
+    unit_amount: int
+    tax_rate: TaxRate
+    amount: int
+    tax: int
+
+
+class LineList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[LineOut]
+
+
+class TaxAmount(BaseModel):
+    tax_rate: TaxRate
+    taxable_amount: int
+    amount: int
+
+
+class InvoiceOut(BaseModel):
+    id: str
+    object: Literal["invoice"] = "invoice"
+    customer: str
+    number: str | None
+    status: InvoiceStatus
+    currency: str
+    collection_method: CollectionMethod
+    days_until_due: int | None
+    due_date: date | None
+    description: str | None
+    metadata: dict[str, str]
+    lines: LineList
+    subtotal: int
+    tax: int
+    total: int
+    total_tax_amounts: list[TaxAmount]
+    amount_paid: int
+    amount_due: int
+    created: int
+    finalized_at: int | None
+    paid_at: int | None
+    voided_at: int | None
+    marked_uncollectible_at: int | None
+
+
+class InvoiceList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[InvoiceOut]
+    has_more: bool
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    name: str
+    queue: str
+    state: Literal["pending", "sent", "running", "succeeded", "failed", "dead_lettered"]
+    attempts: int
+    last_error: str | None
+    args: dict[str, Any]
+    request_id: str | None
+    created: int
+    sent_at: int | None
+    started_at: int | None
+    finished_at: int | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,94 @@
+"""Shaping models into API responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from billing.api import schemas
+from billing.domain.invoices import InvoiceStatus
+from billing.models import Customer, Invoice, OutboxJob
+
+
+def _ts(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def customer_out(customer: Customer, *, sync_job: str | None = None) -> schemas.CustomerOut:
+    return schemas.CustomerOut(
+        id=customer.id,
+        name=customer.name,
+        email=customer.email,
+        currency=customer.currency,
+        address=schemas.Address.model_validate(customer.address) if customer.address else None,
+        tax_id=customer.tax_id,
+        metadata=customer.metadata_,
+        stripe_customer_id=customer.stripe_customer_id,
+        default_payment_method=customer.default_payment_method,
+        created=_ts(customer.created_at) or 0,
+        sync_job=sync_job,
+    )
+
+
+def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
+    by_rate: dict[str, schemas.TaxAmount] = {}
+    for line in invoice.lines:
+        key = str(line.tax_rate)
+        entry = by_rate.setdefault(
+            key, schemas.TaxAmount(tax_rate=line.tax_rate, taxable_amount=0, amount=0)
+        )
+        entry.taxable_amount += line.amount
+        entry.amount += line.tax
+    return schemas.InvoiceOut(
+        id=invoice.id,
+        customer=invoice.customer_id,
+        number=invoice.number,
+        status=InvoiceStatus(invoice.status),
+        currency=invoice.currency,
+        collection_method=invoice.collection_method,  # type: ignore[arg-type]
+        days_until_due=invoice.days_until_due,
+        due_date=invoice.due_date,
+        description=invoice.description,
+        metadata=invoice.metadata_,
+        lines=schemas.LineList(
+            data=[
+                schemas.LineOut(
+                    id=line.id,
+                    description=line.description,
+                    quantity=line.quantity,
+                    unit_amount=line.unit_amount,
+                    tax_rate=line.tax_rate,
+                    amount=line.amount,
+                    tax=line.tax,
+                )
+                for line in invoice.lines
+            ]
+        ),
+        subtotal=invoice.subtotal,
+        tax=invoice.tax,
+        total=invoice.total,
+        total_tax_amounts=list(by_rate.values()),
+        amount_paid=invoice.amount_paid,
+        amount_due=invoice.amount_due,
+        created=_ts(invoice.created_at) or 0,
+        finalized_at=_ts(invoice.finalized_at),
+        paid_at=_ts(invoice.paid_at),
+        voided_at=_ts(invoice.voided_at),
+        marked_uncollectible_at=_ts(invoice.marked_uncollectible_at),
+    )
+
+
+def job_out(job: OutboxJob) -> schemas.JobOut:
+    return schemas.JobOut(
+        id=job.id,
+        name=job.name,
+        queue=job.queue,
+        state=job.state,  # type: ignore[arg-type]
+        attempts=job.attempts,
+        last_error=job.last_error,
+        args=job.args,
+        request_id=job.request_id,
+        created=_ts(job.created_at) or 0,
+        sent_at=_ts(job.sent_at),
+        started_at=_ts(job.started_at),
+        finished_at=_ts(job.finished_at),
+    )

@@ -1,0 +1,131 @@
+"""The `billing` command: everything an operator does, each with --help and a clear exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def alembic_config(database_url: str | None = None):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    if database_url:
+        config.attributes["database_url"] = database_url
+    return config
+
+
+@click.group("db", help="Database schema (Alembic).")
+def db_group() -> None:
+    pass
+
+
+@db_group.command("upgrade", help="Apply migrations up to REVISION (default: head).")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    from alembic import command
+    from flask import current_app
+
+    command.upgrade(alembic_config(current_app.config["SQLALCHEMY_DATABASE_URI"]), revision)
+    click.echo(f"database upgraded to {revision}")
+
+
+@db_group.command("downgrade", help="Revert migrations down to REVISION.")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    from alembic import command
+    from flask import current_app
+
+    command.downgrade(alembic_config(current_app.config["SQLALCHEMY_DATABASE_URI"]), revision)
+    click.echo(f"database downgraded to {revision}")
+
+
+@db_group.command("current", help="Show the database's current revision.")
+def db_current() -> None:
+    from alembic import command
+    from flask import current_app
+
+    command.current(alembic_config(current_app.config["SQLALCHEMY_DATABASE_URI"]))
+
+
+@click.group("api-keys", help="API keys for the REST API.")
+def api_keys_group() -> None:
+    pass
+
+
+@api_keys_group.command("create", help="Create a key; its secret is printed once, as JSON.")
+@click.option("--customer", "customer_id", default=None, help="Limit the key to this customer.")
+@click.option("--name", default="unnamed", show_default=True, help="A label for the key.")
+def api_keys_create(customer_id: str | None, name: str) -> None:
+    from billing.services.api_keys import create_api_key
+    from billing.services.errors import NotFound
+
+    try:
+        key, secret = create_api_key(name, customer_id)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(
+        json.dumps({"id": key.id, "name": key.name, "customer": key.customer_id, "secret": secret})
+    )
+
+
+@api_keys_group.command("revoke", help="Revoke a key by its id (key_...).")
+@click.argument("key_id")
+def api_keys_revoke(key_id: str) -> None:
+    from billing.services.api_keys import revoke_api_key
+    from billing.services.errors import NotFound
+
+    try:
+        key = revoke_api_key(key_id)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"revoked {key.id} ({key.name})")
+
+
+@api_keys_group.command("list", help="List keys (never their secrets).")
+def api_keys_list() -> None:
+    from billing.services.api_keys import list_api_keys
+
+    for key in list_api_keys():
+        state = "revoked" if key.revoked_at else "active"
+        scope = key.customer_id or "admin"
+        click.echo(f"{key.id}\t{key.secret_prefix}…\t{scope}\t{state}\t{key.name}")
+
+
+@click.group("outbox", help="Recorded follow-up jobs.")
+def outbox_group() -> None:
+    pass
+
+
+@outbox_group.command("sweep", help="Publish again every unfinished job whose lease ran out.")
+def outbox_sweep() -> None:
+    from billing.services.outbox import sweep
+
+    click.echo(f"republished {sweep()} jobs")
+
+
+def register_cli(app: Flask) -> None:
+    for group in (db_group, api_keys_group, outbox_group):
+        app.cli.add_command(group)
+
+
+def _create_app() -> Flask:
+    from billing import create_app
+
+    return create_app()
+
+
+main = FlaskGroup(
+    name="billing",
+    create_app=_create_app,
+    add_default_commands=False,
+    add_version_option=False,
+    help="Operate the billing service. Configuration comes from the environment (see README).",
+)

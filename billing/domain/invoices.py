@@ -1,0 +1,101 @@
+"""Invoice rules: line amounts, tax rounding, totals, the state machine, numbering.
+
+Tax rounding rule: each line's tax is ``amount * rate / 100`` rounded to a whole
+minor unit, halves away from zero; the invoice's tax is the sum of its lines'
+taxes, and the per-rate summary is the sum of the lines at that rate. Rounding
+per line (as Stripe does) keeps every printed line consistent with the total.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from billing.domain.money import round_half_up
+
+# Rates are percentages with at most four decimals (19, 7.7, 8.875).
+TAX_RATE_QUANTUM = Decimal("0.0001")
+MAX_TAX_RATE = Decimal(100)
+
+
+class InvoiceStatus(enum.StrEnum):
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+
+
+class CollectionMethod(enum.StrEnum):
+    CHARGE_AUTOMATICALLY = "charge_automatically"
+    SEND_INVOICE = "send_invoice"
+
+
+# Stripe Billing's invoice lifecycle: uncollectible invoices may still be paid or voided.
+ALLOWED_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
+    InvoiceStatus.DRAFT: frozenset({InvoiceStatus.OPEN}),
+    InvoiceStatus.OPEN: frozenset(
+        {InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE}
+    ),
+    InvoiceStatus.UNCOLLECTIBLE: frozenset({InvoiceStatus.PAID, InvoiceStatus.VOID}),
+    InvoiceStatus.PAID: frozenset(),
+    InvoiceStatus.VOID: frozenset(),
+}
+
+
+class InvalidStateTransition(Exception):
+    def __init__(self, current: InvoiceStatus, target: InvoiceStatus) -> None:
+        super().__init__(f"an invoice in status '{current}' cannot become '{target}'")
+        self.current = current
+        self.target = target
+
+
+def check_transition(current: InvoiceStatus, target: InvoiceStatus) -> None:
+    if target not in ALLOWED_TRANSITIONS[current]:
+        raise InvalidStateTransition(current, target)
+
+
+def lines_are_editable(status: InvoiceStatus) -> bool:
+    return status is InvoiceStatus.DRAFT
+
+
+@dataclass(frozen=True)
+class LineAmounts:
+    amount: int
+    tax: int
+
+
+@dataclass(frozen=True)
+class InvoiceTotals:
+    subtotal: int
+    tax: int
+    total: int
+    tax_by_rate: dict[Decimal, int]
+
+
+def line_amounts(quantity: int, unit_amount: int, tax_rate: Decimal) -> LineAmounts:
+    if quantity < 0:
+        raise ValueError("quantity cannot be negative")
+    amount = quantity * unit_amount
+    tax = round_half_up(Decimal(amount) * tax_rate / 100)
+    return LineAmounts(amount=amount, tax=tax)
+
+
+def invoice_totals(lines: Iterable[tuple[int, int, Decimal]]) -> InvoiceTotals:
+    """Totals of (quantity, unit_amount, tax_rate) lines, all in one currency."""
+    subtotal = 0
+    tax = 0
+    by_rate: dict[Decimal, int] = {}
+    for quantity, unit_amount, rate in lines:
+        amounts = line_amounts(quantity, unit_amount, rate)
+        subtotal += amounts.amount
+        tax += amounts.tax
+        by_rate[rate] = by_rate.get(rate, 0) + amounts.tax
+    return InvoiceTotals(subtotal=subtotal, tax=tax, total=subtotal + tax, tax_by_rate=by_rate)
+
+
+def format_invoice_number(year: int, sequence: int) -> str:
+    """Numbers run without gaps within a calendar year: INV-2026-000123."""
+    return f"INV-{year:04d}-{sequence:06d}"

@@ -1,0 +1,20 @@
+"""Names of follow-up jobs and the queue each runs on.
+
+Services name jobs; the relay sends them by name; `workers/` registers a task under
+each name. The queue is the name's first segment, so routing needs no table.
+"""
+
+from __future__ import annotations
+
+QUEUES = ("billing", "pdf", "mail")
+
+SYNC_CUSTOMER = "billing.sync_customer"
+SWEEP_OUTBOX = "billing.sweep_outbox"
+PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
+
+
+def queue_for(job_name: str) -> str:
+    queue = job_name.split(".", 1)[0]
+    if queue not in QUEUES:
+        raise ValueError(f"job {job_name!r} names no known queue (one of {', '.join(QUEUES)})")
+    return queue

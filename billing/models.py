@@ -1,0 +1,222 @@
+"""SQLAlchemy models. Constraints live here and in the database, the last wall."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from billing.extensions import db
+from billing.ids import new_id
+
+Timestamp = DateTime(timezone=True)
+
+
+def _in(column: str, values: list[str]) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+INVOICE_STATUSES = ["draft", "open", "paid", "void", "uncollectible"]
+COLLECTION_METHODS = ["charge_automatically", "send_invoice"]
+LEDGER_STATES = ["started", "succeeded", "failed", "unknown"]
+JOB_STATES = ["pending", "sent", "running", "succeeded", "failed", "dead_lettered"]
+
+
+class Customer(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "cus"))
+    name: Mapped[str] = mapped_column(String(256))
+    email: Mapped[str] = mapped_column(String(320))
+    currency: Mapped[str] = mapped_column(String(3))
+    address: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    tax_id: Mapped[str | None] = mapped_column(String(64))
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    default_payment_method: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+
+    invoices: Mapped[list[Invoice]] = relationship(back_populates="customer")
+
+    __table_args__ = (CheckConstraint("currency = lower(currency)", name="currency_lowercase"),)
+
+
+class Invoice(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "invoices"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "in"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    status: Mapped[str] = mapped_column(String(16), default="draft", server_default="draft")
+    number: Mapped[str | None] = mapped_column(String(32), unique=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    collection_method: Mapped[str] = mapped_column(String(32))
+    days_until_due: Mapped[int | None] = mapped_column(Integer)
+    due_date: Mapped[date | None] = mapped_column(Date)
+    description: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    subtotal: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tax: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    amount_paid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+    finalized_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    paid_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    voided_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    marked_uncollectible_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    customer: Mapped[Customer] = relationship(back_populates="invoices")
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        back_populates="invoice",
+        order_by="InvoiceLine.id",
+        cascade="all, delete-orphan",
+    )
+
+    __table_args__ = (
+        CheckConstraint(_in("status", INVOICE_STATUSES), name="status_known"),
+        CheckConstraint(_in("collection_method", COLLECTION_METHODS), name="collection_known"),
+        # A finalized invoice always carries its number; a draft never does.
+        CheckConstraint("(status = 'draft') = (number IS NULL)", name="number_iff_finalized"),
+        CheckConstraint("total = subtotal + tax", name="total_is_sum"),
+        CheckConstraint("amount_paid >= 0 AND amount_paid <= total", name="amount_paid_bounded"),
+        Index("ix_invoices_customer_status", "customer_id", "status"),
+    )
+
+    @property
+    def amount_due(self) -> int:
+        return self.total - self.amount_paid
+
+
+class InvoiceLine(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "invoice_lines"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "il"))
+    invoice_id: Mapped[str] = mapped_column(
+        ForeignKey("invoices.id", ondelete="CASCADE"), index=True
+    )
+    description: Mapped[str] = mapped_column(String(500))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    unit_amount: Mapped[int] = mapped_column(BigInteger)
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(7, 4), default=Decimal(0))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    tax: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint("tax_rate >= 0 AND tax_rate <= 100", name="tax_rate_percent"),
+        CheckConstraint("amount = quantity * unit_amount", name="amount_is_product"),
+    )
+
+
+class InvoiceNumberSequence(db.Model):  # type: ignore[name-defined]
+    """One counter row per year; its row lock serializes finalizations, so numbers have no gaps."""
+
+    __tablename__ = "invoice_number_sequences"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_number: Mapped[int] = mapped_column(Integer)
+
+
+class ApiKey(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "key"))
+    name: Mapped[str] = mapped_column(String(128))
+    # NULL: an admin key; otherwise the one customer this key may see.
+    customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class LedgerEntry(db.Model):  # type: ignore[name-defined]
+    """Every side effect that must happen at most once, keyed by (scope, key)."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[Any | None] = mapped_column(JSONB)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    locked_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp, index=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+
+    __table_args__ = (
+        UniqueConstraint("scope", "key", name="uq_ledger_entries_scope_key"),
+        CheckConstraint(_in("state", LEDGER_STATES), name="state_known"),
+    )
+
+
+class OutboxJob(db.Model):  # type: ignore[name-defined]
+    """A follow-up job recorded in the same transaction as the change that caused it."""
+
+    __tablename__ = "outbox_jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "job"))
+    name: Mapped[str] = mapped_column(String(128))
+    queue: Mapped[str] = mapped_column(String(32))
+    args: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Past this instant an unfinished job is presumed lost (broker flushed, worker killed)
+    # and the sweeper publishes it again; its handler is idempotent, so that is harmless.
+    lease_expires_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(_in("state", JOB_STATES), name="state_known"),
+        Index(
+            "ix_outbox_jobs_unfinished",
+            "lease_expires_at",
+            postgresql_where=text("state IN ('pending', 'sent', 'running')"),
+        ),
+    )

@@ -1,0 +1,31 @@
+"""What a use case needs from the running app: settings and adapters, bound at create_app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import structlog
+from flask import current_app
+
+from billing.config import Settings
+
+if TYPE_CHECKING:
+    from billing.adapters.stripe_gateway import StripeGateway
+    from billing.adapters.task_queue import JobPublisher
+
+
+def settings() -> Settings:
+    return cast(Settings, current_app.config["BILLING_SETTINGS"])
+
+
+def publisher() -> JobPublisher:
+    return cast("JobPublisher", current_app.extensions["billing.publisher"])
+
+
+def stripe_gateway() -> StripeGateway:
+    return cast("StripeGateway", current_app.extensions["billing.stripe"])
+
+
+def current_request_id() -> str | None:
+    value = structlog.contextvars.get_contextvars().get("request_id")
+    return str(value) if value else None

@@ -1,0 +1,49 @@
+"""Errors a use case raises; the API maps each to a status and a stable code."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    code = "service_error"
+    status = 400
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class NotFound(ServiceError):
+    code = "resource_missing"
+    status = 404
+
+
+class PermissionDenied(ServiceError):
+    code = "permission_denied"
+    status = 403
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+    status = 409
+
+
+class InvalidStateTransition(Conflict):
+    code = "invalid_state_transition"
+
+
+class InvoiceNotEditable(Conflict):
+    code = "invoice_not_editable"
+
+
+class InvalidRequest(ServiceError):
+    code = "invalid_request"
+    status = 422
+
+
+class TransientJobError(Exception):
+    """The job may succeed later (network, lock held, outcome unknown): retry with backoff."""
+
+
+class PermanentJobError(Exception):
+    """The job cannot succeed by retrying: mark it failed for an operator to see."""

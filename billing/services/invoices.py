@@ -1,0 +1,233 @@
+"""Use cases for invoices: drafts and their lines, finalization, void, uncollectible."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from billing.domain import invoices as rules
+from billing.domain.invoices import CollectionMethod, InvoiceStatus
+from billing.domain.money import normalize_currency
+from billing.extensions import db
+from billing.logging import get_logger
+from billing.models import Invoice, InvoiceLine
+from billing.services import context
+from billing.services.customers import get_customer
+from billing.services.errors import (
+    InvalidRequest,
+    InvalidStateTransition,
+    InvoiceNotEditable,
+    NotFound,
+)
+from billing.services.pagination import Page, paginate
+from billing.services.unit_of_work import transaction
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LineFields:
+    description: str
+    quantity: int
+    unit_amount: int
+    tax_rate: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class InvoiceFields:
+    customer_id: str
+    collection_method: CollectionMethod = CollectionMethod.CHARGE_AUTOMATICALLY
+    currency: str | None = None
+    days_until_due: int | None = None
+    due_date: date | None = None
+    description: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    lines: list[LineFields] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def get_invoice(invoice_id: str, *, customer_scope: str | None = None) -> Invoice:
+    invoice = db.session.get(Invoice, invoice_id)
+    if invoice is None or (customer_scope is not None and invoice.customer_id != customer_scope):
+        raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+    return invoice
+
+
+def _locked_invoice(session: Session, invoice_id: str, customer_scope: str | None) -> Invoice:
+    invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
+    if invoice is None or (customer_scope is not None and invoice.customer_id != customer_scope):
+        raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+    return invoice
+
+
+def list_invoices(
+    *,
+    customer_scope: str | None,
+    customer_id: str | None,
+    status: InvoiceStatus | None,
+    limit: int,
+    starting_after: str | None,
+) -> Page[Invoice]:
+    query = select(Invoice)
+    if customer_scope is not None:
+        query = query.where(Invoice.customer_id == customer_scope)
+    if customer_id is not None:
+        query = query.where(Invoice.customer_id == customer_id)
+    if status is not None:
+        query = query.where(Invoice.status == status.value)
+    return paginate(query, Invoice.id, limit, starting_after)
+
+
+def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
+    amounts = rules.line_amounts(fields.quantity, fields.unit_amount, fields.tax_rate)
+    line = InvoiceLine(
+        description=fields.description,
+        quantity=fields.quantity,
+        unit_amount=fields.unit_amount,
+        tax_rate=fields.tax_rate,
+        amount=amounts.amount,
+        tax=amounts.tax,
+    )
+    invoice.lines.append(line)
+    return line
+
+
+def _recompute_totals(invoice: Invoice) -> None:
+    totals = rules.invoice_totals(
+        (ln.quantity, ln.unit_amount, ln.tax_rate) for ln in invoice.lines
+    )
+    invoice.subtotal, invoice.tax, invoice.total = totals.subtotal, totals.tax, totals.total
+
+
+def create_invoice(fields: InvoiceFields) -> Invoice:
+    with transaction() as session:
+        customer = get_customer(fields.customer_id)
+        currency = normalize_currency(fields.currency) if fields.currency else customer.currency
+        if currency != customer.currency:
+            raise InvalidRequest(
+                f"the customer is billed in {customer.currency}, not {currency}", param="currency"
+            )
+        if fields.collection_method is CollectionMethod.CHARGE_AUTOMATICALLY and (
+            fields.days_until_due is not None or fields.due_date is not None
+        ):
+            raise InvalidRequest(
+                "days_until_due and due_date apply only to send_invoice invoices",
+                param="days_until_due" if fields.days_until_due is not None else "due_date",
+            )
+        if fields.days_until_due is not None and fields.due_date is not None:
+            raise InvalidRequest("give days_until_due or due_date, not both", param="due_date")
+        invoice = Invoice(
+            customer_id=customer.id,
+            currency=currency,
+            collection_method=fields.collection_method.value,
+            days_until_due=fields.days_until_due,
+            due_date=fields.due_date,
+            description=fields.description,
+            metadata_=fields.metadata,
+            status=InvoiceStatus.DRAFT.value,
+        )
+        for line in fields.lines:
+            _add_line(invoice, line)
+        _recompute_totals(invoice)
+        session.add(invoice)
+    log.info("invoice.created", invoice_id=invoice.id, customer_id=invoice.customer_id)
+    return invoice
+
+
+def add_line(invoice_id: str, fields: LineFields) -> InvoiceLine:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        if not rules.lines_are_editable(InvoiceStatus(invoice.status)):
+            raise InvoiceNotEditable(f"lines of a {invoice.status} invoice cannot change")
+        line = _add_line(invoice, fields)
+        _recompute_totals(invoice)
+    log.info("invoice.line_added", invoice_id=invoice_id, line_id=line.id)
+    return line
+
+
+def delete_line(invoice_id: str, line_id: str) -> Invoice:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        line = next((ln for ln in invoice.lines if ln.id == line_id), None)
+        if line is None:
+            raise NotFound(f"No such line: '{line_id}' on invoice '{invoice_id}'", param="line_id")
+        if not rules.lines_are_editable(InvoiceStatus(invoice.status)):
+            raise InvoiceNotEditable(f"lines of a {invoice.status} invoice cannot change")
+        invoice.lines.remove(line)
+        _recompute_totals(invoice)
+    log.info("invoice.line_deleted", invoice_id=invoice_id, line_id=line_id)
+    return invoice
+
+
+def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
+    try:
+        rules.check_transition(InvoiceStatus(invoice.status), target)
+    except rules.InvalidStateTransition as exc:
+        raise InvalidStateTransition(str(exc), param="status") from exc
+    invoice.status = target.value
+
+
+def _next_invoice_number(session: Session, year: int) -> str:
+    # The counter row's lock is held until our commit: a concurrent finalization waits,
+    # and a rolled-back one gives its number back, so numbers have no gaps.
+    sequence = session.execute(
+        text(
+            "INSERT INTO invoice_number_sequences (year, last_number) VALUES (:year, 1) "
+            "ON CONFLICT (year) DO UPDATE "
+            "SET last_number = invoice_number_sequences.last_number + 1 "
+            "RETURNING last_number"
+        ),
+        {"year": year},
+    ).scalar_one()
+    return rules.format_invoice_number(year, int(sequence))
+
+
+def finalize_invoice(invoice_id: str) -> Invoice:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        _transition(invoice, InvoiceStatus.OPEN)
+        if not invoice.lines:
+            raise InvalidRequest("an invoice needs at least one line to be finalized")
+        if invoice.total < 0:
+            raise InvalidRequest("an invoice's total cannot be negative")
+        now = _now()
+        invoice.number = _next_invoice_number(session, now.year)
+        invoice.finalized_at = now
+        if invoice.collection_method == CollectionMethod.SEND_INVOICE and invoice.due_date is None:
+            days = invoice.days_until_due
+            if days is None:
+                days = context.settings().default_days_until_due
+            invoice.due_date = (now + timedelta(days=days)).date()
+        if invoice.total == 0:
+            # Nothing to collect: Stripe marks a zero invoice paid at finalization.
+            _transition(invoice, InvoiceStatus.PAID)
+            invoice.paid_at = now
+        # Charging (billing queue), the PDF (pdf queue) and emails (mail queue) hook in
+        # here as their handlers land; only jobs whose handlers exist are recorded.
+    log.info("invoice.finalized", invoice_id=invoice_id, number=invoice.number)
+    return invoice
+
+
+def void_invoice(invoice_id: str) -> Invoice:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        _transition(invoice, InvoiceStatus.VOID)
+        invoice.voided_at = func.now()
+    log.info("invoice.voided", invoice_id=invoice_id)
+    return invoice
+
+
+def mark_uncollectible(invoice_id: str) -> Invoice:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        _transition(invoice, InvoiceStatus.UNCOLLECTIBLE)
+        invoice.marked_uncollectible_at = func.now()
+    log.info("invoice.marked_uncollectible", invoice_id=invoice_id)
+    return invoice

@@ -1,0 +1,173 @@
+"""The transactional outbox: record jobs with the change, publish after commit, sweep the lost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from billing.extensions import db
+from billing.ids import new_id
+from billing.jobs import queue_for
+from billing.logging import get_logger
+from billing.models import OutboxJob
+from billing.services import context
+from billing.services.unit_of_work import RECORDED_JOBS
+
+log = get_logger(__name__)
+
+# A job recorded but not yet confirmed as published is swept after this grace; short,
+# because it only covers a web process that died between its commit and its publish.
+RELAY_GRACE = timedelta(seconds=15)
+SWEEP_BATCH = 500
+UNFINISHED = ("pending", "sent", "running")
+
+
+def record_job(session: Session, name: str, **args: Any) -> OutboxJob:
+    """Record a follow-up job in the caller's transaction; it is published after commit."""
+    job = OutboxJob(
+        id=new_id("job"),
+        name=name,
+        queue=queue_for(name),
+        args=args,
+        state="pending",
+        request_id=context.current_request_id(),
+        lease_expires_at=func.now() + RELAY_GRACE,
+    )
+    session.add(job)
+    session.info.setdefault(RECORDED_JOBS, []).append((job.id, name, job.request_id))
+    return job
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=context.settings().outbox_lease_seconds)
+
+
+def _publish(jobs: list[tuple[str, str, str | None]]) -> list[str]:
+    published: list[str] = []
+    publisher = context.publisher()
+    for job_id, name, request_id in jobs:
+        try:
+            publisher.publish(job_id, name, request_id)
+        except Exception as exc:  # noqa: BLE001 - any broker failure leaves the job to the sweeper
+            log.warning("outbox.publish_failed", job_id=job_id, job_name=name, error=str(exc))
+            continue
+        published.append(job_id)
+    return published
+
+
+def relay_recorded_jobs(session: Session) -> None:
+    """Publish what the just-committed transaction recorded. Failure here loses nothing."""
+    jobs = session.info.pop(RECORDED_JOBS, [])
+    if not jobs:
+        return
+    published = _publish(jobs)
+    if not published:
+        return
+    try:
+        session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id.in_(published), OutboxJob.state == "pending")
+            .values(state="sent", sent_at=func.now(), lease_expires_at=func.now() + _lease())
+        )
+        session.commit()
+    except Exception as exc:  # noqa: BLE001 - the sweeper will publish it again; harmless
+        session.rollback()
+        log.warning("outbox.mark_sent_failed", job_ids=published, error=str(exc))
+
+
+def sweep(limit: int = SWEEP_BATCH) -> int:
+    """Publish again every unfinished job whose lease ran out: the broker lost it, or the
+    worker running it died. Handlers are idempotent, so a needless resend is harmless."""
+    session = db.session()
+    rows = session.execute(
+        select(OutboxJob.id, OutboxJob.name, OutboxJob.request_id)
+        .where(OutboxJob.state.in_(UNFINISHED), OutboxJob.lease_expires_at < func.now())
+        .order_by(OutboxJob.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        session.commit()
+        return 0
+    published = _publish([(r.id, r.name, r.request_id) for r in rows])
+    if published:
+        session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id.in_(published))
+            .values(state="sent", sent_at=func.now(), lease_expires_at=func.now() + _lease())
+        )
+    session.commit()
+    log.info("outbox.swept", republished=len(published), expired=len(rows))
+    return len(published)
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    id: str
+    name: str
+    args: dict[str, Any]
+    attempts: int
+    request_id: str | None
+
+
+def start_job(job_id: str) -> StartedJob | None:
+    """Claim a job for this worker; None when it is finished or another worker holds it."""
+    session = db.session()
+    row = session.execute(
+        update(OutboxJob)
+        .where(
+            OutboxJob.id == job_id,
+            or_(
+                OutboxJob.state.in_(("pending", "sent")),
+                (OutboxJob.state == "running") & (OutboxJob.lease_expires_at < func.now()),
+            ),
+        )
+        .values(
+            state="running",
+            attempts=OutboxJob.attempts + 1,
+            started_at=func.now(),
+            lease_expires_at=func.now() + _lease(),
+        )
+        .returning(OutboxJob.name, OutboxJob.args, OutboxJob.attempts, OutboxJob.request_id)
+    ).one_or_none()
+    session.commit()
+    if row is None:
+        return None
+    return StartedJob(job_id, row.name, dict(row.args or {}), row.attempts, row.request_id)
+
+
+def _finish(job_id: str, **values: Any) -> None:
+    session = db.session()
+    session.rollback()  # whatever the handler left half-done is not ours to commit
+    session.execute(update(OutboxJob).where(OutboxJob.id == job_id).values(**values))
+    session.commit()
+
+
+def job_succeeded(job_id: str) -> None:
+    _finish(job_id, state="succeeded", finished_at=func.now(), last_error=None)
+
+
+def job_failed(job_id: str, error: str) -> None:
+    _finish(job_id, state="failed", finished_at=func.now(), last_error=error[:4000])
+
+
+def job_dead_lettered(job_id: str, error: str) -> None:
+    _finish(job_id, state="dead_lettered", finished_at=func.now(), last_error=error[:4000])
+
+
+def job_will_retry(job_id: str, error: str, countdown: float) -> None:
+    # The lease covers the backoff too, so the sweeper does not race Celery's own retry.
+    _finish(
+        job_id,
+        state="sent",
+        last_error=error[:4000],
+        lease_expires_at=func.now() + timedelta(seconds=countdown) + _lease(),
+    )
+
+
+def get_job(job_id: str) -> OutboxJob | None:
+    return db.session.get(OutboxJob, job_id)

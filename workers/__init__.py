@@ -1,0 +1,30 @@
+"""The Celery side: `celery -A workers worker -Q billing|pdf|mail` and `celery -A workers beat`.
+
+The Celery app is built on first use, not at import, so that importing a task module
+never reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+_app: Celery | None = None
+
+
+def get_celery() -> Celery:
+    global _app
+    if _app is None:
+        from workers.app import make_celery
+
+        _app = make_celery()
+    return _app
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A workers` looks for an attribute named `celery` (or `app`).
+    if name in ("celery", "app"):
+        return get_celery()
+    raise AttributeError(name)

@@ -1,0 +1,68 @@
+"""The Celery app, Flask's celery_init_app pattern: every task runs in an app context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task, signals
+from flask import Flask
+
+from billing import create_app
+from billing.adapters.task_queue import celery_settings
+from billing.config import Settings, broker_and_result_urls
+from billing.extensions import db
+from billing.logging import bind_context, clear_context, configure_logging
+from workers.routing import route_by_name
+from workers.schedule import beat_schedule
+
+TASK_MODULES = ["workers.billing", "workers.pdf", "workers.mail"]
+_flask_apps: list[Flask] = []
+
+
+def make_celery(flask_app: Flask | None = None) -> Celery:
+    app: Flask = flask_app or create_app()
+    settings: Settings = app.config["BILLING_SETTINGS"]
+
+    class FlaskTask(Task):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                clear_context()
+                headers = getattr(self.request, "headers", None) or {}
+                bind_context(
+                    task_id=self.request.id,
+                    task_name=self.name,
+                    request_id=getattr(self.request, "request_id", None)
+                    or headers.get("request_id"),
+                )
+                try:
+                    return self.run(*args, **kwargs)
+                finally:
+                    db.session.remove()
+                    clear_context()
+
+    celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
+    broker_url, result_url = broker_and_result_urls(settings.redis_url)
+    celery.conf.update(celery_settings(broker_url, result_url))
+    celery.conf.update(
+        task_routes=(route_by_name,),
+        beat_schedule=beat_schedule(settings),
+        worker_hijack_root_logger=False,
+        task_create_missing_queues=True,
+    )
+    celery.set_default()
+    app.extensions["celery"] = celery
+    _flask_apps.append(app)
+    return celery
+
+
+@signals.setup_logging.connect
+def _use_structlog(**_: Any) -> None:
+    configure_logging(Settings.from_env().log_level)
+
+
+@signals.worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # Connections opened by the parent must not be shared by forked pool processes.
+    for flask_app in _flask_apps:
+        with flask_app.app_context():
+            db.engine.dispose(close=False)

@@ -1,0 +1,24 @@
+"""Tasks of the `billing` queue: ids in, one service call, done."""
+
+from __future__ import annotations
+
+from celery import Task, shared_task
+
+from billing import jobs
+from billing.services import customers, ledger, outbox
+from workers.runner import run_outbox_job
+
+
+@shared_task(name=jobs.SYNC_CUSTOMER, bind=True)
+def sync_customer(self: Task, job_id: str) -> None:
+    run_outbox_job(self, job_id, customers.sync_customer_to_stripe)
+
+
+@shared_task(name=jobs.SWEEP_OUTBOX)
+def sweep_outbox() -> int:
+    return outbox.sweep()
+
+
+@shared_task(name=jobs.PURGE_IDEMPOTENCY_KEYS)
+def purge_idempotency_keys() -> int:
+    return ledger.purge_expired()

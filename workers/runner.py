@@ -1,0 +1,53 @@
+"""Running a recorded job: claim it in the outbox, call its one service, record the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.utils.time import get_exponential_backoff_interval
+
+from billing.logging import bind_context, get_logger
+from billing.services import outbox
+from billing.services.errors import PermanentJobError, TransientJobError
+
+log = get_logger(__name__)
+
+# Eight tries over about ten minutes (2 s doubling, capped at 5 min, full jitter): enough
+# to ride out a Stripe or SMTP blip; then an operator sees it dead-lettered.
+MAX_ATTEMPTS = 8
+BACKOFF_FACTOR = 2
+BACKOFF_MAX_SECONDS = 300
+
+
+def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None:
+    job = outbox.start_job(job_id)
+    if job is None:
+        # Finished already, or held by a live worker: a redelivery, harmless by design.
+        log.info("job.skipped_duplicate_delivery", job_id=job_id)
+        return
+    bind_context(job_id=job.id, job_name=job.name, request_id=job.request_id, **job.args)
+    log.info("job.started", attempt=job.attempts)
+    try:
+        handler(**job.args)
+    except PermanentJobError as exc:
+        outbox.job_failed(job_id, str(exc))
+        log.error("job.failed", error=str(exc))
+        return
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, TransientJobError):
+            log.exception("job.unexpected_error")
+        if job.attempts >= MAX_ATTEMPTS:
+            outbox.job_dead_lettered(job_id, error)
+            log.error("job.dead_lettered", attempts=job.attempts, error=error)
+            return
+        countdown = get_exponential_backoff_interval(
+            BACKOFF_FACTOR, job.attempts, BACKOFF_MAX_SECONDS, full_jitter=True
+        )
+        outbox.job_will_retry(job_id, error, countdown)
+        log.warning("job.will_retry", attempts=job.attempts, countdown=countdown, error=error)
+        raise task.retry(countdown=countdown, exc=exc, max_retries=None) from exc
+    outbox.job_succeeded(job_id)
+    log.info("job.succeeded")

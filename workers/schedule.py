@@ -1,0 +1,27 @@
+"""Beat's schedule. Exactly one beat runs (see the ECS service); every job it starts is
+idempotent, so a doubled run is harmless anyway."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from billing import jobs
+from billing.config import Settings
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    sweep_every = timedelta(seconds=settings.outbox_sweep_interval_seconds)
+    return {
+        "sweep-outbox": {
+            "task": jobs.SWEEP_OUTBOX,
+            "schedule": sweep_every,
+            # A sweep that waited longer than its interval is superseded by the next one.
+            "options": {"expires": sweep_every.total_seconds()},
+        },
+        "purge-idempotency-keys": {
+            "task": jobs.PURGE_IDEMPOTENCY_KEYS,
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
+        },
+    }
