@@ -8,7 +8,7 @@ from flask import Flask
 
 from billing.adapters.stripe_gateway import StripeGateway, StripeSdkGateway
 from billing.adapters.task_queue import CeleryJobPublisher, JobPublisher
-from billing.config import Settings, broker_and_result_urls
+from billing.config import Settings
 from billing.extensions import db
 from billing.logging import configure_logging
 
@@ -32,8 +32,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     db.init_app(app)
 
-    broker_url, result_url = broker_and_result_urls(settings.redis_url)
-    app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(broker_url, result_url)
+    app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(settings.redis_url)
     app.extensions["billing.stripe"] = stripe_gateway or StripeSdkGateway(
         settings.stripe_api_key, settings.stripe_api_base
     )

@@ -29,14 +29,6 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def broker_and_result_urls(redis_url: str) -> tuple[str, str]:
-    """The broker on REDIS_URL's database, results (where kept) on the next database."""
-    base, _, db = redis_url.rpartition("/")
-    if base.startswith("redis") and db.isdigit():
-        return redis_url, f"{base}/{int(db) + 1}"
-    return redis_url, redis_url.rstrip("/") + "/1"
-
-
 @dataclass(frozen=True)
 class Settings:
     database_url: str

@@ -9,7 +9,7 @@ from flask import Flask
 
 from billing import create_app
 from billing.adapters.task_queue import celery_settings
-from billing.config import Settings, broker_and_result_urls
+from billing.config import Settings
 from billing.extensions import db
 from billing.logging import bind_context, clear_context, configure_logging
 from workers.routing import route_by_name
@@ -41,8 +41,7 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
                     clear_context()
 
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
-    broker_url, result_url = broker_and_result_urls(settings.redis_url)
-    celery.conf.update(celery_settings(broker_url, result_url))
+    celery.conf.update(celery_settings(settings.redis_url))
     celery.conf.update(
         task_routes=(route_by_name,),
         beat_schedule=beat_schedule(settings),

@@ -48,6 +48,7 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
         )
         outbox.job_will_retry(job_id, error, countdown)
         log.warning("job.will_retry", attempts=job.attempts, countdown=countdown, error=error)
-        raise task.retry(countdown=countdown, exc=exc, max_retries=None) from exc
+        # Our own count (the outbox's attempts) decides; Celery's only backs it up.
+        raise task.retry(countdown=countdown, exc=exc, max_retries=MAX_ATTEMPTS) from exc
     outbox.job_succeeded(job_id)
     log.info("job.succeeded")

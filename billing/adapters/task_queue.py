@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from celery import Celery
@@ -15,15 +16,16 @@ class JobPublisher(Protocol):
     def ping(self) -> None: ...
 
 
-def celery_settings(broker_url: str, result_url: str) -> dict[str, Any]:
+def celery_settings(broker_url: str) -> dict[str, Any]:
     """Settings shared by the publisher and the workers, so both speak the same protocol."""
     return {
         "broker_url": broker_url,
-        "result_backend": result_url,
+        # No result backend: the outbox, not Celery, holds every job's state and outcome
+        # (GET /v1/jobs/{id}). Without one, a publish also never waits on a result store.
+        "result_backend": None,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
-        # The outbox, not Celery's result backend, holds every job's state.
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -37,12 +39,22 @@ def celery_settings(broker_url: str, result_url: str) -> dict[str, Any]:
     }
 
 
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
 class CeleryJobPublisher:
     """Sends a job id to its queue; the worker reads the rest from the outbox."""
 
-    def __init__(self, broker_url: str, result_url: str) -> None:
+    # After a failed publish, requests stop trying for a while: each try against a dead
+    # Redis costs seconds (redis-py's own reconnect backoff), and the recorded job loses
+    # nothing by waiting for the sweeper instead.
+    PAUSE_AFTER_FAILURE_SECONDS = 10.0
+
+    def __init__(self, broker_url: str) -> None:
+        self._paused_until = 0.0
         self._celery = Celery("billing-relay", set_as_current=False)
-        self._celery.conf.update(celery_settings(broker_url, result_url))
+        self._celery.conf.update(celery_settings(broker_url))
         # A publish that cannot reach Redis must fail fast: the job stays recorded and the
         # sweeper sends it later, so the web request need not wait for the broker.
         self._celery.conf.broker_transport_options = {
@@ -52,13 +64,19 @@ class CeleryJobPublisher:
         }
 
     def publish(self, job_id: str, job_name: str, request_id: str | None) -> None:
-        self._celery.send_task(
-            job_name,
-            kwargs={"job_id": job_id},
-            queue=queue_for(job_name),
-            headers={"request_id": request_id} if request_id else None,
-            retry=False,
-        )
+        if time.monotonic() < self._paused_until:
+            raise BrokerUnavailable("the broker failed recently; the sweeper will publish")
+        try:
+            self._celery.send_task(
+                job_name,
+                kwargs={"job_id": job_id},
+                queue=queue_for(job_name),
+                headers={"request_id": request_id} if request_id else None,
+                retry=False,
+            )
+        except Exception:
+            self._paused_until = time.monotonic() + self.PAUSE_AFTER_FAILURE_SECONDS
+            raise
 
     def ping(self) -> None:
         with self._celery.connection_for_write() as connection:

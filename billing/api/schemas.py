@@ -73,9 +73,8 @@ Currency = Annotated[
 TaxRate = Annotated[
     Decimal,
     BeforeValidator(_tax_rate),
-    PlainSerializer(
-        lambda d: str(d.normalize()) if d == d.to_integral() else str(d), return_type=str
-    ),
+    # Percent as a plain decimal string: "19", "7.7", never "7.7000" or "1.9E+1".
+    PlainSerializer(lambda d: format(d.normalize(), "f"), return_type=str),
     WithJsonSchema(
         {
             "anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\d{1,3}(\.\d{1,4})?$"}],

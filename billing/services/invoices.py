@@ -166,11 +166,15 @@ def delete_line(invoice_id: str, line_id: str) -> Invoice:
     return invoice
 
 
-def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
+def _check_transition(invoice: Invoice, target: InvoiceStatus) -> None:
     try:
         rules.check_transition(InvoiceStatus(invoice.status), target)
     except rules.InvalidStateTransition as exc:
         raise InvalidStateTransition(str(exc), param="status") from exc
+
+
+def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
+    _check_transition(invoice, target)
     invoice.status = target.value
 
 
@@ -192,13 +196,16 @@ def _next_invoice_number(session: Session, year: int) -> str:
 def finalize_invoice(invoice_id: str) -> Invoice:
     with transaction() as session:
         invoice = _locked_invoice(session, invoice_id, None)
-        _transition(invoice, InvoiceStatus.OPEN)
+        _check_transition(invoice, InvoiceStatus.OPEN)
         if not invoice.lines:
             raise InvalidRequest("an invoice needs at least one line to be finalized")
         if invoice.total < 0:
             raise InvalidRequest("an invoice's total cannot be negative")
         now = _now()
-        invoice.number = _next_invoice_number(session, now.year)
+        # Taken last, after every check: the counter's lock is then held only briefly.
+        number = _next_invoice_number(session, now.year)
+        invoice.number = number
+        invoice.status = InvoiceStatus.OPEN.value
         invoice.finalized_at = now
         if invoice.collection_method == CollectionMethod.SEND_INVOICE and invoice.due_date is None:
             days = invoice.days_until_due

@@ -1,0 +1,215 @@
+"""Real servers for the tests: PostgreSQL, Redis and the Stripe emulator.
+
+Each comes from the environment (DATABASE_URL, REDIS_URL) when set, from the machine's
+own servers when they answer on their usual ports, and otherwise is started embedded
+under .devstack/test. Each test run gets a database of its own, created and dropped here.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import redis
+from sqlalchemy.engine import make_url
+
+from devstack.servers import LocalStripe, resolve_database_url, resolve_redis_url
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / ".devstack" / "test"
+TEST_REDIS_DB = 10  # away from database 0, which a developer's own stack may use
+TABLES = (
+    "invoice_lines, invoices, api_keys, customers, ledger_entries, outbox_jobs, "
+    "invoice_number_sequences"
+)
+
+
+def _connect_kwargs(url: str) -> dict[str, Any]:
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"user": parsed.username or "postgres", "dbname": parsed.database}
+    if parsed.password:
+        kwargs["password"] = parsed.password
+    if parsed.host:
+        kwargs["host"] = parsed.host
+    if parsed.port:
+        kwargs["port"] = parsed.port
+    if "host" in parsed.query:
+        kwargs["host"] = parsed.query["host"]
+    return kwargs
+
+
+def _admin(url: str) -> Any:
+    connection = psycopg2.connect(**_connect_kwargs(url))
+    connection.autocommit = True
+    return connection
+
+
+@pytest.fixture(scope="session")
+def server_database_url() -> Iterator[str]:
+    STATE.mkdir(parents=True, exist_ok=True)
+    url, embedded = resolve_database_url(STATE, allow_local=True)
+    try:
+        yield url
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def create_scratch_database(server_url: str, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with closing(_admin(server_url)) as connection, connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_scratch_database(server_url: str, url: str) -> None:
+    name = make_url(url).database
+    with closing(_admin(server_url)) as connection, connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(server_database_url: str) -> Iterator[str]:
+    url = create_scratch_database(server_database_url, "billing_test")
+    from alembic import command
+
+    from billing.cli import alembic_config
+
+    command.upgrade(alembic_config(url), "head")
+    try:
+        yield url
+    finally:
+        drop_scratch_database(server_database_url, url)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url, embedded = resolve_redis_url(STATE, allow_local=True)
+    if embedded is None and url.rstrip("/").endswith(":6379/0") and "REDIS_URL" not in os.environ:
+        url = url.rstrip("/")[: -len("/0")] + f"/{TEST_REDIS_DB}"
+    try:
+        yield url
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[LocalStripe]:
+    STATE.mkdir(parents=True, exist_ok=True)
+    server = LocalStripe(STATE)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def service_env(database_url: str, redis_url: str, localstripe: LocalStripe) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "STRIPE_API_KEY": "sk_test_local",
+        "STRIPE_API_BASE": localstripe.url,
+        "STRIPE_WEBHOOK_SECRET": "whsec_test",
+        "LOG_LEVEL": "WARNING",
+        "OUTBOX_LEASE_SECONDS": "300",
+    }
+
+
+@pytest.fixture
+def app(service_env: dict[str, str], redis_client: redis.Redis, localstripe: LocalStripe):
+    from billing import create_app
+    from billing.extensions import db
+
+    localstripe.reset()
+    flask_app = create_app(service_env)
+    flask_app.config["TESTING"] = True
+    with flask_app.app_context():
+        db.session.execute(db.text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        db.session.commit()
+        yield flask_app
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class Api:
+    """A test client that speaks JSON with one API key."""
+
+    def __init__(self, client: Any, secret: str) -> None:
+        self.client = client
+        self.secret = secret
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.secret}"}
+        headers.update(extra or {})
+        return headers
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.client.get(path, headers=self._headers(kwargs.pop("headers", None)), **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self.client.post(
+            path, json=json, headers=self._headers(kwargs.pop("headers", None)), **kwargs
+        )
+
+    def patch(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self.client.patch(
+            path, json=json, headers=self._headers(kwargs.pop("headers", None)), **kwargs
+        )
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.client.delete(
+            path, headers=self._headers(kwargs.pop("headers", None)), **kwargs
+        )
+
+
+@pytest.fixture
+def admin(app, client) -> Api:
+    from billing.services.api_keys import create_api_key
+
+    _, secret = create_api_key("test-admin")
+    return Api(client, secret)
+
+
+@pytest.fixture
+def make_customer(admin: Api):
+    def make(**overrides: Any) -> dict[str, Any]:
+        body = {"name": "Acme GmbH", "email": "billing@acme.example", "currency": "eur"}
+        body.update(overrides)
+        response = admin.post("/v1/customers", json=body)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()  # type: ignore[no-any-return]
+
+    return make
+
+
+@pytest.fixture
+def customer_api(app, client):
+    from billing.services.api_keys import create_api_key
+
+    def make(customer_id: str) -> Api:
+        _, secret = create_api_key("test-customer", customer_id)
+        return Api(client, secret)
+
+    return make

@@ -1,0 +1,132 @@
+"""Bad input gets a clear JSON error with a stable code, and changes nothing."""
+
+import pytest
+from sqlalchemy import func, select
+
+from billing.extensions import db
+from billing.models import Customer, Invoice, LedgerEntry, OutboxJob
+
+GOOD = {"name": "Acme", "email": "billing@acme.example", "currency": "eur"}
+
+
+def _nothing_changed() -> bool:
+    return all(
+        db.session.scalar(select(func.count()).select_from(model)) == 0
+        for model in (Customer, Invoice, OutboxJob, LedgerEntry)
+    )
+
+
+def _error(response, status):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    error = response.get_json()["error"]
+    assert error["code"] and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({**GOOD, "currency": "xyz"}, "parameter_invalid", "currency"),
+        ({**GOOD, "currency": 978}, "parameter_invalid", "currency"),
+        ({**GOOD, "name": ""}, "parameter_invalid", "name"),
+        ({**GOOD, "name": "x" * 257}, "parameter_invalid", "name"),
+        ({**GOOD, "name": "Evil\r\nBcc: victim@example.com"}, "parameter_invalid", "name"),
+        ({**GOOD, "email": "not-an-email"}, "parameter_invalid", "email"),
+        ({**GOOD, "email": "a@b.co\r\nBcc: x@y.z"}, "parameter_invalid", "email"),
+        ({**GOOD, "colour": "red"}, "parameter_unknown", "colour"),
+        ({"name": "Acme", "currency": "eur"}, "parameter_missing", "email"),
+        ({**GOOD, "metadata": {"k": 1}}, "parameter_invalid", "metadata.k"),
+        ({**GOOD, "metadata": {f"k{i}": "v" for i in range(51)}}, "parameter_invalid", "metadata"),
+        ({**GOOD, "address": {"country": "Germany"}}, "parameter_invalid", "address.country"),
+        ([GOOD], "parameter_invalid", None),
+    ],
+)
+def test_invalid_customers_are_refused_with_the_offending_parameter(admin, body, code, param):
+    error = _error(admin.post("/v1/customers", json=body), 400)
+    assert error["code"] == code
+    assert error["param"] == param
+    assert _nothing_changed()
+
+
+@pytest.mark.parametrize(
+    ("line", "param"),
+    [
+        ({"description": "x", "quantity": -1, "unit_amount": 100}, "lines.0.quantity"),
+        ({"description": "x", "quantity": 0, "unit_amount": 100}, "lines.0.quantity"),
+        ({"description": "x", "quantity": "3", "unit_amount": 100}, "lines.0.quantity"),
+        ({"description": "x", "quantity": 1.5, "unit_amount": 100}, "lines.0.quantity"),
+        ({"description": "x", "unit_amount": -100}, "lines.0.unit_amount"),
+        ({"description": "x", "unit_amount": 10**15}, "lines.0.unit_amount"),
+        ({"description": "x", "unit_amount": 100, "tax_rate": 101}, "lines.0.tax_rate"),
+        ({"description": "x", "unit_amount": 100, "tax_rate": "abc"}, "lines.0.tax_rate"),
+        ({"description": "x", "unit_amount": 100, "tax_rate": 7.12345}, "lines.0.tax_rate"),
+        ({"description": "x", "unit_amount": 100, "tax_rate": True}, "lines.0.tax_rate"),
+        ({"description": "", "unit_amount": 100}, "lines.0.description"),
+        ({"description": "x", "unit_amount": 100, "discount": 5}, "lines.0.discount"),
+    ],
+)
+def test_invalid_lines_are_refused_and_no_invoice_is_made(admin, make_customer, line, param):
+    customer = make_customer()
+    response = admin.post("/v1/invoices", json={"customer": customer["id"], "lines": [line]})
+    assert _error(response, 400)["param"] == param
+    assert db.session.scalar(select(func.count()).select_from(Invoice)) == 0
+
+
+def test_malformed_json_is_refused(admin):
+    response = admin.post(
+        "/v1/customers", data=b'{"name": "Acme",', headers={"Content-Type": "application/json"}
+    )
+    assert _error(response, 400)["code"] == "invalid_json"
+    assert _nothing_changed()
+
+
+def test_an_oversized_request_is_refused_before_it_is_read(admin):
+    response = admin.post("/v1/customers", json={**GOOD, "name": "x" * (2 * 1024 * 1024)})
+    assert _error(response, 413)["code"] == "request_too_large"
+    assert _nothing_changed()
+
+
+def test_an_endpoint_without_parameters_refuses_unknown_ones(admin, make_customer):
+    customer = make_customer()
+    draft = admin.post(
+        "/v1/invoices",
+        json={"customer": customer["id"], "lines": [{"description": "x", "unit_amount": 1}]},
+    ).get_json()
+    response = admin.post(f"/v1/invoices/{draft['id']}/finalize", json={"force": True})
+    assert _error(response, 400)["code"] == "parameter_unknown"
+    assert admin.get(f"/v1/invoices/{draft['id']}").get_json()["status"] == "draft"
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=101", "limit=ten", "status=paid-ish", "starting_after=bad id", "foo=1"],
+)
+def test_invalid_list_parameters_are_refused(admin, query):
+    assert _error(admin.get(f"/v1/invoices?{query}"), 400)["code"] in (
+        "parameter_invalid",
+        "parameter_unknown",
+    )
+
+
+def test_unknown_routes_and_methods_answer_json(admin):
+    assert _error(admin.get("/v1/nothing-here"), 404)["code"] == "route_not_found"
+    response = admin.client.put(
+        "/v1/customers", headers={"Authorization": f"Bearer {admin.secret}"}
+    )
+    assert _error(response, 405)["code"] == "method_not_allowed"
+
+
+def test_an_unknown_id_answers_404_with_the_param(admin):
+    error = _error(admin.get("/v1/invoices/in_doesnotexist"), 404)
+    assert error == {
+        "code": "resource_missing",
+        "message": "No such invoice: 'in_doesnotexist'",
+        "param": "id",
+    }
+
+
+def test_an_idempotency_key_that_is_too_long_is_refused(admin):
+    response = admin.post("/v1/customers", json=GOOD, headers={"Idempotency-Key": "k" * 256})
+    assert _error(response, 400)["code"] == "idempotency_key_invalid"
+    assert _nothing_changed()
