@@ -8,12 +8,27 @@ import sys
 import structlog
 
 
-def configure_logging(level: str = "INFO") -> None:
-    shared: list[structlog.types.Processor] = [
+def _shared_processors() -> list[structlog.types.Processor]:
+    return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+
+
+def json_formatter() -> logging.Formatter:
+    """A standard-library formatter that renders foreign log records as structlog JSON."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+
+
+def configure_logging(level: str = "INFO") -> None:
+    shared = _shared_processors()
     structlog.configure(
         processors=[
             *shared,
@@ -27,15 +42,8 @@ def configure_logging(level: str = "INFO") -> None:
     )
     # Libraries (gunicorn, celery, sqlalchemy) log through the standard library; render
     # theirs as JSON too, so that every line of a process is machine-readable.
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.JSONRenderer(),
-        ],
-    )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(json_formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

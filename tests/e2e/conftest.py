@@ -1,0 +1,183 @@
+"""A whole local stack of real processes: gunicorn, one Celery worker per queue, and beat."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from sqlalchemy import create_engine, text
+
+from devstack.servers import LocalStripe, free_port, script_path
+from tests.conftest import STATE, TABLES
+
+LOGS = STATE / "e2e"
+# Short leases and sweeps, so that a lost job is found again within seconds in a test.
+FAST_RECOVERY = {"OUTBOX_LEASE_SECONDS": "3", "OUTBOX_SWEEP_INTERVAL_SECONDS": "1"}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout}s waiting for {predicate}")
+        time.sleep(interval)
+
+
+class Stack:
+    def __init__(self, env: dict[str, str], redis_url: str) -> None:
+        self.env = env
+        self.redis = redis.Redis.from_url(redis_url)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        LOGS.mkdir(parents=True, exist_ok=True)
+
+    def log_path(self, name: str) -> Path:
+        return LOGS / f"{name}.log"
+
+    def _start(self, name: str, command: list[str]) -> None:
+        log = self.log_path(name).open("ab")
+        self.processes[name] = subprocess.Popen(
+            command,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def start_web(self) -> None:
+        self._start(
+            "web",
+            [
+                str(script_path("gunicorn")),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "2",
+                "--threads",
+                "8",
+                "--control-socket",
+                str(LOGS / "gunicorn.ctl"),
+                "billing:create_app()",
+            ],
+        )
+        wait_for(self._ready, timeout=60)
+
+    def _ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start_worker(self, queue: str) -> None:
+        self._start(
+            f"worker-{queue}",
+            [
+                str(script_path("celery")),
+                "-A",
+                "workers",
+                "worker",
+                "-Q",
+                queue,
+                "-n",
+                f"{queue}-{os.getpid()}@%h",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+
+    def start_beat(self) -> None:
+        self._start(
+            "beat",
+            [
+                str(script_path("celery")),
+                "-A",
+                "workers",
+                "beat",
+                "--schedule",
+                str(LOGS / "beat-schedule"),
+            ],
+        )
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+
+@pytest.fixture(scope="module")
+def stack(database_url: str, redis_url: str, localstripe: LocalStripe) -> Iterator[Stack]:
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    localstripe.reset()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "STRIPE_API_KEY": "sk_test_local",
+        "STRIPE_API_BASE": localstripe.url,
+        "STRIPE_WEBHOOK_SECRET": "whsec_test",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+        **FAST_RECOVERY,
+    }
+    stack = Stack(env, redis_url)
+    stack.redis.flushdb()
+    for name in ("web", "worker-billing", "worker-pdf", "worker-mail", "beat"):
+        stack.log_path(name).unlink(missing_ok=True)
+    try:
+        stack.start_web()
+        for queue in ("billing", "pdf", "mail"):
+            stack.start_worker(queue)
+        stack.start_beat()
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def admin_key(stack: Stack) -> str:
+    output = subprocess.run(
+        [str(script_path("billing")), "api-keys", "create", "--name", "e2e-admin"],
+        env=stack.env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    import json
+
+    return str(json.loads(output.strip().splitlines()[-1])["secret"])
+
+
+@pytest.fixture(scope="module")
+def http(stack: Stack, admin_key: str) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {admin_key}"
+    return session
