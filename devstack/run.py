@@ -98,9 +98,29 @@ def _pump(prefix: str, stream: IO[bytes]) -> None:
         stream.close()
 
 
+class _StopFlag:
+    """Set from a signal handler, so it takes no lock: a threading.Event would deadlock
+    when the signal lands while the main thread sits inside Event.wait holding its lock."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._set and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self._set
+
+
 class _Supervisor:
     def __init__(self) -> None:
-        self.stop_requested = threading.Event()
+        self.stop_requested = _StopFlag()
         self.signal_name: str | None = None
         self.children: list[_Child] = []
 

@@ -24,6 +24,8 @@ from devstack.servers import LocalStripe, resolve_database_url, resolve_redis_ur
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".devstack" / "test"
 TEST_REDIS_DB = 10  # away from database 0, which a developer's own stack may use
+# BILLING_TEST_SERVERS=embedded ignores the machine's own servers: how a fresh machine runs.
+USE_LOCAL_SERVERS = os.environ.get("BILLING_TEST_SERVERS") != "embedded"
 TABLES = (
     "invoice_lines, invoices, api_keys, customers, ledger_entries, outbox_jobs, "
     "invoice_number_sequences"
@@ -53,7 +55,7 @@ def _admin(url: str) -> Any:
 @pytest.fixture(scope="session")
 def server_database_url() -> Iterator[str]:
     STATE.mkdir(parents=True, exist_ok=True)
-    url, embedded = resolve_database_url(STATE, allow_local=True)
+    url, embedded = resolve_database_url(STATE, allow_local=USE_LOCAL_SERVERS)
     try:
         yield url
     finally:
@@ -90,7 +92,7 @@ def database_url(server_database_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    url, embedded = resolve_redis_url(STATE, allow_local=True)
+    url, embedded = resolve_redis_url(STATE, allow_local=USE_LOCAL_SERVERS)
     if embedded is None and url.rstrip("/").endswith(":6379/0") and "REDIS_URL" not in os.environ:
         url = url.rstrip("/")[: -len("/0")] + f"/{TEST_REDIS_DB}"
     try:
