@@ -47,6 +47,9 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates its plugin set-up at INFO; its migration steps stay visible.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

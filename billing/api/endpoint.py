@@ -165,6 +165,9 @@ def _run_idempotently(view: Callable[[], ViewResult], atomic: bool) -> Response:
     except (ApiError, ServiceError) as exc:
         db.session.rollback()
         error = exc if isinstance(exc, ApiError) else from_service_error(exc)
+        if error.status >= 500 or getattr(exc, "retryable", False):
+            ledger.release(claimed.entry_id)  # "not now" is no answer to replay for a day
+            raise
         with transaction():
             ledger.complete(
                 claimed.entry_id, "failed", response_status=error.status, response_body=error.body()

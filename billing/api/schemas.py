@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from billing.domain.invoices import MAX_TAX_RATE, TAX_RATE_QUANTUM, CollectionMethod, InvoiceStatus
-from billing.domain.money import UnknownCurrency, normalize_currency
+from billing.domain.money import UnknownCurrency, known_currencies, normalize_currency
 
 
 class Strict(BaseModel):
@@ -59,16 +59,18 @@ def _tax_rate(value: Any) -> Decimal:
 Text = Annotated[str, AfterValidator(_no_control_characters)]
 Name = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 Email = Annotated[
-    Text,
+    str,
     StringConstraints(
         min_length=3, max_length=320, pattern=r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"
     ),
+    AfterValidator(_no_control_characters),
 ]
 Currency = Annotated[
     str,
     StringConstraints(min_length=3, max_length=3),
     AfterValidator(_currency),
-    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z]{3}$", "example": "eur"}),
+    # Lower-case ISO 4217 codes, as Stripe spells them; upper case is accepted too.
+    WithJsonSchema({"type": "string", "enum": sorted(known_currencies()), "example": "eur"}),
 ]
 TaxRate = Annotated[
     Decimal,

@@ -18,7 +18,7 @@ class CurrencyMismatch(ValueError):
 
 
 @lru_cache(maxsize=1)
-def _known_currencies() -> frozenset[str]:
+def known_currencies() -> frozenset[str]:
     # Babel's CLDR data is the list of ISO 4217 codes in use, with their exponents.
     return frozenset(code.lower() for code in list_currencies())
 
@@ -26,7 +26,7 @@ def _known_currencies() -> frozenset[str]:
 def normalize_currency(code: str) -> str:
     """Lower-case ISO code, as Stripe spells it; raises UnknownCurrency for anything else."""
     normalized = code.strip().lower()
-    if len(normalized) != 3 or normalized not in _known_currencies():
+    if len(normalized) != 3 or normalized not in known_currencies():
         raise UnknownCurrency(f"{code!r} is not an ISO 4217 currency code")
     return normalized
 

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from billing import jobs
 from billing.adapters.stripe_gateway import StripeRejected, StripeUnavailable
 from billing.domain.money import normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
-from billing.models import Customer
+from billing.models import Customer, Invoice
 from billing.services import context, ledger
 from billing.services.errors import (
     Conflict,
@@ -93,7 +93,10 @@ def update_customer(
         customer = get_customer(customer_id, customer_scope=customer_scope)
         session.refresh(customer, with_for_update=True)
         if "currency" in changes and normalize_currency(changes["currency"]) != customer.currency:
-            if customer.invoices:
+            has_invoices = session.scalar(
+                select(exists().where(Invoice.customer_id == customer.id))
+            )
+            if has_invoices:
                 raise InvalidRequest(
                     "the currency of a customer with invoices cannot change", param="currency"
                 )
@@ -174,10 +177,12 @@ class PaymentMethodRejected(ServiceError):
 class StripeUnavailableError(ServiceError):
     code = "stripe_unavailable"
     status = 503
+    retryable = True
 
 
 class CustomerNotSynced(Conflict):
     code = "customer_not_synced"
+    retryable = True
 
 
 def set_default_payment_method(

@@ -6,6 +6,9 @@ from __future__ import annotations
 class ServiceError(Exception):
     code = "service_error"
     status = 400
+    # A retryable error says "not now" (a dependency down, work still in progress): its
+    # response is not stored under the request's Idempotency-Key, so a retry runs afresh.
+    retryable = False
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

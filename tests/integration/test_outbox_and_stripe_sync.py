@@ -228,3 +228,31 @@ def test_an_unknown_payment_method_is_refused_by_stripe_and_changes_nothing(admi
     assert response.status_code == 402
     assert response.get_json()["error"]["code"] == "payment_method_rejected"
     assert admin.get(f"/v1/customers/{customer['id']}").get_json()["default_payment_method"] is None
+
+
+def test_a_stripe_outage_answers_503_and_does_not_burn_the_idempotency_key(
+    service_env, app, make_customer, stripe_client
+):
+    from billing import create_app
+    from billing.services.api_keys import create_api_key
+
+    customer = make_customer()
+    _, secret = create_api_key("admin")
+    headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": "attach-1"}
+    path = f"/v1/customers/{customer['id']}/payment_method"
+    pm = stripe_client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    outage = create_app({**service_env, "STRIPE_API_BASE": "http://127.0.0.1:9"})
+    with outage.app_context():
+        down = outage.test_client().post(path, json={"payment_method": pm.id}, headers=headers)
+        db.session.remove()
+    assert down.status_code in (409, 503)
+    assert down.get_json()["error"]["code"] in ("customer_not_synced", "stripe_unavailable")
+    # Stripe is back: the same request with the same key now runs and succeeds.
+    again = app.test_client().post(path, json={"payment_method": pm.id}, headers=headers)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["default_payment_method"] == pm.id
