@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Protocol
 
+from devstack.commands import QUEUES, beat_command, web_command, worker_command
 from devstack.servers import (
     LocalStripe,
     port_open,
@@ -347,57 +348,11 @@ def main() -> int:
             )
         )
 
-        gunicorn, celery = str(script_path("gunicorn")), str(script_path("celery"))
         children: list[tuple[str, list[str]]] = [
-            (
-                "web",
-                [
-                    gunicorn,
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--workers",
-                    "2",
-                    "--threads",
-                    "4",
-                    # gunicorn's default control socket (~/.gunicorn/gunicorn.ctl) is one per
-                    # user, so two gunicorns (make run + e2e tests) would fight over it.
-                    "--control-socket",
-                    str(STATE_DIR / "gunicorn.ctl"),
-                    "billing:create_app()",
-                ],
-            ),
+            ("web", web_command(port, STATE_DIR / "gunicorn.ctl")),
+            *[(queue, worker_command(queue, f"{queue}@%h")) for queue in QUEUES],
+            ("beat", beat_command(STATE_DIR / "celerybeat-schedule")),
         ]
-        for queue in ("billing", "pdf", "mail"):
-            children.append(
-                (
-                    queue,
-                    [
-                        celery,
-                        "-A",
-                        "workers",
-                        "worker",
-                        "-Q",
-                        queue,
-                        "-n",
-                        f"{queue}@%h",
-                        "--concurrency",
-                        "2",
-                    ],
-                )
-            )
-        children.append(
-            (
-                "beat",
-                [
-                    celery,
-                    "-A",
-                    "workers",
-                    "beat",
-                    "--schedule",
-                    str(STATE_DIR / "celerybeat-schedule"),
-                ],
-            )
-        )
         width = max(len(name) for name, _ in children) + 2
         for name, cmd in children:
             sup.start_child(name, cmd, env, width)

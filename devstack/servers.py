@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -167,6 +167,23 @@ def stop_process_groups(procs: Sequence[subprocess.Popen[bytes]], timeout: float
 # --------------------------------------------------------------------------------------------
 # PostgreSQL (pgserver)
 # --------------------------------------------------------------------------------------------
+
+
+def _start_on_port(
+    start_on: Callable[[int, float], None], port: int | None, timeout: float
+) -> None:
+    """Start on ``port``, or on a free one; free_port() is racy, so a port someone grabbed
+    first is given up for another, twice at most."""
+    if port is not None:
+        start_on(port, timeout)
+        return
+    for attempt in range(3):
+        try:
+            start_on(free_port(), timeout)
+            return
+        except RuntimeError:
+            if attempt == 2:
+                raise
 
 
 def _import_pgserver() -> Any:
@@ -383,17 +400,7 @@ class EmbeddedRedis:
             raise RuntimeError(f"EmbeddedRedis already running on port {self.port}")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if port is not None:
-            self._start_on(port, timeout)
-        else:
-            # free_port() is racy; if someone grabs the port first, try another one.
-            for attempt in range(3):
-                try:
-                    self._start_on(free_port(), timeout)
-                    break
-                except RuntimeError:
-                    if attempt == 2:
-                        raise
+        _start_on_port(self._start_on, port, timeout)
         atexit.register(self.stop)
         return self.url
 
@@ -521,16 +528,7 @@ class LocalStripe:
         its base URL ``http://127.0.0.1:PORT`` (use it as the Stripe SDK's api base)."""
         if self._proc is not None:
             raise RuntimeError(f"LocalStripe already running on port {self.port}")
-        if port is not None:
-            self._start_on(port, timeout)
-        else:
-            for attempt in range(3):
-                try:
-                    self._start_on(free_port(), timeout)
-                    break
-                except RuntimeError:
-                    if attempt == 2:
-                        raise
+        _start_on_port(self._start_on, port, timeout)
         atexit.register(self.stop)
         return self.url
 

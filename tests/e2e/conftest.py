@@ -15,6 +15,7 @@ import redis
 import requests
 from sqlalchemy import create_engine, text
 
+from devstack.commands import QUEUES, beat_command, web_command, worker_command
 from devstack.servers import LocalStripe, free_port, script_path
 from tests.conftest import STATE, TABLES
 
@@ -59,21 +60,7 @@ class Stack:
         log.close()
 
     def start_web(self) -> None:
-        self._start(
-            "web",
-            [
-                str(script_path("gunicorn")),
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                "2",
-                "--threads",
-                "8",
-                "--control-socket",
-                str(LOGS / "gunicorn.ctl"),
-                "billing:create_app()",
-            ],
-        )
+        self._start("web", web_command(self.port, LOGS / "gunicorn.ctl", threads=8))
         wait_for(self._ready, timeout=60)
 
     def _ready(self) -> bool:
@@ -83,36 +70,10 @@ class Stack:
             return False
 
     def start_worker(self, queue: str) -> None:
-        self._start(
-            f"worker-{queue}",
-            [
-                str(script_path("celery")),
-                "-A",
-                "workers",
-                "worker",
-                "-Q",
-                queue,
-                "-n",
-                f"{queue}-{os.getpid()}@%h",
-                "--concurrency",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-        )
+        self._start(f"worker-{queue}", worker_command(queue, f"{queue}-{os.getpid()}@%h"))
 
     def start_beat(self) -> None:
-        self._start(
-            "beat",
-            [
-                str(script_path("celery")),
-                "-A",
-                "workers",
-                "beat",
-                "--schedule",
-                str(LOGS / "beat-schedule"),
-            ],
-        )
+        self._start("beat", beat_command(LOGS / "beat-schedule"))
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         process = self.processes.pop(name, None)
@@ -154,7 +115,7 @@ def stack(database_url: str, redis_url: str, localstripe: LocalStripe) -> Iterat
         stack.log_path(name).unlink(missing_ok=True)
     try:
         stack.start_web()
-        for queue in ("billing", "pdf", "mail"):
+        for queue in QUEUES:
             stack.start_worker(queue)
         stack.start_beat()
         yield stack

@@ -1,0 +1,52 @@
+"""The process commands of the service, as `make run` and the end-to-end tests start them.
+
+They are the same commands the ECS task definitions run; only the listen address, the
+control socket and the names differ locally.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from billing.jobs import QUEUES as JOB_QUEUES
+from devstack.servers import script_path
+
+QUEUES = JOB_QUEUES  # one worker per queue
+
+
+def web_command(
+    port: int, control_socket: Path, *, workers: int = 2, threads: int = 4
+) -> list[str]:
+    return [
+        str(script_path("gunicorn")),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        # gunicorn's default control socket (~/.gunicorn/gunicorn.ctl) is one per user,
+        # so two gunicorns (make run and the e2e tests) would fight over it.
+        "--control-socket",
+        str(control_socket),
+        "billing:create_app()",
+    ]
+
+
+def worker_command(queue: str, node_name: str, *, concurrency: int = 2) -> list[str]:
+    return [
+        str(script_path("celery")),
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        node_name,
+        "--concurrency",
+        str(concurrency),
+    ]
+
+
+def beat_command(schedule_file: Path) -> list[str]:
+    return [str(script_path("celery")), "-A", "workers", "beat", "--schedule", str(schedule_file)]
