@@ -13,7 +13,7 @@ from billing.extensions import db
 from billing.ids import new_id
 from billing.jobs import queue_for
 from billing.logging import get_logger
-from billing.models import OutboxJob
+from billing.models import Invoice, OutboxJob
 from billing.services import context
 from billing.services.unit_of_work import RECORDED_JOBS
 
@@ -169,5 +169,17 @@ def job_will_retry(job_id: str, error: str, countdown: float) -> None:
     )
 
 
-def get_job(job_id: str) -> OutboxJob | None:
-    return db.session.get(OutboxJob, job_id)
+def get_job(job_id: str, *, customer_scope: str | None = None) -> OutboxJob | None:
+    """A customer key sees the jobs about its own customer or its invoices, nothing else."""
+    job = db.session.get(OutboxJob, job_id)
+    if job is None or customer_scope is None:
+        return job
+    args = job.args or {}
+    if args.get("customer_id") == customer_scope:
+        return job
+    invoice_id = args.get("invoice_id")
+    if invoice_id is not None:
+        owner = db.session.scalar(select(Invoice.customer_id).where(Invoice.id == invoice_id))
+        if owner == customer_scope:
+            return job
+    return None

@@ -86,3 +86,10 @@ def test_a_revoked_key_stops_working(app, client):
     assert client.get("/v1/customers", headers=headers).status_code == 200
     revoke_api_key(key.id)
     assert client.get("/v1/customers", headers=headers).status_code == 401
+
+
+def test_a_customer_key_sees_its_own_jobs_and_no_one_elses(make_customer, customer_api):
+    mine, theirs = make_customer(), make_customer()
+    api = customer_api(mine["id"])
+    assert api.get(f"/v1/jobs/{mine['sync_job']}").get_json()["args"] == {"customer_id": mine["id"]}
+    assert api.get(f"/v1/jobs/{theirs['sync_job']}").status_code == 404

@@ -1,0 +1,40 @@
+import json
+
+from billing.extensions import db
+from billing.models import ApiKey
+
+
+def test_an_api_key_is_created_printed_once_and_stored_only_as_a_hash(app):
+    result = app.test_cli_runner().invoke(args=["api-keys", "create", "--name", "ops"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["name"] == "ops" and printed["customer"] is None
+    stored = db.session.get(ApiKey, printed["id"])
+    assert printed["secret"] not in (stored.secret_hash, stored.secret_prefix)
+    assert printed["secret"].startswith(stored.secret_prefix)
+    listed = app.test_cli_runner().invoke(args=["api-keys", "list"]).output
+    assert printed["id"] in listed and printed["secret"] not in listed
+
+
+def test_a_customer_key_needs_an_existing_customer(app, make_customer):
+    runner = app.test_cli_runner()
+    missing = runner.invoke(args=["api-keys", "create", "--customer", "cus_nope"])
+    assert missing.exit_code != 0
+    assert "no customer cus_nope" in missing.output
+    customer = make_customer()
+    made = runner.invoke(args=["api-keys", "create", "--customer", customer["id"]])
+    assert json.loads(made.output)["customer"] == customer["id"]
+
+
+def test_revoking_an_unknown_key_fails_with_a_clear_message(app):
+    result = app.test_cli_runner().invoke(args=["api-keys", "revoke", "key_nope"])
+    assert result.exit_code == 1
+    assert "no API key key_nope" in result.output
+
+
+def test_a_revoked_key_is_refused_by_the_api(app, client):
+    runner = app.test_cli_runner()
+    created = json.loads(runner.invoke(args=["api-keys", "create"]).output)
+    assert runner.invoke(args=["api-keys", "revoke", created["id"]]).exit_code == 0
+    response = client.get("/v1/customers", headers={"Authorization": f"Bearer {created['secret']}"})
+    assert response.status_code == 401

@@ -1,0 +1,40 @@
+import pytest
+
+from billing.config import ConfigError, Settings
+
+
+def test_defaults_apply_when_nothing_is_set():
+    settings = Settings.from_env({})
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.outbox_lease_seconds == 300
+    assert settings.idempotency_key_ttl_hours == 24
+    assert settings.mail["MAIL_PORT"] == 25
+    assert settings.stripe_api_base is None
+
+
+def test_a_plain_postgresql_url_gets_the_psycopg2_driver():
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://u:p@db:5432/billing"})
+    assert settings.database_url == "postgresql+psycopg2://u:p@db:5432/billing"
+
+
+def test_a_malformed_number_is_a_clear_configuration_error():
+    with pytest.raises(ConfigError, match="OUTBOX_LEASE_SECONDS"):
+        Settings.from_env({"OUTBOX_LEASE_SECONDS": "five"})
+
+
+def test_mail_flags_read_as_booleans():
+    settings = Settings.from_env({"MAIL_USE_TLS": "true", "MAIL_SUPPRESS_SEND": "0"})
+    assert settings.mail["MAIL_USE_TLS"] is True
+    assert settings.mail["MAIL_SUPPRESS_SEND"] is False
+
+
+def test_secrets_never_appear_in_the_redacted_view():
+    settings = Settings.from_env(
+        {
+            "STRIPE_API_KEY": "sk_live_secret",
+            "MAIL_PASSWORD": "hunter2",
+            "STRIPE_WEBHOOK_SECRET": "w",
+        }
+    )
+    shown = repr(settings.redacted())
+    assert "sk_live_secret" not in shown and "hunter2" not in shown
