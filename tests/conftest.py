@@ -23,7 +23,8 @@ from devstack.servers import LocalStripe, resolve_database_url, resolve_redis_ur
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".devstack" / "test"
-TEST_REDIS_DB = 10  # away from database 0, which a developer's own stack may use
+# Away from database 0, which a developer's own stack may use; one per concurrent run.
+TEST_REDIS_DBS = range(10, 16)
 # BILLING_TEST_SERVERS=embedded ignores the machine's own servers: how a fresh machine runs.
 USE_LOCAL_SERVERS = os.environ.get("BILLING_TEST_SERVERS") != "embedded"
 TABLES = (
@@ -90,14 +91,31 @@ def database_url(server_database_url: str) -> Iterator[str]:
         drop_scratch_database(server_database_url, url)
 
 
+def _claim_redis_database(url: str) -> tuple[str, redis.Redis, str]:
+    """On a shared Redis, take a database no other test run is using: tests flush theirs.
+    The claims live in database 0, which no test flushes, and expire if a run dies."""
+    base = url.rstrip("/").rsplit("/", 1)[0]
+    registry = redis.Redis.from_url(f"{base}/0")
+    for number in TEST_REDIS_DBS:
+        claim = f"billing-tests:redis-db:{number}"
+        if registry.set(claim, str(os.getpid()), nx=True, ex=3 * 3600):
+            return f"{base}/{number}", registry, claim
+    raise RuntimeError(f"every Redis database in {list(TEST_REDIS_DBS)} is in use by a test run")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url, embedded = resolve_redis_url(STATE, allow_local=USE_LOCAL_SERVERS)
-    if embedded is None and url.rstrip("/").endswith(":6379/0") and "REDIS_URL" not in os.environ:
-        url = url.rstrip("/")[: -len("/0")] + f"/{TEST_REDIS_DB}"
+    claim: tuple[redis.Redis, str] | None = None
+    if embedded is None and "REDIS_URL" not in os.environ:
+        url, registry, key = _claim_redis_database(url)
+        claim = (registry, key)
     try:
         yield url
     finally:
+        if claim is not None:
+            claim[0].delete(claim[1])
+            claim[0].close()
         if embedded is not None:
             embedded.stop()
 
