@@ -172,6 +172,8 @@ class LedgerEntry(db.Model):  # type: ignore[name-defined]
     key: Mapped[str] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
+    # The fencing token: raised by every takeover; writes name the attempt they belong to.
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[Any | None] = mapped_column(JSONB)
     outcome: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

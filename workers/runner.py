@@ -11,12 +11,12 @@ from celery.utils.time import get_exponential_backoff_interval
 from billing.logging import bind_context, get_logger
 from billing.services import outbox
 from billing.services.errors import PermanentJobError, TransientJobError
+from billing.services.outbox import MAX_ATTEMPTS
 
 log = get_logger(__name__)
 
-# Eight tries over about ten minutes (2 s doubling, capped at 5 min, full jitter): enough
-# to ride out a Stripe or SMTP blip; then an operator sees it dead-lettered.
-MAX_ATTEMPTS = 8
+# 2 s doubling, capped at 5 minutes, with full jitter so that retries of many jobs hit
+# by one outage do not arrive together.
 BACKOFF_FACTOR = 2
 BACKOFF_MAX_SECONDS = 300
 
@@ -32,7 +32,7 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
     try:
         handler(**job.args)
     except PermanentJobError as exc:
-        outbox.job_failed(job_id, str(exc))
+        outbox.job_failed(job, str(exc))
         log.error("job.failed", error=str(exc))
         return
     except Exception as exc:
@@ -40,15 +40,16 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
         if not isinstance(exc, TransientJobError):
             log.exception("job.unexpected_error")
         if job.attempts >= MAX_ATTEMPTS:
-            outbox.job_dead_lettered(job_id, error)
+            outbox.job_dead_lettered(job, error)
             log.error("job.dead_lettered", attempts=job.attempts, error=error)
             return
         countdown = get_exponential_backoff_interval(
             BACKOFF_FACTOR, job.attempts, BACKOFF_MAX_SECONDS, full_jitter=True
         )
-        outbox.job_will_retry(job_id, error, countdown)
+        if not outbox.job_will_retry(job, error, countdown):
+            return  # swept and started again by another worker: that run owns it now
         log.warning("job.will_retry", attempts=job.attempts, countdown=countdown, error=error)
         # Our own count (the outbox's attempts) decides; Celery's only backs it up.
         raise task.retry(countdown=countdown, exc=exc, max_retries=MAX_ATTEMPTS) from exc
-    outbox.job_succeeded(job_id)
+    outbox.job_succeeded(job)
     log.info("job.succeeded")

@@ -93,14 +93,27 @@ class StripeSdkGateway:
             )
 
 
+# Errors that say nothing about the request itself: no answer, overload, an idempotency
+# conflict, or our own credentials. Each may heal; none may mark the work as refused.
+_NOT_A_REFUSAL = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,
+    stripe.IdempotencyError,
+    stripe.AuthenticationError,
+    stripe.PermissionError,
+)
+
+
 @contextmanager
 def _translated_errors() -> Iterator[None]:
     try:
         yield
-    except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+    except _NOT_A_REFUSAL as exc:
         raise StripeUnavailable(str(exc)) from exc
     except stripe.StripeError as exc:
-        if (exc.http_status or 0) >= 500:
+        # 409: the same idempotency key is still being processed by Stripe.
+        if (exc.http_status or 0) >= 500 or exc.http_status == 409:
             raise StripeUnavailable(str(exc)) from exc
         error = exc.error
         raise StripeRejected(

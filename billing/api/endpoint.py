@@ -3,9 +3,11 @@ entry, all from the same declaration so that the document cannot drift from the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +26,7 @@ from billing.services.unit_of_work import transaction
 
 # Longer than gunicorn's worker timeout: a request still holding its key is alive.
 IDEMPOTENT_REQUEST_LEASE = timedelta(seconds=60)
+_PATH_ID = re.compile(r"[a-z]{2,4}_[0-9a-z]{1,36}")
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 ViewResult = tuple[BaseModel | None, int]
@@ -88,7 +91,7 @@ def _fingerprint() -> str:
     raw = request.get_data(cache=True)
     try:
         canonical = json.dumps(json.loads(raw or b"{}"), sort_keys=True, separators=(",", ":"))
-    except ValueError:
+    except (ValueError, RecursionError):
         canonical = raw.decode("utf-8", "replace")
     material = f"{request.method} {request.path}\n{canonical}"
     return hashlib.sha256(material.encode()).hexdigest()
@@ -103,6 +106,15 @@ def _json(body: Any, status: int) -> Response:
     response = jsonify(body) if body is not None else Response(status=status)
     response.status_code = status
     return response
+
+
+def _key_in_use() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_key_in_use",
+        "a request with this Idempotency-Key is still running; retry later",
+        param="Idempotency-Key",
+    )
 
 
 def _run_idempotently(view: Callable[[], ViewResult], atomic: bool) -> Response:
@@ -132,12 +144,7 @@ def _run_idempotently(view: Callable[[], ViewResult], atomic: bool) -> Response:
             param="Idempotency-Key",
         )
     if claimed.claim is Claim.IN_PROGRESS:
-        raise ApiError(
-            409,
-            "idempotency_key_in_use",
-            "a request with this Idempotency-Key is still running; retry later",
-            param="Idempotency-Key",
-        )
+        raise _key_in_use()
     if claimed.claim is Claim.DONE:
         response = _json(claimed.response_body, claimed.response_status or 200)
         response.headers["Idempotent-Replayed"] = "true"
@@ -146,37 +153,37 @@ def _run_idempotently(view: Callable[[], ViewResult], atomic: bool) -> Response:
     try:
         if atomic:
             # The change and its stored response commit together: no crash can leave one
-            # without the other, so a retry never performs the request twice.
+            # without the other, so a retry never performs the request twice. If a later
+            # request took the key over meanwhile, complete() raises and all rolls back.
             with transaction():
                 body, status = _shape(view())
-                ledger.complete(
-                    claimed.entry_id, "succeeded", response_status=status, response_body=body
-                )
+                ledger.complete(claimed, "succeeded", response_status=status, response_body=body)
         else:
             body, status = _shape(view())
-            with transaction():
-                ledger.complete(
-                    claimed.entry_id, "succeeded", response_status=status, response_body=body
-                )
+            with contextlib.suppress(ledger.LeaseLost), transaction():
+                ledger.complete(claimed, "succeeded", response_status=status, response_body=body)
+    except ledger.LeaseLost as exc:
+        raise _key_in_use() from exc
     except RequestInvalid:
         db.session.rollback()
-        ledger.release(claimed.entry_id)
+        ledger.release(claimed)
         raise
     except (ApiError, ServiceError) as exc:
         db.session.rollback()
         error = exc if isinstance(exc, ApiError) else from_service_error(exc)
         if error.status >= 500 or getattr(exc, "retryable", False):
-            ledger.release(claimed.entry_id)  # "not now" is no answer to replay for a day
+            ledger.release(claimed)  # "not now" is no answer to replay for a day
             raise
-        with transaction():
+        with contextlib.suppress(ledger.LeaseLost), transaction():
             ledger.complete(
-                claimed.entry_id, "failed", response_status=error.status, response_body=error.body()
+                claimed, "failed", response_status=error.status, response_body=error.body()
             )
         raise
     except BaseException:
-        # Nothing was committed (the transaction rolled back): let a retry run afresh.
+        # Whatever was not committed rolled back; release() deletes only a claim of this
+        # attempt that is still running, never an outcome already recorded.
         db.session.rollback()
-        ledger.release(claimed.entry_id)
+        ledger.release(claimed)
         raise
     return _json(body, status)
 
@@ -217,6 +224,11 @@ def endpoint(
     def decorate(view: Callable[..., ViewResult]) -> Callable[..., Response]:
         @functools.wraps(view)
         def handle(**path_args: Any) -> Response:
+            for name, value in path_args.items():
+                if not _PATH_ID.fullmatch(value):
+                    # Not an id we could ever have issued: the same answer as a missing one.
+                    kind = name.removesuffix("_id")
+                    raise ApiError(404, "resource_missing", f"No such {kind}", param=name)
             if admin_only and not principal().is_admin:
                 raise ApiError(403, "permission_denied", "this action needs an admin API key")
 

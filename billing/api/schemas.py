@@ -56,7 +56,15 @@ def _tax_rate(value: Any) -> Decimal:
     return rate.quantize(TAX_RATE_QUANTUM)
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text or JSONB; other line breaks are fine here.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_control_characters)]
+LongText = Annotated[str, AfterValidator(_no_nul)]
 Name = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 Email = Annotated[
     str,
@@ -86,8 +94,8 @@ TaxRate = Annotated[
 ]
 Metadata = Annotated[
     dict[
-        Annotated[str, StringConstraints(min_length=1, max_length=40)],
-        Annotated[str, StringConstraints(max_length=500)],
+        Annotated[Text, StringConstraints(min_length=1, max_length=40)],
+        Annotated[LongText, StringConstraints(max_length=500)],
     ],
     Field(max_length=50),
 ]
@@ -116,13 +124,26 @@ class CustomerCreate(Strict):
     metadata: Metadata = Field(default_factory=dict)
 
 
+def _drop_null_defaults(schema: dict[str, Any]) -> None:
+    # "Absent" is the default of a PATCH field; null is not a value the schema allows.
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", ...) is None:
+            del prop["default"]
+
+
 class CustomerUpdate(Strict):
-    name: Name | None = None
-    email: Email | None = None
-    currency: Currency | None = None
+    """Only the fields sent change. name, email, currency and metadata cannot be null;
+    address and tax_id can (null clears them)."""
+
+    model_config = ConfigDict(json_schema_extra=_drop_null_defaults)
+
+    # A default of None that the type refuses: absent means "unchanged", null is invalid.
+    name: Name = None  # type: ignore[assignment]
+    email: Email = None  # type: ignore[assignment]
+    currency: Currency = None  # type: ignore[assignment]
     address: Address | None = None
     tax_id: Annotated[Text, StringConstraints(max_length=64)] | None = None
-    metadata: Metadata | None = None
+    metadata: Metadata = None  # type: ignore[assignment]
 
 
 class PaymentMethodAttach(Strict):
@@ -142,7 +163,7 @@ class InvoiceCreate(Strict):
     currency: Currency | None = None
     days_until_due: Annotated[int, Field(ge=0, le=365)] | None = None
     due_date: date | None = Field(default=None, json_schema_extra={"format": "date"})
-    description: Annotated[str, StringConstraints(max_length=5000)] | None = None
+    description: Annotated[LongText, StringConstraints(max_length=5000)] | None = None
     metadata: Metadata = Field(default_factory=dict)
     lines: Annotated[list[LineCreate], Field(max_length=500)] = Field(default_factory=list)
 

@@ -18,6 +18,13 @@ from billing.domain.money import round_half_up
 # Rates are percentages with at most four decimals (19, 7.7, 8.875).
 TAX_RATE_QUANTUM = Decimal("0.0001")
 MAX_TAX_RATE = Decimal(100)
+# Far above any real invoice (ten billion euros), far below PostgreSQL's bigint, so that
+# no sum of lines can overflow a column.
+MAX_AMOUNT = 999_999_999_999
+
+
+class AmountTooLarge(ValueError):
+    pass
 
 
 class InvoiceStatus(enum.StrEnum):
@@ -79,6 +86,8 @@ def line_amounts(quantity: int, unit_amount: int, tax_rate: Decimal) -> LineAmou
     if quantity < 0:
         raise ValueError("quantity cannot be negative")
     amount = quantity * unit_amount
+    if abs(amount) > MAX_AMOUNT:
+        raise AmountTooLarge(f"a line's amount cannot exceed {MAX_AMOUNT} minor units")
     tax = round_half_up(Decimal(amount) * tax_rate / 100)
     return LineAmounts(amount=amount, tax=tax)
 
@@ -93,6 +102,8 @@ def invoice_totals(lines: Iterable[tuple[int, int, Decimal]]) -> InvoiceTotals:
         subtotal += amounts.amount
         tax += amounts.tax
         by_rate[rate] = by_rate.get(rate, 0) + amounts.tax
+    if abs(subtotal + tax) > MAX_AMOUNT:
+        raise AmountTooLarge(f"an invoice's total cannot exceed {MAX_AMOUNT} minor units")
     return InvoiceTotals(subtotal=subtotal, tax=tax, total=subtotal + tax, tax_by_rate=by_rate)
 
 

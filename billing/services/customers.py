@@ -140,7 +140,7 @@ def sync_customer_to_stripe(customer_id: str) -> str:
         try:
             stripe_id = gateway.find_customer_by_metadata("ledger_key", ledger_key)
         except StripeUnavailable as exc:
-            ledger.mark_unknown(claimed.entry_id)
+            ledger.mark_unknown(claimed)
             raise TransientJobError(f"Stripe unavailable while reconciling: {exc}") from exc
         if stripe_id:
             log.info("customer.stripe_reconciled", customer_id=customer_id, stripe_id=stripe_id)
@@ -153,18 +153,22 @@ def sync_customer_to_stripe(customer_id: str) -> str:
                 idempotency_key=ledger_key,
             )
         except StripeUnavailable as exc:
-            ledger.mark_unknown(claimed.entry_id)
+            ledger.mark_unknown(claimed)
             raise TransientJobError(f"Stripe unavailable: {exc}") from exc
         except StripeRejected as exc:
             with transaction():
-                ledger.complete(claimed.entry_id, "failed", outcome={"error": exc.message})
+                ledger.complete(claimed, "failed", outcome={"error": exc.message})
             raise PermanentJobError(f"Stripe refused the customer: {exc.message}") from exc
 
-    with transaction() as session:
-        customer = session.get(Customer, customer_id, with_for_update=True)
-        assert customer is not None
-        customer.stripe_customer_id = stripe_id
-        ledger.complete(claimed.entry_id, "succeeded", outcome={"stripe_customer_id": stripe_id})
+    try:
+        with transaction() as session:
+            customer = session.get(Customer, customer_id, with_for_update=True)
+            assert customer is not None
+            customer.stripe_customer_id = stripe_id
+            ledger.complete(claimed, "succeeded", outcome={"stripe_customer_id": stripe_id})
+    except ledger.LeaseLost as exc:
+        # A later attempt took over (we outlived our lease); it records the outcome.
+        raise TransientJobError(f"customer {customer_id} sync was taken over") from exc
     log.info("customer.synced_to_stripe", customer_id=customer_id, stripe_customer_id=stripe_id)
     return stripe_id
 

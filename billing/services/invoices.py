@@ -86,7 +86,10 @@ def list_invoices(
 
 
 def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
-    amounts = rules.line_amounts(fields.quantity, fields.unit_amount, fields.tax_rate)
+    try:
+        amounts = rules.line_amounts(fields.quantity, fields.unit_amount, fields.tax_rate)
+    except rules.AmountTooLarge as exc:
+        raise InvalidRequest(str(exc), param="unit_amount") from exc
     line = InvoiceLine(
         description=fields.description,
         quantity=fields.quantity,
@@ -100,9 +103,12 @@ def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
 
 
 def _recompute_totals(invoice: Invoice) -> None:
-    totals = rules.invoice_totals(
-        (ln.quantity, ln.unit_amount, ln.tax_rate) for ln in invoice.lines
-    )
+    try:
+        totals = rules.invoice_totals(
+            (ln.quantity, ln.unit_amount, ln.tax_rate) for ln in invoice.lines
+        )
+    except rules.AmountTooLarge as exc:
+        raise InvalidRequest(str(exc), param="lines") from exc
     invoice.subtotal, invoice.tax, invoice.total = totals.subtotal, totals.tax, totals.total
 
 

@@ -1,7 +1,10 @@
 """The ledger: every side effect that must happen at most once, keyed by (scope, key).
 
 A claim is committed on its own before the side effect starts, so that a concurrent
-or later attempt sees it; its lease lets a crashed holder's entry be taken over.
+or later attempt sees it; its lease lets a crashed holder's entry be taken over. Each
+claim carries a fencing token (the entry's attempt number): an attempt that outlived
+its lease and was taken over can no longer record anything, because every write below
+names the attempt it belongs to.
 """
 
 from __future__ import annotations
@@ -26,10 +29,15 @@ class Claim(enum.StrEnum):
     MISMATCH = "mismatch"  # the key was used for a different request
 
 
+class LeaseLost(Exception):
+    """Another attempt took this entry over: this one must not record an outcome."""
+
+
 @dataclass(frozen=True)
 class ClaimResult:
     claim: Claim
     entry_id: int
+    attempt: int
     state: str
     response_status: int | None = None
     response_body: Any = None
@@ -47,90 +55,116 @@ def claim(
     """Take (scope, key) for one attempt, in a transaction of its own."""
     session = db.session()
     expires_at = func.now() + keep_for if keep_for is not None else None
-    inserted = session.execute(
-        insert(LedgerEntry)
-        .values(
-            scope=scope,
-            key=key,
-            fingerprint=fingerprint,
-            state="started",
-            locked_until=func.now() + lease,
-            expires_at=expires_at,
-        )
-        .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")
-        .returning(LedgerEntry.id)
-    ).scalar_one_or_none()
-    if inserted is not None:
-        session.commit()
-        return ClaimResult(Claim.NEW, inserted, "started")
+    # Two tries: the row we collide with may be deleted (released, purged) before we read it.
+    for _ in range(2):
+        inserted = session.execute(
+            insert(LedgerEntry)
+            .values(
+                scope=scope,
+                key=key,
+                fingerprint=fingerprint,
+                state="started",
+                attempt=1,
+                locked_until=func.now() + lease,
+                expires_at=expires_at,
+            )
+            .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")
+            .returning(LedgerEntry.id)
+        ).scalar_one_or_none()
+        if inserted is not None:
+            session.commit()
+            return ClaimResult(Claim.NEW, inserted, 1, "started")
+        entry = session.execute(
+            select(LedgerEntry)
+            .where(LedgerEntry.scope == scope, LedgerEntry.key == key)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if entry is not None:
+            result = _claim_existing(entry, fingerprint, lease)
+            session.commit()
+            return result
+        session.rollback()
+    raise LeaseLost(f"ledger entry {scope}/{key} kept vanishing while being claimed")
 
-    entry = session.execute(
-        select(LedgerEntry)
-        .where(LedgerEntry.scope == scope, LedgerEntry.key == key)
-        .with_for_update()
-    ).scalar_one()
-    lease_expired = session.execute(
+
+def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> ClaimResult:
+    lease_expired = db.session.execute(
         select(func.coalesce(entry.locked_until, func.now()) <= func.now())
     ).scalar_one()
-    result: ClaimResult
     if entry.fingerprint != fingerprint:
-        result = ClaimResult(Claim.MISMATCH, entry.id, entry.state)
-    elif entry.state in ("succeeded", "failed"):
-        result = ClaimResult(
+        return ClaimResult(Claim.MISMATCH, entry.id, entry.attempt, entry.state)
+    if entry.state in ("succeeded", "failed"):
+        return ClaimResult(
             Claim.DONE,
             entry.id,
+            entry.attempt,
             entry.state,
             entry.response_status,
             entry.response_body,
             entry.outcome,
         )
-    elif entry.state == "started" and not lease_expired:
-        result = ClaimResult(Claim.IN_PROGRESS, entry.id, entry.state)
-    else:
-        entry.state = "started"
-        entry.locked_until = func.now() + lease
-        result = ClaimResult(Claim.RESUMED, entry.id, "started", outcome=entry.outcome)
-    session.commit()
-    return result
+    if entry.state == "started" and not lease_expired:
+        return ClaimResult(Claim.IN_PROGRESS, entry.id, entry.attempt, entry.state)
+    entry.state = "started"
+    entry.attempt += 1
+    entry.locked_until = func.now() + lease
+    return ClaimResult(Claim.RESUMED, entry.id, entry.attempt, "started", outcome=entry.outcome)
+
+
+def _update_own_attempt(claimed: ClaimResult, **values: Any) -> None:
+    result = db.session.execute(
+        update(LedgerEntry)
+        .where(
+            LedgerEntry.id == claimed.entry_id,
+            LedgerEntry.attempt == claimed.attempt,
+            LedgerEntry.state == "started",
+        )
+        .values(**values)
+    )
+    if not getattr(result, "rowcount", 0):
+        raise LeaseLost(f"ledger entry {claimed.entry_id} was taken over by a later attempt")
 
 
 def complete(
-    entry_id: int,
+    claimed: ClaimResult,
     state: str,
     *,
     response_status: int | None = None,
     response_body: Any = None,
     outcome: dict[str, Any] | None = None,
 ) -> None:
-    """Record the outcome in the caller's transaction (atomic with the change it made)."""
-    db.session.execute(
-        update(LedgerEntry)
-        .where(LedgerEntry.id == entry_id)
-        .values(
-            state=state,
-            response_status=response_status,
-            response_body=response_body,
-            outcome=outcome,
-            locked_until=None,
-        )
+    """Record the outcome in the caller's transaction (atomic with the change it made).
+    Raises LeaseLost, so the caller's transaction rolls back, if it was taken over."""
+    _update_own_attempt(
+        claimed,
+        state=state,
+        response_status=response_status,
+        response_body=response_body,
+        outcome=outcome,
+        locked_until=None,
     )
 
 
-def mark_unknown(entry_id: int, outcome: dict[str, Any] | None = None) -> None:
+def mark_unknown(claimed: ClaimResult, outcome: dict[str, Any] | None = None) -> None:
     """The side effect may or may not have happened: the next attempt must reconcile first."""
+    try:
+        _update_own_attempt(claimed, state="unknown", outcome=outcome, locked_until=None)
+        db.session.commit()
+    except LeaseLost:
+        db.session.rollback()  # the attempt that took over reconciles anyway
+
+
+def release(claimed: ClaimResult) -> None:
+    """Forget a claim whose attempt changed nothing, so the same key may be used afresh.
+    Only a still-running claim of this very attempt is deleted, never a recorded outcome."""
     session = db.session()
     session.execute(
-        update(LedgerEntry)
-        .where(LedgerEntry.id == entry_id)
-        .values(state="unknown", outcome=outcome, locked_until=None)
+        delete(LedgerEntry).where(
+            LedgerEntry.id == claimed.entry_id,
+            LedgerEntry.attempt == claimed.attempt,
+            LedgerEntry.state == "started",
+        )
     )
-    session.commit()
-
-
-def release(entry_id: int) -> None:
-    """Forget a claim whose attempt changed nothing, so the same key may be used afresh."""
-    session = db.session()
-    session.execute(delete(LedgerEntry).where(LedgerEntry.id == entry_id))
     session.commit()
 
 
@@ -143,6 +177,6 @@ def purge_expired(batch: int = 5000) -> int:
         result = session.execute(delete(LedgerEntry).where(LedgerEntry.id.in_(ids)))
         deleted = int(getattr(result, "rowcount", 0) or 0)
         session.commit()
-        total += deleted or 0
-        if not deleted or deleted < batch:
+        total += deleted
+        if deleted < batch:
             return total

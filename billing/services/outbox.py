@@ -23,6 +23,9 @@ log = get_logger(__name__)
 # because it only covers a web process that died between its commit and its publish.
 RELAY_GRACE = timedelta(seconds=15)
 SWEEP_BATCH = 500
+# Eight tries over about ten minutes (with the runner's backoff): enough to ride out a
+# Stripe or SMTP blip; then an operator sees the job dead-lettered.
+MAX_ATTEMPTS = 8
 UNFINISHED = ("pending", "sent", "running")
 
 
@@ -110,22 +113,25 @@ class StartedJob:
     id: str
     name: str
     args: dict[str, Any]
-    attempts: int
+    attempts: int  # also the fencing token of this run: see _finish
     request_id: str | None
 
 
+def _claimable() -> Any:
+    return or_(
+        OutboxJob.state.in_(("pending", "sent")),
+        (OutboxJob.state == "running") & (OutboxJob.lease_expires_at < func.now()),
+    )
+
+
 def start_job(job_id: str) -> StartedJob | None:
-    """Claim a job for this worker; None when it is finished or another worker holds it."""
+    """Claim a job for this worker; None when it is finished, held by a live worker, or
+    out of attempts (then it is dead-lettered here: a job whose every run kills its worker
+    never reaches the runner's own attempt check)."""
     session = db.session()
     row = session.execute(
         update(OutboxJob)
-        .where(
-            OutboxJob.id == job_id,
-            or_(
-                OutboxJob.state.in_(("pending", "sent")),
-                (OutboxJob.state == "running") & (OutboxJob.lease_expires_at < func.now()),
-            ),
-        )
+        .where(OutboxJob.id == job_id, _claimable(), OutboxJob.attempts < MAX_ATTEMPTS)
         .values(
             state="running",
             attempts=OutboxJob.attempts + 1,
@@ -134,35 +140,62 @@ def start_job(job_id: str) -> StartedJob | None:
         )
         .returning(OutboxJob.name, OutboxJob.args, OutboxJob.attempts, OutboxJob.request_id)
     ).one_or_none()
+    if row is None:
+        gave_up = session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id == job_id, _claimable(), OutboxJob.attempts >= MAX_ATTEMPTS)
+            .values(
+                state="dead_lettered",
+                finished_at=func.now(),
+                last_error=func.coalesce(OutboxJob.last_error, "")
+                + f" (gave up: {MAX_ATTEMPTS} attempts started, none finished)",
+            )
+        )
+        if getattr(gave_up, "rowcount", 0):
+            log.error("job.dead_lettered", job_id=job_id, attempts=MAX_ATTEMPTS)
     session.commit()
     if row is None:
         return None
     return StartedJob(job_id, row.name, dict(row.args or {}), row.attempts, row.request_id)
 
 
-def _finish(job_id: str, **values: Any) -> None:
+def _finish(job: StartedJob, **values: Any) -> bool:
+    """Record how this run ended, unless the job was swept and started again meanwhile:
+    a run that outlived its lease must not overwrite the newer run's outcome."""
     session = db.session()
     session.rollback()  # whatever the handler left half-done is not ours to commit
-    session.execute(update(OutboxJob).where(OutboxJob.id == job_id).values(**values))
+    result = session.execute(
+        update(OutboxJob)
+        .where(
+            OutboxJob.id == job.id,
+            OutboxJob.state == "running",
+            OutboxJob.attempts == job.attempts,
+        )
+        .values(**values)
+    )
     session.commit()
+    recorded = bool(getattr(result, "rowcount", 0))
+    if not recorded:
+        log.warning("job.outcome_superseded", job_id=job.id, attempt=job.attempts)
+    return recorded
 
 
-def job_succeeded(job_id: str) -> None:
-    _finish(job_id, state="succeeded", finished_at=func.now(), last_error=None)
+def job_succeeded(job: StartedJob) -> bool:
+    return _finish(job, state="succeeded", finished_at=func.now(), last_error=None)
 
 
-def job_failed(job_id: str, error: str) -> None:
-    _finish(job_id, state="failed", finished_at=func.now(), last_error=error[:4000])
+def job_failed(job: StartedJob, error: str) -> bool:
+    return _finish(job, state="failed", finished_at=func.now(), last_error=error[:4000])
 
 
-def job_dead_lettered(job_id: str, error: str) -> None:
-    _finish(job_id, state="dead_lettered", finished_at=func.now(), last_error=error[:4000])
+def job_dead_lettered(job: StartedJob, error: str) -> bool:
+    return _finish(job, state="dead_lettered", finished_at=func.now(), last_error=error[:4000])
 
 
-def job_will_retry(job_id: str, error: str, countdown: float) -> None:
+def job_will_retry(job: StartedJob, error: str, countdown: float) -> bool:
     # The lease covers the backoff too, so the sweeper does not race Celery's own retry.
-    _finish(
-        job_id,
+    return _finish(
+        job,
         state="sent",
         last_error=error[:4000],
         lease_expires_at=func.now() + timedelta(seconds=countdown) + _lease(),

@@ -24,6 +24,10 @@ def transaction() -> Iterator[Session]:
         yield session
         if depth == 0:
             session.commit()
+        else:
+            # Joined to an outer transaction: flush, so that ids exist and constraints are
+            # checked now, exactly as a commit of its own would have done.
+            session.flush()
     except BaseException:
         if depth == 0:
             session.rollback()

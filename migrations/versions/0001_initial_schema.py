@@ -42,6 +42,7 @@ def upgrade() -> None:
     sa.Column('key', sa.String(length=255), nullable=False),
     sa.Column('fingerprint', sa.String(length=64), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('attempt', sa.Integer(), server_default='1', nullable=False),
     sa.Column('response_status', sa.Integer(), nullable=True),
     sa.Column('response_body', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
     sa.Column('outcome', postgresql.JSONB(astext_type=sa.Text()), nullable=True),

@@ -130,3 +130,47 @@ def test_an_idempotency_key_that_is_too_long_is_refused(admin):
     response = admin.post("/v1/customers", json=GOOD, headers={"Idempotency-Key": "k" * 256})
     assert _error(response, 400)["code"] == "idempotency_key_invalid"
     assert _nothing_changed()
+
+
+@pytest.mark.parametrize("field", ["name", "email", "currency", "metadata"])
+def test_a_patch_cannot_null_a_required_field(admin, make_customer, field):
+    customer = make_customer()
+    error = _error(admin.patch(f"/v1/customers/{customer['id']}", json={field: None}), 400)
+    assert error["param"] == field
+    assert admin.get(f"/v1/customers/{customer['id']}").get_json() == {**customer, "sync_job": None}
+
+
+def test_nul_characters_are_refused_in_metadata_and_descriptions(admin, make_customer):
+    response = admin.post("/v1/customers", json={**GOOD, "metadata": {"k": "a\u0000b"}})
+    assert _error(response, 400)["param"] == "metadata.k"
+    customer = make_customer()
+    response = admin.post(
+        "/v1/invoices", json={"customer": customer["id"], "description": "\u0000"}
+    )
+    assert _error(response, 400)["param"] == "description"
+
+
+@pytest.mark.parametrize("path", ["/v1/customers/a%00b", "/v1/invoices/a%00b", "/v1/jobs/a%00b"])
+def test_an_id_we_could_never_have_issued_answers_404(admin, path):
+    assert _error(admin.get(path), 404)["code"] == "resource_missing"
+
+
+def test_a_total_beyond_any_real_invoice_is_refused_not_overflowed(admin, make_customer):
+    customer = make_customer()
+    line = {"description": "x", "quantity": 1_000_000, "unit_amount": 99_999_999_999}
+    response = admin.post("/v1/invoices", json={"customer": customer["id"], "lines": [line]})
+    assert _error(response, 422)["code"] == "invalid_request"
+    small = {"description": "x", "quantity": 1_000_000, "unit_amount": 900_000}
+    response = admin.post("/v1/invoices", json={"customer": customer["id"], "lines": [small] * 2})
+    assert _error(response, 422)["param"] == "lines"
+    assert db.session.scalar(select(func.count()).select_from(Invoice)) == 0
+
+
+def test_deeply_nested_json_with_an_idempotency_key_is_refused(admin):
+    response = admin.client.post(
+        "/v1/customers",
+        data=b"[" * 200_000,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {admin.secret}", "Idempotency-Key": "deep"},
+    )
+    assert _error(response, 400)["code"] == "invalid_json"

@@ -168,3 +168,33 @@ def test_idempotency_keys_are_kept_at_least_a_day(admin):
         select(LedgerEntry.expires_at - LedgerEntry.created_at).where(LedgerEntry.key == "kept")
     )
     assert kept_for.total_seconds() >= 24 * 3600
+
+
+LINE = {"description": "Seat", "unit_amount": 1000}
+
+
+def test_invoices_and_lines_are_created_idempotently(admin, make_customer):
+    customer = make_customer()
+    body = {"customer": customer["id"], "lines": [LINE]}
+    first = admin.post("/v1/invoices", json=body, headers={"Idempotency-Key": "inv-1"})
+    assert first.status_code == 200, first.get_json()
+    assert first.get_json()["lines"]["data"][0]["id"].startswith("il_")
+    again = admin.post("/v1/invoices", json=body, headers={"Idempotency-Key": "inv-1"})
+    assert again.get_json() == first.get_json()
+    invoice_id = first.get_json()["id"]
+    line = admin.post(
+        f"/v1/invoices/{invoice_id}/lines", json=LINE, headers={"Idempotency-Key": "line-1"}
+    )
+    assert line.status_code == 200
+    admin.post(f"/v1/invoices/{invoice_id}/lines", json=LINE, headers={"Idempotency-Key": "line-1"})
+    assert len(admin.get(f"/v1/invoices/{invoice_id}").get_json()["lines"]["data"]) == 2
+
+
+def test_state_changes_under_a_key_answer_their_timestamps(admin, make_customer):
+    customer = make_customer()
+    invoice = admin.post("/v1/invoices", json={"customer": customer["id"], "lines": [LINE]})
+    invoice_id = invoice.get_json()["id"]
+    admin.post(f"/v1/invoices/{invoice_id}/finalize", headers={"Idempotency-Key": "f-1"})
+    voided = admin.post(f"/v1/invoices/{invoice_id}/void", headers={"Idempotency-Key": "v-1"})
+    assert voided.status_code == 200
+    assert isinstance(voided.get_json()["voided_at"], int)
