@@ -34,7 +34,7 @@ def create_app(
 
     app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(settings.redis_url)
     app.extensions["billing.stripe"] = stripe_gateway or StripeSdkGateway(
-        settings.stripe_api_key, settings.stripe_api_base
+        settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout_seconds
     )
 
     from flask_mail import Mail

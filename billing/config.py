@@ -45,6 +45,8 @@ class Settings:
     idempotency_key_ttl_hours: int
     # Stripe's default: invoices sent for manual payment are due after 30 days.
     default_days_until_due: int
+    # How long one Stripe call may take before its outcome counts as unknown.
+    stripe_timeout_seconds: int
     mail: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -76,6 +78,7 @@ class Settings:
             outbox_sweep_interval_seconds=_int(env, "OUTBOX_SWEEP_INTERVAL_SECONDS", 30),
             idempotency_key_ttl_hours=_int(env, "IDEMPOTENCY_KEY_TTL_HOURS", 24),
             default_days_until_due=_int(env, "DEFAULT_DAYS_UNTIL_DUE", 30),
+            stripe_timeout_seconds=_int(env, "STRIPE_TIMEOUT_SECONDS", 20),
             mail=mail,
         )
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 QUEUES = ("billing", "pdf", "mail")
 
 SYNC_CUSTOMER = "billing.sync_customer"
+CHARGE_INVOICE = "billing.charge_invoice"
+RECONCILE_CHARGES = "billing.reconcile_charges"
 SWEEP_OUTBOX = "billing.sweep_outbox"
 PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
 

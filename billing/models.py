@@ -40,6 +40,17 @@ INVOICE_STATUSES = ["draft", "open", "paid", "void", "uncollectible"]
 COLLECTION_METHODS = ["charge_automatically", "send_invoice"]
 LEDGER_STATES = ["started", "succeeded", "failed", "unknown"]
 JOB_STATES = ["pending", "sent", "running", "succeeded", "failed", "dead_lettered"]
+CHARGE_STATUSES = [
+    "pending",  # recorded, its job not yet run
+    "started",  # the PaymentIntent is being created right now
+    "unknown",  # Stripe's answer was lost: to be reconciled, never retried blindly
+    "requires_action",  # the customer must authenticate (3-D Secure)
+    "succeeded",
+    "failed",
+    "canceled",  # the invoice was paid or voided before this attempt ran
+]
+# An attempt in one of these may still move money: at most one per invoice at a time.
+CHARGE_IN_FLIGHT = ["pending", "started", "unknown", "requires_action"]
 
 
 class Customer(db.Model):  # type: ignore[name-defined]
@@ -95,6 +106,9 @@ class Invoice(db.Model):  # type: ignore[name-defined]
     marked_uncollectible_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     customer: Mapped[Customer] = relationship(back_populates="invoices")
+    charge_attempts: Mapped[list[ChargeAttempt]] = relationship(
+        back_populates="invoice", order_by="ChargeAttempt.id"
+    )
     lines: Mapped[list[InvoiceLine]] = relationship(
         back_populates="invoice",
         order_by="InvoiceLine.id",
@@ -220,5 +234,52 @@ class OutboxJob(db.Model):  # type: ignore[name-defined]
             "ix_outbox_jobs_unfinished",
             "lease_expires_at",
             postgresql_where=text("state IN ('pending', 'sent', 'running')"),
+        ),
+    )
+
+
+class ChargeAttempt(db.Model):  # type: ignore[name-defined]
+    """One try at taking an invoice's amount due through one Stripe PaymentIntent."""
+
+    __tablename__ = "charge_attempts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "ca"))
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
+    # Our idempotency key toward Stripe, also written into the PaymentIntent's metadata.
+    ledger_key: Mapped[str] = mapped_column(String(255), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    source: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    payment_method: Mapped[str | None] = mapped_column(String(255))
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    decline_code: Mapped[str | None] = mapped_column(String(128))
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    next_action: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    client_secret: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    invoice: Mapped[Invoice] = relationship(back_populates="charge_attempts")
+
+    __table_args__ = (
+        CheckConstraint(_in("status", CHARGE_STATUSES), name="status_known"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        # The last wall against a double charge: one succeeded payment per invoice...
+        Index(
+            "uq_charge_attempts_one_success_per_invoice",
+            "invoice_id",
+            unique=True,
+            postgresql_where=text("status = 'succeeded'"),
+        ),
+        # ...and never two attempts that may move money at the same time.
+        Index(
+            "uq_charge_attempts_one_in_flight_per_invoice",
+            "invoice_id",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'started', 'unknown', 'requires_action')"),
         ),
     )

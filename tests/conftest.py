@@ -28,8 +28,8 @@ TEST_REDIS_DBS = range(10, 16)
 # BILLING_TEST_SERVERS=embedded ignores the machine's own servers: how a fresh machine runs.
 USE_LOCAL_SERVERS = os.environ.get("BILLING_TEST_SERVERS") != "embedded"
 TABLES = (
-    "invoice_lines, invoices, api_keys, customers, ledger_entries, outbox_jobs, "
-    "invoice_number_sequences"
+    "charge_attempts, invoice_lines, invoices, api_keys, customers, ledger_entries, "
+    "outbox_jobs, invoice_number_sequences"
 )
 
 
@@ -233,3 +233,101 @@ def customer_api(app, client):
         return Api(client, secret)
 
     return make
+
+
+@pytest.fixture
+def stripe_client(localstripe: LocalStripe) -> Any:
+    import stripe
+
+    return stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+
+
+@pytest.fixture
+def celery_app(app):
+    from workers.app import make_celery
+
+    return make_celery(app)
+
+
+@pytest.fixture
+def run_jobs(celery_app):
+    """Run every recorded job that is due, in this process, through its real Celery task,
+    until none is left: the worker's code path without a worker process."""
+    from sqlalchemy import select
+
+    from billing.extensions import db
+    from billing.models import OutboxJob
+
+    def run(max_rounds: int = 20) -> int:
+        ran = 0
+        for _ in range(max_rounds):
+            due = db.session.execute(
+                select(OutboxJob.id, OutboxJob.name).where(OutboxJob.state.in_(("pending", "sent")))
+            ).all()
+            db.session.commit()
+            if not due:
+                return ran
+            for job_id, name in due:
+                celery_app.tasks[name].apply(kwargs={"job_id": job_id})
+                ran += 1
+        return ran
+
+    return run
+
+
+CARD_OK = "4242424242424242"
+CARD_DECLINED_AFTER_ATTACH = "4000000000000341"
+CARD_NEEDS_3DS = "4000002760003184"
+
+
+@pytest.fixture
+def paying_customer(admin, make_customer, stripe_client, run_jobs):
+    """A customer on Stripe with a default card (given by its test number)."""
+
+    def make(card: str = CARD_OK, **fields: Any) -> dict[str, Any]:
+        customer = make_customer(**fields)
+        run_jobs()
+        pm = stripe_client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": card, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            }
+        )
+        response = admin.post(
+            f"/v1/customers/{customer['id']}/payment_method", json={"payment_method": pm.id}
+        )
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()  # type: ignore[no-any-return]
+
+    return make
+
+
+@pytest.fixture
+def open_invoice(admin):
+    """A finalized invoice for the customer (its automatic charge is recorded, not run)."""
+
+    def make(customer: dict[str, Any], amount: int = 5000, **fields: Any) -> dict[str, Any]:
+        body = {
+            "customer": customer["id"],
+            "lines": [{"description": "Seats", "quantity": 1, "unit_amount": amount}],
+            **fields,
+        }
+        draft = admin.post("/v1/invoices", json=body).get_json()
+        finalized = admin.post(f"/v1/invoices/{draft['id']}/finalize")
+        assert finalized.status_code == 200, finalized.get_json()
+        return finalized.get_json()  # type: ignore[no-any-return]
+
+    return make
+
+
+def intents_for_invoice(stripe_client: Any, invoice_id: str) -> list[Any]:
+    """The emulator's own list of PaymentIntents for one invoice: the independent truth."""
+    return [
+        intent
+        for intent in stripe_client.v1.payment_intents.list(
+            params={"limit": 100}
+        ).auto_paging_iter()
+        if (intent.to_dict().get("metadata") or {}).get("invoice_id") == invoice_id
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -49,6 +50,10 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
         task_create_missing_queues=True,
     )
     celery.set_default()
+    # Register the tasks now (not at worker start only), so any process can run them.
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    celery.finalize()
     app.extensions["celery"] = celery
     _flask_apps.append(app)
     return celery

@@ -5,13 +5,23 @@ from __future__ import annotations
 from celery import Task, shared_task
 
 from billing import jobs
-from billing.services import customers, ledger, outbox
+from billing.services import charges, customers, ledger, outbox
 from workers.runner import run_outbox_job
 
 
 @shared_task(name=jobs.SYNC_CUSTOMER, bind=True)
 def sync_customer(self: Task, job_id: str) -> None:
     run_outbox_job(self, job_id, customers.sync_customer_to_stripe)
+
+
+@shared_task(name=jobs.CHARGE_INVOICE, bind=True)
+def charge_invoice(self: Task, job_id: str) -> None:
+    run_outbox_job(self, job_id, charges.execute_charge)
+
+
+@shared_task(name=jobs.RECONCILE_CHARGES)
+def reconcile_charges() -> int:
+    return charges.reconcile_stuck_attempts()
 
 
 @shared_task(name=jobs.SWEEP_OUTBOX)

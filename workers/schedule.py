@@ -19,6 +19,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # A sweep that waited longer than its interval is superseded by the next one.
             "options": {"expires": sweep_every.total_seconds()},
         },
+        "reconcile-charges": {
+            "task": jobs.RECONCILE_CHARGES,
+            "schedule": timedelta(minutes=1),
+            "options": {"expires": 60},
+        },
         "purge-idempotency-keys": {
             "task": jobs.PURGE_IDEMPOTENCY_KEYS,
             "schedule": timedelta(hours=1),

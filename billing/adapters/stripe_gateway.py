@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import stripe
@@ -23,6 +24,34 @@ class StripeRejected(Exception):
         self.param = param
 
 
+@dataclass(frozen=True)
+class PaymentIntentResult:
+    """What we keep of a PaymentIntent: enough to decide an attempt's outcome."""
+
+    id: str | None
+    status: str  # succeeded | requires_action | requires_payment_method | processing | ...
+    amount: int
+    decline_code: str | None = None
+    failure_message: str | None = None
+    next_action: dict[str, Any] | None = None
+    client_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    id: str
+    status: str
+    amount: int
+
+
+class CardDeclined(StripeRejected):
+    """Stripe refused the charge itself: a definite, final failure of this attempt."""
+
+    def __init__(self, message: str, *, code: str | None, payment_intent_id: str | None):
+        super().__init__(message, code=code)
+        self.payment_intent_id = payment_intent_id
+
+
 class StripeGateway(Protocol):
     def create_customer(
         self, *, name: str, email: str, metadata: dict[str, str], idempotency_key: str
@@ -34,13 +63,36 @@ class StripeGateway(Protocol):
         self, *, stripe_customer_id: str, payment_method: str, idempotency_key: str
     ) -> None: ...
 
+    def create_payment_intent(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        stripe_customer_id: str,
+        payment_method: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> PaymentIntentResult: ...
+
+    def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntentResult: ...
+
+    def find_payment_intents_by_metadata(
+        self, key: str, value: str, *, stripe_customer_id: str | None = None
+    ) -> list[PaymentIntentResult]: ...
+
+    def create_refund(
+        self, *, payment_intent_id: str, amount: int, metadata: dict[str, str], idempotency_key: str
+    ) -> RefundResult: ...
+
 
 class StripeSdkGateway:
     # Timeouts bound how long a worker waits for an answer it may never get; what
     # happens after a timeout is the caller's reconciliation, never a blind retry.
     TIMEOUT_SECONDS = 20
 
-    def __init__(self, api_key: str, api_base: str | None = None) -> None:
+    def __init__(
+        self, api_key: str, api_base: str | None = None, timeout_seconds: float | None = None
+    ) -> None:
         base_addresses = {"api": api_base} if api_base else {}
         self._client = stripe.StripeClient(
             api_key,
@@ -48,7 +100,7 @@ class StripeSdkGateway:
             # The SDK must never retry on its own: a retried create is a second object
             # on any server that does not deduplicate, and we own every retry.
             max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=self.TIMEOUT_SECONDS),
+            http_client=stripe.RequestsClient(timeout=timeout_seconds or self.TIMEOUT_SECONDS),
         )
         # Stripe's search API exists on Stripe itself, not on the local emulator.
         self._has_search = api_base is None
@@ -91,6 +143,94 @@ class StripeSdkGateway:
                 params={"invoice_settings": {"default_payment_method": payment_method}},
                 options={"idempotency_key": f"{idempotency_key}:default"},
             )
+
+    def create_payment_intent(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        stripe_customer_id: str,
+        payment_method: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> PaymentIntentResult:
+        try:
+            with _translated_errors():
+                intent = self._client.v1.payment_intents.create(
+                    params={
+                        "amount": amount,
+                        "currency": currency,
+                        "customer": stripe_customer_id,
+                        "payment_method": payment_method,
+                        "confirm": True,
+                        "off_session": True,
+                        "metadata": metadata,
+                    },
+                    options={"idempotency_key": idempotency_key},
+                )
+        except StripeRejected as exc:
+            cause = exc.__cause__
+            if isinstance(cause, stripe.CardError):
+                error = cause.error
+                intent_id = error.payment_intent.id if error and error.payment_intent else None
+                raise CardDeclined(
+                    exc.message,
+                    code=(error.decline_code if error else None) or cause.code,
+                    payment_intent_id=intent_id,
+                ) from cause
+            raise
+        return _intent_result(intent.to_dict())
+
+    def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntentResult:
+        with _translated_errors():
+            intent = self._client.v1.payment_intents.retrieve(payment_intent_id)
+        return _intent_result(intent.to_dict())
+
+    def find_payment_intents_by_metadata(
+        self, key: str, value: str, *, stripe_customer_id: str | None = None
+    ) -> list[PaymentIntentResult]:
+        with _translated_errors():
+            if self._has_search:
+                found = self._client.v1.payment_intents.search(
+                    params={"query": f"metadata['{key}']:'{value}'", "limit": 100}
+                )
+                intents = [i.to_dict() for i in found.data]
+            else:
+                # The emulator has no search and refuses the customer filter: scan it all.
+                page = self._client.v1.payment_intents.list(params={"limit": 100})
+                intents = [i.to_dict() for i in page.auto_paging_iter()]
+        return [
+            _intent_result(intent)
+            for intent in intents
+            if (intent.get("metadata") or {}).get(key) == value
+        ]
+
+    def create_refund(
+        self, *, payment_intent_id: str, amount: int, metadata: dict[str, str], idempotency_key: str
+    ) -> RefundResult:
+        with _translated_errors():
+            refund = self._client.v1.refunds.create(
+                params={
+                    "payment_intent": payment_intent_id,
+                    "amount": amount,
+                    "metadata": metadata,
+                },
+                options={"idempotency_key": idempotency_key},
+            )
+        return RefundResult(id=str(refund.id), status=str(refund.status), amount=int(refund.amount))
+
+
+def _intent_result(intent: dict[str, Any]) -> PaymentIntentResult:
+    error = intent.get("last_payment_error") or {}
+    return PaymentIntentResult(
+        id=intent.get("id"),
+        status=str(intent.get("status")),
+        amount=int(intent.get("amount") or 0),
+        decline_code=error.get("decline_code") or error.get("code"),
+        failure_message=error.get("message"),
+        next_action=intent.get("next_action"),
+        client_secret=intent.get("client_secret"),
+    )
 
 
 # Errors that say nothing about the request itself: no answer, overload, an idempotency

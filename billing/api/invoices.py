@@ -6,7 +6,8 @@ from flask import Blueprint
 
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
-from billing.api.serializers import invoice_out
+from billing.api.serializers import invoice_out, pay_response
+from billing.services import charges
 from billing.services import invoices as service
 
 bp = Blueprint("invoices", __name__, url_prefix="/v1/invoices")
@@ -146,3 +147,17 @@ def void_invoice(invoice_id: str) -> ViewResult:
 )
 def mark_uncollectible(invoice_id: str) -> ViewResult:
     return invoice_out(service.mark_uncollectible(invoice_id)), 200
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/pay",
+    "POST",
+    summary="Charge the invoice now: the attempt started, or the one already in flight",
+    response=schemas.PayResponse,
+    status=202,
+    errors=(404, 409),
+)
+def pay_invoice(invoice_id: str) -> ViewResult:
+    request = charges.request_charge(invoice_id, customer_scope=customer_scope())
+    return pay_response(request.attempt, request.job_id, request.created), 202

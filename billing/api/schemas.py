@@ -239,6 +239,35 @@ class TaxAmount(BaseModel):
     amount: int
 
 
+class ChargeAttemptOut(BaseModel):
+    id: str
+    object: Literal["charge_attempt"] = "charge_attempt"
+    invoice: str
+    status: Literal[
+        "pending", "started", "unknown", "requires_action", "succeeded", "failed", "canceled"
+    ]
+    source: str
+    amount: int
+    currency: str
+    payment_method: str | None
+    payment_intent: str | None
+    decline_code: str | None
+    failure_message: str | None
+    next_action: dict[str, Any] | None = Field(
+        description="What the customer must do to finish a payment that requires action."
+    )
+    client_secret: str | None = Field(
+        description="For Stripe.js to complete authentication; only on requires_action."
+    )
+    created: int
+    finished_at: int | None
+
+
+class PayResponse(ChargeAttemptOut):
+    job: str | None = Field(description="The recorded job that runs (or ran) this attempt.")
+    created_now: bool = Field(description="False when an attempt was already in flight.")
+
+
 class InvoiceOut(BaseModel):
     id: str
     object: Literal["invoice"] = "invoice"
@@ -258,6 +287,10 @@ class InvoiceOut(BaseModel):
     total_tax_amounts: list[TaxAmount]
     amount_paid: int
     amount_due: int
+    payment_attempts: list[ChargeAttemptOut]
+    next_payment_attempt: int | None = Field(
+        description="When the next automatic attempt is planned (dunning), if any."
+    )
     created: int
     finalized_at: int | None
     paid_at: int | None

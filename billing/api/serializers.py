@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from billing.api import schemas
 from billing.domain.invoices import InvoiceStatus
-from billing.models import Customer, Invoice, OutboxJob
+from billing.models import ChargeAttempt, Customer, Invoice, OutboxJob
 
 
 def _ts(value: datetime | None) -> int | None:
@@ -27,6 +28,33 @@ def customer_out(customer: Customer, *, sync_job: str | None = None) -> schemas.
         created=_ts(customer.created_at) or 0,
         sync_job=sync_job,
     )
+
+
+def charge_attempt_out(attempt: ChargeAttempt) -> schemas.ChargeAttemptOut:
+    return schemas.ChargeAttemptOut(**_attempt_fields(attempt))
+
+
+def _attempt_fields(attempt: ChargeAttempt) -> dict[str, Any]:
+    return {
+        "id": attempt.id,
+        "invoice": attempt.invoice_id,
+        "status": attempt.status,
+        "source": attempt.source,
+        "amount": attempt.amount,
+        "currency": attempt.currency,
+        "payment_method": attempt.payment_method,
+        "payment_intent": attempt.stripe_payment_intent_id,
+        "decline_code": attempt.decline_code,
+        "failure_message": attempt.failure_message,
+        "next_action": attempt.next_action if attempt.status == "requires_action" else None,
+        "client_secret": attempt.client_secret if attempt.status == "requires_action" else None,
+        "created": _ts(attempt.created_at) or 0,
+        "finished_at": _ts(attempt.finished_at),
+    }
+
+
+def pay_response(attempt: ChargeAttempt, job_id: str | None, created: bool) -> schemas.PayResponse:
+    return schemas.PayResponse(**_attempt_fields(attempt), job=job_id, created_now=created)
 
 
 def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
@@ -69,6 +97,8 @@ def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
         total_tax_amounts=list(by_rate.values()),
         amount_paid=invoice.amount_paid,
         amount_due=invoice.amount_due,
+        payment_attempts=[charge_attempt_out(a) for a in invoice.charge_attempts],
+        next_payment_attempt=None,
         created=_ts(invoice.created_at) or 0,
         finalized_at=_ts(invoice.finalized_at),
         paid_at=_ts(invoice.paid_at),

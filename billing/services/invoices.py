@@ -15,7 +15,7 @@ from billing.domain.money import normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.models import Invoice, InvoiceLine
-from billing.services import context
+from billing.services import charges, context
 from billing.services.customers import get_customer
 from billing.services.errors import (
     InvalidRequest,
@@ -222,8 +222,11 @@ def finalize_invoice(invoice_id: str) -> Invoice:
             # Nothing to collect: Stripe marks a zero invoice paid at finalization.
             _transition(invoice, InvoiceStatus.PAID)
             invoice.paid_at = now
-        # Charging (billing queue), the PDF (pdf queue) and emails (mail queue) hook in
-        # here as their handlers land; only jobs whose handlers exist are recorded.
+        elif invoice.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY:
+            session.flush()
+            charges.start_attempt(session, invoice, source="automatic")
+        # The PDF (pdf queue) and emails (mail queue) hook in here as their handlers land;
+        # only jobs whose handlers exist are recorded.
     log.info("invoice.finalized", invoice_id=invoice_id, number=invoice.number)
     return invoice
 

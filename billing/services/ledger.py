@@ -51,8 +51,10 @@ def claim(
     *,
     lease: timedelta,
     keep_for: timedelta | None = None,
+    commit: bool = True,
 ) -> ClaimResult:
-    """Take (scope, key) for one attempt, in a transaction of its own."""
+    """Take (scope, key) for one attempt: in a transaction of its own by default, or in
+    the caller's (commit=False), when the claim must commit with other changes."""
     session = db.session()
     expires_at = func.now() + keep_for if keep_for is not None else None
     # Two tries: the row we collide with may be deleted (released, purged) before we read it.
@@ -72,7 +74,8 @@ def claim(
             .returning(LedgerEntry.id)
         ).scalar_one_or_none()
         if inserted is not None:
-            session.commit()
+            if commit:
+                session.commit()
             return ClaimResult(Claim.NEW, inserted, 1, "started")
         entry = session.execute(
             select(LedgerEntry)
@@ -81,9 +84,11 @@ def claim(
         ).scalar_one_or_none()
         if entry is not None:
             result = _claim_existing(entry, fingerprint, lease)
-            session.commit()
+            if commit:
+                session.commit()
             return result
-        session.rollback()
+        if commit:
+            session.rollback()
     raise LeaseLost(f"ledger entry {scope}/{key} kept vanishing while being claimed")
 
 
@@ -145,13 +150,20 @@ def complete(
     )
 
 
-def mark_unknown(claimed: ClaimResult, outcome: dict[str, Any] | None = None) -> None:
-    """The side effect may or may not have happened: the next attempt must reconcile first."""
+def mark_unknown(
+    claimed: ClaimResult, outcome: dict[str, Any] | None = None, *, commit: bool = True
+) -> bool:
+    """The side effect may or may not have happened: the next attempt must reconcile first.
+    False when a later attempt took over (it reconciles anyway)."""
     try:
         _update_own_attempt(claimed, state="unknown", outcome=outcome, locked_until=None)
-        db.session.commit()
     except LeaseLost:
-        db.session.rollback()  # the attempt that took over reconciles anyway
+        if commit:
+            db.session.rollback()
+        return False
+    if commit:
+        db.session.commit()
+    return True
 
 
 def release(claimed: ClaimResult) -> None:

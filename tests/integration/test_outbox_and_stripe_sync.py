@@ -3,28 +3,12 @@
 import json
 from datetime import timedelta
 
-import pytest
-import stripe
 from sqlalchemy import func, update
 
 from billing.extensions import db
 from billing.models import Customer, LedgerEntry, OutboxJob
 from billing.services import outbox
 from workers.runner import MAX_ATTEMPTS
-
-
-@pytest.fixture
-def celery_app(app):
-    from workers.app import make_celery
-
-    return make_celery(app)
-
-
-@pytest.fixture
-def stripe_client(localstripe):
-    return stripe.StripeClient(
-        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
-    )
 
 
 def _queued(redis_client, queue="billing"):

@@ -1,0 +1,367 @@
+"""Charging an invoice exactly once, in atomic phases.
+
+1. Under the invoice's row lock: re-read it, stop if it is paid or void or the attempt is
+   no longer to be run, claim the attempt's ledger key, mark it started; commit.
+2. Outside any transaction: create a confirmed, off-session PaymentIntent, passing the
+   ledger key as Stripe's idempotency key and writing it into the intent's metadata.
+3. In one transaction: record the outcome on the attempt, the invoice and the ledger.
+
+A lost answer (timeout, connection reset, 5xx) leaves the attempt *unknown*. The next run
+first asks Stripe for an intent carrying the ledger key and adopts it; only when Stripe has
+none is the same attempt sent again, with the same key. The ledger's lease makes sure that
+only one process at a time may be between phases 1 and 3 for an attempt, and its fencing
+token that a process which outlived its lease can no longer record anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session
+
+from billing import jobs
+from billing.adapters.stripe_gateway import (
+    CardDeclined,
+    PaymentIntentResult,
+    StripeRejected,
+    StripeUnavailable,
+)
+from billing.domain.invoices import InvoiceStatus
+from billing.extensions import db
+from billing.ids import new_id
+from billing.logging import get_logger
+from billing.models import CHARGE_IN_FLIGHT, ChargeAttempt, Customer, Invoice, OutboxJob
+from billing.services import context, ledger
+from billing.services.errors import Conflict, NotFound, TransientJobError
+from billing.services.ledger import Claim, ClaimResult
+from billing.services.outbox import UNFINISHED, record_job
+from billing.services.unit_of_work import transaction
+
+log = get_logger(__name__)
+
+LEDGER_SCOPE = "stripe.payment_intent"
+# Longer than a Stripe call can take (its timeout), so a live attempt is never taken over.
+CHARGE_LEASE = timedelta(seconds=90)
+# An attempt unknown or started this long ago, with no job left to finish it, is picked up
+# by the reconciliation sweep.
+RECONCILE_AFTER = timedelta(minutes=2)
+PAYABLE = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
+FINAL = ("succeeded", "failed", "canceled")
+
+
+# Applies an outcome to the locked attempt and invoice, inside the recording transaction.
+Apply = Callable[[ChargeAttempt, Invoice], None]
+
+
+class InvoiceNotPayable(Conflict):
+    code = "invoice_not_payable"
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    attempt: ChargeAttempt
+    job_id: str | None
+    created: bool
+
+
+def _in_flight(session: Session, invoice_id: str) -> ChargeAttempt | None:
+    return session.scalars(
+        select(ChargeAttempt).where(
+            ChargeAttempt.invoice_id == invoice_id, ChargeAttempt.status.in_(CHARGE_IN_FLIGHT)
+        )
+    ).first()
+
+
+def _latest_job_for(session: Session, attempt_id: str) -> str | None:
+    return session.scalar(
+        select(OutboxJob.id)
+        .where(
+            OutboxJob.name == jobs.CHARGE_INVOICE,
+            OutboxJob.args["attempt_id"].astext == attempt_id,
+        )
+        .order_by(OutboxJob.id.desc())
+        .limit(1)
+    )
+
+
+def start_attempt(session: Session, invoice: Invoice, *, source: str) -> tuple[ChargeAttempt, str]:
+    """Record a new attempt and its job in the caller's transaction (invoice row locked)."""
+    attempt_id = new_id("ca")
+    attempt = ChargeAttempt(
+        id=attempt_id,
+        invoice_id=invoice.id,
+        ledger_key=f"charge:{attempt_id}",
+        status="pending",
+        source=source,
+        amount=invoice.amount_due,
+        currency=invoice.currency,
+    )
+    session.add(attempt)
+    job = record_job(session, jobs.CHARGE_INVOICE, attempt_id=attempt_id)
+    log.info("charge.requested", invoice_id=invoice.id, attempt_id=attempt_id, source=source)
+    return attempt, job.id
+
+
+def request_charge(
+    invoice_id: str, *, customer_scope: str | None = None, source: str = "api"
+) -> ChargeRequest:
+    """Ask for a charge now: the attempt started, or the one already in flight."""
+    with transaction() as session:
+        invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
+        if invoice is None or customer_scope not in (None, invoice.customer_id):
+            raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+        running = _in_flight(session, invoice_id)
+        if running is not None:
+            return ChargeRequest(running, _latest_job_for(session, running.id), created=False)
+        if invoice.status not in PAYABLE:
+            raise InvoiceNotPayable(f"a {invoice.status} invoice cannot be paid", param="id")
+        if invoice.amount_due <= 0:
+            raise InvoiceNotPayable("this invoice has nothing left to pay", param="id")
+        attempt, job_id = start_attempt(session, invoice, source=source)
+    return ChargeRequest(attempt, job_id, created=True)
+
+
+# --- the charge job ---------------------------------------------------------------------
+
+
+def _finish_attempt(attempt: ChargeAttempt, status: str) -> None:
+    attempt.status = status
+    if status in FINAL or status == "requires_action":
+        attempt.finished_at = func.now()
+
+
+def _prepare(attempt_id: str) -> tuple[ClaimResult, str, str] | None:
+    """Phase 1. Returns the claim, the Stripe customer and payment method, or None when
+    there is nothing (more) to do for this attempt."""
+    with transaction() as session:
+        attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
+        if attempt is None or attempt.status in (*FINAL, "requires_action"):
+            return None
+        invoice = session.get(Invoice, attempt.invoice_id, with_for_update=True)
+        assert invoice is not None
+        customer = session.get(Customer, invoice.customer_id)
+        assert customer is not None
+        if invoice.status not in PAYABLE and attempt.status == "pending":
+            # Nothing was sent for this attempt yet: it can simply be called off.
+            _finish_attempt(attempt, "canceled")
+            log.info("charge.canceled", attempt_id=attempt_id, invoice_status=invoice.status)
+            return None
+        if not customer.stripe_customer_id:
+            raise TransientJobError(f"customer {customer.id} is not on Stripe yet")
+        if not customer.default_payment_method and attempt.status == "pending":
+            attempt.decline_code = "no_payment_method"
+            attempt.failure_message = "The customer has no default payment method."
+            _finish_attempt(attempt, "failed")
+            return None
+        claimed = ledger.claim(
+            LEDGER_SCOPE, attempt.ledger_key, attempt.id, lease=CHARGE_LEASE, commit=False
+        )
+        if claimed.claim is Claim.IN_PROGRESS:
+            raise TransientJobError(f"attempt {attempt_id} is being charged by another worker")
+        if claimed.claim is Claim.MISMATCH:
+            raise RuntimeError(f"ledger key of attempt {attempt_id} belongs to something else")
+        if claimed.claim is Claim.DONE:
+            return None  # recorded already; the attempt row was updated in the same commit
+        if attempt.status == "pending":
+            attempt.status = "started"
+            attempt.payment_method = customer.default_payment_method
+        payment_method = attempt.payment_method or customer.default_payment_method
+        assert payment_method is not None
+        return claimed, customer.stripe_customer_id, payment_method
+
+
+def execute_charge(attempt_id: str) -> str:
+    """The `billing.charge_invoice` job. Returns the attempt's status afterwards."""
+    prepared = _prepare(attempt_id)
+    if prepared is None:
+        return _status(attempt_id)
+    claimed, stripe_customer_id, payment_method = prepared
+    attempt = db.session.get(ChargeAttempt, attempt_id)
+    assert attempt is not None
+    amount, currency, ledger_key = attempt.amount, attempt.currency, attempt.ledger_key
+    invoice_id, known_intent = attempt.invoice_id, attempt.stripe_payment_intent_id
+    db.session.commit()  # nothing held open across the network
+    gateway = context.stripe_gateway()
+
+    if claimed.claim is Claim.RESUMED:
+        try:
+            found = _reconcile(known_intent, ledger_key)
+        except StripeUnavailable as exc:
+            _record_unknown(attempt_id, claimed, str(exc))
+            raise TransientJobError(f"Stripe unavailable while reconciling: {exc}") from exc
+        if found is not None:
+            log.info("charge.reconciled", attempt_id=attempt_id, intent_status=found.status)
+            return _record_intent(attempt_id, claimed, found)
+
+    try:
+        intent = gateway.create_payment_intent(
+            amount=amount,
+            currency=currency,
+            stripe_customer_id=stripe_customer_id,
+            payment_method=payment_method,
+            metadata={"invoice_id": invoice_id, "attempt_id": attempt_id, "ledger_key": ledger_key},
+            idempotency_key=ledger_key,
+        )
+    except CardDeclined as exc:
+        return _record_failure(
+            attempt_id, claimed, exc.code or "card_declined", exc.message, exc.payment_intent_id
+        )
+    except StripeRejected as exc:
+        return _record_failure(attempt_id, claimed, exc.code or "rejected", exc.message, None)
+    except StripeUnavailable as exc:
+        _record_unknown(attempt_id, claimed, str(exc))
+        raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc
+    return _record_intent(attempt_id, claimed, intent)
+
+
+def _status(attempt_id: str) -> str:
+    status = db.session.scalar(select(ChargeAttempt.status).where(ChargeAttempt.id == attempt_id))
+    db.session.commit()
+    return status or "missing"
+
+
+def _reconcile(intent_id: str | None, ledger_key: str) -> PaymentIntentResult | None:
+    """Stripe's own truth about this attempt: its intent if we know the id, else any intent
+    carrying our ledger key. A succeeded one wins if, against all odds, there are several."""
+    gateway = context.stripe_gateway()
+    if intent_id:
+        return gateway.retrieve_payment_intent(intent_id)
+    found = gateway.find_payment_intents_by_metadata("ledger_key", ledger_key)
+    if not found:
+        return None
+    if len(found) > 1:
+        log.error("charge.several_intents_for_one_key", ledger_key=ledger_key, count=len(found))
+    return next((i for i in found if i.status == "succeeded"), found[0])
+
+
+def _record_unknown(attempt_id: str, claimed: ClaimResult, error: str) -> None:
+    with transaction() as session:
+        if not ledger.mark_unknown(claimed, {"error": error[:500]}, commit=False):
+            return
+        attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
+        assert attempt is not None
+        attempt.status = "unknown"
+        attempt.failure_message = f"outcome unknown, reconciling: {error[:300]}"
+    log.warning("charge.outcome_unknown", attempt_id=attempt_id, error=error[:300])
+
+
+def _record_failure(
+    attempt_id: str, claimed: ClaimResult, code: str, message: str, intent_id: str | None
+) -> str:
+    def apply(attempt: ChargeAttempt, invoice: Invoice) -> None:
+        attempt.decline_code = code
+        attempt.failure_message = message
+        attempt.stripe_payment_intent_id = intent_id or attempt.stripe_payment_intent_id
+        _finish_attempt(attempt, "failed")
+
+    return _record(attempt_id, claimed, "failed", apply)
+
+
+def _record_intent(attempt_id: str, claimed: ClaimResult, intent: PaymentIntentResult) -> str:
+    if intent.status == "succeeded":
+        return _record(attempt_id, claimed, "succeeded", _apply_success(intent))
+    if intent.status == "requires_action":
+
+        def needs_action(attempt: ChargeAttempt, invoice: Invoice) -> None:
+            attempt.stripe_payment_intent_id = intent.id
+            attempt.next_action = intent.next_action
+            attempt.client_secret = intent.client_secret
+            attempt.failure_message = "The customer must authenticate this payment."
+            _finish_attempt(attempt, "requires_action")
+
+        return _record(attempt_id, claimed, "requires_action", needs_action)
+    if intent.status in ("requires_payment_method", "canceled"):
+        return _record_failure(
+            attempt_id,
+            claimed,
+            intent.decline_code or intent.status,
+            intent.failure_message or f"the payment ended {intent.status}",
+            intent.id,
+        )
+    # processing, requires_confirmation...: not final yet; ask again later.
+    with transaction() as session:
+        attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
+        assert attempt is not None
+        attempt.stripe_payment_intent_id = intent.id
+    _record_unknown(attempt_id, claimed, f"payment intent is {intent.status}")
+    raise TransientJobError(f"payment intent {intent.id} is still {intent.status}")
+
+
+def _apply_success(intent: PaymentIntentResult) -> Apply:
+    def succeeded(attempt: ChargeAttempt, invoice: Invoice) -> None:
+        attempt.stripe_payment_intent_id = intent.id
+        attempt.decline_code = None
+        attempt.failure_message = None
+        _finish_attempt(attempt, "succeeded")
+        mark_invoice_paid(invoice, intent.amount)
+
+    return succeeded
+
+
+def mark_invoice_paid(invoice: Invoice, amount: int) -> None:
+    """Money arrived for this invoice. Never moves an invoice backwards; a payment on a
+    void invoice is recorded on its attempt and logged for an operator to refund."""
+    if invoice.status in PAYABLE:
+        invoice.amount_paid = min(invoice.total, invoice.amount_paid + amount)
+        invoice.status = InvoiceStatus.PAID.value
+        invoice.paid_at = func.now()
+        log.info("invoice.paid", invoice_id=invoice.id, amount=amount)
+    elif invoice.status == InvoiceStatus.VOID.value:
+        log.error("charge.succeeded_on_void_invoice", invoice_id=invoice.id, amount=amount)
+
+
+def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: Apply) -> str:
+    try:
+        with transaction() as session:
+            attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
+            assert attempt is not None
+            invoice = session.get(Invoice, attempt.invoice_id, with_for_update=True)
+            assert invoice is not None
+            apply(attempt, invoice)
+            ledger.complete(
+                claimed,
+                "succeeded" if ledger_state != "failed" else "failed",
+                outcome={
+                    "status": ledger_state,
+                    "payment_intent": attempt.stripe_payment_intent_id,
+                },
+            )
+    except ledger.LeaseLost as exc:
+        raise TransientJobError(f"attempt {attempt_id} was taken over; it records") from exc
+    log.info("charge.recorded", attempt_id=attempt_id, status=ledger_state)
+    return ledger_state
+
+
+# --- reconciliation sweep -----------------------------------------------------------------
+
+
+def reconcile_stuck_attempts(limit: int = 200) -> int:
+    """Beat's safety net: every attempt left unknown or started past the reconcile delay,
+    with no unfinished job to finish it, gets a new charge job (which reconciles first)."""
+    with transaction() as session:
+        unfinished_job = exists().where(
+            OutboxJob.name == jobs.CHARGE_INVOICE,
+            OutboxJob.args["attempt_id"].astext == ChargeAttempt.id,
+            OutboxJob.state.in_(UNFINISHED),
+        )
+        stuck = list(
+            session.scalars(
+                select(ChargeAttempt.id)
+                .where(
+                    ChargeAttempt.status.in_(("pending", "started", "unknown")),
+                    ChargeAttempt.updated_at < func.now() - RECONCILE_AFTER,
+                    ~unfinished_job,
+                )
+                .order_by(ChargeAttempt.updated_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for attempt_id in stuck:
+            record_job(session, jobs.CHARGE_INVOICE, attempt_id=attempt_id)
+    if stuck:
+        log.warning("charge.reconcile_sweep", attempts=len(stuck))
+    return len(stuck)

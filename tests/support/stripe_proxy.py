@@ -1,0 +1,118 @@
+"""A real HTTP proxy between the service and the Stripe emulator that can lose answers.
+
+`drop_responses(n, path=...)` makes the next n matching requests reach the emulator (so the
+PaymentIntent is created there) while their responses are thrown away: the client's
+connection is closed without a byte, exactly like a network that failed after Stripe acted.
+`fail_requests(n, status)` answers n requests with an error without forwarding them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+class StripeProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self._lock = threading.Lock()
+        self._drop: list[tuple[str, str, int]] = []  # (method, path prefix, remaining)
+        self._fail: list[tuple[str, int, int]] = []  # (path prefix, status, remaining)
+        self.drop_ratio = 0.0
+        self.drop_ratio_path = "/v1/payment_intents"
+        self.dropped = 0
+        self.forwarded = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                failure = proxy._take_failure(self.path)
+                if failure is not None:
+                    payload = b'{"error": {"type": "api_error", "message": "injected"}}'
+                    self.send_response(failure)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                upstream = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
+                )
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                payload = response.read()
+                upstream.close()
+                with proxy._lock:
+                    proxy.forwarded += 1
+                if proxy._take_drop(self.command, self.path):
+                    # The emulator acted; the answer is lost on its way back.
+                    self.close_connection = True
+                    return
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> StripeProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def drop_responses(
+        self, count: int, *, method: str = "POST", path: str = "/v1/payment_intents"
+    ) -> None:
+        with self._lock:
+            self._drop.append((method, path, count))
+
+    def fail_requests(self, count: int, *, status: int = 500, path: str = "/v1/") -> None:
+        with self._lock:
+            self._fail.append((path, status, count))
+
+    def _take_drop(self, method: str, path: str) -> bool:
+        with self._lock:
+            for index, (m, prefix, remaining) in enumerate(self._drop):
+                if m == method and path.startswith(prefix) and remaining > 0:
+                    self._drop[index] = (m, prefix, remaining - 1)
+                    self.dropped += 1
+                    return True
+            if (
+                self.drop_ratio
+                and method == "POST"
+                and path.startswith(self.drop_ratio_path)
+                and random.random() < self.drop_ratio
+            ):
+                self.dropped += 1
+                return True
+        return False
+
+    def _take_failure(self, path: str) -> int | None:
+        with self._lock:
+            for index, (prefix, status, remaining) in enumerate(self._fail):
+                if path.startswith(prefix) and remaining > 0:
+                    self._fail[index] = (prefix, status, remaining - 1)
+                    return status
+        return None
