@@ -111,8 +111,56 @@ def outbox_sweep() -> None:
     click.echo(f"republished {sweep()} jobs")
 
 
+@click.group("dead-letters", help="Jobs that gave up (dead-lettered) or failed for good.")
+def dead_letters_group() -> None:
+    pass
+
+
+@dead_letters_group.command("list", help="List dead-lettered and failed jobs, newest first.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
+def dead_letters_list(limit: int) -> None:
+    from billing.services.outbox import list_dead_letters
+
+    jobs = list_dead_letters(limit)
+    if not jobs:
+        click.echo("no dead-lettered or failed jobs")
+        return
+    for job in jobs:
+        error = (job.last_error or "").replace("\n", " ")[:100]
+        click.echo(
+            f"{job.id}\t{job.state}\t{job.name}\t{json.dumps(job.args)}\t"
+            f"attempts={job.attempts}\t{job.finished_at:%Y-%m-%d %H:%M:%S}\t{error}"
+        )
+
+
+@dead_letters_group.command("show", help="Everything recorded about one job, as JSON.")
+@click.argument("job_id")
+def dead_letters_show(job_id: str) -> None:
+    from billing.api.serializers import job_out
+    from billing.services.outbox import get_job
+
+    job = get_job(job_id)
+    if job is None:
+        raise click.ClickException(f"no job {job_id}")
+    click.echo(job_out(job).model_dump_json(indent=2))
+
+
+@dead_letters_group.command("replay", help="Run a dead-lettered or failed job again.")
+@click.argument("job_id")
+def dead_letters_replay(job_id: str) -> None:
+    from billing.services.outbox import NotReplayable, replay
+
+    try:
+        job = replay(job_id)
+    except NotReplayable as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"replayed {job.id} ({job.name}); follow it with: billing dead-letters show {job.id}"
+    )
+
+
 def register_cli(app: Flask) -> None:
-    for group in (db_group, api_keys_group, outbox_group):
+    for group in (db_group, api_keys_group, outbox_group, dead_letters_group):
         app.cli.add_command(group)
 
 

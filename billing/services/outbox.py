@@ -216,3 +216,41 @@ def get_job(job_id: str, *, customer_scope: str | None = None) -> OutboxJob | No
         if owner == customer_scope:
             return job
     return None
+
+
+REPLAYABLE = ("dead_lettered", "failed")
+
+
+class NotReplayable(Exception):
+    pass
+
+
+def list_dead_letters(limit: int = 100) -> list[OutboxJob]:
+    return list(
+        db.session.scalars(
+            select(OutboxJob)
+            .where(OutboxJob.state.in_(REPLAYABLE))
+            .order_by(OutboxJob.finished_at.desc().nulls_last())
+            .limit(limit)
+        )
+    )
+
+
+def replay(job_id: str) -> OutboxJob:
+    """Give a dead-lettered or failed job a fresh set of attempts; it is published after
+    commit like any new job. Safe: every handler is idempotent through the ledger."""
+    from billing.services.unit_of_work import transaction
+
+    with transaction() as session:
+        job = session.get(OutboxJob, job_id, with_for_update=True)
+        if job is None:
+            raise NotReplayable(f"no job {job_id}")
+        if job.state not in REPLAYABLE:
+            raise NotReplayable(f"job {job_id} is {job.state}; only {', '.join(REPLAYABLE)} replay")
+        job.state = "pending"
+        job.attempts = 0
+        job.finished_at = None
+        job.lease_expires_at = func.now() + RELAY_GRACE
+        session.info.setdefault(RECORDED_JOBS, []).append((job.id, job.name, job.request_id))
+    log.info("job.replayed", job_id=job_id, job_name=job.name)
+    return job

@@ -38,3 +38,38 @@ def test_a_revoked_key_is_refused_by_the_api(app, client):
     assert runner.invoke(args=["api-keys", "revoke", created["id"]]).exit_code == 0
     response = client.get("/v1/customers", headers={"Authorization": f"Bearer {created['secret']}"})
     assert response.status_code == 401
+
+
+def test_a_dead_lettered_job_is_listed_shown_and_replayed(app, make_customer, redis_client):
+    from sqlalchemy import update
+
+    from billing.models import OutboxJob
+
+    customer = make_customer()
+    db.session.execute(
+        update(OutboxJob)
+        .where(OutboxJob.id == customer["sync_job"])
+        .values(
+            state="dead_lettered",
+            attempts=8,
+            last_error="Stripe unavailable",
+            finished_at=db.func.now(),
+        )
+    )
+    db.session.commit()
+    redis_client.flushdb()
+    runner = app.test_cli_runner()
+    listed = runner.invoke(args=["dead-letters", "list"])
+    assert listed.exit_code == 0
+    assert customer["sync_job"] in listed.output and "Stripe unavailable" in listed.output
+    shown = json.loads(runner.invoke(args=["dead-letters", "show", customer["sync_job"]]).output)
+    assert shown["state"] == "dead_lettered"
+    replayed = runner.invoke(args=["dead-letters", "replay", customer["sync_job"]])
+    assert replayed.exit_code == 0, replayed.output
+    job = db.session.get(OutboxJob, customer["sync_job"])
+    db.session.refresh(job)
+    assert (job.state, job.attempts) == ("sent", 0)
+    assert redis_client.llen("billing") == 1  # published again
+    again = runner.invoke(args=["dead-letters", "replay", customer["sync_job"]])
+    assert again.exit_code == 1 and "only dead_lettered, failed replay" in again.output
+    assert "no dead-lettered" in runner.invoke(args=["dead-letters", "list"]).output
