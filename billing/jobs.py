@@ -11,6 +11,7 @@ QUEUES = ("billing", "pdf", "mail")
 SYNC_CUSTOMER = "billing.sync_customer"
 CHARGE_INVOICE = "billing.charge_invoice"
 RECONCILE_CHARGES = "billing.reconcile_charges"
+REFUND_INVOICE = "billing.refund_invoice"
 SWEEP_OUTBOX = "billing.sweep_outbox"
 PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
 

@@ -96,6 +96,7 @@ class Invoice(db.Model):  # type: ignore[name-defined]
     tax: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     amount_paid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, server_default=func.now(), onupdate=func.now()
@@ -122,6 +123,9 @@ class Invoice(db.Model):  # type: ignore[name-defined]
         CheckConstraint("(status = 'draft') = (number IS NULL)", name="number_iff_finalized"),
         CheckConstraint("total = subtotal + tax", name="total_is_sum"),
         CheckConstraint("amount_paid >= 0 AND amount_paid <= total", name="amount_paid_bounded"),
+        CheckConstraint(
+            "amount_refunded >= 0 AND amount_refunded <= amount_paid", name="refund_bounded"
+        ),
         Index("ix_invoices_customer_status", "customer_id", "status"),
     )
 
@@ -282,4 +286,34 @@ class ChargeAttempt(db.Model):  # type: ignore[name-defined]
             unique=True,
             postgresql_where=text("status IN ('pending', 'started', 'unknown', 'requires_action')"),
         ),
+    )
+
+
+REFUND_STATUSES = ["pending", "started", "unknown", "succeeded", "failed"]
+
+
+class Refund(db.Model):  # type: ignore[name-defined]
+    """Money given back on an invoice's succeeded payment, through one Stripe Refund."""
+
+    __tablename__ = "refunds"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "rf"))
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
+    charge_attempt_id: Mapped[str] = mapped_column(ForeignKey("charge_attempts.id"))
+    ledger_key: Mapped[str] = mapped_column(String(255), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    stripe_refund_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", REFUND_STATUSES), name="status_known"),
+        CheckConstraint("amount > 0", name="amount_positive"),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Task, shared_task
 
 from billing import jobs
-from billing.services import charges, customers, ledger, outbox
+from billing.services import charges, customers, ledger, outbox, refunds
 from workers.runner import run_outbox_job
 
 
@@ -17,6 +17,11 @@ def sync_customer(self: Task, job_id: str) -> None:
 @shared_task(name=jobs.CHARGE_INVOICE, bind=True)
 def charge_invoice(self: Task, job_id: str) -> None:
     run_outbox_job(self, job_id, charges.execute_charge)
+
+
+@shared_task(name=jobs.REFUND_INVOICE, bind=True)
+def refund_invoice(self: Task, job_id: str) -> None:
+    run_outbox_job(self, job_id, refunds.execute_refund)
 
 
 @shared_task(name=jobs.RECONCILE_CHARGES)

@@ -84,6 +84,10 @@ class StripeGateway(Protocol):
         self, *, payment_intent_id: str, amount: int, metadata: dict[str, str], idempotency_key: str
     ) -> RefundResult: ...
 
+    def find_refunds_by_metadata(
+        self, payment_intent_id: str, key: str, value: str
+    ) -> list[RefundResult]: ...
+
 
 class StripeSdkGateway:
     # Timeouts bound how long a worker waits for an answer it may never get; what
@@ -218,6 +222,20 @@ class StripeSdkGateway:
                 options={"idempotency_key": idempotency_key},
             )
         return RefundResult(id=str(refund.id), status=str(refund.status), amount=int(refund.amount))
+
+    def find_refunds_by_metadata(
+        self, payment_intent_id: str, key: str, value: str
+    ) -> list[RefundResult]:
+        with _translated_errors():
+            page = self._client.v1.refunds.list(
+                params={"payment_intent": payment_intent_id, "limit": 100}
+            )
+            refunds = [r.to_dict() for r in page.auto_paging_iter()]
+        return [
+            RefundResult(id=str(r["id"]), status=str(r["status"]), amount=int(r["amount"]))
+            for r in refunds
+            if (r.get("metadata") or {}).get(key) == value
+        ]
 
 
 def _intent_result(intent: dict[str, Any]) -> PaymentIntentResult:

@@ -6,8 +6,8 @@ from flask import Blueprint
 
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
-from billing.api.serializers import invoice_out, pay_response
-from billing.services import charges
+from billing.api.serializers import invoice_out, pay_response, refund_out
+from billing.services import charges, refunds
 from billing.services import invoices as service
 
 bp = Blueprint("invoices", __name__, url_prefix="/v1/invoices")
@@ -161,3 +161,19 @@ def mark_uncollectible(invoice_id: str) -> ViewResult:
 def pay_invoice(invoice_id: str) -> ViewResult:
     request = charges.request_charge(invoice_id, customer_scope=customer_scope())
     return pay_response(request.attempt, request.job_id, request.created), 202
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/refund",
+    "POST",
+    summary="Refund the invoice's payment, in full or in part",
+    body=schemas.RefundCreate,
+    response=schemas.RefundOut,
+    status=202,
+    admin_only=True,
+    errors=(400, 403, 404, 422),
+)
+def refund_invoice(invoice_id: str, body: schemas.RefundCreate) -> ViewResult:
+    request = refunds.request_refund(invoice_id, body.amount, body.reason)
+    return refund_out(request.refund, job_id=request.job_id), 202

@@ -268,6 +268,27 @@ class PayResponse(ChargeAttemptOut):
     created_now: bool = Field(description="False when an attempt was already in flight.")
 
 
+class RefundCreate(Strict):
+    amount: Annotated[int, Field(ge=1, le=99_999_999_999)] | None = Field(
+        default=None, description="Minor units; everything still refundable when omitted."
+    )
+    reason: Annotated[Text, StringConstraints(max_length=500)] | None = None
+
+
+class RefundOut(BaseModel):
+    id: str
+    object: Literal["refund"] = "refund"
+    invoice: str
+    status: Literal["pending", "started", "unknown", "succeeded", "failed"]
+    amount: int
+    currency: str
+    reason: str | None
+    stripe_refund_id: str | None
+    failure_message: str | None
+    created: int
+    job: str | None = None
+
+
 class InvoiceOut(BaseModel):
     id: str
     object: Literal["invoice"] = "invoice"
@@ -287,6 +308,8 @@ class InvoiceOut(BaseModel):
     total_tax_amounts: list[TaxAmount]
     amount_paid: int
     amount_due: int
+    amount_refunded: int
+    refunds: list[RefundOut]
     payment_attempts: list[ChargeAttemptOut]
     next_payment_attempt: int | None = Field(
         description="When the next automatic attempt is planned (dunning), if any."

@@ -7,7 +7,8 @@ from typing import Any
 
 from billing.api import schemas
 from billing.domain.invoices import InvoiceStatus
-from billing.models import ChargeAttempt, Customer, Invoice, OutboxJob
+from billing.models import ChargeAttempt, Customer, Invoice, OutboxJob, Refund
+from billing.services.refunds import refunds_of
 
 
 def _ts(value: datetime | None) -> int | None:
@@ -57,6 +58,21 @@ def pay_response(attempt: ChargeAttempt, job_id: str | None, created: bool) -> s
     return schemas.PayResponse(**_attempt_fields(attempt), job=job_id, created_now=created)
 
 
+def refund_out(refund: Refund, *, job_id: str | None = None) -> schemas.RefundOut:
+    return schemas.RefundOut(
+        id=refund.id,
+        invoice=refund.invoice_id,
+        status=refund.status,  # type: ignore[arg-type]
+        amount=refund.amount,
+        currency=refund.currency,
+        reason=refund.reason,
+        stripe_refund_id=refund.stripe_refund_id,
+        failure_message=refund.failure_message,
+        created=_ts(refund.created_at) or 0,
+        job=job_id,
+    )
+
+
 def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
     by_rate: dict[str, schemas.TaxAmount] = {}
     for line in invoice.lines:
@@ -97,6 +113,8 @@ def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
         total_tax_amounts=list(by_rate.values()),
         amount_paid=invoice.amount_paid,
         amount_due=invoice.amount_due,
+        amount_refunded=invoice.amount_refunded,
+        refunds=[refund_out(r) for r in refunds_of(invoice.id)],
         payment_attempts=[charge_attempt_out(a) for a in invoice.charge_attempts],
         next_payment_attempt=None,
         created=_ts(invoice.created_at) or 0,

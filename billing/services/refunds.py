@@ -1,0 +1,167 @@
+"""Refunds: the same atomic phases and ledger as charges, for money going back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from billing import jobs
+from billing.adapters.stripe_gateway import RefundResult, StripeRejected, StripeUnavailable
+from billing.extensions import db
+from billing.ids import new_id
+from billing.logging import get_logger
+from billing.models import ChargeAttempt, Invoice, Refund
+from billing.services import context, ledger
+from billing.services.errors import InvalidRequest, NotFound, TransientJobError
+from billing.services.ledger import Claim, ClaimResult
+from billing.services.outbox import record_job
+from billing.services.unit_of_work import transaction
+
+log = get_logger(__name__)
+
+LEDGER_SCOPE = "stripe.refund"
+REFUND_LEASE = timedelta(seconds=90)
+OPEN_REFUND = ("pending", "started", "unknown")
+
+
+class RefundExceedsPayment(InvalidRequest):
+    code = "refund_exceeds_payment"
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    refund: Refund
+    job_id: str
+
+
+def request_refund(invoice_id: str, amount: int | None, reason: str | None) -> RefundRequest:
+    """Record a refund of `amount` (everything refundable by default) and its job."""
+    with transaction() as session:
+        invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
+        if invoice is None:
+            raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+        payment = session.scalars(
+            select(ChargeAttempt).where(
+                ChargeAttempt.invoice_id == invoice_id, ChargeAttempt.status == "succeeded"
+            )
+        ).first()
+        if payment is None or not payment.stripe_payment_intent_id:
+            raise InvalidRequest("this invoice has no payment to refund", param="id")
+        # Refunds still on their way count as given back already: two quick requests
+        # cannot together refund more than was paid.
+        in_progress = session.scalar(
+            select(func.coalesce(func.sum(Refund.amount), 0)).where(
+                Refund.invoice_id == invoice_id, Refund.status.in_(OPEN_REFUND)
+            )
+        )
+        refundable = invoice.amount_paid - invoice.amount_refunded - int(in_progress or 0)
+        wanted = refundable if amount is None else amount
+        if wanted <= 0:
+            raise RefundExceedsPayment("nothing is left to refund on this invoice", param="amount")
+        if wanted > refundable:
+            raise RefundExceedsPayment(
+                f"at most {refundable} can be refunded on this invoice", param="amount"
+            )
+        refund_id = new_id("rf")
+        refund = Refund(
+            id=refund_id,
+            invoice_id=invoice_id,
+            charge_attempt_id=payment.id,
+            ledger_key=f"refund:{refund_id}",
+            amount=wanted,
+            currency=invoice.currency,
+            reason=reason,
+        )
+        session.add(refund)
+        job = record_job(session, jobs.REFUND_INVOICE, refund_id=refund_id)
+    log.info("refund.requested", invoice_id=invoice_id, refund_id=refund_id, amount=wanted)
+    return RefundRequest(refund, job.id)
+
+
+def execute_refund(refund_id: str) -> str:
+    """The `billing.refund_invoice` job."""
+    with transaction() as session:
+        refund = session.get(Refund, refund_id, with_for_update=True)
+        if refund is None or refund.status in ("succeeded", "failed"):
+            return refund.status if refund else "missing"
+        payment = session.get(ChargeAttempt, refund.charge_attempt_id)
+        assert payment is not None and payment.stripe_payment_intent_id
+        claimed = ledger.claim(
+            LEDGER_SCOPE, refund.ledger_key, refund.id, lease=REFUND_LEASE, commit=False
+        )
+        if claimed.claim is Claim.IN_PROGRESS:
+            raise TransientJobError(f"refund {refund_id} is being made by another worker")
+        if claimed.claim is Claim.DONE:
+            return refund.status
+        refund.status = "started"
+        intent_id, amount, ledger_key = (
+            payment.stripe_payment_intent_id,
+            refund.amount,
+            refund.ledger_key,
+        )
+        invoice_id = refund.invoice_id
+    gateway = context.stripe_gateway()
+    try:
+        if claimed.claim is Claim.RESUMED:
+            found = gateway.find_refunds_by_metadata(intent_id, "ledger_key", ledger_key)
+            if found:
+                return _record_success(refund_id, claimed, found[0])
+        result = gateway.create_refund(
+            payment_intent_id=intent_id,
+            amount=amount,
+            metadata={"invoice_id": invoice_id, "refund_id": refund_id, "ledger_key": ledger_key},
+            idempotency_key=ledger_key,
+        )
+    except StripeRejected as exc:
+        return _record_failure(refund_id, claimed, exc.message)
+    except StripeUnavailable as exc:
+        with transaction() as session:
+            if ledger.mark_unknown(claimed, {"error": str(exc)[:500]}, commit=False):
+                refund = session.get(Refund, refund_id, with_for_update=True)
+                assert refund is not None
+                refund.status = "unknown"
+        raise TransientJobError(f"Stripe's answer to refund {refund_id} was lost: {exc}") from exc
+    return _record_success(refund_id, claimed, result)
+
+
+def _record_success(refund_id: str, claimed: ClaimResult, result: RefundResult) -> str:
+    try:
+        with transaction() as session:
+            refund = session.get(Refund, refund_id, with_for_update=True)
+            assert refund is not None
+            invoice = session.get(Invoice, refund.invoice_id, with_for_update=True)
+            assert invoice is not None
+            refund.status = "succeeded"
+            refund.stripe_refund_id = result.id
+            refund.finished_at = func.now()
+            invoice.amount_refunded = invoice.amount_refunded + refund.amount
+            ledger.complete(claimed, "succeeded", outcome={"refund": result.id})
+    except ledger.LeaseLost as exc:
+        raise TransientJobError(f"refund {refund_id} was taken over") from exc
+    log.info("refund.succeeded", refund_id=refund_id, stripe_refund_id=result.id)
+    return "succeeded"
+
+
+def _record_failure(refund_id: str, claimed: ClaimResult, message: str) -> str:
+    try:
+        with transaction() as session:
+            refund = session.get(Refund, refund_id, with_for_update=True)
+            assert refund is not None
+            refund.status = "failed"
+            refund.failure_message = message
+            refund.finished_at = func.now()
+            ledger.complete(claimed, "failed", outcome={"error": message})
+    except ledger.LeaseLost as exc:
+        raise TransientJobError(f"refund {refund_id} was taken over") from exc
+    log.error("refund.failed", refund_id=refund_id, error=message)
+    return "failed"
+
+
+def refunds_of(invoice_id: str) -> list[Refund]:
+    return list(
+        db.session.scalars(
+            select(Refund).where(Refund.invoice_id == invoice_id).order_by(Refund.id)
+        )
+    )
