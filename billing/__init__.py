@@ -41,13 +41,13 @@ def create_app(
 
     Mail(app)
 
-    from billing.api import customers, health, invoices, jobs, openapi
+    from billing.api import customers, health, invoices, jobs, openapi, webhooks
     from billing.api.errors import register_error_handlers
     from billing.api.middleware import register_middleware
 
     register_middleware(app)
     register_error_handlers(app)
-    for blueprint in (health.bp, openapi.bp, customers.bp, invoices.bp, jobs.bp):
+    for blueprint in (health.bp, openapi.bp, customers.bp, invoices.bp, jobs.bp, webhooks.bp):
         app.register_blueprint(blueprint)
 
     from billing.cli import register_cli

@@ -12,6 +12,7 @@ SYNC_CUSTOMER = "billing.sync_customer"
 CHARGE_INVOICE = "billing.charge_invoice"
 RECONCILE_CHARGES = "billing.reconcile_charges"
 REFUND_INVOICE = "billing.refund_invoice"
+PROCESS_STRIPE_EVENT = "billing.process_stripe_event"
 SWEEP_OUTBOX = "billing.sweep_outbox"
 PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
 

@@ -105,6 +105,8 @@ class Invoice(db.Model):  # type: ignore[name-defined]
     paid_at: Mapped[datetime | None] = mapped_column(Timestamp)
     voided_at: Mapped[datetime | None] = mapped_column(Timestamp)
     marked_uncollectible_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Set when the customer's bank opened a dispute on the payment (charge.dispute.created).
+    disputed_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     customer: Mapped[Customer] = relationship(back_populates="invoices")
     charge_attempts: Mapped[list[ChargeAttempt]] = relationship(
@@ -317,3 +319,24 @@ class Refund(db.Model):  # type: ignore[name-defined]
         CheckConstraint(_in("status", REFUND_STATUSES), name="status_known"),
         CheckConstraint("amount > 0", name="amount_positive"),
     )
+
+
+EVENT_STATUSES = ["received", "processed", "ignored", "failed"]
+
+
+class StripeEvent(db.Model):  # type: ignore[name-defined]
+    """A webhook event exactly as Stripe signed it; its id makes a redelivery a no-op."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), default="received", server_default="received")
+    error: Mapped[str | None] = mapped_column(Text)
+    # When Stripe created the event: how out-of-order deliveries are recognised.
+    stripe_created_at: Mapped[datetime] = mapped_column(Timestamp)
+    received_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (CheckConstraint(_in("status", EVENT_STATUSES), name="status_known"),)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Task, shared_task
 
 from billing import jobs
-from billing.services import charges, customers, ledger, outbox, refunds
+from billing.services import charges, customers, ledger, outbox, refunds, stripe_events
 from workers.runner import run_outbox_job
 
 
@@ -22,6 +22,11 @@ def charge_invoice(self: Task, job_id: str) -> None:
 @shared_task(name=jobs.REFUND_INVOICE, bind=True)
 def refund_invoice(self: Task, job_id: str) -> None:
     run_outbox_job(self, job_id, refunds.execute_refund)
+
+
+@shared_task(name=jobs.PROCESS_STRIPE_EVENT, bind=True)
+def process_stripe_event(self: Task, job_id: str) -> None:
+    run_outbox_job(self, job_id, stripe_events.process_event)
 
 
 @shared_task(name=jobs.RECONCILE_CHARGES)

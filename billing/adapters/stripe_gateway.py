@@ -279,3 +279,29 @@ def _translated_errors() -> Iterator[None]:
             code=exc.code,
             param=error.param if error else None,
         ) from exc
+
+
+class WebhookSignatureInvalid(Exception):
+    def __init__(self, message: str, *, expired: bool) -> None:
+        super().__init__(message)
+        self.expired = expired
+
+
+def verify_webhook(
+    payload: bytes, signature_header: str, secret: str, tolerance: int
+) -> dict[str, Any]:
+    """The event, if Stripe signed exactly these bytes within `tolerance` seconds."""
+    try:
+        event = stripe.Webhook.construct_event(payload, signature_header, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        message = str(exc.user_message or exc)
+        raise WebhookSignatureInvalid(message, expired="tolerance" in message.lower()) from exc
+    except ValueError as exc:
+        raise WebhookSignatureInvalid(
+            f"the payload is not a Stripe event: {exc}", expired=False
+        ) from exc
+    return dict(event.to_dict())
+
+
+def intent_from_payload(intent: dict[str, Any]) -> PaymentIntentResult:
+    return _intent_result(intent)

@@ -159,8 +159,44 @@ def dead_letters_replay(job_id: str) -> None:
     )
 
 
+@click.group("webhooks", help="Stripe webhook events as received.")
+def webhooks_group() -> None:
+    pass
+
+
+@webhooks_group.command("list", help="Recent events; --failed for those whose processing failed.")
+@click.option("--failed", is_flag=True, help="Only events whose processing failed.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+def webhooks_list(failed: bool, limit: int) -> None:
+    from sqlalchemy import select
+
+    from billing.extensions import db
+    from billing.models import StripeEvent
+
+    query = select(StripeEvent).order_by(StripeEvent.received_at.desc()).limit(limit)
+    if failed:
+        query = query.where(StripeEvent.status == "failed")
+    for event in db.session.scalars(query):
+        error = (event.error or "")[:100]
+        received = f"{event.received_at:%Y-%m-%d %H:%M:%S}"
+        click.echo(f"{event.id}\t{event.type}\t{event.status}\t{received}\t{error}")
+
+
+@webhooks_group.command("replay", help="Apply a stored event again (it is idempotent).")
+@click.argument("event_id")
+def webhooks_replay(event_id: str) -> None:
+    from billing.services.errors import PermanentJobError
+    from billing.services.stripe_events import replay_event
+
+    try:
+        job_id = replay_event(event_id)
+    except PermanentJobError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"replaying {event_id} as job {job_id}")
+
+
 def register_cli(app: Flask) -> None:
-    for group in (db_group, api_keys_group, outbox_group, dead_letters_group):
+    for group in (db_group, api_keys_group, outbox_group, dead_letters_group, webhooks_group):
         app.cli.add_command(group)
 
 

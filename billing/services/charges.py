@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from billing import jobs
@@ -33,7 +33,14 @@ from billing.domain.invoices import InvoiceStatus
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
-from billing.models import CHARGE_IN_FLIGHT, ChargeAttempt, Customer, Invoice, OutboxJob
+from billing.models import (
+    CHARGE_IN_FLIGHT,
+    ChargeAttempt,
+    Customer,
+    Invoice,
+    LedgerEntry,
+    OutboxJob,
+)
 from billing.services import context, ledger
 from billing.services.errors import Conflict, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
@@ -333,6 +340,77 @@ def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: App
         raise TransientJobError(f"attempt {attempt_id} was taken over; it records") from exc
     log.info("charge.recorded", attempt_id=attempt_id, status=ledger_state)
     return ledger_state
+
+
+# --- what Stripe tells us by webhook -------------------------------------------------------
+
+_EVENT_OUTCOME = {
+    "succeeded": "succeeded",
+    "requires_action": "requires_action",
+    "requires_payment_method": "failed",
+    "canceled": "failed",
+}
+
+
+def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> str:
+    """Apply what Stripe says about an attempt's PaymentIntent (a webhook), through the same
+    ledger entry as the charge path, and never backwards: a succeeded attempt stays so, and
+    a failed one moves only if money did arrive after all.
+
+    The ledger entry's attempt counter is raised here, so a charge worker that still holds
+    the claim can no longer record its own (older) view afterwards; it finds the outcome
+    recorded when it runs again."""
+    outcome = _EVENT_OUTCOME.get(intent.status)
+    with transaction() as session:
+        attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
+        if attempt is None or outcome is None:
+            return "ignored"
+        invoice = session.get(Invoice, attempt.invoice_id, with_for_update=True)
+        assert invoice is not None
+        current = attempt.status
+        if current == "succeeded" or current == outcome:
+            return "ignored"
+        if current in ("failed", "canceled") and outcome != "succeeded":
+            return "ignored"
+        if outcome == "succeeded":
+            _apply_success(intent)(attempt, invoice)
+        elif outcome == "requires_action":
+            attempt.stripe_payment_intent_id = intent.id
+            attempt.next_action = intent.next_action
+            attempt.client_secret = intent.client_secret
+            _finish_attempt(attempt, "requires_action")
+        else:
+            attempt.stripe_payment_intent_id = intent.id
+            attempt.decline_code = intent.decline_code or intent.status
+            attempt.failure_message = intent.failure_message or "the payment failed"
+            _finish_attempt(attempt, "failed")
+        session.execute(
+            update(LedgerEntry)
+            .where(LedgerEntry.scope == LEDGER_SCOPE, LedgerEntry.key == attempt.ledger_key)
+            .values(
+                state="failed" if outcome == "failed" else "succeeded",
+                attempt=LedgerEntry.attempt + 1,
+                locked_until=None,
+                outcome={"status": outcome, "payment_intent": intent.id, "via": "webhook"},
+            )
+        )
+    log.info("charge.updated_by_stripe", attempt_id=attempt_id, was=current, now=outcome)
+    return outcome
+
+
+def attempt_for_intent(intent_id: str | None, metadata: dict[str, str]) -> str | None:
+    """Our attempt behind a PaymentIntent: by its id, else by the ids we wrote in metadata."""
+    if intent_id:
+        found = db.session.scalar(
+            select(ChargeAttempt.id).where(ChargeAttempt.stripe_payment_intent_id == intent_id)
+        )
+        if found:
+            return found
+    if metadata.get("attempt_id"):
+        return db.session.scalar(
+            select(ChargeAttempt.id).where(ChargeAttempt.id == metadata["attempt_id"])
+        )
+    return None
 
 
 # --- reconciliation sweep -----------------------------------------------------------------

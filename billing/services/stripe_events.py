@@ -1,0 +1,161 @@
+"""Stripe webhooks: verify, store raw, acknowledge at once; apply on the billing queue.
+
+Each event is stored under its own id, so a redelivery (Stripe retries, the emulator, a
+replay) records nothing new. Applying one goes through the same rules and ledger as the
+charge path and never moves an invoice backwards, so order does not matter either.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from billing import jobs
+from billing.adapters.stripe_gateway import intent_from_payload, verify_webhook
+from billing.extensions import db
+from billing.logging import get_logger
+from billing.models import ChargeAttempt, Invoice, StripeEvent
+from billing.services import charges, context
+from billing.services.errors import PermanentJobError, ServiceError
+from billing.services.outbox import record_job
+from billing.services.unit_of_work import transaction
+
+log = get_logger(__name__)
+
+# Stripe's own default: a signature older than five minutes is a replay.
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+
+class InvalidEvent(ServiceError):
+    code = "invalid_event"
+    status = 400
+
+
+class WebhookNotConfigured(ServiceError):
+    code = "webhook_not_configured"
+    status = 503
+    retryable = True
+
+
+def receive_event(payload: bytes, signature_header: str) -> tuple[str, bool]:
+    """Verify and store one delivery. Returns the event id and whether it was new."""
+    secret = context.settings().stripe_webhook_secret
+    if not secret:
+        raise WebhookNotConfigured("STRIPE_WEBHOOK_SECRET is not set; the event was not stored")
+    event = verify_webhook(payload, signature_header, secret, SIGNATURE_TOLERANCE_SECONDS)
+    if not isinstance(event.get("id"), str) or not event["id"] or len(event["id"]) > 255:
+        raise InvalidEvent("a signed payload without an event id is not a Stripe event")
+    with transaction() as session:
+        stored = session.execute(
+            insert(StripeEvent)
+            .values(
+                id=event["id"],
+                type=event.get("type", "unknown"),
+                payload=event,
+                stripe_created_at=datetime.fromtimestamp(int(event.get("created") or 0), UTC),
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(StripeEvent.id)
+        ).scalar_one_or_none()
+        if stored is not None:
+            record_job(session, jobs.PROCESS_STRIPE_EVENT, event_id=event["id"])
+    log.info(
+        "webhook.received", event_id=event["id"], type=event.get("type"), new=stored is not None
+    )
+    return event["id"], stored is not None
+
+
+def process_event(event_id: str) -> str:
+    """The `billing.process_stripe_event` job: apply one stored event, once."""
+    event = db.session.get(StripeEvent, event_id)
+    if event is None:
+        raise PermanentJobError(f"no stored event {event_id}")
+    if event.status in ("processed", "ignored"):
+        return event.status
+    payload: dict[str, Any] = event.payload
+    db.session.commit()
+    handler = _HANDLERS.get(event.type)
+    try:
+        result = handler((payload.get("data") or {}).get("object") or {}) if handler else "ignored"
+    except Exception as exc:
+        _finish(event_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    _finish(event_id, "ignored" if result == "ignored" else "processed", None)
+    log.info("webhook.processed", event_id=event_id, type=event.type, result=result)
+    return result
+
+
+def _finish(event_id: str, status: str, error: str | None) -> None:
+    with transaction() as session:
+        event = session.get(StripeEvent, event_id, with_for_update=True)
+        assert event is not None
+        event.status = status
+        event.error = error[:4000] if error else None
+        event.processed_at = func.now()
+
+
+def _payment_intent_event(intent: dict[str, Any]) -> str:
+    attempt_id = charges.attempt_for_intent(intent.get("id"), intent.get("metadata") or {})
+    db.session.commit()
+    if attempt_id is None:
+        return "ignored"  # not one of ours (another integration on the same account)
+    return charges.apply_intent_from_stripe(attempt_id, intent_from_payload(intent))
+
+
+def _invoice_for_intent(session: Any, intent_id: str | None) -> Invoice | None:
+    if not intent_id:
+        return None
+    invoice_id = session.scalar(
+        select(ChargeAttempt.invoice_id).where(ChargeAttempt.stripe_payment_intent_id == intent_id)
+    )
+    return session.get(Invoice, invoice_id, with_for_update=True) if invoice_id else None
+
+
+def _charge_refunded(charge: dict[str, Any]) -> str:
+    """Refunds made anywhere (our API, Stripe's dashboard) show on the invoice; the amount
+    only ever grows, so an old event cannot shrink it."""
+    with transaction() as session:
+        invoice = _invoice_for_intent(session, charge.get("payment_intent"))
+        if invoice is None:
+            return "ignored"
+        refunded = min(int(charge.get("amount_refunded") or 0), invoice.amount_paid)
+        if refunded <= invoice.amount_refunded:
+            return "ignored"
+        invoice.amount_refunded = refunded
+    return "refunded"
+
+
+def _dispute_created(dispute: dict[str, Any]) -> str:
+    with transaction() as session:
+        invoice = _invoice_for_intent(session, dispute.get("payment_intent"))
+        if invoice is None:
+            return "ignored"
+        if invoice.disputed_at is None:
+            invoice.disputed_at = func.now()
+    log.error("invoice.disputed", invoice_id=invoice.id, dispute=dispute.get("id"))
+    return "disputed"
+
+
+_HANDLERS = {
+    "payment_intent.succeeded": _payment_intent_event,
+    "payment_intent.payment_failed": _payment_intent_event,
+    "payment_intent.requires_action": _payment_intent_event,
+    "payment_intent.canceled": _payment_intent_event,
+    "charge.refunded": _charge_refunded,
+    "charge.dispute.created": _dispute_created,
+}
+
+
+def replay_event(event_id: str) -> str:
+    """Apply a stored event again (an operator's `billing webhooks replay`)."""
+    with transaction() as session:
+        event = session.get(StripeEvent, event_id, with_for_update=True)
+        if event is None:
+            raise PermanentJobError(f"no stored event {event_id}")
+        event.status = "received"
+        event.error = None
+        job = record_job(session, jobs.PROCESS_STRIPE_EVENT, event_id=event_id)
+    return job.id
