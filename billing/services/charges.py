@@ -50,8 +50,6 @@ from billing.services.unit_of_work import transaction
 log = get_logger(__name__)
 
 LEDGER_SCOPE = "stripe.payment_intent"
-# Longer than a Stripe call can take (its timeout), so a live attempt is never taken over.
-CHARGE_LEASE = timedelta(seconds=90)
 # An attempt unknown or started this long ago, with no job left to finish it, is picked up
 # by the reconciliation sweep.
 RECONCILE_AFTER = timedelta(minutes=2)
@@ -164,7 +162,11 @@ def _prepare(attempt_id: str) -> tuple[ClaimResult, str, str] | None:
             _finish_attempt(attempt, "failed")
             return None
         claimed = ledger.claim(
-            LEDGER_SCOPE, attempt.ledger_key, attempt.id, lease=CHARGE_LEASE, commit=False
+            LEDGER_SCOPE,
+            attempt.ledger_key,
+            attempt.id,
+            lease=context.stripe_call_lease(),
+            commit=False,
         )
         if claimed.claim is Claim.IN_PROGRESS:
             raise TransientJobError(f"attempt {attempt_id} is being charged by another worker")

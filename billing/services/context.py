@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, cast
 
 import structlog
@@ -24,6 +25,13 @@ def publisher() -> JobPublisher:
 
 def stripe_gateway() -> StripeGateway:
     return cast("StripeGateway", current_app.extensions["billing.stripe"])
+
+
+def stripe_call_lease() -> timedelta:
+    """How long a claim on a Stripe side effect is held: three times the call's timeout
+    (the attach path makes two calls), so a live attempt is never taken over, while a dead
+    one is taken over soon after its call could possibly have ended."""
+    return timedelta(seconds=3 * settings().stripe_timeout_seconds)
 
 
 def current_request_id() -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import exists, select
@@ -30,8 +29,6 @@ from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
 
-# Longer than the Stripe call's own timeout, so that a live attempt is never taken over.
-STRIPE_CALL_LEASE = timedelta(seconds=60)
 LEDGER_SCOPE_STRIPE_CUSTOMER = "stripe.customer.create"
 
 
@@ -126,7 +123,7 @@ def sync_customer_to_stripe(customer_id: str) -> str:
 
     ledger_key = f"customer:{customer_id}"
     claimed = ledger.claim(
-        LEDGER_SCOPE_STRIPE_CUSTOMER, ledger_key, customer_id, lease=STRIPE_CALL_LEASE
+        LEDGER_SCOPE_STRIPE_CUSTOMER, ledger_key, customer_id, lease=context.stripe_call_lease()
     )
     gateway = context.stripe_gateway()
     stripe_id: str | None = None

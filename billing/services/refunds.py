@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import func, select
 
@@ -22,7 +21,6 @@ from billing.services.unit_of_work import transaction
 log = get_logger(__name__)
 
 LEDGER_SCOPE = "stripe.refund"
-REFUND_LEASE = timedelta(seconds=90)
 OPEN_REFUND = ("pending", "started", "unknown")
 
 
@@ -89,7 +87,11 @@ def execute_refund(refund_id: str) -> str:
         payment = session.get(ChargeAttempt, refund.charge_attempt_id)
         assert payment is not None and payment.stripe_payment_intent_id
         claimed = ledger.claim(
-            LEDGER_SCOPE, refund.ledger_key, refund.id, lease=REFUND_LEASE, commit=False
+            LEDGER_SCOPE,
+            refund.ledger_key,
+            refund.id,
+            lease=context.stripe_call_lease(),
+            commit=False,
         )
         if claimed.claim is Claim.IN_PROGRESS:
             raise TransientJobError(f"refund {refund_id} is being made by another worker")

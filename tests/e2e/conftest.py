@@ -69,8 +69,9 @@ class Stack:
         except requests.RequestException:
             return False
 
-    def start_worker(self, queue: str) -> None:
-        self._start(f"worker-{queue}", worker_command(queue, f"{queue}-{os.getpid()}@%h"))
+    def start_worker(self, queue: str, suffix: str = "") -> None:
+        name = f"worker-{queue}{suffix}"
+        self._start(name, worker_command(queue, f"{queue}{suffix}-{os.getpid()}@%h"))
 
     def start_beat(self) -> None:
         self._start("beat", beat_command(LOGS / "beat-schedule"))
@@ -91,33 +92,53 @@ class Stack:
             self.stop(name)
 
 
-@pytest.fixture(scope="module")
-def stack(database_url: str, redis_url: str, localstripe: LocalStripe) -> Iterator[Stack]:
+def start_stack(
+    database_url: str,
+    redis_url: str,
+    stripe_base: str,
+    *,
+    extra_env: dict[str, str] | None = None,
+    billing_workers: int = 1,
+) -> Stack:
+    """A fresh stack on emptied tables and an emptied broker database."""
     engine = create_engine(database_url)
     with engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    localstripe.reset()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "STRIPE_API_KEY": "sk_test_local",
-        "STRIPE_API_BASE": localstripe.url,
+        "STRIPE_API_BASE": stripe_base,
         "STRIPE_WEBHOOK_SECRET": "whsec_test",
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         **FAST_RECOVERY,
+        **(extra_env or {}),
     }
     stack = Stack(env, redis_url)
     stack.redis.flushdb()
-    for name in ("web", "worker-billing", "worker-pdf", "worker-mail", "beat"):
-        stack.log_path(name).unlink(missing_ok=True)
+    for log in LOGS.glob("*.log"):
+        log.unlink()
     try:
         stack.start_web()
         for queue in QUEUES:
             stack.start_worker(queue)
+        for number in range(2, billing_workers + 1):
+            stack.start_worker("billing", suffix=str(number))
         stack.start_beat()
+    except BaseException:
+        stack.stop_all()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack(database_url: str, redis_url: str, localstripe: LocalStripe) -> Iterator[Stack]:
+    localstripe.reset()
+    stack = start_stack(database_url, redis_url, localstripe.url)
+    try:
         yield stack
     finally:
         stack.stop_all()

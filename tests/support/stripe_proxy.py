@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -22,6 +23,8 @@ class StripeProxy:
         self._drop: list[tuple[str, str, int]] = []  # (method, path prefix, remaining)
         self._fail: list[tuple[str, int, int]] = []  # (path prefix, status, remaining)
         self.drop_ratio = 0.0
+        # Seconds to hold every answer to a matching POST after the emulator acted on it.
+        self.delay_seconds = 0.0
         self.drop_ratio_path = "/v1/payment_intents"
         self.dropped = 0
         self.forwarded = 0
@@ -55,6 +58,8 @@ class StripeProxy:
                 upstream.close()
                 with proxy._lock:
                     proxy.forwarded += 1
+                if proxy.delay_seconds and self.command == "POST":
+                    time.sleep(proxy.delay_seconds)
                 if proxy._take_drop(self.command, self.path):
                     # The emulator acted; the answer is lost on its way back.
                     self.close_connection = True

@@ -1,0 +1,229 @@
+"""Charges per second end to end (finalize over HTTP -> paid in PostgreSQL), against the
+emulator's own rate for the same PaymentIntent calls made straight with the SDK, at the same
+concurrency, measured in the same run. Last line: the ratio (target: at least 0.7).
+
+    python bench/charges.py [--invoices 300] [--concurrency 8]
+
+Uses DATABASE_URL / REDIS_URL or the machine's servers, else embedded ones (as the tests do);
+always starts its own Stripe emulator, web server and billing workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from pathlib import Path
+
+import psycopg2
+import requests
+import stripe
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devstack.commands import web_command, worker_command  # noqa: E402
+from devstack.servers import (  # noqa: E402
+    LocalStripe,
+    free_port,
+    resolve_database_url,
+    resolve_redis_url,
+    script_path,
+    stop_process_groups,
+)
+
+STATE = ROOT / ".devstack" / "bench"
+CARD = "4242424242424242"
+
+
+def _admin_connection(server_url: str):  # type: ignore[no-untyped-def]
+    parsed = make_url(server_url)
+    kwargs = {"user": parsed.username or "postgres", "dbname": parsed.database}
+    if parsed.host:
+        kwargs["host"] = parsed.host
+    if parsed.port:
+        kwargs["port"] = parsed.port
+    if "host" in parsed.query:
+        kwargs["host"] = parsed.query["host"]
+    connection = psycopg2.connect(**kwargs)
+    connection.autocommit = True
+    return connection
+
+
+def _scratch_database(server_url: str) -> str:
+    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
+    with closing(_admin_connection(server_url)) as connection:
+        connection.cursor().execute(f'CREATE DATABASE "{name}"')
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(server_url: str, url: str) -> None:
+    with closing(_admin_connection(server_url)) as connection:
+        connection.cursor().execute(
+            f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'
+        )
+
+
+def _pay_directly(client: stripe.StripeClient, n: int, concurrency: int) -> float:
+    customer = client.v1.customers.create(params={"name": "bench"})
+    pm = client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    client.v1.payment_methods.attach(pm.id, params={"customer": customer.id})
+
+    def one(i: int) -> None:
+        client.v1.payment_intents.create(
+            params={
+                "amount": 1000 + i,
+                "currency": "eur",
+                "customer": customer.id,
+                "payment_method": pm.id,
+                "confirm": True,
+                "off_session": True,
+                "metadata": {"invoice_id": f"direct-{i}", "ledger_key": f"direct-{i}"},
+            },
+            options={"idempotency_key": f"direct-{i}"},
+        )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, range(n)))
+    return n / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--invoices", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    STATE.mkdir(parents=True, exist_ok=True)
+
+    server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
+    redis_url, embedded_redis = resolve_redis_url(STATE, allow_local=True)
+    if embedded_redis is None and "REDIS_URL" not in os.environ:
+        redis_url = redis_url.rsplit("/", 1)[0] + "/9"
+    database_url = _scratch_database(server_url)
+    emulator = LocalStripe(STATE)
+    stripe_base = emulator.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "STRIPE_API_KEY": "sk_test_local",
+        "STRIPE_API_BASE": stripe_base,
+        "LOG_LEVEL": "WARNING",
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        subprocess.run(
+            [str(script_path("billing")), "db", "upgrade"], env=env, check=True, capture_output=True
+        )
+        key = json.loads(
+            subprocess.run(
+                [str(script_path("billing")), "api-keys", "create", "--name", "bench"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )["secret"]
+        logs = (STATE / "processes.log").open("ab")
+        for command in (
+            web_command(port, STATE / "gunicorn.ctl", workers=2, threads=args.concurrency),
+            worker_command("billing", f"bench-{os.getpid()}@%h", concurrency=args.concurrency),
+        ):
+            processes.append(
+                subprocess.Popen(
+                    command, env=env, stdout=logs, stderr=logs, start_new_session=True, cwd=ROOT
+                )
+            )
+        api = requests.Session()
+        api.headers["Authorization"] = f"Bearer {key}"
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+
+        client = stripe.StripeClient(
+            "sk_test_local", base_addresses={"api": stripe_base}, max_network_retries=0
+        )
+        baseline = _pay_directly(client, args.invoices, args.concurrency)
+        emulator.reset()  # the emulator slows as its store grows: both runs start empty
+
+        customer = api.post(
+            f"{url}/v1/customers",
+            json={"name": "bench", "email": "b@bench.example", "currency": "eur"},
+        ).json()
+        while not api.get(f"{url}/v1/customers/{customer['id']}").json()["stripe_customer_id"]:
+            time.sleep(0.2)
+        pm = client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            }
+        )
+        api.post(
+            f"{url}/v1/customers/{customer['id']}/payment_method", json={"payment_method": pm.id}
+        )
+        drafts = [
+            api.post(
+                f"{url}/v1/invoices",
+                json={
+                    "customer": customer["id"],
+                    "lines": [{"description": "Seats", "unit_amount": 1000 + i}],
+                },
+            ).json()["id"]
+            for i in range(args.invoices)
+        ]
+        with closing(
+            psycopg2.connect(
+                make_url(database_url)
+                .render_as_string(hide_password=False)
+                .replace("postgresql+psycopg2", "postgresql")
+            )
+        ) as db:
+            db.autocommit = True
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+                list(pool.map(lambda i: api.post(f"{url}/v1/invoices/{i}/finalize"), drafts))
+            while True:
+                cursor = db.cursor()
+                cursor.execute("SELECT count(*) FROM invoices WHERE status = 'paid'")
+                if cursor.fetchone()[0] >= args.invoices:
+                    break
+                time.sleep(0.05)
+            service = args.invoices / (time.perf_counter() - started)
+        print(
+            f"emulator, direct SDK calls: {baseline:.1f} PaymentIntents/s "
+            f"({args.invoices} at concurrency {args.concurrency})"
+        )
+        print(f"service, finalize over HTTP to paid in PostgreSQL: {service:.1f} charges/s")
+        print(f"ratio service/emulator: {service / baseline:.2f}")
+        return 0
+    finally:
+        stop_process_groups(processes)
+        emulator.stop()
+        _drop_database(server_url, database_url)
+        if embedded_redis is not None:
+            embedded_redis.stop()
+        if embedded_pg is not None:
+            embedded_pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

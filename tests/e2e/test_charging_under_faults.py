@@ -1,0 +1,309 @@
+"""Charging through real processes while they are killed, Stripe's answers are lost, every
+task is delivered twice and Redis forgets everything: each invoice is charged exactly once,
+counted on the emulator's own list of PaymentIntents."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+import stripe
+from celery import Celery
+from sqlalchemy import create_engine, text
+
+from devstack.servers import LocalStripe
+from tests.conftest import CARD_OK
+from tests.e2e.conftest import Stack, start_stack, wait_for
+from tests.support.stripe_proxy import StripeProxy
+
+pytestmark = pytest.mark.e2e
+
+BILLING_WORKERS = 3
+CHAOS_INVOICES = 200
+
+
+@pytest.fixture(scope="module")
+def proxy(localstripe: LocalStripe) -> Iterator[StripeProxy]:
+    localstripe.reset()
+    proxy = StripeProxy(localstripe.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty_stack(database_url: str, redis_url: str, proxy: StripeProxy) -> Iterator[Stack]:
+    stack = start_stack(
+        database_url,
+        redis_url,
+        proxy.url,
+        # A short Stripe timeout makes the claim lease (3x) short: a killed worker's charge
+        # is taken over within seconds, not minutes.
+        extra_env={"STRIPE_TIMEOUT_SECONDS": "3"},
+        billing_workers=BILLING_WORKERS,
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def api(faulty_stack: Stack) -> requests.Session:
+    import json
+    import subprocess
+
+    from devstack.servers import script_path
+
+    output = subprocess.run(
+        [str(script_path("billing")), "api-keys", "create", "--name", "faults"],
+        env=faulty_stack.env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return retrying_client(json.loads(output)["secret"])
+
+
+class _KeyedSession(requests.Session):
+    """A client as a careful integrator writes one: every POST under a fresh
+    Idempotency-Key, and a lost connection (gunicorn closing an idle keep-alive socket
+    just as a request leaves) retried under that same key."""
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        if method.upper() == "POST":
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers.setdefault("Idempotency-Key", uuid.uuid4().hex)
+            kwargs["headers"] = headers
+        return super().request(method, url, *args, **kwargs)
+
+
+def retrying_client(secret: str) -> requests.Session:
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = _KeyedSession()
+    session.headers["Authorization"] = f"Bearer {secret}"
+    retry = Retry(total=3, connect=3, read=3, status=0, allowed_methods=None, backoff_factor=0.2)
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+@pytest.fixture(scope="module")
+def emulator(localstripe: LocalStripe) -> Any:
+    return stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+
+
+def _paying_customer(stack: Stack, api: requests.Session, emulator: Any) -> dict[str, Any]:
+    customer = api.post(
+        f"{stack.url}/v1/customers",
+        json={"name": "Acme", "email": "billing@acme.example", "currency": "eur"},
+        timeout=10,
+    ).json()
+    wait_for(
+        lambda: api.get(f"{stack.url}/v1/customers/{customer['id']}", timeout=10).json()[
+            "stripe_customer_id"
+        ],
+        timeout=60,
+    )
+    pm = emulator.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": CARD_OK, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    response = api.post(
+        f"{stack.url}/v1/customers/{customer['id']}/payment_method",
+        json={"payment_method": pm.id},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _invoice(
+    stack, api, customer, *, finalize=True, collection="charge_automatically", amount=None
+):
+    draft = api.post(
+        f"{stack.url}/v1/invoices",
+        json={
+            "customer": customer["id"],
+            "collection_method": collection,
+            "lines": [
+                {
+                    "description": "Seats",
+                    "quantity": random.randint(1, 9),
+                    "unit_amount": amount or random.randint(100, 99_999),
+                    "tax_rate": 19,
+                }
+            ],
+        },
+        timeout=10,
+    ).json()
+    if finalize:
+        response = api.post(f"{stack.url}/v1/invoices/{draft['id']}/finalize", timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+    return draft
+
+
+def _intents_by_invoice(emulator: Any) -> dict[str, list[Any]]:
+    grouped: dict[str, list[Any]] = defaultdict(list)
+    for intent in emulator.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter():
+        invoice_id = (intent.to_dict().get("metadata") or {}).get("invoice_id")
+        if invoice_id:
+            grouped[invoice_id].append(intent)
+    return grouped
+
+
+def _status(stack, api, invoice_id):
+    return api.get(f"{stack.url}/v1/invoices/{invoice_id}", timeout=10).json()
+
+
+def test_fifty_parallel_pay_requests_make_one_payment(faulty_stack, api, emulator):
+    stack = faulty_stack
+    customer = _paying_customer(stack, api, emulator)
+    invoice = _invoice(stack, api, customer, collection="send_invoice", amount=2500)
+    shared_key = f"pay-{uuid.uuid4().hex}"
+
+    def pay(number: int) -> int:
+        key = shared_key if number % 2 else f"pay-{uuid.uuid4().hex}"
+        return api.post(
+            f"{stack.url}/v1/invoices/{invoice['id']}/pay",
+            headers={"Idempotency-Key": key},
+            timeout=30,
+        ).status_code
+
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        statuses = list(pool.map(pay, range(50)))
+    # 202 for a request that started or found the attempt; 409 while the shared key's first
+    # request runs, or once the invoice is paid.
+    assert set(statuses) <= {202, 409} and 202 in statuses
+    wait_for(lambda: _status(stack, api, invoice["id"])["status"] == "paid", timeout=60)
+    intents = _intents_by_invoice(emulator)[invoice["id"]]
+    assert [i.status for i in intents] == ["succeeded"]
+    assert intents[0].amount == invoice["total"]
+
+
+def test_a_worker_killed_while_charging_leaves_one_payment(faulty_stack, api, emulator, proxy):
+    stack = faulty_stack
+    customer = _paying_customer(stack, api, emulator)
+    proxy.delay_seconds = 2.0  # Stripe acts, then its answer takes a while
+    try:
+        invoice = _invoice(stack, api, customer)
+        wait_for(
+            lambda: (
+                _status(stack, api, invoice["id"])["payment_attempts"][0]["status"] == "started"
+            ),
+            timeout=30,
+            interval=0.05,
+        )
+        for suffix in ["", *[str(n) for n in range(2, BILLING_WORKERS + 1)]]:
+            stack.stop(f"worker-billing{suffix}", sig=signal.SIGKILL)
+    finally:
+        proxy.delay_seconds = 0.0
+    for suffix in ["", *[str(n) for n in range(2, BILLING_WORKERS + 1)]]:
+        stack.start_worker("billing", suffix=suffix)
+    wait_for(lambda: _status(stack, api, invoice["id"])["status"] == "paid", timeout=90)
+    intents = _intents_by_invoice(emulator)[invoice["id"]]
+    assert [i.status for i in intents] == ["succeeded"]
+
+
+class Chaos:
+    """Kills a billing worker about every second, and sends every charge job a second time."""
+
+    def __init__(self, stack: Stack, database_url: str) -> None:
+        self.stack = stack
+        self.engine = create_engine(database_url)
+        self.stopping = threading.Event()
+        self.kills = 0
+        self.doubled: set[str] = set()
+        self.producer = Celery("chaos", broker=stack.env["REDIS_URL"], set_as_current=False)
+        self.producer.conf.update(task_serializer="json", accept_content=["json"])
+        self.threads = [
+            threading.Thread(target=self._kill_workers, daemon=True),
+            threading.Thread(target=self._double_tasks, daemon=True),
+        ]
+
+    def __enter__(self) -> Chaos:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+        self.engine.dispose()
+
+    def _kill_workers(self) -> None:
+        suffixes = ["", *[str(n) for n in range(2, BILLING_WORKERS + 1)]]
+        while not self.stopping.wait(random.uniform(0.7, 1.3)):
+            suffix = random.choice(suffixes)
+            self.stack.stop(f"worker-billing{suffix}", sig=signal.SIGKILL)
+            self.kills += 1
+            self.stack.start_worker("billing", suffix=suffix)
+
+    def _double_tasks(self) -> None:
+        while not self.stopping.wait(0.5):
+            with self.engine.connect() as connection:
+                rows = connection.execute(
+                    text("SELECT id FROM outbox_jobs WHERE name = 'billing.charge_invoice'")
+                ).all()
+            for (job_id,) in rows:
+                if job_id not in self.doubled:
+                    self.producer.send_task(
+                        "billing.charge_invoice", kwargs={"job_id": job_id}, queue="billing"
+                    )
+                    self.doubled.add(job_id)
+
+
+def test_chaos_every_invoice_is_paid_exactly_once(faulty_stack, api, emulator, proxy, database_url):
+    stack = faulty_stack
+    customers = [_paying_customer(stack, api, emulator) for _ in range(4)]
+    proxy.drop_ratio = 0.10  # one create in ten: Stripe acts, the answer is lost
+    try:
+        with Chaos(stack, database_url) as chaos:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                invoices = list(
+                    pool.map(
+                        lambda n: _invoice(stack, api, customers[n % len(customers)]),
+                        range(CHAOS_INVOICES),
+                    )
+                )
+            time.sleep(2)
+            stack.redis.flushdb()  # the broker forgets every queued and unacked message
+
+            def unpaid() -> list[str]:
+                listed = api.get(
+                    f"{stack.url}/v1/invoices?status=open&limit=100", timeout=30
+                ).json()
+                return [i["id"] for i in listed["data"]]
+
+            wait_for(lambda: not unpaid(), timeout=240, interval=2)
+            kills, dropped = chaos.kills, proxy.dropped
+    finally:
+        proxy.drop_ratio = 0.0
+    assert kills >= 5 and dropped >= 1
+    grouped = _intents_by_invoice(emulator)
+    charged_total = 0
+    for invoice in invoices:
+        succeeded = [i for i in grouped[invoice["id"]] if i.status == "succeeded"]
+        assert len(succeeded) == 1, (invoice["id"], [i.status for i in grouped[invoice["id"]]])
+        charged_total += succeeded[0].amount
+    assert charged_total == sum(invoice["total"] for invoice in invoices)
+    print(
+        f"chaos: {len(invoices)} invoices, {kills} worker kills, {dropped} answers dropped, "
+        f"{len(chaos.doubled)} tasks doubled, "
+        f"{sum(len(v) for v in grouped.values())} PaymentIntents in all"
+    )
