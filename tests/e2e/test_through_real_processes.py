@@ -126,3 +126,67 @@ def test_idempotent_retries_through_gunicorn_create_one_customer(stack, http):
         responses = list(pool.map(post, range(20)))
     assert {r.status_code for r in responses} <= {200, 409}
     assert len({r.json()["id"] for r in responses if r.status_code == 200}) == 1
+
+
+def test_the_emulators_signed_webhooks_are_verified_stored_and_applied(
+    stack, http, localstripe, database_url
+):
+    from sqlalchemy import create_engine, text
+
+    localstripe.configure_webhook(f"{stack.url}/v1/webhooks/stripe", "whsec_test", webhook_id="e2e")
+    client = stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    customer = _create_customer(stack, http)
+    wait_for(
+        lambda: http.get(f"{stack.url}/v1/customers/{customer['id']}", timeout=10).json()[
+            "stripe_customer_id"
+        ]
+    )
+    pm = client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    attached = http.post(
+        f"{stack.url}/v1/customers/{customer['id']}/payment_method",
+        json={"payment_method": pm.id},
+        timeout=30,
+    )
+    assert attached.status_code == 200, attached.text
+    draft = http.post(
+        f"{stack.url}/v1/invoices",
+        json={"customer": customer["id"], "lines": LINES},
+        timeout=10,
+    ).json()
+    http.post(f"{stack.url}/v1/invoices/{draft['id']}/finalize", timeout=10)
+    paid = wait_for(
+        lambda: (
+            (i := http.get(f"{stack.url}/v1/invoices/{draft['id']}", timeout=10).json())["status"]
+            == "paid"
+            and i
+        )
+    )
+    intent = paid["payment_attempts"][0]["payment_intent"]
+    engine = create_engine(database_url)
+
+    def stored_event():
+        with engine.connect() as connection:
+            return connection.execute(
+                text(
+                    "SELECT id, status FROM stripe_events WHERE type = 'payment_intent.succeeded'"
+                    " AND payload -> 'data' -> 'object' ->> 'id' = :intent"
+                ),
+                {"intent": intent},
+            ).first()
+
+    event_id, _ = wait_for(stored_event, timeout=30)
+    # Applied through the charge ledger: the attempt was already recorded as succeeded, so
+    # the event changes nothing and is marked as such.
+    status = wait_for(lambda: (row := stored_event()) and row[1] != "received" and row[1])
+    engine.dispose()
+    assert event_id.startswith("evt_")
+    assert status == "ignored"
+    after = http.get(f"{stack.url}/v1/invoices/{draft['id']}", timeout=10).json()
+    assert (after["status"], after["amount_paid"]) == ("paid", paid["total"])
