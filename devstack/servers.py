@@ -508,8 +508,12 @@ class LocalStripe:
     Note that localstripe listens on all interfaces (``[::]``, dual stack), not just loopback.
     """
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, as_shipped: bool = False) -> None:
+        """``as_shipped``: run localstripe exactly as released, which pickles its whole
+        store to /tmp/localstripe.pickle on every write (slower, and one per machine);
+        by default that dump is switched off, so instances are fast and independent."""
         self.log_dir = Path(log_dir).expanduser().resolve()
+        self.as_shipped = as_shipped
         self._proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
 
@@ -523,6 +527,10 @@ class LocalStripe:
     def log_path(self) -> Path:
         return self.log_dir / "localstripe.log"
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, port: int | None = None, timeout: float = 30.0) -> str:
         """Start localstripe on ``port`` (or a free one), wait until its API answers and return
         its base URL ``http://127.0.0.1:PORT`` (use it as the Stripe SDK's api base)."""
@@ -535,7 +543,11 @@ class LocalStripe:
     def _start_on(self, port: int, timeout: float) -> None:
         if port_open(_LOOPBACK, port):
             raise RuntimeError(f"cannot start localstripe: 127.0.0.1:{port} is already in use")
-        cmd = [sys.executable, "-c", _LOCALSTRIPE_BOOTSTRAP, "--port", str(port), "--from-scratch"]
+        if self.as_shipped:
+            cmd = [str(script_path("localstripe")), "--port", str(port), "--from-scratch"]
+        else:
+            cmd = [sys.executable, "-c", _LOCALSTRIPE_BOOTSTRAP, "--port", str(port)]
+            cmd.append("--from-scratch")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc, offset = _spawn(cmd, self.log_path, env=env)
         deadline = time.monotonic() + timeout
