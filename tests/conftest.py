@@ -20,6 +20,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from devstack.servers import LocalStripe, resolve_database_url, resolve_redis_url
+from tests.support.stripe_proxy import StripeProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".devstack" / "test"
@@ -331,3 +332,21 @@ def intents_for_invoice(stripe_client: Any, invoice_id: str) -> list[Any]:
         ).auto_paging_iter()
         if (intent.to_dict().get("metadata") or {}).get("invoice_id") == invoice_id
     ]
+
+
+@pytest.fixture
+def proxied_app(service_env, localstripe, app):
+    """The service talking to the emulator through a proxy that can lose answers."""
+    from billing import create_app
+    from workers.app import make_celery
+
+    proxy = StripeProxy(localstripe.url).start()
+    proxied = create_app(
+        {**service_env, "STRIPE_API_BASE": proxy.url, "STRIPE_TIMEOUT_SECONDS": "5"}
+    )
+    make_celery(proxied)
+    try:
+        yield proxied, proxy
+    finally:
+        proxy.stop()
+        make_celery(app)

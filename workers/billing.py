@@ -31,7 +31,7 @@ def process_stripe_event(self: Task, job_id: str) -> None:
 
 @shared_task(name=jobs.RECONCILE_CHARGES)
 def reconcile_charges() -> int:
-    return charges.reconcile_stuck_attempts()
+    return charges.reconcile_stuck_attempts() + refunds.reconcile_stuck_refunds()
 
 
 @shared_task(name=jobs.SWEEP_OUTBOX)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from billing import jobs
@@ -53,6 +53,10 @@ LEDGER_SCOPE = "stripe.payment_intent"
 # An attempt unknown or started this long ago, with no job left to finish it, is picked up
 # by the reconciliation sweep.
 RECONCILE_AFTER = timedelta(minutes=2)
+# An attempt waiting for 3-D Secure is looked at again this often (the webhook may be
+# lost), and given up after the deadline (Stripe's own links last about a day).
+AUTHENTICATION_POLL = timedelta(minutes=10)
+AUTHENTICATION_DEADLINE = timedelta(hours=23)
 PAYABLE = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
 FINAL = ("succeeded", "failed", "canceled")
 
@@ -138,9 +142,18 @@ def _finish_attempt(attempt: ChargeAttempt, status: str) -> None:
         attempt.finished_at = func.now()
 
 
-def _prepare(attempt_id: str) -> tuple[ClaimResult, str, str] | None:
-    """Phase 1. Returns the claim, the Stripe customer and payment method, or None when
-    there is nothing (more) to do for this attempt."""
+@dataclass(frozen=True)
+class _Prepared:
+    claimed: ClaimResult
+    stripe_customer_id: str
+    payment_method: str
+    # False once the invoice is paid or void: an earlier send may be reconciled, but
+    # nothing new may be sent.
+    may_create: bool
+
+
+def _prepare(attempt_id: str) -> _Prepared | None:
+    """Phase 1. None when there is nothing (more) to send for this attempt."""
     with transaction() as session:
         attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
         if attempt is None or attempt.status in (*FINAL, "requires_action"):
@@ -179,15 +192,21 @@ def _prepare(attempt_id: str) -> tuple[ClaimResult, str, str] | None:
             attempt.payment_method = customer.default_payment_method
         payment_method = attempt.payment_method or customer.default_payment_method
         assert payment_method is not None
-        return claimed, customer.stripe_customer_id, payment_method
+        return _Prepared(
+            claimed, customer.stripe_customer_id, payment_method, invoice.status in PAYABLE
+        )
 
 
 def execute_charge(attempt_id: str) -> str:
     """The `billing.charge_invoice` job. Returns the attempt's status afterwards."""
+    status = _status(attempt_id)
+    if status == "requires_action":
+        return _follow_up_authentication(attempt_id)
     prepared = _prepare(attempt_id)
     if prepared is None:
         return _status(attempt_id)
-    claimed, stripe_customer_id, payment_method = prepared
+    claimed = prepared.claimed
+    stripe_customer_id, payment_method = prepared.stripe_customer_id, prepared.payment_method
     attempt = db.session.get(ChargeAttempt, attempt_id)
     assert attempt is not None
     amount, currency, ledger_key = attempt.amount, attempt.currency, attempt.ledger_key
@@ -204,6 +223,13 @@ def execute_charge(attempt_id: str) -> str:
         if found is not None:
             log.info("charge.reconciled", attempt_id=attempt_id, intent_status=found.status)
             return _record_intent(attempt_id, claimed, found)
+    if not prepared.may_create:
+        # Stripe never got it, and the invoice is settled or void meanwhile: call it off.
+        def called_off(attempt: ChargeAttempt, invoice: Invoice) -> None:
+            attempt.failure_message = f"called off: the invoice became {invoice.status}"
+            _finish_attempt(attempt, "canceled")
+
+        return _record(attempt_id, claimed, "canceled", called_off)
 
     try:
         intent = gateway.create_payment_intent(
@@ -215,15 +241,66 @@ def execute_charge(attempt_id: str) -> str:
             idempotency_key=ledger_key,
         )
     except CardDeclined as exc:
-        return _record_failure(
+        status = _record_failure(
             attempt_id, claimed, exc.code or "card_declined", exc.message, exc.payment_intent_id
         )
+        _cancel_leftover_intent(ledger_key, exc.payment_intent_id)
+        return status
     except StripeRejected as exc:
         return _record_failure(attempt_id, claimed, exc.code or "rejected", exc.message, None)
     except StripeUnavailable as exc:
         _record_unknown(attempt_id, claimed, str(exc))
         raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc
     return _record_intent(attempt_id, claimed, intent)
+
+
+def _cancel_leftover_intent(ledger_key: str, intent_id: str | None) -> None:
+    """A declined PaymentIntent waits for a new payment method; the customer could still
+    confirm it later, after another attempt succeeded. Cancel it: a failed attempt must
+    never turn into a second payment. Best effort: the webhook path catches the rest."""
+    gateway = context.stripe_gateway()
+    try:
+        if intent_id is None:
+            found = gateway.find_payment_intents_by_metadata("ledger_key", ledger_key)
+            intent_id = found[0].id if found else None
+        if intent_id is not None:
+            gateway.cancel_payment_intent(intent_id)
+    except (StripeUnavailable, StripeRejected) as exc:
+        log.warning("charge.cancel_declined_intent_failed", ledger_key=ledger_key, error=str(exc))
+
+
+def _follow_up_authentication(attempt_id: str) -> str:
+    """An attempt waiting for 3-D Secure: ask Stripe whether the customer finished (in case
+    the webhook was lost), and past the deadline cancel the intent and fail the attempt,
+    so that the invoice can be charged again (dunning) instead of waiting forever."""
+    with transaction() as session:
+        attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
+        assert attempt is not None
+        intent_id = attempt.stripe_payment_intent_id
+        expired = bool(
+            session.scalar(select(func.now() - attempt.finished_at > AUTHENTICATION_DEADLINE))
+        )
+        attempt.updated_at = func.now()  # polled now: the sweep comes back in a while
+    if intent_id is None:
+        return "requires_action"
+    gateway = context.stripe_gateway()
+    try:
+        intent = gateway.retrieve_payment_intent(intent_id)
+        if intent.status == "requires_action" and expired:
+            intent = gateway.cancel_payment_intent(intent_id)
+    except StripeUnavailable as exc:
+        raise TransientJobError(f"Stripe unavailable while following up {attempt_id}") from exc
+    if intent.status == "requires_action":
+        return "requires_action"
+    if intent.status == "canceled":
+        intent = PaymentIntentResult(
+            id=intent.id,
+            status="canceled",
+            amount=intent.amount,
+            decline_code="authentication_not_completed",
+            failure_message="The customer did not complete authentication in time.",
+        )
+    return apply_intent_from_stripe(attempt_id, intent)
 
 
 def _status(attempt_id: str) -> str:
@@ -332,7 +409,7 @@ def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: App
             apply(attempt, invoice)
             ledger.complete(
                 claimed,
-                "succeeded" if ledger_state != "failed" else "failed",
+                "failed" if ledger_state in ("failed", "canceled") else "succeeded",
                 outcome={
                     "status": ledger_state,
                     "payment_intent": attempt.stripe_payment_intent_id,
@@ -374,6 +451,17 @@ def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> st
             return "ignored"
         if current in ("failed", "canceled") and outcome != "succeeded":
             return "ignored"
+        if outcome == "succeeded" and _another_success(session, attempt):
+            # Money arrived a second time for this invoice (a declined intent confirmed
+            # later). Record it loudly instead of failing: an operator refunds it.
+            attempt.stripe_payment_intent_id = intent.id
+            attempt.decline_code = "duplicate_payment"
+            attempt.failure_message = (
+                f"{intent.amount} was paid on intent {intent.id} after another attempt had "
+                "paid this invoice; refund it"
+            )
+            log.error("charge.duplicate_payment", attempt_id=attempt_id, payment_intent=intent.id)
+            return "duplicate_payment"
         if outcome == "succeeded":
             _apply_success(intent)(attempt, invoice)
         elif outcome == "requires_action":
@@ -398,6 +486,20 @@ def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> st
         )
     log.info("charge.updated_by_stripe", attempt_id=attempt_id, was=current, now=outcome)
     return outcome
+
+
+def _another_success(session: Session, attempt: ChargeAttempt) -> bool:
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    ChargeAttempt.invoice_id == attempt.invoice_id,
+                    ChargeAttempt.status == "succeeded",
+                    ChargeAttempt.id != attempt.id,
+                )
+            )
+        )
+    )
 
 
 def attempt_for_intent(intent_id: str | None, metadata: dict[str, str]) -> str | None:
@@ -431,8 +533,12 @@ def reconcile_stuck_attempts(limit: int = 200) -> int:
             session.scalars(
                 select(ChargeAttempt.id)
                 .where(
-                    ChargeAttempt.status.in_(("pending", "started", "unknown")),
-                    ChargeAttempt.updated_at < func.now() - RECONCILE_AFTER,
+                    or_(
+                        ChargeAttempt.status.in_(("pending", "started", "unknown"))
+                        & (ChargeAttempt.updated_at < func.now() - RECONCILE_AFTER),
+                        (ChargeAttempt.status == "requires_action")
+                        & (ChargeAttempt.updated_at < func.now() - AUTHENTICATION_POLL),
+                    ),
                     ~unfinished_job,
                 )
                 .order_by(ChargeAttempt.updated_at)

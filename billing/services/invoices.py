@@ -14,10 +14,11 @@ from billing.domain.invoices import CollectionMethod, InvoiceStatus
 from billing.domain.money import normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
-from billing.models import Invoice, InvoiceLine
+from billing.models import CHARGE_IN_FLIGHT, Invoice, InvoiceLine
 from billing.services import charges, context
 from billing.services.customers import get_customer
 from billing.services.errors import (
+    Conflict,
     InvalidRequest,
     InvalidStateTransition,
     InvoiceNotEditable,
@@ -231,10 +232,24 @@ def finalize_invoice(invoice_id: str) -> Invoice:
     return invoice
 
 
+class PaymentInProgress(Conflict):
+    code = "payment_in_progress"
+
+
 def void_invoice(invoice_id: str) -> Invoice:
     with transaction() as session:
         invoice = _locked_invoice(session, invoice_id, None)
         _transition(invoice, InvoiceStatus.VOID)
+        for attempt in invoice.charge_attempts:
+            if attempt.status == "pending":
+                attempt.status = "canceled"  # never sent: simply called off
+            elif attempt.status in CHARGE_IN_FLIGHT:
+                # Money may be moving (or the customer may still authenticate): voiding
+                # now could leave a paid charge on a void invoice.
+                raise PaymentInProgress(
+                    f"charge attempt {attempt.id} is {attempt.status}; void it once it ends",
+                    param="id",
+                )
         invoice.voided_at = func.now()
     log.info("invoice.voided", invoice_id=invoice_id)
     return invoice

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import func, select
 
@@ -138,7 +139,18 @@ def _record_success(refund_id: str, claimed: ClaimResult, result: RefundResult) 
             refund.status = "succeeded"
             refund.stripe_refund_id = result.id
             refund.finished_at = func.now()
-            invoice.amount_refunded = invoice.amount_refunded + refund.amount
+            session.flush()
+            # Never "add": Stripe's charge.refunded webhook may have counted this refund
+            # already. The invoice shows the larger of what our refunds add up to and what
+            # Stripe last reported; both only grow, neither counts a refund twice.
+            ours = session.scalar(
+                select(func.coalesce(func.sum(Refund.amount), 0)).where(
+                    Refund.invoice_id == invoice.id, Refund.status == "succeeded"
+                )
+            )
+            invoice.amount_refunded = min(
+                invoice.amount_paid, max(invoice.amount_refunded, int(ours or 0))
+            )
             ledger.complete(claimed, "succeeded", outcome={"refund": result.id})
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"refund {refund_id} was taken over") from exc
@@ -167,3 +179,39 @@ def refunds_of(invoice_id: str) -> list[Refund]:
             select(Refund).where(Refund.invoice_id == invoice_id).order_by(Refund.id)
         )
     )
+
+
+RECONCILE_AFTER = timedelta(minutes=2)
+
+
+def reconcile_stuck_refunds(limit: int = 200) -> int:
+    """Beat's safety net for refunds, as for charges: a refund left pending, started or
+    unknown with no unfinished job gets a new one (which reconciles first)."""
+    from sqlalchemy import exists
+
+    from billing.models import OutboxJob
+    from billing.services.outbox import UNFINISHED
+
+    with transaction() as session:
+        unfinished_job = exists().where(
+            OutboxJob.name == jobs.REFUND_INVOICE,
+            OutboxJob.args["refund_id"].astext == Refund.id,
+            OutboxJob.state.in_(UNFINISHED),
+        )
+        stuck = list(
+            session.scalars(
+                select(Refund.id)
+                .where(
+                    Refund.status.in_(OPEN_REFUND),
+                    Refund.updated_at < func.now() - RECONCILE_AFTER,
+                    ~unfinished_job,
+                )
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for refund_id in stuck:
+            record_job(session, jobs.REFUND_INVOICE, refund_id=refund_id)
+    if stuck:
+        log.warning("refund.reconcile_sweep", refunds=len(stuck))
+    return len(stuck)

@@ -46,16 +46,15 @@ def receive_event(payload: bytes, signature_header: str) -> tuple[str, bool]:
     if not secret:
         raise WebhookNotConfigured("STRIPE_WEBHOOK_SECRET is not set; the event was not stored")
     event = verify_webhook(payload, signature_header, secret, SIGNATURE_TOLERANCE_SECONDS)
-    if not isinstance(event.get("id"), str) or not event["id"] or len(event["id"]) > 255:
-        raise InvalidEvent("a signed payload without an event id is not a Stripe event")
+    created = _event_created(event)
     with transaction() as session:
         stored = session.execute(
             insert(StripeEvent)
             .values(
                 id=event["id"],
-                type=event.get("type", "unknown"),
+                type=event["type"],
                 payload=event,
-                stripe_created_at=datetime.fromtimestamp(int(event.get("created") or 0), UTC),
+                stripe_created_at=created,
             )
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(StripeEvent.id)
@@ -66,6 +65,21 @@ def receive_event(payload: bytes, signature_header: str) -> tuple[str, bool]:
         "webhook.received", event_id=event["id"], type=event.get("type"), new=stored is not None
     )
     return event["id"], stored is not None
+
+
+def _event_created(event: Any) -> datetime:
+    """Check the shape of a signed event before storing it; the signature proves who sent
+    it, not that Stripe's format is what this code expects."""
+    if not isinstance(event, dict):
+        raise InvalidEvent("a Stripe event is a JSON object")
+    event_id, type_, created = event.get("id"), event.get("type"), event.get("created")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= 255 or "\x00" in event_id:
+        raise InvalidEvent("a signed payload without a valid event id is not a Stripe event")
+    if not isinstance(type_, str) or not 0 < len(type_) <= 128:
+        raise InvalidEvent("the event has no valid type")
+    if isinstance(created, bool) or not isinstance(created, int) or not 0 <= created < 2**33:
+        raise InvalidEvent("the event has no valid creation time")
+    return datetime.fromtimestamp(created, UTC)
 
 
 def process_event(event_id: str) -> str:

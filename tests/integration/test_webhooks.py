@@ -139,7 +139,9 @@ def test_a_webhook_racing_the_charge_task_changes_the_invoice_once(
 
     invoice = open_invoice(paying_customer())
     attempt_id = admin.get(f"/v1/invoices/{invoice['id']}").get_json()["payment_attempts"][0]["id"]
-    claimed, stripe_customer, payment_method = charges._prepare(attempt_id)  # the task starts
+    prepared = charges._prepare(attempt_id)  # the task starts: its claim is held
+    claimed = prepared.claimed
+    stripe_customer, payment_method = prepared.stripe_customer_id, prepared.payment_method
     intent = stripe_client.v1.payment_intents.create(
         params={
             "amount": invoice["total"],
