@@ -132,6 +132,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--invoices", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--pool", default=None, help="the billing worker's Celery pool")
     parser.add_argument(
         "--fast-emulator",
         action="store_true",
@@ -174,7 +175,9 @@ def main() -> int:
         logs = (STATE / "processes.log").open("ab")
         for command in (
             web_command(port, STATE / "gunicorn.ctl", workers=2, threads=args.concurrency),
-            worker_command("billing", f"bench-{os.getpid()}@%h", concurrency=args.concurrency),
+            worker_command(
+                "billing", f"bench-{os.getpid()}@%h", concurrency=args.concurrency, pool=args.pool
+            ),
         ):
             processes.append(
                 subprocess.Popen(

@@ -33,7 +33,10 @@ def web_command(
     ]
 
 
-def worker_command(queue: str, node_name: str, *, concurrency: int = 2) -> list[str]:
+def worker_command(
+    queue: str, node_name: str, *, concurrency: int = 2, pool: str | None = None
+) -> list[str]:
+    pool_args = ["--pool", pool] if pool else []
     return [
         str(script_path("celery")),
         "-A",
@@ -45,6 +48,7 @@ def worker_command(queue: str, node_name: str, *, concurrency: int = 2) -> list[
         node_name,
         "--concurrency",
         str(concurrency),
+        *pool_args,
     ]
 
 
