@@ -150,14 +150,21 @@ class _Prepared:
     # False once the invoice is paid or void: an earlier send may be reconciled, but
     # nothing new may be sent.
     may_create: bool
+    amount: int
+    currency: str
+    ledger_key: str
+    invoice_id: str
+    known_intent: str | None
 
 
-def _prepare(attempt_id: str) -> _Prepared | None:
-    """Phase 1. None when there is nothing (more) to send for this attempt."""
+def _prepare(attempt_id: str) -> _Prepared | str:
+    """Phase 1: what to send, or the attempt's status when there is nothing (more) to send."""
     with transaction() as session:
         attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
-        if attempt is None or attempt.status in (*FINAL, "requires_action"):
-            return None
+        if attempt is None:
+            return "missing"
+        if attempt.status in (*FINAL, "requires_action"):
+            return attempt.status
         invoice = session.get(Invoice, attempt.invoice_id, with_for_update=True)
         assert invoice is not None
         customer = session.get(Customer, invoice.customer_id)
@@ -166,14 +173,14 @@ def _prepare(attempt_id: str) -> _Prepared | None:
             # Nothing was sent for this attempt yet: it can simply be called off.
             _finish_attempt(attempt, "canceled")
             log.info("charge.canceled", attempt_id=attempt_id, invoice_status=invoice.status)
-            return None
+            return "canceled"
         if not customer.stripe_customer_id:
             raise TransientJobError(f"customer {customer.id} is not on Stripe yet")
         if not customer.default_payment_method and attempt.status == "pending":
             attempt.decline_code = "no_payment_method"
             attempt.failure_message = "The customer has no default payment method."
             _finish_attempt(attempt, "failed")
-            return None
+            return "failed"
         claimed = ledger.claim(
             LEDGER_SCOPE,
             attempt.ledger_key,
@@ -186,32 +193,36 @@ def _prepare(attempt_id: str) -> _Prepared | None:
         if claimed.claim is Claim.MISMATCH:
             raise RuntimeError(f"ledger key of attempt {attempt_id} belongs to something else")
         if claimed.claim is Claim.DONE:
-            return None  # recorded already; the attempt row was updated in the same commit
+            return attempt.status  # recorded already, in the same commit as the attempt
         if attempt.status == "pending":
             attempt.status = "started"
             attempt.payment_method = customer.default_payment_method
         payment_method = attempt.payment_method or customer.default_payment_method
         assert payment_method is not None
         return _Prepared(
-            claimed, customer.stripe_customer_id, payment_method, invoice.status in PAYABLE
+            claimed=claimed,
+            stripe_customer_id=customer.stripe_customer_id,
+            payment_method=payment_method,
+            may_create=invoice.status in PAYABLE,
+            amount=attempt.amount,
+            currency=attempt.currency,
+            ledger_key=attempt.ledger_key,
+            invoice_id=attempt.invoice_id,
+            known_intent=attempt.stripe_payment_intent_id,
         )
 
 
 def execute_charge(attempt_id: str) -> str:
     """The `billing.charge_invoice` job. Returns the attempt's status afterwards."""
-    status = _status(attempt_id)
-    if status == "requires_action":
+    prepared = _prepare(attempt_id)  # committed: nothing is held open across the network
+    if prepared == "requires_action":
         return _follow_up_authentication(attempt_id)
-    prepared = _prepare(attempt_id)
-    if prepared is None:
-        return _status(attempt_id)
+    if isinstance(prepared, str):
+        return prepared
     claimed = prepared.claimed
     stripe_customer_id, payment_method = prepared.stripe_customer_id, prepared.payment_method
-    attempt = db.session.get(ChargeAttempt, attempt_id)
-    assert attempt is not None
-    amount, currency, ledger_key = attempt.amount, attempt.currency, attempt.ledger_key
-    invoice_id, known_intent = attempt.invoice_id, attempt.stripe_payment_intent_id
-    db.session.commit()  # nothing held open across the network
+    amount, currency, ledger_key = prepared.amount, prepared.currency, prepared.ledger_key
+    invoice_id, known_intent = prepared.invoice_id, prepared.known_intent
     gateway = context.stripe_gateway()
 
     if claimed.claim is Claim.RESUMED:
@@ -301,12 +312,6 @@ def _follow_up_authentication(attempt_id: str) -> str:
             failure_message="The customer did not complete authentication in time.",
         )
     return apply_intent_from_stripe(attempt_id, intent)
-
-
-def _status(attempt_id: str) -> str:
-    status = db.session.scalar(select(ChargeAttempt.status).where(ChargeAttempt.id == attempt_id))
-    db.session.commit()
-    return status or "missing"
 
 
 def _reconcile(intent_id: str | None, ledger_key: str) -> PaymentIntentResult | None:

@@ -140,6 +140,7 @@ def test_a_webhook_racing_the_charge_task_changes_the_invoice_once(
     invoice = open_invoice(paying_customer())
     attempt_id = admin.get(f"/v1/invoices/{invoice['id']}").get_json()["payment_attempts"][0]["id"]
     prepared = charges._prepare(attempt_id)  # the task starts: its claim is held
+    assert isinstance(prepared, charges._Prepared)
     claimed = prepared.claimed
     stripe_customer, payment_method = prepared.stripe_customer_id, prepared.payment_method
     intent = stripe_client.v1.payment_intents.create(
