@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,28 @@ def admin_key(stack: Stack) -> str:
 
 @pytest.fixture(scope="module")
 def http(stack: Stack, admin_key: str) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {admin_key}"
+    return retrying_client(admin_key)
+
+
+class _KeyedSession(requests.Session):
+    """A client as a careful integrator writes one: every POST under a fresh
+    Idempotency-Key, and a lost connection (gunicorn closing an idle keep-alive socket
+    just as a request leaves) retried under that same key."""
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        if method.upper() == "POST":
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers.setdefault("Idempotency-Key", uuid.uuid4().hex)
+            kwargs["headers"] = headers
+        return super().request(method, url, *args, **kwargs)
+
+
+def retrying_client(secret: str) -> requests.Session:
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = _KeyedSession()
+    session.headers["Authorization"] = f"Bearer {secret}"
+    retry = Retry(total=3, connect=3, read=3, status=0, allowed_methods=None, backoff_factor=0.2)
+    session.mount("http://", HTTPAdapter(max_retries=retry))
     return session

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 
 from devstack.servers import LocalStripe
 from tests.conftest import CARD_OK
-from tests.e2e.conftest import Stack, start_stack, wait_for
+from tests.e2e.conftest import Stack, retrying_client, start_stack, wait_for
 from tests.support.stripe_proxy import StripeProxy
 
 pytestmark = pytest.mark.e2e
@@ -73,30 +73,6 @@ def api(faulty_stack: Stack) -> requests.Session:
         text=True,
     ).stdout
     return retrying_client(json.loads(output)["secret"])
-
-
-class _KeyedSession(requests.Session):
-    """A client as a careful integrator writes one: every POST under a fresh
-    Idempotency-Key, and a lost connection (gunicorn closing an idle keep-alive socket
-    just as a request leaves) retried under that same key."""
-
-    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def, override]
-        if method.upper() == "POST":
-            headers = dict(kwargs.pop("headers", None) or {})
-            headers.setdefault("Idempotency-Key", uuid.uuid4().hex)
-            kwargs["headers"] = headers
-        return super().request(method, url, *args, **kwargs)
-
-
-def retrying_client(secret: str) -> requests.Session:
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
-
-    session = _KeyedSession()
-    session.headers["Authorization"] = f"Bearer {secret}"
-    retry = Retry(total=3, connect=3, read=3, status=0, allowed_methods=None, backoff_factor=0.2)
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    return session
 
 
 @pytest.fixture(scope="module")
