@@ -44,7 +44,7 @@ from billing.models import (
 from billing.services import context, ledger
 from billing.services.errors import Conflict, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
-from billing.services.outbox import UNFINISHED, record_job
+from billing.services.outbox import has_unfinished_job, record_job
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -529,11 +529,7 @@ def reconcile_stuck_attempts(limit: int = 200) -> int:
     """Beat's safety net: every attempt left unknown or started past the reconcile delay,
     with no unfinished job to finish it, gets a new charge job (which reconciles first)."""
     with transaction() as session:
-        unfinished_job = exists().where(
-            OutboxJob.name == jobs.CHARGE_INVOICE,
-            OutboxJob.args["attempt_id"].astext == ChargeAttempt.id,
-            OutboxJob.state.in_(UNFINISHED),
-        )
+        unfinished_job = has_unfinished_job(jobs.CHARGE_INVOICE, "attempt_id", ChargeAttempt.id)
         stuck = list(
             session.scalars(
                 select(ChargeAttempt.id)

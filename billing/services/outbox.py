@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from billing.extensions import db
@@ -43,6 +43,16 @@ def record_job(session: Session, name: str, **args: Any) -> OutboxJob:
     session.add(job)
     session.info.setdefault(RECORDED_JOBS, []).append((job.id, name, job.request_id))
     return job
+
+
+def has_unfinished_job(job_name: str, arg_name: str, id_column: Any) -> Any:
+    """SQL: a job `job_name` whose `arg_name` is this row's id is still to run. The sweeps
+    use it to find work whose job was lost for good (dead-lettered, say)."""
+    return exists().where(
+        OutboxJob.name == job_name,
+        OutboxJob.args[arg_name].astext == id_column,
+        OutboxJob.state.in_(UNFINISHED),
+    )
 
 
 def _lease() -> timedelta:

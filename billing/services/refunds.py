@@ -16,7 +16,7 @@ from billing.models import ChargeAttempt, Invoice, Refund
 from billing.services import context, ledger
 from billing.services.errors import InvalidRequest, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
-from billing.services.outbox import record_job
+from billing.services.outbox import has_unfinished_job, record_job
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -187,17 +187,8 @@ RECONCILE_AFTER = timedelta(minutes=2)
 def reconcile_stuck_refunds(limit: int = 200) -> int:
     """Beat's safety net for refunds, as for charges: a refund left pending, started or
     unknown with no unfinished job gets a new one (which reconciles first)."""
-    from sqlalchemy import exists
-
-    from billing.models import OutboxJob
-    from billing.services.outbox import UNFINISHED
-
     with transaction() as session:
-        unfinished_job = exists().where(
-            OutboxJob.name == jobs.REFUND_INVOICE,
-            OutboxJob.args["refund_id"].astext == Refund.id,
-            OutboxJob.state.in_(UNFINISHED),
-        )
+        unfinished_job = has_unfinished_job(jobs.REFUND_INVOICE, "refund_id", Refund.id)
         stuck = list(
             session.scalars(
                 select(Refund.id)
