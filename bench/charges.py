@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -140,6 +141,8 @@ def main() -> int:
         "runs as shipped, the emulator the issue's 70-140 PaymentIntents/s were measured on",
     )
     args = parser.parse_args()
+    # Stopped from outside (timeout, Ctrl-C in a pipeline): still stop what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     STATE.mkdir(parents=True, exist_ok=True)
 
     server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
