@@ -19,8 +19,7 @@ from billing.services.unit_of_work import RECORDED_JOBS
 
 log = get_logger(__name__)
 
-# A job recorded but not yet confirmed as published is swept after this grace; short,
-# because it only covers a web process that died between its commit and its publish.
+# A job whose publish failed is swept after this grace: soon, the broker may be back.
 RELAY_GRACE = timedelta(seconds=15)
 SWEEP_BATCH = 500
 # Eight tries over about ten minutes (with the runner's backoff): enough to ride out a
@@ -30,15 +29,21 @@ UNFINISHED = ("pending", "sent", "running")
 
 
 def record_job(session: Session, name: str, **args: Any) -> OutboxJob:
-    """Record a follow-up job in the caller's transaction; it is published after commit."""
+    """Record a follow-up job in the caller's transaction; it is published after commit.
+
+    It is recorded as already `sent`, with a full lease: publishing right after commit
+    almost always works, and writing "sent" afterwards would cost every request another
+    round trip and commit. A failed publish turns it back to `pending` below; a process
+    that dies between commit and publish leaves it to the sweeper once the lease ends."""
     job = OutboxJob(
         id=new_id("job"),
         name=name,
         queue=queue_for(name),
         args=args,
-        state="pending",
+        state="sent",
+        sent_at=func.now(),
         request_id=context.current_request_id(),
-        lease_expires_at=func.now() + RELAY_GRACE,
+        lease_expires_at=func.now() + _lease(),
     )
     session.add(job)
     session.info.setdefault(RECORDED_JOBS, []).append((job.id, name, job.request_id))
@@ -77,19 +82,21 @@ def relay_recorded_jobs(session: Session) -> None:
     jobs = session.info.pop(RECORDED_JOBS, [])
     if not jobs:
         return
-    published = _publish(jobs)
-    if not published:
+    published = set(_publish(jobs))
+    unpublished = [job_id for job_id, _, _ in jobs if job_id not in published]
+    if not unpublished:
         return
     try:
+        # Not sent after all: pending, and swept again soon rather than after a full lease.
         session.execute(
             update(OutboxJob)
-            .where(OutboxJob.id.in_(published), OutboxJob.state == "pending")
-            .values(state="sent", sent_at=func.now(), lease_expires_at=func.now() + _lease())
+            .where(OutboxJob.id.in_(unpublished), OutboxJob.state == "sent")
+            .values(state="pending", sent_at=None, lease_expires_at=func.now() + RELAY_GRACE)
         )
         session.commit()
-    except Exception as exc:  # noqa: BLE001 - the sweeper will publish it again; harmless
+    except Exception as exc:  # noqa: BLE001 - the sweeper publishes it after the lease anyway
         session.rollback()
-        log.warning("outbox.mark_sent_failed", job_ids=published, error=str(exc))
+        log.warning("outbox.mark_pending_failed", job_ids=unpublished, error=str(exc))
 
 
 def sweep(limit: int = SWEEP_BATCH) -> int:
@@ -257,10 +264,12 @@ def replay(job_id: str) -> OutboxJob:
             raise NotReplayable(f"no job {job_id}")
         if job.state not in REPLAYABLE:
             raise NotReplayable(f"job {job_id} is {job.state}; only {', '.join(REPLAYABLE)} replay")
-        job.state = "pending"
+        # As a newly recorded job: sent with a full lease, pending again if the publish fails.
+        job.state = "sent"
         job.attempts = 0
         job.finished_at = None
-        job.lease_expires_at = func.now() + RELAY_GRACE
+        job.sent_at = func.now()
+        job.lease_expires_at = func.now() + _lease()
         session.info.setdefault(RECORDED_JOBS, []).append((job.id, job.name, job.request_id))
     log.info("job.replayed", job_id=job_id, job_name=job.name)
     return job
