@@ -181,17 +181,9 @@ def _prepare(attempt_id: str) -> _Prepared | str:
             attempt.failure_message = "The customer has no default payment method."
             _finish_attempt(attempt, "failed")
             return "failed"
-        claimed = ledger.claim(
-            LEDGER_SCOPE,
-            attempt.ledger_key,
-            attempt.id,
-            lease=context.stripe_call_lease(),
-            commit=False,
+        claimed = ledger.claim_in_transaction(
+            LEDGER_SCOPE, attempt.ledger_key, attempt.id, lease=context.stripe_call_lease()
         )
-        if claimed.claim is Claim.IN_PROGRESS:
-            raise TransientJobError(f"attempt {attempt_id} is being charged by another worker")
-        if claimed.claim is Claim.MISMATCH:
-            raise RuntimeError(f"ledger key of attempt {attempt_id} belongs to something else")
         if claimed.claim is Claim.DONE:
             return attempt.status  # recorded already, in the same commit as the attempt
         if attempt.status == "pending":

@@ -92,6 +92,19 @@ def claim(
     raise LeaseLost(f"ledger entry {scope}/{key} kept vanishing while being claimed")
 
 
+def claim_in_transaction(scope: str, key: str, owner_id: str, *, lease: timedelta) -> ClaimResult:
+    """A job's claim on one outside side effect, in the caller's transaction: NEW, RESUMED
+    or DONE; another live holder is a reason to retry later, a foreign key a bug."""
+    from billing.services.errors import TransientJobError
+
+    claimed = claim(scope, key, owner_id, lease=lease, commit=False)
+    if claimed.claim is Claim.IN_PROGRESS:
+        raise TransientJobError(f"{scope} {key} is held by another worker")
+    if claimed.claim is Claim.MISMATCH:
+        raise RuntimeError(f"ledger key {scope} {key} belongs to something other than {owner_id}")
+    return claimed
+
+
 def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> ClaimResult:
     lease_expired = db.session.execute(
         select(func.coalesce(entry.locked_until, func.now()) <= func.now())

@@ -87,15 +87,9 @@ def execute_refund(refund_id: str) -> str:
             return refund.status if refund else "missing"
         payment = session.get(ChargeAttempt, refund.charge_attempt_id)
         assert payment is not None and payment.stripe_payment_intent_id
-        claimed = ledger.claim(
-            LEDGER_SCOPE,
-            refund.ledger_key,
-            refund.id,
-            lease=context.stripe_call_lease(),
-            commit=False,
+        claimed = ledger.claim_in_transaction(
+            LEDGER_SCOPE, refund.ledger_key, refund.id, lease=context.stripe_call_lease()
         )
-        if claimed.claim is Claim.IN_PROGRESS:
-            raise TransientJobError(f"refund {refund_id} is being made by another worker")
         if claimed.claim is Claim.DONE:
             return refund.status
         refund.status = "started"
