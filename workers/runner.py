@@ -43,7 +43,8 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
             outbox.job_dead_lettered(job, error)
             log.error("job.dead_lettered", attempts=job.attempts, error=error)
             return
-        countdown = get_exponential_backoff_interval(
+        retry_after = getattr(exc, "retry_after", None)
+        countdown = retry_after or get_exponential_backoff_interval(
             BACKOFF_FACTOR, job.attempts, BACKOFF_MAX_SECONDS, full_jitter=True
         )
         if not outbox.job_will_retry(job, error, countdown):

@@ -45,7 +45,12 @@ class InvalidRequest(ServiceError):
 
 
 class TransientJobError(Exception):
-    """The job may succeed later (network, lock held, outcome unknown): retry with backoff."""
+    """The job may succeed later (network, lock held, outcome unknown): retry with backoff,
+    or after `retry_after` seconds when the cause says when it ends (a lease running out)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentJobError(Exception):

@@ -99,7 +99,11 @@ def claim_in_transaction(scope: str, key: str, owner_id: str, *, lease: timedelt
 
     claimed = claim(scope, key, owner_id, lease=lease, commit=False)
     if claimed.claim is Claim.IN_PROGRESS:
-        raise TransientJobError(f"{scope} {key} is held by another worker")
+        # Its holder finishes, or its lease ends, within one lease: come back then, rather
+        # than after a backoff that grows with every try.
+        raise TransientJobError(
+            f"{scope} {key} is held by another worker", retry_after=lease.total_seconds()
+        )
     if claimed.claim is Claim.MISMATCH:
         raise RuntimeError(f"ledger key {scope} {key} belongs to something other than {owner_id}")
     return claimed
