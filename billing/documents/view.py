@@ -1,0 +1,263 @@
+"""The invoice as the template sees it: plain, already formatted strings, no ORM objects.
+
+Built from a `billing.models.Invoice` (with `.customer` and `.lines` loaded) and the
+seller's details; every amount and date is formatted here for the reader's locale with
+Babel, so the template only places text. Nothing here touches a database session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from babel import Locale
+from babel.dates import format_date
+from babel.numbers import format_currency, format_decimal, format_percent
+
+from billing.domain.money import Money
+
+if TYPE_CHECKING:
+    from billing.documents.invoice_pdf import Seller
+    from billing.models import Customer, Invoice, InvoiceLine
+
+# Countries whose postal addresses put the city first: "City, ST 12345".
+CITY_FIRST = frozenset({"US", "CA", "AU"})
+
+
+@dataclass(frozen=True)
+class PartyView:
+    name: str
+    address_lines: tuple[str, ...] = ()
+    tax_id: str | None = None
+    email: str | None = None
+
+
+@dataclass(frozen=True)
+class LineView:
+    description: str
+    quantity: str
+    unit_price: str
+    tax_rate: str
+    amount: str
+
+
+@dataclass(frozen=True)
+class TaxRowView:
+    rate: str
+    net: str
+    tax: str
+
+
+@dataclass(frozen=True)
+class TotalRowView:
+    label: str
+    value: str
+    kind: str = ""  # "grand" for the total, "due" for the amount due
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    kind: str  # paid | void | draft | charge | send | uncollectible
+    headline: str
+    details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    title: str
+    number: str
+    status: str
+    lang: str  # BCP 47, for <html lang>
+    issue_date: str | None
+    due_date: str | None
+    seller: PartyView
+    logo_uri: str | None
+    buyer: PartyView
+    description: str | None
+    currency: str
+    lines: tuple[LineView, ...]
+    tax_summary: tuple[TaxRowView, ...]
+    totals: tuple[TotalRowView, ...]
+    payment: PaymentView
+    created: str | None  # W3C date-time for the PDF metadata: the invoice's, never now()
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _w3c(moment: datetime | None) -> str | None:
+    return None if moment is None else _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Formatter:
+    """Money, numbers, percentages and dates in one locale."""
+
+    def __init__(self, locale: str, currency: str) -> None:
+        self.locale = Locale.parse(locale.replace("-", "_"))
+        self.currency = currency
+
+    def money(self, minor_units: int) -> str:
+        amount = Money(int(minor_units), self.currency)
+        # currency_digits: the currency's own exponent (JPY none, KWD three), as Money uses.
+        return format_currency(
+            amount.as_decimal(), amount.currency.upper(), locale=self.locale, currency_digits=True
+        )
+
+    def quantity(self, quantity: int) -> str:
+        return format_decimal(quantity, locale=self.locale)
+
+    def rate(self, percent: Decimal) -> str:
+        return format_percent(percent / 100, locale=self.locale, decimal_quantization=False)
+
+    def date(self, value: date | datetime | None) -> str | None:
+        if value is None:
+            return None
+        day = _utc(value).date() if isinstance(value, datetime) else value
+        return format_date(day, format="medium", locale=self.locale)
+
+
+def _text(value: Any) -> str | None:
+    """A customer-supplied scalar as trimmed text, or None when empty."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def address_lines(address: Mapping[str, Any] | None, formatter: Formatter) -> tuple[str, ...]:
+    """Stripe-shaped address JSON (line1, line2, postal_code, city, state, country) as lines."""
+    if not isinstance(address, Mapping):
+        return ()
+    get = {key: _text(address.get(key)) for key in ("line1", "line2", "postal_code", "city")}
+    state, country = _text(address.get("state")), _text(address.get("country"))
+    code = country.upper() if country else None
+    lines = [get["line1"], get["line2"]]
+    if code in CITY_FIRST:
+        region = " ".join(part for part in (state, get["postal_code"]) if part)
+        lines.append(", ".join(part for part in (get["city"], region) if part))
+    else:
+        lines.append(" ".join(part for part in (get["postal_code"], get["city"]) if part))
+        lines.append(state)
+    if code:
+        lines.append(formatter.locale.territories.get(code, country) if len(code) == 2 else country)
+    return tuple(line for line in lines if line)
+
+
+def _amount(value: Any) -> int:
+    """An amount column in minor units (0 on a transient object that never set it)."""
+    return int(value or 0)
+
+
+def _rate(value: Any) -> Decimal:
+    return Decimal(str(value if value is not None else 0))
+
+
+def tax_summary(lines: Iterable[InvoiceLine], formatter: Formatter) -> tuple[TaxRowView, ...]:
+    """Net and tax per rate, lowest rate first; the sums of the lines' own rounded taxes."""
+    per_rate: dict[Decimal, list[int]] = {}
+    for line in lines:
+        sums = per_rate.setdefault(_rate(line.tax_rate).normalize(), [0, 0])
+        sums[0] += _amount(line.amount)
+        sums[1] += _amount(line.tax)
+    return tuple(
+        TaxRowView(formatter.rate(rate), formatter.money(net), formatter.money(tax))
+        for rate, (net, tax) in sorted(per_rate.items())
+    )
+
+
+def payment(invoice: Invoice, seller: Seller, formatter: Formatter) -> PaymentView:
+    due = formatter.money(_amount(invoice.total) - _amount(invoice.amount_paid))
+    due_date = formatter.date(invoice.due_date)
+    if invoice.status == "paid":
+        paid_on = formatter.date(invoice.paid_at)
+        return PaymentView("paid", f"Paid on {paid_on}" if paid_on else "Paid")
+    if invoice.status == "void":
+        voided_on = formatter.date(invoice.voided_at)
+        when = f" on {voided_on}" if voided_on else ""
+        return PaymentView("void", "VOID", (f"This invoice was voided{when}. Nothing is owed.",))
+    if invoice.status == "draft":
+        return PaymentView("draft", "DRAFT", ("This is a draft, not a request for payment.",))
+    if invoice.status == "uncollectible":
+        headline = f"{due} is overdue"
+    elif invoice.collection_method == "charge_automatically":
+        return PaymentView(
+            "charge", f"{due} will be charged automatically to the card on file. No action needed."
+        )
+    else:
+        headline = f"Please pay {due} by {due_date}" if due_date else f"Please pay {due}"
+    details = tuple((seller.payment_instructions or "").splitlines())
+    if invoice.number:
+        details += (f"Please quote invoice number {invoice.number} with your payment.",)
+    kind = "uncollectible" if invoice.status == "uncollectible" else "send"
+    return PaymentView(kind, headline, details)
+
+
+def totals(invoice: Invoice, formatter: Formatter) -> tuple[TotalRowView, ...]:
+    total, paid, refunded = (
+        _amount(invoice.total),
+        _amount(invoice.amount_paid),
+        _amount(invoice.amount_refunded),
+    )
+    rows = [
+        TotalRowView("Subtotal", formatter.money(_amount(invoice.subtotal))),
+        TotalRowView("Tax", formatter.money(_amount(invoice.tax))),
+        TotalRowView("Total", formatter.money(total), "grand"),
+        TotalRowView("Amount paid", formatter.money(paid)),
+    ]
+    if refunded > 0:
+        rows.append(TotalRowView("Amount refunded", formatter.money(refunded)))
+    rows.append(TotalRowView("Amount due", formatter.money(total - paid), "due"))
+    return tuple(rows)
+
+
+def buyer(customer: Customer, formatter: Formatter) -> PartyView:
+    return PartyView(
+        name=str(customer.name),
+        address_lines=address_lines(customer.address, formatter),
+        tax_id=_text(customer.tax_id),
+        email=_text(customer.email),
+    )
+
+
+def invoice_view(
+    invoice: Invoice, seller: Seller, locale: str, logo_uri: str | None = None
+) -> InvoiceView:
+    formatter = Formatter(locale, invoice.currency)
+    lines = list(invoice.lines)
+    issued = invoice.finalized_at
+    return InvoiceView(
+        title="Invoice",
+        number=invoice.number or "Draft",
+        status=invoice.status,
+        lang=str(formatter.locale).replace("_", "-"),
+        issue_date=formatter.date(issued),
+        due_date=formatter.date(invoice.due_date),
+        seller=PartyView(
+            name=seller.name,
+            address_lines=tuple(seller.address_lines),
+            tax_id=seller.tax_id,
+            email=seller.email,
+        ),
+        logo_uri=logo_uri,
+        buyer=buyer(invoice.customer, formatter),
+        description=_text(invoice.description),
+        currency=invoice.currency.upper(),
+        lines=tuple(
+            LineView(
+                description=str(line.description),
+                quantity=formatter.quantity(line.quantity),
+                unit_price=formatter.money(_amount(line.unit_amount)),
+                tax_rate=formatter.rate(_rate(line.tax_rate)),
+                amount=formatter.money(_amount(line.amount)),
+            )
+            for line in lines
+        ),
+        tax_summary=tax_summary(lines, formatter),
+        totals=totals(invoice, formatter),
+        payment=payment(invoice, seller, formatter),
+        created=_w3c(issued or invoice.created_at),
+    )
