@@ -39,7 +39,12 @@ def create_app(
 
     from flask_mail import Mail
 
-    Mail(app)
+    from billing.adapters.mailer import SmtpMailer
+    from billing.adapters.storage import build_storage
+
+    mail_state = Mail(app).init_app(app)
+    app.extensions["billing.mailer"] = SmtpMailer(mail_state, settings.mail["MAIL_TIMEOUT"])
+    app.extensions["billing.storage"] = build_storage(settings)
 
     from billing.api import customers, health, invoices, jobs, openapi, webhooks
     from billing.api.errors import register_error_handlers

@@ -48,6 +48,21 @@ class Settings:
     # How long one Stripe call may take before its outcome counts as unknown.
     stripe_timeout_seconds: int
     mail: dict[str, Any] = field(default_factory=dict)
+    # The seller block printed on every invoice and signed under every email.
+    seller_name: str = "Example SaaS Ltd"
+    seller_address: tuple[str, ...] = ()
+    seller_tax_id: str | None = None
+    seller_email: str | None = None
+    seller_logo_path: str | None = None
+    seller_payment_instructions: str | None = None
+    # Where customers manage their billing (finish 3-D Secure, change their card).
+    customer_portal_url: str | None = None
+    # Where rendered PDFs are kept: "postgres" (no other server needed) or "s3".
+    document_storage: str = "postgres"
+    s3_bucket: str | None = None
+    s3_prefix: str = "invoices/"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -66,7 +81,14 @@ class Settings:
             "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
             "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "billing@example.com"),
             "MAIL_SUPPRESS_SEND": _bool(env, "MAIL_SUPPRESS_SEND", False),
+            # Without one, a stuck SMTP server would hold a mail worker forever.
+            "MAIL_TIMEOUT": _int(env, "MAIL_TIMEOUT", 30),
         }
+        storage = env.get("DOCUMENT_STORAGE", "postgres").strip().lower()
+        if storage not in ("postgres", "s3"):
+            raise ConfigError(f"DOCUMENT_STORAGE must be postgres or s3, got {storage!r}")
+        if storage == "s3" and not env.get("S3_BUCKET"):
+            raise ConfigError("DOCUMENT_STORAGE=s3 needs S3_BUCKET")
         return cls(
             database_url=database_url,
             redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -80,6 +102,23 @@ class Settings:
             default_days_until_due=_int(env, "DEFAULT_DAYS_UNTIL_DUE", 30),
             stripe_timeout_seconds=_int(env, "STRIPE_TIMEOUT_SECONDS", 20),
             mail=mail,
+            seller_name=env.get("SELLER_NAME") or "Example SaaS Ltd",
+            # Lines separated by "|" or new lines, as an environment variable can hold them.
+            seller_address=tuple(
+                line.strip()
+                for line in env.get("SELLER_ADDRESS", "").replace("|", "\n").splitlines()
+                if line.strip()
+            ),
+            seller_tax_id=env.get("SELLER_TAX_ID") or None,
+            seller_email=env.get("SELLER_EMAIL") or None,
+            seller_logo_path=env.get("SELLER_LOGO_PATH") or None,
+            seller_payment_instructions=env.get("SELLER_PAYMENT_INSTRUCTIONS") or None,
+            customer_portal_url=env.get("CUSTOMER_PORTAL_URL") or None,
+            document_storage=storage,
+            s3_bucket=env.get("S3_BUCKET") or None,
+            s3_prefix=env.get("S3_PREFIX", "invoices/"),
+            s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
+            s3_region=env.get("S3_REGION") or env.get("AWS_REGION") or None,
         )
 
     def flask_config(self) -> dict[str, Any]:

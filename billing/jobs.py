@@ -13,6 +13,8 @@ CHARGE_INVOICE = "billing.charge_invoice"
 RECONCILE_CHARGES = "billing.reconcile_charges"
 REFUND_INVOICE = "billing.refund_invoice"
 PROCESS_STRIPE_EVENT = "billing.process_stripe_event"
+RENDER_INVOICE_PDF = "pdf.render_invoice"
+SEND_EMAIL = "mail.send_email"
 SWEEP_OUTBOX = "billing.sweep_outbox"
 PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
 

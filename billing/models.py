@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -67,6 +68,12 @@ class Customer(db.Model):  # type: ignore[name-defined]
     )
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     default_payment_method: Mapped[str | None] = mapped_column(String(255))
+    # CLDR locale for the customer's documents and emails: money, dates, wording.
+    locale: Mapped[str] = mapped_column(String(35), default="en_US", server_default="en_US")
+    # Further addresses that receive invoices and payment emails, besides `email`.
+    billing_emails: Mapped[list[str]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, server_default=func.now(), onupdate=func.now()
@@ -340,3 +347,88 @@ class StripeEvent(db.Model):  # type: ignore[name-defined]
     processed_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     __table_args__ = (CheckConstraint(_in("status", EVENT_STATUSES), name="status_known"),)
+
+
+class InvoiceDocument(db.Model):  # type: ignore[name-defined]
+    """One rendered PDF of an invoice. A change that shows on paper (paid, refunded, a new
+    template) adds a version; earlier versions are kept, as sent to the customer."""
+
+    __tablename__ = "invoice_documents"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "doc"))
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    invoice_status: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    storage: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    template_version: Mapped[str] = mapped_column(String(32))
+    renderer_version: Mapped[str] = mapped_column(String(64))
+    # What the document was rendered from: an equal fingerprint means nothing to re-render.
+    source_fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("invoice_id", "version", name="uq_invoice_documents_version"),
+        # The same bytes are never stored twice for one invoice.
+        UniqueConstraint("invoice_id", "sha256", name="uq_invoice_documents_sha256"),
+        CheckConstraint("version > 0", name="version_positive"),
+    )
+
+
+class StoredBlob(db.Model):  # type: ignore[name-defined]
+    """Document bytes kept in PostgreSQL: the default storage, with no other server."""
+
+    __tablename__ = "stored_blobs"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    content_type: Mapped[str] = mapped_column(String(100))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+EMAIL_KINDS = [
+    "invoice_issued",
+    "payment_receipt",
+    "payment_failed",
+    "authentication_required",
+    "refund_issued",
+    "payment_reminder",
+    "final_notice",
+]
+EMAIL_STATUSES = ["pending", "sent", "failed"]
+
+
+class EmailDelivery(db.Model):  # type: ignore[name-defined]
+    """One email to one recipient about one event of an invoice; sent at most once.
+
+    `occasion` tells events of one kind apart (the charge attempt that failed, the refund,
+    the dunning step); the unique ledger key over (kind, invoice, occasion, recipient) is
+    what makes a doubled event or a redelivered task harmless."""
+
+    __tablename__ = "email_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "em"))
+    kind: Mapped[str] = mapped_column(String(40))
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
+    occasion: Mapped[str] = mapped_column(String(64))
+    recipient: Mapped[str] = mapped_column(String(320))
+    ledger_key: Mapped[str] = mapped_column(String(255), unique=True)
+    context: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    message_id: Mapped[str] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        CheckConstraint(_in("kind", EMAIL_KINDS), name="kind_known"),
+        CheckConstraint(_in("status", EMAIL_STATUSES), name="status_known"),
+    )

@@ -259,6 +259,7 @@ def _banner(
     stripe_local: bool,
     database_url: str,
     redis_url: str,
+    mail: str,
 ) -> str:
     secret = key["secret"]
     rule = "=" * 78
@@ -272,6 +273,7 @@ def _banner(
         f"  Stripe API    {stripe_base}" + ("   (localstripe, fake)" if stripe_local else ""),
         f"  Database      {database_url}",
         f"  Redis         {redis_url}",
+        f"  Emails        {mail}",
         f"  State, logs   {STATE_DIR}",
         "",
         "  Try:",
@@ -331,6 +333,15 @@ def main() -> int:
             env["STRIPE_API_BASE"] = ls.start()
             env["STRIPE_API_KEY"] = LOCAL_STRIPE_API_KEY
             _say(f"localstripe: {env['STRIPE_API_BASE']} (log {ls.log_path})")
+        mail_sink_folder: Path | None = None
+        if not env.get("MAIL_SERVER"):
+            from devstack.smtp import SinkHandler, SmtpSink
+
+            mail_sink_folder = STATE_DIR / "mail"
+            sink = SmtpSink(SinkHandler(mail_sink_folder)).start()
+            servers.append(sink)
+            env["MAIL_SERVER"], env["MAIL_PORT"] = sink.host, str(sink.port)
+            _say(f"SMTP sink: {sink.host}:{sink.port}, each email saved to {mail_sink_folder}/")
         stripe_base = env.get("STRIPE_API_BASE") or "https://api.stripe.com"
         if not env.get("STRIPE_WEBHOOK_SECRET"):
             env["STRIPE_WEBHOOK_SECRET"] = LOCAL_WEBHOOK_SECRET
@@ -367,6 +378,11 @@ def main() -> int:
                 stripe_local=stripe_local,
                 database_url=database_url,
                 redis_url=redis_url,
+                mail=(
+                    f"{mail_sink_folder}/*.eml   (local SMTP sink)"
+                    if mail_sink_folder is not None
+                    else f"{env['MAIL_SERVER']}:{env.get('MAIL_PORT', '25')}"
+                ),
             )
         )
 

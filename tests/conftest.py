@@ -20,6 +20,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from devstack.servers import LocalStripe, resolve_database_url, resolve_redis_url
+from devstack.smtp import SinkHandler, SmtpSink
 from tests.support.stripe_proxy import StripeProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,8 @@ TEST_REDIS_DBS = range(10, 16)
 # BILLING_TEST_SERVERS=embedded ignores the machine's own servers: how a fresh machine runs.
 USE_LOCAL_SERVERS = os.environ.get("BILLING_TEST_SERVERS") != "embedded"
 TABLES = (
-    "stripe_events, refunds, charge_attempts, invoice_lines, invoices, api_keys, customers, "
+    "email_deliveries, invoice_documents, stored_blobs, stripe_events, refunds, "
+    "charge_attempts, invoice_lines, invoices, api_keys, customers, "
     "ledger_entries, outbox_jobs, invoice_number_sequences"
 )
 
@@ -132,6 +134,54 @@ def localstripe() -> Iterator[LocalStripe]:
         server.stop()
 
 
+class FaultySinkHandler(SinkHandler):
+    """The test SMTP server: accepts everything unless told to refuse some recipients,
+    for now (4xx) or for good (5xx)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals: dict[str, str] = {}
+        self.refusals_left: dict[str, int] = {}
+
+    def refuse(self, address: str, reply: str, times: int | None = None) -> None:
+        """Answer `reply` to RCPT TO:<address>, every time or only the next `times`."""
+        self.refusals[address.lower()] = reply
+        if times is not None:
+            self.refusals_left[address.lower()] = times
+
+    def rcpt_reply(self, address: str) -> str | None:
+        address = address.lower()
+        if address in self.refusals_left:
+            if self.refusals_left[address] <= 0:
+                return None
+            self.refusals_left[address] -= 1
+        return self.refusals.get(address)
+
+    def reset(self) -> None:
+        self.clear()
+        self.refusals.clear()
+        self.refusals_left.clear()
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpSink]:
+    server = SmtpSink(FaultySinkHandler()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mailbox(smtp_server: SmtpSink) -> Iterator[SmtpSink]:
+    """The SMTP server's own list of what it received: emptied for each test."""
+    handler = smtp_server.handler
+    assert isinstance(handler, FaultySinkHandler)
+    handler.reset()
+    yield smtp_server
+    handler.reset()
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
@@ -141,8 +191,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def service_env(database_url: str, redis_url: str, localstripe: LocalStripe) -> dict[str, str]:
+def service_env(
+    database_url: str, redis_url: str, localstripe: LocalStripe, mailbox: SmtpSink
+) -> dict[str, str]:
     return {
+        "MAIL_SERVER": mailbox.host,
+        "MAIL_PORT": str(mailbox.port),
+        "MAIL_DEFAULT_SENDER": "billing@saas.example",
+        "MAIL_TIMEOUT": "5",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "STRIPE_API_KEY": "sk_test_local",

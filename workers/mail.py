@@ -1,3 +1,14 @@
-"""Tasks of the `mail` queue (Flask-Mail). The worker runs and consumes this queue now;
-the email jobs land with the documents issue, and until their handlers exist no service
-records a job for this queue."""
+"""Tasks of the `mail` queue: one email per task, sent at most once through the ledger."""
+
+from __future__ import annotations
+
+from celery import Task, shared_task
+
+from billing import jobs
+from billing.services import emails
+from workers.runner import run_outbox_job
+
+
+@shared_task(name=jobs.SEND_EMAIL, bind=True)
+def send_email(self: Task, job_id: str) -> None:
+    run_outbox_job(self, job_id, emails.send_email)

@@ -1,3 +1,14 @@
-"""Tasks of the `pdf` queue (WeasyPrint renders). The worker runs and consumes this queue
-now; `pdf.render_invoice` lands with the documents issue, and until its handler exists
-no service records a job for this queue."""
+"""Tasks of the `pdf` queue: rendering is slow, so it never delays a charge or an email."""
+
+from __future__ import annotations
+
+from celery import Task, shared_task
+
+from billing import jobs
+from billing.services import documents
+from workers.runner import run_outbox_job
+
+
+@shared_task(name=jobs.RENDER_INVOICE_PDF, bind=True)
+def render_invoice(self: Task, job_id: str) -> None:
+    run_outbox_job(self, job_id, documents.render_invoice)

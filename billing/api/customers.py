@@ -31,6 +31,8 @@ def create_customer(body: schemas.CustomerCreate) -> ViewResult:
             address=body.address.model_dump(exclude_none=True) if body.address else None,
             tax_id=body.tax_id,
             metadata=body.metadata,
+            locale=body.locale,
+            billing_emails=body.billing_emails,
         )
     )
     return customer_out(customer, sync_job=sync_job), 200

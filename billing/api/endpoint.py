@@ -29,7 +29,7 @@ IDEMPOTENT_REQUEST_LEASE = timedelta(seconds=60)
 _PATH_ID = re.compile(r"[a-z]{2,4}_[0-9a-z]{1,36}")
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
-ViewResult = tuple[BaseModel | None, int]
+ViewResult = tuple[BaseModel | None, int] | Response
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ class EndpointSpec:
     admin_only: bool
     public: bool
     errors: tuple[int, ...]
+    # A view that answers something other than JSON (a PDF) names its media type, and
+    # the other non-error answers it may give (status -> description, schema or None).
+    media_type: str = "application/json"
+    other_answers: tuple[tuple[int, str, type[BaseModel] | None], ...] = ()
 
 
 ENDPOINTS: list[EndpointSpec] = []
@@ -98,6 +102,8 @@ def _fingerprint() -> str:
 
 
 def _shape(result: ViewResult) -> tuple[Any, int]:
+    if isinstance(result, Response):
+        raise TypeError("only GET views may answer with a ready Response; others store JSON")
     model, status = result
     return (model.model_dump(mode="json") if model is not None else None), status
 
@@ -202,6 +208,8 @@ def endpoint(
     public: bool = False,
     atomic: bool = True,
     errors: tuple[int, ...] = (),
+    media_type: str = "application/json",
+    other_answers: tuple[tuple[int, str, type[BaseModel] | None], ...] = (),
 ) -> Callable[[Callable[..., ViewResult]], Callable[..., Response]]:
     prefix = blueprint.url_prefix or ""
     path = prefix + rule.replace("<", "{").replace(">", "}")
@@ -218,6 +226,8 @@ def endpoint(
             admin_only=admin_only,
             public=public,
             errors=errors,
+            media_type=media_type,
+            other_answers=other_answers,
         )
     )
 
@@ -244,7 +254,10 @@ def endpoint(
 
             if method == "POST":
                 return _run_idempotently(call, atomic)
-            return _json(*_shape(call()))
+            result = call()
+            if isinstance(result, Response):
+                return result
+            return _json(*_shape(result))
 
         blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=handle, methods=[method])
         return handle

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response, jsonify, request
 
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
+from billing.api.schemas import PdfPending
 from billing.api.serializers import invoice_out, pay_response, refund_out
-from billing.services import charges, refunds
+from billing.services import charges, documents, refunds
 from billing.services import invoices as service
 
 bp = Blueprint("invoices", __name__, url_prefix="/v1/invoices")
@@ -177,3 +178,47 @@ def pay_invoice(invoice_id: str) -> ViewResult:
 def refund_invoice(invoice_id: str, body: schemas.RefundCreate) -> ViewResult:
     request = refunds.request_refund(invoice_id, body.amount, body.reason)
     return refund_out(request.refund, job_id=request.job_id), 202
+
+
+# What a client should wait before asking again for a PDF still being rendered.
+PDF_RETRY_AFTER_SECONDS = 2
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/pdf",
+    "GET",
+    summary="Download the invoice's newest PDF (202 with Retry-After while it is rendered)",
+    response=None,
+    media_type="application/pdf",
+    other_answers=(
+        (202, "The PDF is being rendered; ask again after Retry-After seconds", PdfPending),
+        (304, "Not modified (If-None-Match named the current ETag)", None),
+    ),
+    errors=(404, 409),
+)
+def get_invoice_pdf(invoice_id: str) -> ViewResult:
+    answer = documents.pdf_of(invoice_id, customer_scope=customer_scope())
+    document = answer.document
+    if document is None:
+        pending = PdfPending(
+            invoice=invoice_id,
+            render_pending=answer.render_pending,
+            message="The PDF is being rendered; ask again shortly.",
+        )
+        response = jsonify(pending.model_dump(mode="json"))
+        response.status_code = 202
+        response.headers["Retry-After"] = str(PDF_RETRY_AFTER_SECONDS)
+        return response
+    etag = document.sha256
+    if etag in request.if_none_match:
+        response = Response(status=304)
+        response.set_etag(etag)
+        return response
+    response = Response(documents.document_content(document), mimetype="application/pdf")
+    response.set_etag(etag)
+    number = answer.invoice.number or invoice_id
+    response.headers["Content-Disposition"] = f'inline; filename="invoice-{number}.pdf"'
+    # Each version is immutable; a client revalidates with the ETag to see a newer one.
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response

@@ -64,10 +64,20 @@ def _operation(spec: APISpec, endpoint: EndpointSpec) -> dict[str, Any]:
         )
     responses: dict[str, Any] = {}
     success: dict[str, Any] = {"description": "Success"}
-    if endpoint.response is not None:
+    if endpoint.media_type != "application/json":
+        success["content"] = {
+            endpoint.media_type: {"schema": {"type": "string", "format": "binary"}}
+        }
+    elif endpoint.response is not None:
         ref = _register(spec, endpoint.response, mode="serialization")
         success["content"] = {"application/json": {"schema": ref}}
     responses[str(endpoint.status)] = success
+    for status, description, model in endpoint.other_answers:
+        answer: dict[str, Any] = {"description": description}
+        if model is not None:
+            schema = _register(spec, model, mode="serialization")
+            answer["content"] = {"application/json": {"schema": schema}}
+        responses[str(status)] = answer
     statuses = set(endpoint.errors)
     if not endpoint.public:
         statuses.add(401)

@@ -103,6 +103,29 @@ ObjectId = Annotated[
     str, StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z]+_[0-9a-z]+$")
 ]
 Amount = Annotated[int, Field(ge=0, le=99_999_999_999)]
+
+
+def _locale(value: str) -> str:
+    from babel import Locale, UnknownLocaleError
+
+    try:
+        return str(Locale.parse(value.replace("-", "_")))
+    except (ValueError, UnknownLocaleError) as exc:
+        raise ValueError(f"'{value}' is not a known locale, such as en_US or de_DE") from exc
+
+
+Locale = Annotated[
+    str,
+    StringConstraints(
+        min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$"
+    ),
+    AfterValidator(_locale),
+    Field(description="Language and region for documents and emails (CLDR), e.g. de_DE."),
+]
+BillingEmails = Annotated[
+    list[Email],
+    Field(max_length=10, description="More addresses that receive invoices and receipts."),
+]
 Quantity = Annotated[int, Field(ge=1, le=1_000_000)]
 
 
@@ -122,6 +145,8 @@ class CustomerCreate(Strict):
     address: Address | None = None
     tax_id: Annotated[Text, StringConstraints(max_length=64)] | None = None
     metadata: Metadata = Field(default_factory=dict)
+    locale: Locale = "en_US"
+    billing_emails: BillingEmails = Field(default_factory=list)
 
 
 def _drop_null_defaults(schema: dict[str, Any]) -> None:
@@ -144,6 +169,8 @@ class CustomerUpdate(Strict):
     address: Address | None = None
     tax_id: Annotated[Text, StringConstraints(max_length=64)] | None = None
     metadata: Metadata = None  # type: ignore[assignment]
+    locale: Locale = None  # type: ignore[assignment]
+    billing_emails: BillingEmails = None  # type: ignore[assignment]
 
 
 class PaymentMethodAttach(Strict):
@@ -205,6 +232,8 @@ class CustomerOut(BaseModel):
     address: Address | None
     tax_id: str | None
     metadata: dict[str, str]
+    locale: str
+    billing_emails: list[str]
     stripe_customer_id: str | None
     default_payment_method: str | None
     created: int
@@ -289,6 +318,38 @@ class RefundOut(BaseModel):
     job: str | None = None
 
 
+class EmailOut(BaseModel):
+    id: str
+    object: Literal["email"] = "email"
+    kind: str
+    recipient: str
+    status: Literal["pending", "sent", "failed"]
+    error: str | None = Field(description="Why the last try failed, as the mail server said.")
+    attempts: int
+    message_id: str
+    created: int
+    sent_at: int | None
+
+
+class DocumentOut(BaseModel):
+    object: Literal["invoice_document"] = "invoice_document"
+    version: int
+    invoice_status: str = Field(description="The invoice's status the document shows.")
+    sha256: str
+    size: int
+    template_version: str
+    renderer_version: str
+    created: int
+    url: str
+
+
+class PdfPending(BaseModel):
+    object: Literal["pdf_pending"] = "pdf_pending"
+    invoice: str
+    render_pending: bool = Field(description="A render job is queued or running.")
+    message: str
+
+
 class InvoiceOut(BaseModel):
     id: str
     object: Literal["invoice"] = "invoice"
@@ -314,6 +375,8 @@ class InvoiceOut(BaseModel):
     next_payment_attempt: int | None = Field(
         description="When the next automatic attempt is planned (dunning), if any."
     )
+    emails: list[EmailOut]
+    document: DocumentOut | None = Field(description="The newest rendered PDF, if any yet.")
     created: int
     finalized_at: int | None
     paid_at: int | None

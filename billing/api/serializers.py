@@ -7,7 +7,18 @@ from typing import Any
 
 from billing.api import schemas
 from billing.domain.invoices import InvoiceStatus
-from billing.models import ChargeAttempt, Customer, Invoice, OutboxJob, Refund
+from billing.extensions import db
+from billing.models import (
+    ChargeAttempt,
+    Customer,
+    EmailDelivery,
+    Invoice,
+    InvoiceDocument,
+    OutboxJob,
+    Refund,
+)
+from billing.services.documents import latest_document
+from billing.services.emails import emails_of
 from billing.services.refunds import refunds_of
 
 
@@ -24,6 +35,8 @@ def customer_out(customer: Customer, *, sync_job: str | None = None) -> schemas.
         address=schemas.Address.model_validate(customer.address) if customer.address else None,
         tax_id=customer.tax_id,
         metadata=customer.metadata_,
+        locale=customer.locale,
+        billing_emails=list(customer.billing_emails or []),
         stripe_customer_id=customer.stripe_customer_id,
         default_payment_method=customer.default_payment_method,
         created=_ts(customer.created_at) or 0,
@@ -73,6 +86,38 @@ def refund_out(refund: Refund, *, job_id: str | None = None) -> schemas.RefundOu
     )
 
 
+def email_out(delivery: EmailDelivery) -> schemas.EmailOut:
+    return schemas.EmailOut(
+        id=delivery.id,
+        kind=delivery.kind,
+        recipient=delivery.recipient,
+        status=delivery.status,  # type: ignore[arg-type]
+        error=delivery.error,
+        attempts=delivery.attempts,
+        message_id=delivery.message_id,
+        created=_ts(delivery.created_at) or 0,
+        sent_at=_ts(delivery.sent_at),
+    )
+
+
+def document_out(document: InvoiceDocument) -> schemas.DocumentOut:
+    return schemas.DocumentOut(
+        version=document.version,
+        invoice_status=document.invoice_status,
+        sha256=document.sha256,
+        size=document.size,
+        template_version=document.template_version,
+        renderer_version=document.renderer_version,
+        created=_ts(document.created_at) or 0,
+        url=f"/v1/invoices/{document.invoice_id}/pdf",
+    )
+
+
+def _document_of(invoice: Invoice) -> schemas.DocumentOut | None:
+    latest = latest_document(db.session(), invoice.id) if invoice.number else None
+    return document_out(latest) if latest is not None else None
+
+
 def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
     by_rate: dict[str, schemas.TaxAmount] = {}
     for line in invoice.lines:
@@ -117,6 +162,9 @@ def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
         refunds=[refund_out(r) for r in refunds_of(invoice.id)],
         payment_attempts=[charge_attempt_out(a) for a in invoice.charge_attempts],
         next_payment_attempt=None,
+        # A draft has neither: two queries saved for every draft shown.
+        emails=[email_out(e) for e in emails_of(invoice.id)] if invoice.number else [],
+        document=_document_of(invoice),
         created=_ts(invoice.created_at) or 0,
         finalized_at=_ts(invoice.finalized_at),
         paid_at=_ts(invoice.paid_at),

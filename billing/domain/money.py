@@ -70,3 +70,16 @@ class Money:
 def round_half_up(value: Decimal) -> int:
     """Round to a whole minor unit, halves away from zero (the rule tax authorities expect)."""
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def format_money(amount: int, currency: str, locale: str) -> str:
+    """`amount` minor units as the customer's locale writes money: "1.234,56 €" in de_DE,
+    "¥1,235" in ja_JP; the currency's own exponent decides the digits."""
+    from babel.numbers import format_currency
+
+    value = Money(amount, currency)
+    return str(
+        format_currency(
+            value.as_decimal(), value.currency.upper(), locale=locale, currency_digits=True
+        )
+    )

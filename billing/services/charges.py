@@ -41,7 +41,7 @@ from billing.models import (
     LedgerEntry,
     OutboxJob,
 )
-from billing.services import context, ledger
+from billing.services import context, documents, emails, ledger
 from billing.services.errors import Conflict, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
 from billing.services.outbox import has_unfinished_job, record_job
@@ -140,6 +140,20 @@ def _finish_attempt(attempt: ChargeAttempt, status: str) -> None:
     attempt.status = status
     if status in FINAL or status == "requires_action":
         attempt.finished_at = func.now()
+    _notify(attempt)
+
+
+def _notify(attempt: ChargeAttempt) -> None:
+    """What the customer hears of an attempt's end, recorded with the outcome itself."""
+    session = db.session()
+    invoice = attempt.invoice
+    if attempt.status == "succeeded":
+        emails.queue_email(session, "payment_receipt", invoice, occasion=attempt.id)
+        documents.request_render(session, invoice)  # the document now shows it paid
+    elif attempt.status == "failed":
+        emails.queue_email(session, "payment_failed", invoice, occasion=attempt.id)
+    elif attempt.status == "requires_action":
+        emails.queue_email(session, "authentication_required", invoice, occasion=attempt.id)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from flask import current_app
 from billing.config import Settings
 
 if TYPE_CHECKING:
+    from billing.adapters.mailer import SmtpMailer
+    from billing.adapters.storage import DocumentStorage
     from billing.adapters.stripe_gateway import StripeGateway
     from billing.adapters.task_queue import JobPublisher
 
@@ -25,6 +27,14 @@ def publisher() -> JobPublisher:
 
 def stripe_gateway() -> StripeGateway:
     return cast("StripeGateway", current_app.extensions["billing.stripe"])
+
+
+def mailer() -> SmtpMailer:
+    return cast("SmtpMailer", current_app.extensions["billing.mailer"])
+
+
+def document_storage() -> DocumentStorage:
+    return cast("DocumentStorage", current_app.extensions["billing.storage"])
 
 
 def stripe_call_lease() -> timedelta:

@@ -40,6 +40,8 @@ class CustomerFields:
     address: dict[str, Any] | None = None
     tax_id: str | None = None
     metadata: dict[str, str] | None = None
+    locale: str = "en_US"
+    billing_emails: list[str] | None = None
 
 
 def _visible(customer_id: str, customer_scope: str | None) -> bool:
@@ -75,6 +77,8 @@ def create_customer(fields: CustomerFields) -> tuple[Customer, str]:
             address=fields.address,
             tax_id=fields.tax_id,
             metadata_=fields.metadata or {},
+            locale=fields.locale,
+            billing_emails=list(fields.billing_emails or []),
         )
         session.add(customer)
         session.flush()
@@ -98,7 +102,7 @@ def update_customer(
                     "the currency of a customer with invoices cannot change", param="currency"
                 )
             customer.currency = normalize_currency(changes["currency"])
-        for field in ("name", "email", "address", "tax_id"):
+        for field in ("name", "email", "address", "tax_id", "locale", "billing_emails"):
             if field in changes:
                 setattr(customer, field, changes[field])
         if "metadata" in changes:

@@ -15,7 +15,7 @@ from billing.domain.money import normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.models import CHARGE_IN_FLIGHT, Invoice, InvoiceLine
-from billing.services import charges, context
+from billing.services import charges, context, documents
 from billing.services.customers import get_customer
 from billing.services.errors import (
     Conflict,
@@ -226,8 +226,8 @@ def finalize_invoice(invoice_id: str) -> Invoice:
         elif invoice.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY:
             session.flush()
             charges.start_attempt(session, invoice, source="automatic")
-        # The PDF (pdf queue) and emails (mail queue) hook in here as their handlers land;
-        # only jobs whose handlers exist are recorded.
+        # The document is rendered on the pdf queue; it sends the "invoice issued" email.
+        documents.request_render(session, invoice)
     log.info("invoice.finalized", invoice_id=invoice_id, number=invoice.number)
     return invoice
 

@@ -101,15 +101,30 @@ def relay_recorded_jobs(session: Session) -> None:
 
 def sweep(limit: int = SWEEP_BATCH) -> int:
     """Publish again every unfinished job whose lease ran out: the broker lost it, or the
-    worker running it died. Handlers are idempotent, so a needless resend is harmless."""
+    worker running it died. Handlers are idempotent, so a needless resend is harmless.
+
+    A job sent but never started may simply be waiting in a long queue (a thousand PDFs
+    ahead of it): while its queue still holds messages it is not sent again, or every
+    sweep would add the whole backlog to the queue once more. Once the queue is empty, a
+    job still not started was lost (Redis flushed) and is sent again."""
     session = db.session()
     rows = session.execute(
-        select(OutboxJob.id, OutboxJob.name, OutboxJob.request_id)
+        select(OutboxJob.id, OutboxJob.name, OutboxJob.request_id, OutboxJob.state, OutboxJob.queue)
         .where(OutboxJob.state.in_(UNFINISHED), OutboxJob.lease_expires_at < func.now())
         .order_by(OutboxJob.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    depths: dict[str, int | None] = {}
+
+    def waiting_in_queue(state: str, queue: str) -> bool:
+        if state != "sent":
+            return False  # pending: never published; running: its worker died
+        if queue not in depths:
+            depths[queue] = context.publisher().queue_depth(queue)
+        return bool(depths[queue])
+
+    rows = [r for r in rows if not waiting_in_queue(r.state, r.queue)]
     if not rows:
         session.commit()
         return 0

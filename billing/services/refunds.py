@@ -13,7 +13,7 @@ from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
 from billing.models import ChargeAttempt, Invoice, Refund
-from billing.services import context, ledger
+from billing.services import context, documents, emails, ledger
 from billing.services.errors import InvalidRequest, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
 from billing.services.outbox import has_unfinished_job, record_job
@@ -146,6 +146,8 @@ def _record_success(refund_id: str, claimed: ClaimResult, result: RefundResult) 
                 invoice.amount_paid, max(invoice.amount_refunded, int(ours or 0))
             )
             ledger.complete(claimed, "succeeded", outcome={"refund": result.id})
+            emails.queue_email(session, "refund_issued", invoice, occasion=refund_id)
+            documents.request_render(session, invoice)  # the document shows the refund
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"refund {refund_id} was taken over") from exc
     log.info("refund.succeeded", refund_id=refund_id, stripe_refund_id=result.id)

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 from devstack.commands import QUEUES, beat_command, web_command, worker_command
 from devstack.servers import LocalStripe, free_port, script_path
+from devstack.smtp import SmtpSink
 from tests.conftest import STATE, TABLES
 
 LOGS = STATE / "e2e"
@@ -98,6 +99,7 @@ def start_stack(
     redis_url: str,
     stripe_base: str,
     *,
+    smtp: SmtpSink,
     extra_env: dict[str, str] | None = None,
     billing_workers: int = 1,
 ) -> Stack:
@@ -113,6 +115,9 @@ def start_stack(
         "STRIPE_API_KEY": "sk_test_local",
         "STRIPE_API_BASE": stripe_base,
         "STRIPE_WEBHOOK_SECRET": "whsec_test",
+        "MAIL_SERVER": smtp.host,
+        "MAIL_PORT": str(smtp.port),
+        "MAIL_DEFAULT_SENDER": "billing@saas.example",
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         **FAST_RECOVERY,
@@ -136,9 +141,12 @@ def start_stack(
 
 
 @pytest.fixture(scope="module")
-def stack(database_url: str, redis_url: str, localstripe: LocalStripe) -> Iterator[Stack]:
+def stack(
+    database_url: str, redis_url: str, localstripe: LocalStripe, smtp_server: SmtpSink
+) -> Iterator[Stack]:
     localstripe.reset()
-    stack = start_stack(database_url, redis_url, localstripe.url)
+    smtp_server.handler.clear()
+    stack = start_stack(database_url, redis_url, localstripe.url, smtp=smtp_server)
     try:
         yield stack
     finally:

@@ -22,6 +22,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 
 from devstack.servers import LocalStripe
+from devstack.smtp import SmtpSink
 from tests.conftest import CARD_OK
 from tests.e2e.conftest import Stack, retrying_client, start_stack, wait_for
 from tests.support.stripe_proxy import StripeProxy
@@ -42,11 +43,15 @@ def proxy(localstripe: LocalStripe) -> Iterator[StripeProxy]:
 
 
 @pytest.fixture(scope="module")
-def faulty_stack(database_url: str, redis_url: str, proxy: StripeProxy) -> Iterator[Stack]:
+def faulty_stack(
+    database_url: str, redis_url: str, proxy: StripeProxy, smtp_server: SmtpSink
+) -> Iterator[Stack]:
+    smtp_server.handler.clear()
     stack = start_stack(
         database_url,
         redis_url,
         proxy.url,
+        smtp=smtp_server,
         # A short Stripe timeout makes the claim lease (3x) short: a killed worker's charge
         # is taken over within seconds, not minutes.
         extra_env={"STRIPE_TIMEOUT_SECONDS": "3"},
@@ -198,18 +203,21 @@ def test_a_worker_killed_while_charging_leaves_one_payment(faulty_stack, api, em
 
 
 class Chaos:
-    """Kills a billing worker about every second, and sends every charge job a second time."""
+    """Kills a billing worker about every second and the pdf or mail worker about every
+    five, and sends every charge and email job a second time."""
 
     def __init__(self, stack: Stack, database_url: str) -> None:
         self.stack = stack
         self.engine = create_engine(database_url)
         self.stopping = threading.Event()
         self.kills = 0
+        self.mail_kills = 0
         self.doubled: set[str] = set()
         self.producer = Celery("chaos", broker=stack.env["REDIS_URL"], set_as_current=False)
         self.producer.conf.update(task_serializer="json", accept_content=["json"])
         self.threads = [
             threading.Thread(target=self._kill_workers, daemon=True),
+            threading.Thread(target=self._kill_document_workers, daemon=True),
             threading.Thread(target=self._double_tasks, daemon=True),
         ]
 
@@ -232,21 +240,87 @@ class Chaos:
             self.kills += 1
             self.stack.start_worker("billing", suffix=suffix)
 
+    def _kill_document_workers(self) -> None:
+        while not self.stopping.wait(random.uniform(4.0, 7.0)):
+            queue = random.choice(["pdf", "mail"])
+            self.stack.stop(f"worker-{queue}", sig=signal.SIGKILL)
+            self.mail_kills += queue == "mail"
+            self.stack.start_worker(queue)
+
     def _double_tasks(self) -> None:
         while not self.stopping.wait(0.5):
             with self.engine.connect() as connection:
                 rows = connection.execute(
-                    text("SELECT id FROM outbox_jobs WHERE name = 'billing.charge_invoice'")
-                ).all()
-            for (job_id,) in rows:
-                if job_id not in self.doubled:
-                    self.producer.send_task(
-                        "billing.charge_invoice", kwargs={"job_id": job_id}, queue="billing"
+                    text(
+                        "SELECT id, name, queue FROM outbox_jobs "
+                        "WHERE name IN ('billing.charge_invoice', 'mail.send_email')"
                     )
+                ).all()
+            for job_id, name, queue in rows:
+                if job_id not in self.doubled:
+                    self.producer.send_task(name, kwargs={"job_id": job_id}, queue=queue)
                     self.doubled.add(job_id)
 
 
-def test_chaos_every_invoice_is_paid_exactly_once(faulty_stack, api, emulator, proxy, database_url):
+def _stuck(database_url: str) -> str:
+    """What an unpaid invoice's attempts and jobs look like: the failure's explanation."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT i.id, a.status, a.failure_message, j.state, j.attempts, j.last_error, "
+                    "j.lease_expires_at - now() FROM invoices i "
+                    "LEFT JOIN charge_attempts a ON a.invoice_id = i.id "
+                    "LEFT JOIN outbox_jobs j ON j.args->>'attempt_id' = a.id "
+                    "WHERE i.status = 'open' LIMIT 10"
+                )
+            ).all()
+        return "stuck: " + "; ".join(str(tuple(row)) for row in rows)
+    finally:
+        engine.dispose()
+
+
+def _undelivered(database_url: str) -> str:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            jobs = connection.execute(
+                text(
+                    "SELECT name, state, attempts, left(last_error, 200), "
+                    "lease_expires_at - now() FROM outbox_jobs "
+                    "WHERE name IN ('pdf.render_invoice', 'mail.send_email') "
+                    "AND state <> 'succeeded' LIMIT 8"
+                )
+            ).all()
+            emails = connection.execute(
+                text("SELECT kind, status, count(*) FROM email_deliveries GROUP BY 1, 2")
+            ).all()
+        return f"unfinished jobs: {[tuple(j) for j in jobs]}; emails: {[tuple(e) for e in emails]}"
+    finally:
+        engine.dispose()
+
+
+def _documents_showing_paid(database_url: str) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT count(*) FROM invoices i WHERE (SELECT d.invoice_status "
+                        "FROM invoice_documents d WHERE d.invoice_id = i.id "
+                        "ORDER BY d.version DESC LIMIT 1) = 'paid'"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_chaos_every_invoice_is_paid_exactly_once(
+    faulty_stack, api, emulator, proxy, database_url, smtp_server
+):
     stack = faulty_stack
     customers = [_paying_customer(stack, api, emulator) for _ in range(4)]
     proxy.drop_ratio = 0.10  # one create in ten: Stripe acts, the answer is lost
@@ -270,11 +344,52 @@ def test_chaos_every_invoice_is_paid_exactly_once(faulty_stack, api, emulator, p
 
             # A minute plus about a second per 2 invoices: under 3 minutes for 200 in CI. A
             # worker killed every second makes a long recovery tail: measured here, 40-90 s.
-            wait_for(lambda: not unpaid(), timeout=60 + CHAOS_INVOICES / 2, interval=2)
+            try:
+                wait_for(lambda: not unpaid(), timeout=60 + CHAOS_INVOICES / 2, interval=2)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {_stuck(database_url)}") from None
             kills, dropped = chaos.kills, proxy.dropped
+
+            # Promise 2 and 3: each invoice's PDF shows it paid, and the SMTP server got
+            # its "invoice issued" (with the PDF) and its receipt.
+            numbers = {invoice["number"] for invoice in invoices}
+
+            def received(prefix: str) -> list[str]:
+                return [
+                    m.message["Message-ID"]
+                    for m in smtp_server.messages
+                    if m.message["Subject"].startswith(prefix)
+                    and m.message["Subject"].split()[(3 if prefix == "Receipt" else 1)].rstrip(":")
+                    in numbers
+                ]
+
+            def all_delivered() -> bool:
+                return (
+                    _documents_showing_paid(database_url) == len(invoices)
+                    and len(set(received("Invoice"))) == len(invoices)
+                    and len(set(received("Receipt"))) == len(invoices)
+                )
+
+            # Two renders and two emails per invoice, on one pdf and one mail worker that
+            # keep being killed: up to a second per invoice on top of a couple of minutes.
+            try:
+                wait_for(all_delivered, timeout=120 + CHAOS_INVOICES, interval=2)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"{exc}; {_documents_showing_paid(database_url)} PDFs show paid, "
+                    f"{len(set(received('Invoice')))} issued and "
+                    f"{len(set(received('Receipt')))} receipts received; "
+                    f"{_undelivered(database_url)}"
+                ) from None
+            mail_kills = chaos.mail_kills
     finally:
         proxy.drop_ratio = 0.0
     assert kills >= 5 and dropped >= 1
+    # A mail worker killed between the server's "250" and our commit may send one message
+    # again (SMTP has no idempotency): at most one duplicate per kill, same Message-ID.
+    emails = received("Invoice") + received("Receipt")
+    duplicates = len(emails) - len(set(emails))
+    assert duplicates <= mail_kills, (duplicates, mail_kills)
     grouped = _intents_by_invoice(emulator)
     charged_total = 0
     for invoice in invoices:
@@ -285,5 +400,7 @@ def test_chaos_every_invoice_is_paid_exactly_once(faulty_stack, api, emulator, p
     print(
         f"chaos: {len(invoices)} invoices, {kills} worker kills, {dropped} answers dropped, "
         f"{len(chaos.doubled)} tasks doubled, "
-        f"{sum(len(v) for v in grouped.values())} PaymentIntents in all"
+        f"{sum(len(v) for v in grouped.values())} PaymentIntents in all; "
+        f"{len(emails)} emails received, {duplicates} duplicates after {mail_kills} mail "
+        "worker kills"
     )

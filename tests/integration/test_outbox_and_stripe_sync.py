@@ -165,6 +165,19 @@ def test_a_job_flushed_from_redis_is_sent_again_by_the_sweeper(
     assert len(_stripe_customers_for(stripe_client, customer["id"])) == 1
 
 
+def test_a_job_waiting_behind_a_backlog_is_not_sent_again_until_its_queue_drains(
+    make_customer, redis_client
+):
+    customer = make_customer()  # published: its message waits in the billing queue
+    _expire_lease(customer["sync_job"])
+    for _ in range(3):
+        assert outbox.sweep() == 0
+    assert len(_queued(redis_client)) == 1
+    redis_client.flushdb()  # now the queue is empty and the job was never started: lost
+    assert outbox.sweep() == 1
+    assert len(_queued(redis_client)) == 1
+
+
 def test_a_finished_job_is_never_swept(celery_app, make_customer, redis_client):
     customer = make_customer()
     _run(celery_app, customer["sync_job"])

@@ -1,0 +1,221 @@
+"""Invoice emails with a 30 KB PDF attached: the mail worker's path against plain smtplib.
+
+Both send the same kind of message (multipart/alternative text and HTML, a PDF attached)
+to the same local SMTP server (aiosmtpd, in its own process), one at a time:
+  * baseline: smtplib over one reused connection, messages built with the standard library;
+  * service: the `mail.send_email` Celery task run in this process for recorded deliveries:
+    outbox claim, ledger claim, templates, the stored PDF read from PostgreSQL, the send,
+    and the recorded outcome (everything but the broker hop).
+Last line: the ratio service/baseline (target: at least 0.5).
+
+    python bench/email_send.py [--emails 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing
+from email.message import EmailMessage
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psycopg2  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from devstack.servers import free_port, resolve_database_url  # noqa: E402
+
+STATE = ROOT / ".devstack" / "bench"
+PDF_SIZE = 30 * 1024
+
+
+def _admin(server_url: str):  # type: ignore[no-untyped-def]
+    parsed = make_url(server_url)
+    kwargs = {"user": parsed.username or "postgres", "dbname": parsed.database}
+    if parsed.host:
+        kwargs["host"] = parsed.host
+    if parsed.port:
+        kwargs["port"] = parsed.port
+    if "host" in parsed.query:
+        kwargs["host"] = parsed.query["host"]
+    connection = psycopg2.connect(**kwargs)
+    connection.autocommit = True
+    return connection
+
+
+class NoBroker:
+    """The jobs are run right here, so nothing is published."""
+
+    def publish(self, job_id: str, name: str, request_id: str | None) -> None:
+        return None
+
+    def ping(self) -> None:
+        return None
+
+    def queue_depth(self, queue: str) -> int | None:
+        return 0
+
+
+def _pdf() -> bytes:
+    # A PDF-looking attachment of exactly 30 KB; its bytes only have to travel.
+    head = b"%PDF-1.7\n% bench attachment\n"
+    body = hashlib.shake_256(b"bench").digest(PDF_SIZE - len(head))
+    return head + body
+
+
+def _baseline(port: int, n: int, pdf: bytes) -> float:
+    import smtplib
+
+    text = "Hello,\n\ninvoice INV-1 for €1,200.00 is attached.\n" * 4
+    html = "<p>Hello,</p><p>invoice INV-1 for <strong>€1,200.00</strong> is attached.</p>" * 4
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        started = time.perf_counter()
+        for i in range(n):
+            message = EmailMessage()
+            message["Subject"] = f"Invoice INV-{i} from Example SaaS Ltd"
+            message["From"] = "billing@saas.example"
+            message["To"] = f"Customer <customer{i}@bench.example>"
+            message.set_content(text)
+            message.add_alternative(html, subtype="html")
+            message.add_attachment(
+                pdf, maintype="application", subtype="pdf", filename=f"invoice-INV-{i}.pdf"
+            )
+            smtp.send_message(message)
+        return n / (time.perf_counter() - started)
+
+
+def _seed(n: int, pdf: bytes) -> list[str]:
+    """n issued invoices, each with its stored PDF and one recorded "invoice issued" email;
+    returns the send jobs."""
+    from sqlalchemy import select
+
+    from billing.extensions import db
+    from billing.models import Customer, Invoice, InvoiceDocument, OutboxJob, StoredBlob
+    from billing.services import emails
+    from billing.services.unit_of_work import transaction
+
+    digest = hashlib.sha256(pdf).hexdigest()
+    with transaction() as session:
+        session.add(
+            StoredBlob(key=f"bench/{digest}.pdf", content=pdf, content_type="application/pdf")
+        )
+        for i in range(n):
+            customer = Customer(
+                name=f"Customer {i} GmbH", email=f"customer{i}@bench.example", currency="eur"
+            )
+            session.add(customer)
+            session.flush()
+            invoice = Invoice(
+                customer_id=customer.id,
+                status="open",
+                number=f"BENCH-{i:06d}",
+                currency="eur",
+                collection_method="send_invoice",
+                subtotal=120000,
+                total=120000,
+                due_date=None,
+            )
+            session.add(invoice)
+            session.flush()
+            session.add(
+                InvoiceDocument(
+                    invoice_id=invoice.id,
+                    version=1,
+                    invoice_status="open",
+                    sha256=digest,
+                    size=len(pdf),
+                    storage="postgres",
+                    storage_key=f"bench/{digest}.pdf",
+                    template_version="bench",
+                    renderer_version="bench",
+                    source_fingerprint=digest,
+                )
+            )
+            emails.queue_email(session, "invoice_issued", invoice)
+    return list(db.session.scalars(select(OutboxJob.id).where(OutboxJob.name == "mail.send_email")))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--emails", type=int, default=400)
+    args = parser.parse_args()
+    STATE.mkdir(parents=True, exist_ok=True)
+
+    server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
+    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
+    with closing(_admin(server_url)) as connection:
+        connection.cursor().execute(f'CREATE DATABASE "{name}"')
+    database_url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    port = free_port()
+    smtp = subprocess.Popen(
+        [sys.executable, "-m", "devstack.smtp", "--port", str(port), "--discard"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert smtp.stdout is not None
+        smtp.stdout.readline()  # "listening on ..."
+        from alembic import command
+
+        from billing import create_app
+        from billing.cli import alembic_config
+        from workers.app import make_celery
+
+        command.upgrade(alembic_config(database_url), "head")
+        app = create_app(
+            {
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "MAIL_SERVER": "127.0.0.1",
+                "MAIL_PORT": str(port),
+                "MAIL_DEFAULT_SENDER": "billing@saas.example",
+                "LOG_LEVEL": "WARNING",
+            },
+            publisher=NoBroker(),
+        )
+        celery = make_celery(app)
+        task = celery.tasks["mail.send_email"]
+        pdf = _pdf()
+        with app.app_context():
+            jobs = _seed(args.emails, pdf)
+            baseline = _baseline(port, args.emails, pdf)
+            task.apply(kwargs={"job_id": jobs[0]})  # warm: templates compiled, connection open
+            started = time.perf_counter()
+            for job_id in jobs[1:]:
+                task.apply(kwargs={"job_id": job_id})
+            service = (len(jobs) - 1) / (time.perf_counter() - started)
+            from sqlalchemy import func, select
+
+            from billing.extensions import db
+            from billing.models import EmailDelivery
+
+            sent = db.session.scalar(select(func.count()).where(EmailDelivery.status == "sent"))
+            assert sent == len(jobs), f"only {sent} of {len(jobs)} emails were sent"
+            db.session.remove()
+            db.engine.dispose()
+        print(f"plain smtplib, one reused connection: {baseline:.0f} emails/s ({args.emails})")
+        print(
+            f"service mail task (outbox, ledger, templates, PDF from PostgreSQL, send, record): "
+            f"{service:.0f} emails/s ({len(jobs) - 1})"
+        )
+        print(f"attachment: {len(pdf) // 1024} KB PDF")
+        print(f"ratio service/smtplib: {service / baseline:.2f}")
+        return 0
+    finally:
+        smtp.terminate()
+        smtp.wait(10)
+        with closing(_admin(server_url)) as connection:
+            connection.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if embedded_pg is not None:
+            embedded_pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
