@@ -9,7 +9,7 @@ from flask import Flask
 from billing.adapters.stripe_gateway import StripeGateway, StripeSdkGateway
 from billing.adapters.task_queue import CeleryJobPublisher, JobPublisher
 from billing.config import Settings
-from billing.extensions import db
+from billing.extensions import db, ping_when_idle
 from billing.logging import configure_logging
 
 # One mebibyte: far above any honest request (500 lines of 500 characters), far below harm.
@@ -31,6 +31,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     db.init_app(app)
+    with app.app_context():
+        for engine in db.engines.values():
+            ping_when_idle(engine)
 
     app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(settings.redis_url)
     app.extensions["billing.stripe"] = stripe_gateway or StripeSdkGateway(

@@ -124,7 +124,9 @@ class Settings:
     def flask_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "SQLALCHEMY_DATABASE_URI": self.database_url,
-            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+            # No ping before every checkout: billing.extensions pings only connections
+            # left idle long enough to have been cut.
+            "SQLALCHEMY_ENGINE_OPTIONS": {},
             "BILLING_SETTINGS": self,
             "JSON_SORT_KEYS": False,
         }

@@ -12,6 +12,11 @@ from billing.jobs import QUEUES as JOB_QUEUES
 from devstack.servers import script_path
 
 QUEUES = JOB_QUEUES  # one worker per queue
+# The billing queue's tasks wait on Stripe and PostgreSQL, so threads serve it with far
+# less CPU per task than forked processes (no per-task IPC with a pool child). Each task
+# runs in an app context of its own, whose scoped session is its own. Other queues keep
+# Celery's default (prefork): rendering PDFs is CPU-bound.
+DEFAULT_POOLS = {"billing": "threads"}
 
 
 def web_command(
@@ -36,6 +41,7 @@ def web_command(
 def worker_command(
     queue: str, node_name: str, *, concurrency: int = 2, pool: str | None = None
 ) -> list[str]:
+    pool = pool or DEFAULT_POOLS.get(queue)
     pool_args = ["--pool", pool] if pool else []
     return [
         str(script_path("celery")),

@@ -126,7 +126,13 @@ def _key_in_use() -> ApiError:
 def _run_idempotently(view: Callable[[], ViewResult], atomic: bool) -> Response:
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        return _json(*_shape(view()))
+        if not atomic:
+            return _json(*_shape(view()))
+        # As with a key: the response is shaped inside the change's transaction, from the
+        # rows it just wrote, rather than read back from PostgreSQL after the commit.
+        with transaction():
+            body, status = _shape(view())
+        return _json(body, status)
     if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise RequestInvalid(
             400,

@@ -159,7 +159,9 @@ def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
         amount_paid=invoice.amount_paid,
         amount_due=invoice.amount_due,
         amount_refunded=invoice.amount_refunded,
-        refunds=[refund_out(r) for r in refunds_of(invoice.id)],
+        # A refund is only ever recorded against money paid, and amount_paid never goes
+        # down: an invoice with nothing paid has no refunds to read.
+        refunds=[refund_out(r) for r in refunds_of(invoice.id)] if invoice.amount_paid else [],
         payment_attempts=[charge_attempt_out(a) for a in invoice.charge_attempts],
         next_payment_attempt=None,
         # A draft has neither: two queries saved for every draft shown.

@@ -64,8 +64,10 @@ def list_api_keys() -> list[ApiKey]:
 
 
 def authenticate(secret: str) -> Principal | None:
-    key = db.session.scalars(
-        select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret), ApiKey.revoked_at.is_(None))
+    key = db.session.execute(
+        select(ApiKey.id, ApiKey.customer_id).where(
+            ApiKey.secret_hash == hash_secret(secret), ApiKey.revoked_at.is_(None)
+        )
     ).first()
     if key is None:
         return None

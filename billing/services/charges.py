@@ -101,7 +101,9 @@ def start_attempt(session: Session, invoice: Invoice, *, source: str) -> tuple[C
     attempt_id = new_id("ca")
     attempt = ChargeAttempt(
         id=attempt_id,
-        invoice_id=invoice.id,
+        # Through the relationship: a loaded charge_attempts collection then shows it
+        # without being read again (an unloaded one is not loaded for this).
+        invoice=invoice,
         ledger_key=f"charge:{attempt_id}",
         status="pending",
         source=source,
@@ -171,18 +173,29 @@ class _Prepared:
     known_intent: str | None
 
 
+def _locked(session: Session, attempt_id: str) -> tuple[ChargeAttempt, Invoice, Customer] | None:
+    """The attempt and its invoice, both row-locked, with the invoice's customer: one
+    statement, locking the attempt's row before the invoice's as separate reads did."""
+    row = session.execute(
+        select(ChargeAttempt, Invoice, Customer)
+        .join(Invoice, Invoice.id == ChargeAttempt.invoice_id)
+        .join(Customer, Customer.id == Invoice.customer_id)
+        .where(ChargeAttempt.id == attempt_id)
+        .with_for_update(of=[ChargeAttempt, Invoice])
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    return None if row is None else (row[0], row[1], row[2])
+
+
 def _prepare(attempt_id: str) -> _Prepared | str:
     """Phase 1: what to send, or the attempt's status when there is nothing (more) to send."""
     with transaction() as session:
-        attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
-        if attempt is None:
+        locked = _locked(session, attempt_id)
+        if locked is None:
             return "missing"
+        attempt, invoice, customer = locked
         if attempt.status in (*FINAL, "requires_action"):
             return attempt.status
-        invoice = session.get(Invoice, attempt.invoice_id, with_for_update=True)
-        assert invoice is not None
-        customer = session.get(Customer, invoice.customer_id)
-        assert customer is not None
         if invoice.status not in PAYABLE and attempt.status == "pending":
             # Nothing was sent for this attempt yet: it can simply be called off.
             _finish_attempt(attempt, "canceled")
@@ -413,10 +426,9 @@ def mark_invoice_paid(invoice: Invoice, amount: int) -> None:
 def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: Apply) -> str:
     try:
         with transaction() as session:
-            attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
-            assert attempt is not None
-            invoice = session.get(Invoice, attempt.invoice_id, with_for_update=True)
-            assert invoice is not None
+            locked = _locked(session, attempt_id)
+            assert locked is not None
+            attempt, invoice, _ = locked
             apply(attempt, invoice)
             ledger.complete(
                 claimed,

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from billing.domain import invoices as rules
 from billing.domain.invoices import CollectionMethod, InvoiceStatus
@@ -202,32 +202,46 @@ def _next_invoice_number(session: Session, year: int) -> str:
 
 def finalize_invoice(invoice_id: str) -> Invoice:
     with transaction() as session:
-        invoice = _locked_invoice(session, invoice_id, None)
+        # The lines (checked here, and shown in the response) in the same statement as the
+        # lock; a draft has no charge attempts yet, so that collection comes along empty.
+        invoice = session.get(
+            Invoice,
+            invoice_id,
+            with_for_update={"of": Invoice},
+            populate_existing=True,
+            options=[joinedload(Invoice.lines), joinedload(Invoice.charge_attempts)],
+        )
+        if invoice is None:
+            raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
         _check_transition(invoice, InvoiceStatus.OPEN)
         if not invoice.lines:
             raise InvalidRequest("an invoice needs at least one line to be finalized")
         if invoice.total < 0:
             raise InvalidRequest("an invoice's total cannot be negative")
         now = _now()
-        # Taken last, after every check: the counter's lock is then held only briefly.
-        number = _next_invoice_number(session, now.year)
-        invoice.number = number
-        invoice.status = InvoiceStatus.OPEN.value
-        invoice.finalized_at = now
         if invoice.collection_method == CollectionMethod.SEND_INVOICE and invoice.due_date is None:
             days = invoice.days_until_due
             if days is None:
                 days = context.settings().default_days_until_due
             invoice.due_date = (now + timedelta(days=days)).date()
+        charge = invoice.total > 0 and (
+            invoice.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY
+        )
+        if charge:
+            charges.start_attempt(session, invoice, source="automatic")
+        # The document is rendered on the pdf queue; it sends the "invoice issued" email.
+        documents.request_render(session, invoice)
+        # Written before the number is taken: the counter's lock is then held only for the
+        # invoice's own update and the commit.
+        session.flush()
+        number = _next_invoice_number(session, now.year)
+        invoice.number = number
+        invoice.status = InvoiceStatus.OPEN.value
+        invoice.finalized_at = now
         if invoice.total == 0:
             # Nothing to collect: Stripe marks a zero invoice paid at finalization.
             _transition(invoice, InvoiceStatus.PAID)
             invoice.paid_at = now
-        elif invoice.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY:
-            session.flush()
-            charges.start_attempt(session, invoice, source="automatic")
-        # The document is rendered on the pdf queue; it sends the "invoice issued" email.
-        documents.request_render(session, invoice)
     log.info("invoice.finalized", invoice_id=invoice_id, number=invoice.number)
     return invoice
 

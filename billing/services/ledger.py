@@ -142,6 +142,8 @@ def _update_own_attempt(claimed: ClaimResult, **values: Any) -> None:
             LedgerEntry.state == "started",
         )
         .values(**values)
+        # Nothing loaded in the session reads the entry afterwards: only its row changes.
+        .execution_options(synchronize_session=False)
     )
     if not getattr(result, "rowcount", 0):
         raise LeaseLost(f"ledger entry {claimed.entry_id} was taken over by a later attempt")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import Connection, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from billing.extensions import db
@@ -156,12 +158,34 @@ def _claimable() -> Any:
     )
 
 
+@contextmanager
+def _single_statements() -> Iterator[Connection]:
+    """A connection on which each statement is a transaction of its own: a one-statement
+    change is just as atomic without BEGIN and COMMIT around it, two round trips fewer."""
+    with db.engine.connect() as connection:
+        # psycopg2's own switch, not SQLAlchemy's isolation_level option: that one sends
+        # SET default_transaction_isolation each way, and BEGIN with an explicit level.
+        dbapi_connection: Any = connection.connection.dbapi_connection
+        dbapi_connection.autocommit = True
+        try:
+            yield connection
+        finally:
+            dbapi_connection.autocommit = False
+
+
 def start_job(job_id: str) -> StartedJob | None:
     """Claim a job for this worker; None when it is finished, held by a live worker, or
     out of attempts (then it is dead-lettered here: a job whose every run kills its worker
-    never reaches the runner's own attempt check)."""
-    session = db.session()
-    row = session.execute(
+    never reaches the runner's own attempt check).
+
+    Each statement commits on its own: the claim must be committed before the handler
+    runs (it is the run's fencing token), and the dead-lettering is a change of its own."""
+    with _single_statements() as connection:
+        return _start_job(connection, job_id)
+
+
+def _start_job(connection: Connection, job_id: str) -> StartedJob | None:
+    row = connection.execute(
         update(OutboxJob)
         .where(OutboxJob.id == job_id, _claimable(), OutboxJob.attempts < MAX_ATTEMPTS)
         .values(
@@ -173,7 +197,7 @@ def start_job(job_id: str) -> StartedJob | None:
         .returning(OutboxJob.name, OutboxJob.args, OutboxJob.attempts, OutboxJob.request_id)
     ).one_or_none()
     if row is None:
-        gave_up = session.execute(
+        gave_up = connection.execute(
             update(OutboxJob)
             .where(OutboxJob.id == job_id, _claimable(), OutboxJob.attempts >= MAX_ATTEMPTS)
             .values(
@@ -185,8 +209,6 @@ def start_job(job_id: str) -> StartedJob | None:
         )
         if getattr(gave_up, "rowcount", 0):
             log.error("job.dead_lettered", job_id=job_id, attempts=MAX_ATTEMPTS)
-    session.commit()
-    if row is None:
         return None
     return StartedJob(job_id, row.name, dict(row.args or {}), row.attempts, row.request_id)
 
@@ -194,18 +216,17 @@ def start_job(job_id: str) -> StartedJob | None:
 def _finish(job: StartedJob, **values: Any) -> bool:
     """Record how this run ended, unless the job was swept and started again meanwhile:
     a run that outlived its lease must not overwrite the newer run's outcome."""
-    session = db.session()
-    session.rollback()  # whatever the handler left half-done is not ours to commit
-    result = session.execute(
-        update(OutboxJob)
-        .where(
-            OutboxJob.id == job.id,
-            OutboxJob.state == "running",
-            OutboxJob.attempts == job.attempts,
+    db.session.rollback()  # whatever the handler left half-done is not ours to commit
+    with _single_statements() as connection:
+        result = connection.execute(
+            update(OutboxJob)
+            .where(
+                OutboxJob.id == job.id,
+                OutboxJob.state == "running",
+                OutboxJob.attempts == job.attempts,
+            )
+            .values(**values)
         )
-        .values(**values)
-    )
-    session.commit()
     recorded = bool(getattr(result, "rowcount", 0))
     if not recorded:
         log.warning("job.outcome_superseded", job_id=job.id, attempt=job.attempts)

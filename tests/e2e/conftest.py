@@ -73,7 +73,13 @@ class Stack:
 
     def start_worker(self, queue: str, suffix: str = "") -> None:
         name = f"worker-{queue}{suffix}"
-        self._start(name, worker_command(queue, f"{queue}{suffix}-{os.getpid()}@%h"))
+        command = worker_command(queue, f"{queue}{suffix}-{os.getpid()}@%h")
+        if queue != "billing":
+            # On ECS each queue's workers have CPUs of their own; on these two cores a
+            # burst of PDF renders would otherwise starve the charge path it never shares
+            # a machine with in production.
+            command = ["nice", "-n", "10", *command]
+        self._start(name, command)
 
     def start_beat(self) -> None:
         self._start("beat", beat_command(LOGS / "beat-schedule"))
