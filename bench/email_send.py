@@ -59,9 +59,6 @@ class NoBroker:
     def ping(self) -> None:
         return None
 
-    def queue_depth(self, queue: str) -> int | None:
-        return 0
-
 
 def _pdf() -> bytes:
     # A PDF-looking attachment of exactly 30 KB; its bytes only have to travel.
@@ -187,13 +184,26 @@ def main() -> int:
             jobs = _seed(args.emails, pdf)
             baseline = _baseline(port, args.emails, pdf)
             task.apply(kwargs={"job_id": jobs[0]})  # warm: templates compiled, connection open
+            from sqlalchemy import event
+
+            from billing.extensions import db
+
+            round_trips = [0]
+
+            def count(*_: object) -> None:
+                round_trips[0] += 1
+
+            # Statements, and the COMMITs (and ROLLBACKs) that psycopg2 sends on their own.
+            for name in ("before_cursor_execute", "commit", "rollback"):
+                event.listen(db.engine, name, count)
             started = time.perf_counter()
             for job_id in jobs[1:]:
                 task.apply(kwargs={"job_id": job_id})
             service = (len(jobs) - 1) / (time.perf_counter() - started)
+            for name in ("before_cursor_execute", "commit", "rollback"):
+                event.remove(db.engine, name, count)
             from sqlalchemy import func, select
 
-            from billing.extensions import db
             from billing.models import EmailDelivery
 
             sent = db.session.scalar(select(func.count()).where(EmailDelivery.status == "sent"))
@@ -206,6 +216,10 @@ def main() -> int:
             f"{service:.0f} emails/s ({len(jobs) - 1})"
         )
         print(f"attachment: {len(pdf) // 1024} KB PDF")
+        print(
+            "PostgreSQL round trips per email (statements, commits, rollbacks): "
+            f"{round_trips[0] / (len(jobs) - 1):.1f}"
+        )
         print(f"ratio service/smtplib: {service / baseline:.2f}")
         return 0
     finally:

@@ -15,10 +15,6 @@ class JobPublisher(Protocol):
 
     def ping(self) -> None: ...
 
-    def queue_depth(self, queue: str) -> int | None:
-        """Messages waiting in `queue`, or None when the broker cannot say."""
-        ...
-
 
 def celery_settings(broker_url: str) -> dict[str, Any]:
     """Settings shared by the publisher and the workers, so both speak the same protocol."""
@@ -85,11 +81,3 @@ class CeleryJobPublisher:
     def ping(self) -> None:
         with self._celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
-
-    def queue_depth(self, queue: str) -> int | None:
-        try:
-            with self._celery.connection_for_read() as connection:
-                _, count, _ = connection.default_channel.queue_declare(queue, passive=True)
-                return int(count)
-        except Exception:  # noqa: BLE001 - "cannot say" is an answer the sweeper handles
-            return None

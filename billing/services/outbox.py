@@ -28,6 +28,10 @@ SWEEP_BATCH = 500
 # Stripe or SMTP blip; then an operator sees the job dead-lettered.
 MAX_ATTEMPTS = 8
 UNFINISHED = ("pending", "sent", "running")
+# The longest a job sent but never started waits before it is sent once more, in leases:
+# a message held by a killed worker stays invisible for the broker's visibility timeout,
+# so a job must not wait much longer than that for its resend.
+MAX_RESEND_LEASES = 4
 
 
 def record_job(session: Session, name: str, **args: Any) -> OutboxJob:
@@ -105,37 +109,36 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
     """Publish again every unfinished job whose lease ran out: the broker lost it, or the
     worker running it died. Handlers are idempotent, so a needless resend is harmless.
 
-    A job sent but never started may simply be waiting in a long queue (a thousand PDFs
-    ahead of it): while its queue still holds messages it is not sent again, or every
-    sweep would add the whole backlog to the queue once more. Once the queue is empty, a
-    job still not started was lost (Redis flushed) and is sent again."""
+    A job sent but never started may also just be waiting in a long queue (a thousand PDFs
+    ahead of it), which the sweeper cannot tell from a lost message. So each resend of a
+    job still unstarted waits twice as long as the one before, up to MAX_RESEND_LEASES
+    leases: a lost job is found again within one lease, and a job behind a backlog is
+    duplicated about once per four leases of backlog instead of once per sweep. A job whose
+    worker died (running) or whose publish failed (pending) is resent after one lease."""
     session = db.session()
     rows = session.execute(
-        select(OutboxJob.id, OutboxJob.name, OutboxJob.request_id, OutboxJob.state, OutboxJob.queue)
+        select(OutboxJob.id, OutboxJob.name, OutboxJob.request_id, OutboxJob.state)
         .where(OutboxJob.state.in_(UNFINISHED), OutboxJob.lease_expires_at < func.now())
         .order_by(OutboxJob.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    depths: dict[str, int | None] = {}
-
-    def waiting_in_queue(state: str, queue: str) -> bool:
-        if state != "sent":
-            return False  # pending: never published; running: its worker died
-        if queue not in depths:
-            depths[queue] = context.publisher().queue_depth(queue)
-        return bool(depths[queue])
-
-    rows = [r for r in rows if not waiting_in_queue(r.state, r.queue)]
     if not rows:
         session.commit()
         return 0
-    published = _publish([(r.id, r.name, r.request_id) for r in rows])
-    if published:
+    published = set(_publish([(r.id, r.name, r.request_id) for r in rows]))
+    waited = func.now() - func.coalesce(OutboxJob.sent_at, func.now())
+    for resent_unstarted in (True, False):
+        ids = [r.id for r in rows if r.id in published and (r.state == "sent") is resent_unstarted]
+        if not ids:
+            continue
+        wait: Any = _lease()
+        if resent_unstarted:
+            wait = func.least(func.greatest(_lease(), 2 * waited), MAX_RESEND_LEASES * _lease())
         session.execute(
             update(OutboxJob)
-            .where(OutboxJob.id.in_(published))
-            .values(state="sent", sent_at=func.now(), lease_expires_at=func.now() + _lease())
+            .where(OutboxJob.id.in_(ids))
+            .values(state="sent", sent_at=func.now(), lease_expires_at=func.now() + wait)
         )
     session.commit()
     log.info("outbox.swept", republished=len(published), expired=len(rows))

@@ -165,17 +165,28 @@ def test_a_job_flushed_from_redis_is_sent_again_by_the_sweeper(
     assert len(_stripe_customers_for(stripe_client, customer["id"])) == 1
 
 
-def test_a_job_waiting_behind_a_backlog_is_not_sent_again_until_its_queue_drains(
-    make_customer, redis_client
-):
-    customer = make_customer()  # published: its message waits in the billing queue
-    _expire_lease(customer["sync_job"])
-    for _ in range(3):
-        assert outbox.sweep() == 0
-    assert len(_queued(redis_client)) == 1
-    redis_client.flushdb()  # now the queue is empty and the job was never started: lost
-    assert outbox.sweep() == 1
-    assert len(_queued(redis_client)) == 1
+def test_a_job_that_stays_unstarted_is_sent_again_less_and_less_often(make_customer, redis_client):
+    """Lost, or only waiting behind a long queue: each resend waits twice as long, up to
+    four leases."""
+    job_id = make_customer()["sync_job"]  # sent, with the plain five-minute lease
+    waits = []
+    for _ in range(4):
+        # The whole wait went by and no worker started it.
+        db.session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.id == job_id)
+            .values(
+                sent_at=func.now() - (OutboxJob.lease_expires_at - OutboxJob.sent_at),
+                lease_expires_at=func.now() - timedelta(seconds=1),
+            )
+        )
+        db.session.commit()
+        assert outbox.sweep() == 1
+        db.session.expire_all()
+        job = db.session.get(OutboxJob, job_id)
+        waits.append(round((job.lease_expires_at - job.sent_at).total_seconds()))
+    assert waits == [600, 1200, 1200, 1200]
+    assert len(_queued(redis_client)) == 5  # the first publish and four resends
 
 
 def test_a_finished_job_is_never_swept(celery_app, make_customer, redis_client):
