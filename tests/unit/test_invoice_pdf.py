@@ -32,6 +32,8 @@ SELLER = Seller(
 # What the template, its CSS and fonts hashed to when TEMPLATE_VERSION was last bumped.
 TEMPLATE_FINGERPRINTS = {
     "invoice-1": "0fd6650932f0054622a8d8eb681e48715b36b9d347b8a07b8741119a686e906a",
+    # Seller, meta and summary columns as CSS tables: the floats overlapped the lines.
+    "invoice-2": "74012d7371091118f26ce434951e71496fde3e5ecc0924e22541ea6eb00e5f02",
 }
 
 
@@ -345,3 +347,34 @@ def test_fonts_ship_with_their_licence():
         "DejaVuSansInvoice-Bold.ttf",
         "DejaVuSansInvoice-Regular.ttf",
     ]
+
+
+def _baselines(content: bytes) -> dict[str, float]:
+    """Where each text run starts on the first page, from the top, in points."""
+    page = pypdf.PdfReader(io.BytesIO(content)).pages[0]
+    height = float(page.mediabox.height)
+    found: dict[str, float] = {}
+
+    def visit(text: str, cm: list[float], tm: list[float], *_: object) -> None:
+        text = text.replace("\x00", "").strip()
+        if text and text not in found:
+            found[text] = height - (tm[5] * cm[3] + cm[5])
+
+    page.extract_text(visitor_text=visit)
+    return found
+
+
+def test_the_blocks_follow_each_other_down_the_page_without_overlapping():
+    invoice = make_invoice(line_count=3)
+    at = _baselines(render_invoice_pdf(invoice, SELLER).content)
+
+    def top(prefix: str) -> float:
+        return next(y for text, y in at.items() if text.lower().startswith(prefix.lower()))
+
+    # The seller and meta columns, then the buyer, the lines, the summary, the payment box.
+    assert (
+        top(SELLER.name) < top("Bill to") < top("Description") < top(invoice.lines[0].description)
+    )
+    assert top(invoice.customer.email) < top("Description")
+    assert top(invoice.lines[-1].description) < top("Tax summary") < top("Please pay")
+    assert top("Subtotal") < top("Amount due") < top("Please pay")
