@@ -488,6 +488,15 @@ class Subscription(db.Model):  # type: ignore[name-defined]
     )
 
     price: Mapped[Price] = relationship()
+    customer: Mapped[Customer] = relationship()
+    # Adjustments not yet on an invoice: loaded with the subscription's row lock by the
+    # billing run, in the same statement.
+    pending_adjustments: Mapped[list[SubscriptionAdjustment]] = relationship(
+        primaryjoin="and_(SubscriptionAdjustment.subscription_id == Subscription.id, "
+        "SubscriptionAdjustment.invoice_id.is_(None))",
+        order_by="SubscriptionAdjustment.id",
+        viewonly=True,
+    )
 
     __table_args__ = (
         CheckConstraint(_in("status", SUBSCRIPTION_STATUSES), name="status_known"),

@@ -88,13 +88,21 @@ def list_subscriptions(
     return paginate(query, Subscription.id, limit, starting_after)
 
 
-def _locked(session: Session, subscription_id: str) -> Subscription:
+def _locked(session: Session, subscription_id: str, *, for_billing: bool = False) -> Subscription:
+    options = [joinedload(Subscription.price)]
+    if for_billing:
+        # What invoicing a period reads, in the statement that takes the lock: the customer
+        # (create_invoice then finds it in the session) and the pending adjustments.
+        options += [
+            joinedload(Subscription.customer),
+            joinedload(Subscription.pending_adjustments),
+        ]
     subscription = session.get(
         Subscription,
         subscription_id,
         with_for_update={"of": Subscription},
         populate_existing=True,
-        options=[joinedload(Subscription.price)],
+        options=options,
     )
     if subscription is None:
         raise NotFound(f"No such subscription: '{subscription_id}'", param="id")
@@ -242,19 +250,6 @@ def _invoice_period(
     return invoice
 
 
-def _pending_adjustments(session: Session, subscription_id: str) -> list[SubscriptionAdjustment]:
-    return list(
-        session.scalars(
-            select(SubscriptionAdjustment)
-            .where(
-                SubscriptionAdjustment.subscription_id == subscription_id,
-                SubscriptionAdjustment.invoice_id.is_(None),
-            )
-            .order_by(SubscriptionAdjustment.id)
-        )
-    )
-
-
 def update_subscription(
     subscription_id: str, *, quantity: int | None = None, price_id: str | None = None
 ) -> Subscription:
@@ -360,7 +355,7 @@ def bill_next_period(subscription_id: str, now: datetime) -> str | None:
     was canceled at period end) or invoice the next period and move on to it. Answers
     "invoiced", "ended", or None when there was nothing to do."""
     with transaction() as session:
-        subscription = _locked(session, subscription_id)
+        subscription = _locked(session, subscription_id, for_billing=True)
         if (
             subscription.status != SubscriptionStatus.ACTIVE
             or subscription.current_period_end > now
@@ -380,15 +375,16 @@ def bill_next_period(subscription_id: str, now: datetime) -> str | None:
             session,
             subscription,
             following,
-            adjustments=_pending_adjustments(session, subscription_id),
+            adjustments=list(subscription.pending_adjustments),
         )
+        invoice_id = invoice.id
         subscription.current_period_index = following.index
         subscription.current_period_start = following.start
         subscription.current_period_end = following.end
     log.info(
         "subscription.period_invoiced",
         subscription_id=subscription_id,
-        invoice_id=invoice.id,
+        invoice_id=invoice_id,
         period_start=following.start.isoformat(),
     )
     return "invoiced"
