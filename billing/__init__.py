@@ -49,13 +49,24 @@ def create_app(
     app.extensions["billing.mailer"] = SmtpMailer(mail_state, settings.mail["MAIL_TIMEOUT"])
     app.extensions["billing.storage"] = build_storage(settings)
 
-    from billing.api import customers, health, invoices, jobs, openapi, webhooks
+    from billing.api import (
+        customers,
+        health,
+        invoices,
+        jobs,
+        openapi,
+        prices,
+        subscriptions,
+        webhooks,
+    )
     from billing.api.errors import register_error_handlers
     from billing.api.middleware import register_middleware
 
     register_middleware(app)
     register_error_handlers(app)
     for blueprint in (health.bp, openapi.bp, customers.bp, invoices.bp, jobs.bp, webhooks.bp):
+        app.register_blueprint(blueprint)
+    for blueprint in (prices.bp, subscriptions.bp):
         app.register_blueprint(blueprint)
 
     from billing.cli import register_cli

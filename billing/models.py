@@ -432,3 +432,123 @@ class EmailDelivery(db.Model):  # type: ignore[name-defined]
         CheckConstraint(_in("kind", EMAIL_KINDS), name="kind_known"),
         CheckConstraint(_in("status", EMAIL_STATUSES), name="status_known"),
     )
+
+
+PRICE_INTERVALS = ["month", "year"]
+SUBSCRIPTION_STATUSES = ["active", "canceled"]
+
+
+class Price(db.Model):  # type: ignore[name-defined]
+    """What one unit of a product costs per interval, billed in advance."""
+
+    __tablename__ = "prices"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "prc"))
+    product: Mapped[str] = mapped_column(String(256))
+    unit_amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    interval: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("unit_amount >= 0", name="unit_amount_not_negative"),
+        CheckConstraint(_in("interval", PRICE_INTERVALS), name="interval_known"),
+        CheckConstraint("currency = lower(currency)", name="currency_lowercase"),
+    )
+
+
+class Subscription(db.Model):  # type: ignore[name-defined]
+    """A customer's standing order for a price: one invoice per period, in advance.
+
+    Period `current_period_index` runs from current_period_start to current_period_end
+    and has been invoiced; the billing run invoices the next one once the current ends."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "sub"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    price_id: Mapped[str] = mapped_column(ForeignKey("prices.id"))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    collection_method: Mapped[str] = mapped_column(String(32))
+    days_until_due: Mapped[int | None] = mapped_column(Integer)
+    # Periods are computed from the anchor, never from the previous period, so that an
+    # anchor on the 31st comes back to the 31st after a short month.
+    billing_cycle_anchor: Mapped[datetime] = mapped_column(Timestamp)
+    current_period_index: Mapped[int] = mapped_column(Integer)
+    current_period_start: Mapped[datetime] = mapped_column(Timestamp)
+    current_period_end: Mapped[datetime] = mapped_column(Timestamp)
+    cancel_at_period_end: Mapped[bool] = mapped_column(default=False, server_default="false")
+    canceled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    latest_invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+
+    price: Mapped[Price] = relationship()
+    customer: Mapped[Customer] = relationship()
+    # Adjustments not yet on an invoice: loaded with the subscription's row lock by the
+    # billing run, in the same statement.
+    pending_adjustments: Mapped[list[SubscriptionAdjustment]] = relationship(
+        primaryjoin="and_(SubscriptionAdjustment.subscription_id == Subscription.id, "
+        "SubscriptionAdjustment.invoice_id.is_(None))",
+        order_by="SubscriptionAdjustment.id",
+        viewonly=True,
+    )
+
+    __table_args__ = (
+        CheckConstraint(_in("status", SUBSCRIPTION_STATUSES), name="status_known"),
+        CheckConstraint(_in("collection_method", COLLECTION_METHODS), name="collection_known"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint("current_period_end > current_period_start", name="period_ordered"),
+        # What the billing run scans: active subscriptions by the end of their period.
+        Index(
+            "ix_subscriptions_active_period_end",
+            "current_period_end",
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+
+class SubscriptionPeriod(db.Model):  # type: ignore[name-defined]
+    """One invoiced period of a subscription. Its key makes a second invoice for the same
+    period impossible, whatever runs concurrently or twice."""
+
+    __tablename__ = "subscription_periods"
+
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    period_end: Mapped[datetime] = mapped_column(Timestamp)
+    period_index: Mapped[int] = mapped_column(Integer)
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "period_index", name="uq_subscription_periods_index"),
+        UniqueConstraint("invoice_id", name="uq_subscription_periods_invoice"),
+    )
+
+
+class SubscriptionAdjustment(db.Model):  # type: ignore[name-defined]
+    """A prorated credit (negative) or charge waiting for the subscription's next invoice,
+    which turns it into a line and records itself here as `invoice_id`."""
+
+    __tablename__ = "subscription_adjustments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "adj"))
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"))
+    description: Mapped[str] = mapped_column(String(500))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        Index(
+            "ix_subscription_adjustments_pending",
+            "subscription_id",
+            postgresql_where=text("invoice_id IS NULL"),
+        ),
+    )

@@ -32,7 +32,8 @@ USE_LOCAL_SERVERS = os.environ.get("BILLING_TEST_SERVERS") != "embedded"
 TABLES = (
     "email_deliveries, invoice_documents, stored_blobs, stripe_events, refunds, "
     "charge_attempts, invoice_lines, invoices, api_keys, customers, "
-    "ledger_entries, outbox_jobs, invoice_number_sequences"
+    "ledger_entries, outbox_jobs, invoice_number_sequences, "
+    "subscription_adjustments, subscription_periods, subscriptions, prices"
 )
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from celery import Task, shared_task
 
 from billing import jobs
-from billing.services import charges, customers, ledger, outbox, refunds, stripe_events
+from billing.services import (
+    charges,
+    customers,
+    ledger,
+    outbox,
+    refunds,
+    stripe_events,
+    subscriptions,
+)
 from workers.runner import run_outbox_job
 
 
@@ -42,3 +50,8 @@ def sweep_outbox() -> int:
 @shared_task(name=jobs.PURGE_IDEMPOTENCY_KEYS)
 def purge_idempotency_keys() -> int:
     return ledger.purge_expired()
+
+
+@shared_task(name=jobs.RUN_BILLING)
+def run_billing() -> int:
+    return subscriptions.run_billing().invoices_created

@@ -29,4 +29,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timedelta(hours=1),
             "options": {"expires": 3600},
         },
+        # Invoices every subscription period that has begun; a run that waited past the
+        # next one is superseded by it (the lock and the period key make overlap harmless).
+        "billing-run": {
+            "task": jobs.RUN_BILLING,
+            "schedule": timedelta(hours=1),
+            "options": {"expires": 3600},
+        },
     }

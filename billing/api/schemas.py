@@ -20,6 +20,7 @@ from pydantic import (
 
 from billing.domain.invoices import MAX_TAX_RATE, TAX_RATE_QUANTUM, CollectionMethod, InvoiceStatus
 from billing.domain.money import UnknownCurrency, known_currencies, normalize_currency
+from billing.domain.subscriptions import Interval, SubscriptionStatus
 
 
 class Strict(BaseModel):
@@ -404,6 +405,95 @@ class JobOut(BaseModel):
     sent_at: int | None
     started_at: int | None
     finished_at: int | None
+
+
+# Prices and subscriptions --------------------------------------------------------------
+
+
+class PriceCreate(Strict):
+    product: Annotated[Name, Field(description="The product's name, shown on invoice lines.")]
+    unit_amount: Annotated[Amount, Field(description="Per unit and interval, minor units.")]
+    currency: Currency
+    interval: Interval
+
+
+class PriceListQuery(ListQuery):
+    pass
+
+
+class PriceOut(BaseModel):
+    id: str
+    object: Literal["price"] = "price"
+    product: str
+    unit_amount: int
+    currency: str
+    interval: Interval
+    created: int
+
+
+class PriceList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PriceOut]
+    has_more: bool
+
+
+class SubscriptionCreate(Strict):
+    customer: ObjectId
+    price: ObjectId
+    quantity: Quantity = 1
+    collection_method: CollectionMethod = CollectionMethod.CHARGE_AUTOMATICALLY
+    days_until_due: Annotated[int, Field(ge=0, le=365)] | None = None
+    start_date: date | None = Field(
+        default=None,
+        json_schema_extra={"format": "date"},
+        description="The billing cycle anchor (UTC midnight), today or up to a year back; "
+        "default: now.",
+    )
+
+
+class SubscriptionUpdate(Strict):
+    """Only the fields sent change; the rest of the period is prorated onto the next invoice."""
+
+    model_config = ConfigDict(json_schema_extra=_drop_null_defaults)
+
+    quantity: Quantity = None  # type: ignore[assignment]
+    price: ObjectId = None  # type: ignore[assignment]
+
+
+class SubscriptionCancel(Strict):
+    at_period_end: bool = Field(
+        default=True, description="True: at the end of the current period; false: now."
+    )
+
+
+class SubscriptionListQuery(ListQuery):
+    customer: ObjectId | None = None
+    status: SubscriptionStatus | None = None
+
+
+class SubscriptionOut(BaseModel):
+    id: str
+    object: Literal["subscription"] = "subscription"
+    customer: str
+    price: PriceOut
+    quantity: int
+    status: SubscriptionStatus
+    collection_method: CollectionMethod
+    days_until_due: int | None
+    billing_cycle_anchor: int
+    current_period_start: int
+    current_period_end: int
+    cancel_at_period_end: bool
+    canceled_at: int | None
+    ended_at: int | None
+    latest_invoice: str | None
+    created: int
+
+
+class SubscriptionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SubscriptionOut]
+    has_more: bool
 
 
 class Health(BaseModel):

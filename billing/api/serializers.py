@@ -15,7 +15,9 @@ from billing.models import (
     Invoice,
     InvoiceDocument,
     OutboxJob,
+    Price,
     Refund,
+    Subscription,
 )
 from billing.services.documents import latest_document
 from billing.services.emails import emails_of
@@ -189,4 +191,35 @@ def job_out(job: OutboxJob) -> schemas.JobOut:
         sent_at=_ts(job.sent_at),
         started_at=_ts(job.started_at),
         finished_at=_ts(job.finished_at),
+    )
+
+
+def price_out(price: Price) -> schemas.PriceOut:
+    return schemas.PriceOut(
+        id=price.id,
+        product=price.product,
+        unit_amount=price.unit_amount,
+        currency=price.currency,
+        interval=price.interval,  # type: ignore[arg-type]
+        created=_ts(price.created_at) or 0,
+    )
+
+
+def subscription_out(subscription: Subscription) -> schemas.SubscriptionOut:
+    return schemas.SubscriptionOut(
+        id=subscription.id,
+        customer=subscription.customer_id,
+        price=price_out(subscription.price),
+        quantity=subscription.quantity,
+        status=subscription.status,  # type: ignore[arg-type]
+        collection_method=subscription.collection_method,  # type: ignore[arg-type]
+        days_until_due=subscription.days_until_due,
+        billing_cycle_anchor=_ts(subscription.billing_cycle_anchor) or 0,
+        current_period_start=_ts(subscription.current_period_start) or 0,
+        current_period_end=_ts(subscription.current_period_end) or 0,
+        cancel_at_period_end=subscription.cancel_at_period_end,
+        canceled_at=_ts(subscription.canceled_at),
+        ended_at=_ts(subscription.ended_at),
+        latest_invoice=subscription.latest_invoice_id,
+        created=_ts(subscription.created_at) or 0,
     )

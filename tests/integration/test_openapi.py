@@ -24,6 +24,14 @@ def test_the_openapi_document_lists_every_route_with_its_schemas(client):
         ("/v1/invoices/{invoice_id}/void", "post"),
         ("/v1/invoices/{invoice_id}/mark_uncollectible", "post"),
         ("/v1/jobs/{job_id}", "get"),
+        ("/v1/prices", "post"),
+        ("/v1/prices", "get"),
+        ("/v1/prices/{price_id}", "get"),
+        ("/v1/subscriptions", "post"),
+        ("/v1/subscriptions", "get"),
+        ("/v1/subscriptions/{subscription_id}", "get"),
+        ("/v1/subscriptions/{subscription_id}", "patch"),
+        ("/v1/subscriptions/{subscription_id}/cancel", "post"),
     }
     assert expected <= {(path, method) for path, ops in paths.items() for method in ops}
     create = paths["/v1/customers"]["post"]

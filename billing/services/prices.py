@@ -1,0 +1,43 @@
+"""Use cases for prices: what one unit of a product costs per month or year."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from billing.domain.invoices import MAX_AMOUNT
+from billing.domain.money import normalize_currency
+from billing.domain.subscriptions import Interval
+from billing.extensions import db
+from billing.logging import get_logger
+from billing.models import Price
+from billing.services.errors import InvalidRequest, NotFound
+from billing.services.pagination import Page, paginate
+from billing.services.unit_of_work import transaction
+
+log = get_logger(__name__)
+
+
+def create_price(*, product: str, unit_amount: int, currency: str, interval: Interval) -> Price:
+    if not 0 <= unit_amount <= MAX_AMOUNT:
+        raise InvalidRequest(f"unit_amount lies between 0 and {MAX_AMOUNT}", param="unit_amount")
+    with transaction() as session:
+        price = Price(
+            product=product,
+            unit_amount=unit_amount,
+            currency=normalize_currency(currency),
+            interval=interval.value,
+        )
+        session.add(price)
+    log.info("price.created", price_id=price.id)
+    return price
+
+
+def get_price(price_id: str, *, param: str = "id") -> Price:
+    price = db.session.get(Price, price_id)
+    if price is None:
+        raise NotFound(f"No such price: '{price_id}'", param=param)
+    return price
+
+
+def list_prices(*, limit: int, starting_after: str | None) -> Page[Price]:
+    return paginate(select(Price), Price.id, limit, starting_after)
