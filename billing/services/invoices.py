@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, joinedload
 
+from billing import clock
 from billing.domain import invoices as rules
 from billing.domain.invoices import CollectionMethod, InvoiceStatus
 from billing.domain.money import normalize_currency
@@ -51,7 +52,8 @@ class InvoiceFields:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    # The service's clock: scheduled billing and dunning tests move it forward.
+    return clock.now()
 
 
 def get_invoice(invoice_id: str, *, customer_scope: str | None = None) -> Invoice:
