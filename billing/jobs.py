@@ -17,6 +17,7 @@ RENDER_INVOICE_PDF = "pdf.render_invoice"
 SEND_EMAIL = "mail.send_email"
 SWEEP_OUTBOX = "billing.sweep_outbox"
 PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
+RUN_DUNNING = "billing.run_dunning"
 
 
 def queue_for(job_name: str) -> str:
