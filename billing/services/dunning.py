@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -138,25 +139,32 @@ def _take_steps(invoice_ids: Sequence[str], today: date) -> Counter[str]:
             )
         }
         records = []
-        for invoice_id, step in wanted:
-            if ledger_key(invoice_id, step.key) not in claimed:
-                continue  # taken by another run
-            attempt_id = _perform(session, invoices[invoice_id], step, today)
-            records.append(
-                {
-                    "invoice_id": invoice_id,
-                    "step": step.key,
-                    "action": step.action.value,
-                    "status": step.status.value if step.status is StepStatus.SKIPPED else "done",
-                    "reason": step.reason,
-                    "taken_on": today,
-                    "charge_attempt_id": attempt_id,
-                }
-            )
-            taken[step.action.value if step.status is StepStatus.PLANNED else "skipped"] += 1
+        # The page's new rows are flushed together at commit (a few multi-row inserts),
+        # not one flush before every email's own insert.
+        with session.no_autoflush:
+            for invoice_id, step in wanted:
+                if ledger_key(invoice_id, step.key) not in claimed:
+                    continue  # taken by another run
+                records.append(_record_of(session, invoices[invoice_id], step, today))
+                taken[step.action.value if step.status is StepStatus.PLANNED else "skipped"] += 1
         if records:
             session.execute(insert(DunningStepRecord).values(records))
     return taken
+
+
+def _record_of(
+    session: Session, invoice: Invoice, step: DunningStep, today: date
+) -> dict[str, Any]:
+    attempt_id = _perform(session, invoice, step, today)
+    return {
+        "invoice_id": invoice.id,
+        "step": step.key,
+        "action": step.action.value,
+        "status": step.status.value if step.status is StepStatus.SKIPPED else "done",
+        "reason": step.reason,
+        "taken_on": today,
+        "charge_attempt_id": attempt_id,
+    }
 
 
 def _claim(session: Session, wanted: list[tuple[str, DunningStep]], today: date) -> set[str]:
