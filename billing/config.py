@@ -22,11 +22,27 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _days(env: Mapping[str, str], name: str, default: str) -> tuple[int, ...]:
+    raw = env.get(name) or default
+    try:
+        days = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be whole days separated by commas, got {raw!r}") from exc
+    return days
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hour(env: Mapping[str, str]) -> int:
+    hour = _int(env, "DUNNING_HOUR", 3)
+    if not 0 <= hour <= 23:
+        raise ConfigError(f"DUNNING_HOUR must be 0 to 23, got {hour}")
+    return hour
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,16 @@ class Settings:
     s3_prefix: str = "invoices/"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # Dunning runs once a night at this hour (UTC), when few customers pay by hand.
+    dunning_hour: int = 3
+    # Retries of a failed automatic charge, in days after the first failure (Stripe's
+    # Smart Retries spread a few tries over about a week).
+    dunning_retry_days: tuple[int, ...] = (3, 5, 7)
+    # Reminders of a send_invoice invoice, in days relative to its due date.
+    dunning_reminder_days: tuple[int, ...] = (-3, 0, 3, 7)
+    # How long one beat holds the scheduler lock in Redis without renewing it: a killed
+    # beat is replaced by a waiting one within this time.
+    beat_lock_timeout_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +145,10 @@ class Settings:
             s3_prefix=env.get("S3_PREFIX", "invoices/"),
             s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
             s3_region=env.get("S3_REGION") or env.get("AWS_REGION") or None,
+            dunning_hour=_hour(env),
+            dunning_retry_days=_days(env, "DUNNING_RETRY_DAYS", "3,5,7"),
+            dunning_reminder_days=_days(env, "DUNNING_REMINDER_DAYS", "-3,0,3,7"),
+            beat_lock_timeout_seconds=max(3, _int(env, "BEAT_LOCK_TIMEOUT_SECONDS", 30)),
         )
 
     def flask_config(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ SEND_EMAIL = "mail.send_email"
 SWEEP_OUTBOX = "billing.sweep_outbox"
 PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
 RUN_BILLING = "billing.run_billing"
+RUN_DUNNING = "billing.run_dunning"
 
 
 def queue_for(job_name: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -74,6 +76,8 @@ class Customer(db.Model):  # type: ignore[name-defined]
     billing_emails: Mapped[list[str]] = mapped_column(
         JSONB, default=list, server_default=text("'[]'::jsonb")
     )
+    # Set when dunning gave up on one of its invoices; cleared once nothing is overdue.
+    delinquent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, server_default=func.now(), onupdate=func.now()
@@ -114,6 +118,8 @@ class Invoice(db.Model):  # type: ignore[name-defined]
     marked_uncollectible_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # Set when the customer's bank opened a dispute on the payment (charge.dispute.created).
     disputed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The day (service clock) the first automatic charge failed: dunning counts from it.
+    dunning_started_on: Mapped[date | None] = mapped_column(Date)
 
     customer: Mapped[Customer] = relationship(back_populates="invoices")
     charge_attempts: Mapped[list[ChargeAttempt]] = relationship(
@@ -136,6 +142,8 @@ class Invoice(db.Model):  # type: ignore[name-defined]
             "amount_refunded >= 0 AND amount_refunded <= amount_paid", name="refund_bounded"
         ),
         Index("ix_invoices_customer_status", "customer_id", "status"),
+        # The nightly dunning run walks open invoices in id order.
+        Index("ix_invoices_open_by_id", "id", postgresql_where=text("status = 'open'")),
     )
 
     @property
@@ -551,4 +559,30 @@ class SubscriptionAdjustment(db.Model):  # type: ignore[name-defined]
             "subscription_id",
             postgresql_where=text("invoice_id IS NULL"),
         ),
+    )
+
+
+DUNNING_STEP_STATUSES = ["done", "skipped"]
+
+
+class DunningStepRecord(db.Model):  # type: ignore[name-defined]
+    """A dunning step the nightly job took (performed or skipped), recorded in the same
+    transaction as its effect and its ledger entry: what the preview shows as past."""
+
+    __tablename__ = "dunning_steps"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"))
+    step: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    # The service clock's day when it was taken (the scheduled day may be earlier).
+    taken_on: Mapped[date] = mapped_column(Date)
+    charge_attempt_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("invoice_id", "step", name="uq_dunning_steps_invoice_step"),
+        CheckConstraint(_in("status", DUNNING_STEP_STATUSES), name="status_known"),
     )

@@ -58,5 +58,6 @@ def worker_command(
     ]
 
 
-def beat_command(schedule_file: Path) -> list[str]:
-    return [str(script_path("celery")), "-A", "workers", "beat", "--schedule", str(schedule_file)]
+def beat_command() -> list[str]:
+    # The schedule lives in Redis with the lock that keeps a second beat idle; no file.
+    return [str(script_path("celery")), "-A", "workers", "beat", "-S", "redbeat.RedBeatScheduler"]

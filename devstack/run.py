@@ -362,7 +362,7 @@ def main() -> int:
         children: list[tuple[str, list[str]]] = [
             ("web", web_command(port, STATE_DIR / "gunicorn.ctl")),
             *[(queue, worker_command(queue, f"{queue}@%h")) for queue in QUEUES],
-            ("beat", beat_command(STATE_DIR / "celerybeat-schedule")),
+            ("beat", beat_command()),
         ]
         width = max(len(name) for name, _ in children) + 2
         for name, cmd in children:

@@ -46,6 +46,14 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
     celery.conf.update(
         task_routes=(route_by_name,),
         beat_schedule=beat_schedule(settings),
+        # The schedule and the one-beat lock live in Redis (celery-redbeat): a second beat
+        # blocks on the lock until the holder stops renewing it. Beat wakes at least three
+        # times per lock period to renew it.
+        beat_scheduler="redbeat.RedBeatScheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix="billing:redbeat",
+        redbeat_lock_timeout=settings.beat_lock_timeout_seconds,
+        beat_max_loop_interval=max(1, min(5, settings.beat_lock_timeout_seconds // 3)),
         worker_hijack_root_logger=False,
         task_create_missing_queues=True,
     )

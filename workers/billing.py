@@ -8,7 +8,9 @@ from billing import jobs
 from billing.services import (
     charges,
     customers,
+    dunning,
     ledger,
+    locks,
     outbox,
     refunds,
     stripe_events,
@@ -37,21 +39,37 @@ def process_stripe_event(self: Task, job_id: str) -> None:
     run_outbox_job(self, job_id, stripe_events.process_event)
 
 
+# Scheduled jobs: each under its advisory lock, so that a doubled beat (or a run that
+# outlasts its interval) never has two copies working at once.
+
+
 @shared_task(name=jobs.RECONCILE_CHARGES)
 def reconcile_charges() -> int:
-    return charges.reconcile_stuck_attempts() + refunds.reconcile_stuck_refunds()
+    with locks.exclusive(jobs.RECONCILE_CHARGES) as taken:
+        if not taken:
+            return 0
+        return charges.reconcile_stuck_attempts() + refunds.reconcile_stuck_refunds()
 
 
 @shared_task(name=jobs.SWEEP_OUTBOX)
 def sweep_outbox() -> int:
-    return outbox.sweep()
+    with locks.exclusive(jobs.SWEEP_OUTBOX) as taken:
+        return outbox.sweep() if taken else 0
 
 
 @shared_task(name=jobs.PURGE_IDEMPOTENCY_KEYS)
 def purge_idempotency_keys() -> int:
-    return ledger.purge_expired()
+    with locks.exclusive(jobs.PURGE_IDEMPOTENCY_KEYS) as taken:
+        return ledger.purge_expired() if taken else 0
 
 
 @shared_task(name=jobs.RUN_BILLING)
 def run_billing() -> int:
     return subscriptions.run_billing().invoices_created
+
+
+@shared_task(name=jobs.RUN_DUNNING)
+def run_dunning() -> int:
+    """The nightly dunning run (it takes the `dunning` advisory lock itself)."""
+    run = dunning.run_dunning()
+    return sum(run.steps.values()) if run is not None else 0

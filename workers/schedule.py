@@ -1,10 +1,13 @@
-"""Beat's schedule. Exactly one beat runs (see the ECS service); every job it starts is
-idempotent, so a doubled run is harmless anyway."""
+"""Beat's schedule. Exactly one beat sends it: beat keeps the schedule and a lock in Redis
+(celery-redbeat), so a second beat waits idle until the first dies. Every job it starts
+also takes an advisory lock and is idempotent, so a doubled run is harmless anyway."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+
+from celery.schedules import crontab
 
 from billing import jobs
 from billing.config import Settings
@@ -35,5 +38,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": jobs.RUN_BILLING,
             "schedule": timedelta(hours=1),
             "options": {"expires": 3600},
+        },
+        "dunning": {
+            "task": jobs.RUN_DUNNING,
+            "schedule": crontab(minute=0, hour=settings.dunning_hour),
+            # Late is better than never: a run delayed by a backlog still runs that night.
+            "options": {"expires": 12 * 3600},
         },
     }

@@ -7,8 +7,8 @@ from flask import Blueprint, Response, jsonify, request
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
 from billing.api.schemas import PdfPending
-from billing.api.serializers import invoice_out, pay_response, refund_out
-from billing.services import charges, documents, refunds
+from billing.api.serializers import dunning_preview_out, invoice_out, pay_response, refund_out
+from billing.services import charges, documents, dunning, refunds
 from billing.services import invoices as service
 
 bp = Blueprint("invoices", __name__, url_prefix="/v1/invoices")
@@ -81,6 +81,19 @@ def list_invoices(query: schemas.InvoiceListQuery) -> ViewResult:
 )
 def get_invoice(invoice_id: str) -> ViewResult:
     return invoice_out(service.get_invoice(invoice_id, customer_scope=customer_scope())), 200
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/dunning",
+    "GET",
+    summary="Preview the invoice's dunning: each retry, email and final step, with its date",
+    response=schemas.DunningPreview,
+    errors=(404,),
+)
+def get_dunning_preview(invoice_id: str) -> ViewResult:
+    steps = dunning.preview(invoice_id, customer_scope=customer_scope())
+    return dunning_preview_out(invoice_id, steps), 200
 
 
 @endpoint(

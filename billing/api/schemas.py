@@ -237,6 +237,9 @@ class CustomerOut(BaseModel):
     billing_emails: list[str]
     stripe_customer_id: str | None
     default_payment_method: str | None
+    delinquent: bool = Field(
+        description="Dunning gave up on one of its invoices, and it is not paid yet."
+    )
     created: int
     sync_job: str | None = Field(default=None, description="The job creating it on Stripe.")
 
@@ -383,6 +386,24 @@ class InvoiceOut(BaseModel):
     paid_at: int | None
     voided_at: int | None
     marked_uncollectible_at: int | None
+
+
+# A field named `date` would shadow the type inside the class body.
+_Day = date
+
+
+class DunningStepOut(BaseModel):
+    date: _Day
+    action: Literal["retry_charge", "send_reminder", "final_notice", "mark_uncollectible"]
+    reason: str
+    status: Literal["done", "planned", "skipped"]
+    step: str = Field(description="The step's name within the invoice's dunning.")
+
+
+class DunningPreview(BaseModel):
+    object: Literal["dunning_preview"] = "dunning_preview"
+    invoice: str
+    steps: list[DunningStepOut]
 
 
 class InvoiceList(BaseModel):

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from billing.api import schemas
+from billing.domain.dunning import DunningStep
 from billing.domain.invoices import InvoiceStatus
 from billing.extensions import db
 from billing.models import (
@@ -41,6 +42,7 @@ def customer_out(customer: Customer, *, sync_job: str | None = None) -> schemas.
         billing_emails=list(customer.billing_emails or []),
         stripe_customer_id=customer.stripe_customer_id,
         default_payment_method=customer.default_payment_method,
+        delinquent=customer.delinquent,
         created=_ts(customer.created_at) or 0,
         sync_job=sync_job,
     )
@@ -222,4 +224,20 @@ def subscription_out(subscription: Subscription) -> schemas.SubscriptionOut:
         ended_at=_ts(subscription.ended_at),
         latest_invoice=subscription.latest_invoice_id,
         created=_ts(subscription.created_at) or 0,
+    )
+
+
+def dunning_preview_out(invoice_id: str, steps: list[DunningStep]) -> schemas.DunningPreview:
+    return schemas.DunningPreview(
+        invoice=invoice_id,
+        steps=[
+            schemas.DunningStepOut(
+                date=step.on,
+                action=step.action.value,
+                reason=step.reason,
+                status=step.status.value,
+                step=step.key,
+            )
+            for step in steps
+        ],
     )

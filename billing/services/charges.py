@@ -41,7 +41,7 @@ from billing.models import (
     LedgerEntry,
     OutboxJob,
 )
-from billing.services import context, documents, emails, ledger
+from billing.services import context, delinquency, documents, dunning_schedule, emails, ledger
 from billing.services.errors import Conflict, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
 from billing.services.outbox import has_unfinished_job, record_job
@@ -153,7 +153,14 @@ def _notify(attempt: ChargeAttempt) -> None:
         emails.queue_email(session, "payment_receipt", invoice, occasion=attempt.id)
         documents.request_render(session, invoice)  # the document now shows it paid
     elif attempt.status == "failed":
-        emails.queue_email(session, "payment_failed", invoice, occasion=attempt.id)
+        # One email per failed attempt (its occasion), naming dunning's next retry.
+        emails.queue_email(
+            session,
+            "payment_failed",
+            invoice,
+            occasion=attempt.id,
+            context_=dunning_schedule.payment_failed_context(session, attempt),
+        )
     elif attempt.status == "requires_action":
         emails.queue_email(session, "authentication_required", invoice, occasion=attempt.id)
 
@@ -418,6 +425,7 @@ def mark_invoice_paid(invoice: Invoice, amount: int) -> None:
         invoice.amount_paid = min(invoice.total, invoice.amount_paid + amount)
         invoice.status = InvoiceStatus.PAID.value
         invoice.paid_at = func.now()
+        delinquency.clear_if_settled(db.session(), invoice)
         log.info("invoice.paid", invoice_id=invoice.id, amount=amount)
     elif invoice.status == InvoiceStatus.VOID.value:
         log.error("charge.succeeded_on_void_invoice", invoice_id=invoice.id, amount=amount)

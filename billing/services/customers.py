@@ -13,7 +13,7 @@ from billing.domain.money import normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.models import Customer, Invoice
-from billing.services import context, ledger
+from billing.services import context, dunning, ledger
 from billing.services.errors import (
     Conflict,
     InvalidRequest,
@@ -220,4 +220,7 @@ def set_default_payment_method(
         session.refresh(customer, with_for_update=True)
         customer.default_payment_method = payment_method
     log.info("customer.payment_method_set", customer_id=customer_id)
+    # Invoices held by a hard decline are retried at once. Should this process die first,
+    # the next scheduled retry runs anyway: the hold is lifted by the new method itself.
+    dunning.retry_after_new_payment_method(customer_id, payment_method)
     return customer

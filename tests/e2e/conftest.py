@@ -81,8 +81,8 @@ class Stack:
             command = ["nice", "-n", "10", *command]
         self._start(name, command)
 
-    def start_beat(self) -> None:
-        self._start("beat", beat_command(LOGS / "beat-schedule"))
+    def start_beat(self, name: str = "beat") -> None:
+        self._start(name, beat_command())
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         process = self.processes.pop(name, None)
