@@ -44,6 +44,7 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.started_at: dict[str, float] = {}
         LOGS.mkdir(parents=True, exist_ok=True)
 
     def log_path(self, name: str) -> Path:
@@ -51,6 +52,7 @@ class Stack:
 
     def _start(self, name: str, command: list[str]) -> None:
         log = self.log_path(name).open("ab")
+        self.started_at[name] = time.monotonic()
         self.processes[name] = subprocess.Popen(
             command,
             env=self.env,

@@ -30,6 +30,7 @@ from tests.support.stripe_proxy import StripeProxy
 pytestmark = pytest.mark.e2e
 
 BILLING_WORKERS = 3
+MIN_WORKER_LIFETIME = 3.0  # seconds
 # 200 in CI (a couple of minutes); bench/chaos.py runs the same test with 10,000.
 CHAOS_INVOICES = int(os.environ.get("BILLING_CHAOS_INVOICES", "200"))
 
@@ -232,10 +233,18 @@ class Chaos:
             thread.join(30)
         self.engine.dispose()
 
+    def _old_enough(self, name: str) -> bool:
+        # A worker gets a few seconds before it may be killed: on a loaded machine a boot
+        # alone can take longer than the kill interval, and then nothing would ever run.
+        return time.monotonic() - self.stack.started_at.get(name, 0.0) > MIN_WORKER_LIFETIME
+
     def _kill_workers(self) -> None:
         suffixes = ["", *[str(n) for n in range(2, BILLING_WORKERS + 1)]]
         while not self.stopping.wait(random.uniform(0.7, 1.3)):
-            suffix = random.choice(suffixes)
+            candidates = [s for s in suffixes if self._old_enough(f"worker-billing{s}")]
+            if not candidates:
+                continue
+            suffix = random.choice(candidates)
             self.stack.stop(f"worker-billing{suffix}", sig=signal.SIGKILL)
             self.kills += 1
             self.stack.start_worker("billing", suffix=suffix)
@@ -243,6 +252,8 @@ class Chaos:
     def _kill_document_workers(self) -> None:
         while not self.stopping.wait(random.uniform(4.0, 7.0)):
             queue = random.choice(["pdf", "mail"])
+            if not self._old_enough(f"worker-{queue}"):
+                continue
             self.stack.stop(f"worker-{queue}", sig=signal.SIGKILL)
             self.mail_kills += queue == "mail"
             self.stack.start_worker(queue)
