@@ -60,4 +60,5 @@ def worker_command(
 
 def beat_command() -> list[str]:
     # The schedule lives in Redis with the lock that keeps a second beat idle; no file.
-    return [str(script_path("celery")), "-A", "workers", "beat", "-S", "redbeat.RedBeatScheduler"]
+    scheduler = "workers.beat:BillingRedBeatScheduler"
+    return [str(script_path("celery")), "-A", "workers", "beat", "-S", scheduler]

@@ -49,7 +49,7 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
         # The schedule and the one-beat lock live in Redis (celery-redbeat): a second beat
         # blocks on the lock until the holder stops renewing it. Beat wakes at least three
         # times per lock period to renew it.
-        beat_scheduler="redbeat.RedBeatScheduler",
+        beat_scheduler="workers.beat:BillingRedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix="billing:redbeat",
         redbeat_lock_timeout=settings.beat_lock_timeout_seconds,
