@@ -10,7 +10,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from billing.logging import bind_context, get_logger
 from billing.services import outbox
-from billing.services.errors import PermanentJobError, TransientJobError
+from billing.services.errors import HeldElsewhere, PermanentJobError, TransientJobError
 from billing.services.outbox import MAX_ATTEMPTS
 
 log = get_logger(__name__)
@@ -39,7 +39,8 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
         error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, TransientJobError):
             log.exception("job.unexpected_error")
-        if job.attempts >= MAX_ATTEMPTS:
+        waited = isinstance(exc, HeldElsewhere)
+        if job.attempts >= MAX_ATTEMPTS and not waited:
             outbox.job_dead_lettered(job, error)
             log.error("job.dead_lettered", attempts=job.attempts, error=error)
             return
@@ -47,7 +48,7 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
         countdown = retry_after or get_exponential_backoff_interval(
             BACKOFF_FACTOR, job.attempts, BACKOFF_MAX_SECONDS, full_jitter=True
         )
-        if not outbox.job_will_retry(job, error, countdown):
+        if not outbox.job_will_retry(job, error, countdown, spent_attempt=not waited):
             return  # swept and started again by another worker: that run owns it now
         log.warning("job.will_retry", attempts=job.attempts, countdown=countdown, error=error)
         # Our own count (the outbox's attempts) decides; Celery's only backs it up.

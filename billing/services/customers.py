@@ -16,6 +16,7 @@ from billing.models import Customer, Invoice
 from billing.services import context, dunning, ledger
 from billing.services.errors import (
     Conflict,
+    HeldElsewhere,
     InvalidRequest,
     NotFound,
     PermanentJobError,
@@ -132,7 +133,10 @@ def sync_customer_to_stripe(customer_id: str) -> str:
     gateway = context.stripe_gateway()
     stripe_id: str | None = None
     if claimed.claim is Claim.IN_PROGRESS:
-        raise TransientJobError(f"another worker is creating customer {customer_id} on Stripe")
+        raise HeldElsewhere(
+            f"another worker is creating customer {customer_id} on Stripe",
+            retry_after=context.stripe_call_lease().total_seconds(),
+        )
     if claimed.claim is Claim.DONE:
         stripe_id = (claimed.outcome or {}).get("stripe_customer_id")
         if not stripe_id:

@@ -53,5 +53,12 @@ class TransientJobError(Exception):
         self.retry_after = retry_after
 
 
+class HeldElsewhere(TransientJobError):
+    """Another live run holds the side effect this job needs (a duplicate delivery, or a
+    run the sweeper presumed lost that is still going): come back when its lease ends.
+    Waiting is not a failed try, so it does not use up one of the job's attempts: under
+    many worker deaths a job could otherwise be dead-lettered for having waited."""
+
+
 class PermanentJobError(Exception):
     """The job cannot succeed by retrying: mark it failed for an operator to see."""

@@ -95,13 +95,13 @@ def claim(
 def claim_in_transaction(scope: str, key: str, owner_id: str, *, lease: timedelta) -> ClaimResult:
     """A job's claim on one outside side effect, in the caller's transaction: NEW, RESUMED
     or DONE; another live holder is a reason to retry later, a foreign key a bug."""
-    from billing.services.errors import TransientJobError
+    from billing.services.errors import HeldElsewhere
 
     claimed = claim(scope, key, owner_id, lease=lease, commit=False)
     if claimed.claim is Claim.IN_PROGRESS:
         # Its holder finishes, or its lease ends, within one lease: come back then, rather
         # than after a backoff that grows with every try.
-        raise TransientJobError(
+        raise HeldElsewhere(
             f"{scope} {key} is held by another worker", retry_after=lease.total_seconds()
         )
     if claimed.claim is Claim.MISMATCH:

@@ -248,13 +248,22 @@ def job_dead_lettered(job: StartedJob, error: str) -> bool:
     return _finish(job, state="dead_lettered", finished_at=func.now(), last_error=error[:4000])
 
 
-def job_will_retry(job: StartedJob, error: str, countdown: float) -> bool:
+def job_will_retry(
+    job: StartedJob, error: str, countdown: float, *, spent_attempt: bool = True
+) -> bool:
+    """Park the job until its retry. A run that only waited for another holder gives its
+    attempt back (spent_attempt=False); its token is not reused by a live run, since this
+    run is the one that took it and it ends here."""
+    values: dict[str, Any] = {}
+    if not spent_attempt:
+        values["attempts"] = OutboxJob.attempts - 1
     # The lease covers the backoff too, so the sweeper does not race Celery's own retry.
     return _finish(
         job,
         state="sent",
         last_error=error[:4000],
         lease_expires_at=func.now() + timedelta(seconds=countdown) + _lease(),
+        **values,
     )
 
 

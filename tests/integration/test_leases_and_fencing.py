@@ -112,3 +112,25 @@ def test_an_abort_after_commit_does_not_forget_the_key(app, admin):
     retry = admin.post("/v1/customers", json=BODY, headers={"Idempotency-Key": "aborted"})
     assert retry.headers.get("Idempotent-Replayed") == "true"
     assert _count_customers() == 1
+
+
+def test_waiting_for_another_runs_claim_does_not_use_up_the_jobs_attempts(
+    app, make_customer, celery_app
+):
+    from billing.services import ledger
+    from billing.services.customers import LEDGER_SCOPE_STRIPE_CUSTOMER
+
+    customer = make_customer()
+    # Another run (a duplicate delivery) holds the Stripe side effect for a minute.
+    ledger.claim(
+        LEDGER_SCOPE_STRIPE_CUSTOMER,
+        f"customer:{customer['id']}",
+        customer["id"],
+        lease=timedelta(minutes=1),
+    )
+    for _ in range(MAX_ATTEMPTS + 2):
+        celery_app.tasks["billing.sync_customer"].apply(kwargs={"job_id": customer["sync_job"]})
+    job = db.session.get(OutboxJob, customer["sync_job"])
+    db.session.refresh(job)
+    assert (job.state, job.attempts) == ("sent", 0)
+    assert "held" in job.last_error or "another worker" in job.last_error
