@@ -15,11 +15,12 @@ token that a process which outlived its lease can no longer record anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from billing import jobs
@@ -44,7 +45,7 @@ from billing.models import (
 from billing.services import context, delinquency, documents, dunning_schedule, emails, ledger
 from billing.services.errors import Conflict, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
-from billing.services.outbox import has_unfinished_job, record_job
+from billing.services.outbox import has_unfinished_job, record_job, record_jobs
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -114,6 +115,31 @@ def start_attempt(session: Session, invoice: Invoice, *, source: str) -> tuple[C
     job = record_job(session, jobs.CHARGE_INVOICE, attempt_id=attempt_id)
     log.info("charge.requested", invoice_id=invoice.id, attempt_id=attempt_id, source=source)
     return attempt, job.id
+
+
+def start_attempts(session: Session, invoices: Sequence[Invoice], *, source: str) -> dict[str, str]:
+    """`start_attempt` for many invoices at once (each row locked by the caller), in two
+    multi-row inserts. Returns each invoice's new attempt id."""
+    rows: list[dict[str, Any]] = []
+    for invoice in invoices:
+        attempt_id = new_id("ca")
+        rows.append(
+            {
+                "id": attempt_id,
+                "invoice_id": invoice.id,
+                "ledger_key": f"charge:{attempt_id}",
+                "status": "pending",
+                "source": source,
+                "amount": invoice.amount_due,
+                "currency": invoice.currency,
+            }
+        )
+    if not rows:
+        return {}
+    session.execute(insert(ChargeAttempt.__table__), rows)
+    record_jobs(session, jobs.CHARGE_INVOICE, [{"attempt_id": row["id"]} for row in rows])
+    log.info("charge.requested", source=source, attempts=len(rows))
+    return {row["invoice_id"]: row["id"] for row in rows}
 
 
 def request_charge(

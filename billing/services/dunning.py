@@ -138,24 +138,51 @@ def _take_steps(invoice_ids: Sequence[str], today: date) -> Counter[str]:
                 .execution_options(populate_existing=True)
             )
         }
-        records = []
-        # The page's new rows are flushed together at commit (a few multi-row inserts),
-        # not one flush before every email's own insert.
+        # Each kind of effect of the whole page is one multi-row insert: a page is a
+        # handful of statements however many steps it takes.
+        records: list[dict[str, Any]] = []
+        retries: list[tuple[dict[str, Any], Invoice]] = []
+        reminders: list[emails.EmailRequest] = []
         with session.no_autoflush:
             for invoice_id, step in wanted:
                 if ledger_key(invoice_id, step.key) not in claimed:
                     continue  # taken by another run
-                records.append(_record_of(session, invoices[invoice_id], step, today))
+                invoice = invoices[invoice_id]
+                record = _record_of(invoice, step, today)
+                records.append(record)
                 taken[step.action.value if step.status is StepStatus.PLANNED else "skipped"] += 1
+                if step.status is StepStatus.SKIPPED:
+                    continue
+                if step.action is StepAction.RETRY_CHARGE:
+                    retries.append((record, invoice))
+                elif step.action is StepAction.SEND_REMINDER:
+                    reminders.append(
+                        emails.EmailRequest(
+                            "payment_reminder",
+                            invoice,
+                            f"dunning:{step.key}",
+                            {"as_of": str(today)},
+                        )
+                    )
+                elif step.action is StepAction.FINAL_NOTICE:
+                    reminders.append(
+                        emails.EmailRequest("final_notice", invoice, f"dunning:{step.key}")
+                    )
+                elif step.action is StepAction.MARK_UNCOLLECTIBLE:
+                    _mark_uncollectible(invoice)
+        # At most one retry per invoice is due on a night (the schedule spaces them).
+        attempts = charges.start_attempts(
+            session, [invoice for _, invoice in retries], source="dunning"
+        )
+        for record, invoice in retries:
+            record["charge_attempt_id"] = attempts[invoice.id]
+        emails.queue_emails(session, reminders)
         if records:
-            session.execute(insert(DunningStepRecord).values(records))
+            session.execute(insert(DunningStepRecord.__table__), records)
     return taken
 
 
-def _record_of(
-    session: Session, invoice: Invoice, step: DunningStep, today: date
-) -> dict[str, Any]:
-    attempt_id = _perform(session, invoice, step, today)
+def _record_of(invoice: Invoice, step: DunningStep, today: date) -> dict[str, Any]:
     return {
         "invoice_id": invoice.id,
         "step": step.key,
@@ -163,7 +190,7 @@ def _record_of(
         "status": step.status.value if step.status is StepStatus.SKIPPED else "done",
         "reason": step.reason,
         "taken_on": today,
-        "charge_attempt_id": attempt_id,
+        "charge_attempt_id": None,
     }
 
 
@@ -181,35 +208,23 @@ def _claim(session: Session, wanted: list[tuple[str, DunningStep]], today: date)
         }
         for invoice_id, step in wanted
     ]
+    table = LedgerEntry.__table__
+    # One compiled statement whatever the page's size (sent as a multi-row VALUES).
     return set(
-        session.scalars(
-            insert(LedgerEntry)
-            .values(rows)
+        session.execute(
+            insert(table)
             .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")
-            .returning(LedgerEntry.key)
-        )
+            .returning(table.c.key),
+            rows,
+        ).scalars()
     )
 
 
-def _perform(session: Session, invoice: Invoice, step: DunningStep, today: date) -> str | None:
-    if step.status is StepStatus.SKIPPED:
-        return None
-    occasion = f"dunning:{step.key}"
-    if step.action is StepAction.RETRY_CHARGE:
-        attempt, _ = charges.start_attempt(session, invoice, source="dunning")
-        return attempt.id
-    if step.action is StepAction.SEND_REMINDER:
-        emails.queue_email(
-            session, "payment_reminder", invoice, occasion=occasion, context_={"as_of": str(today)}
-        )
-    elif step.action is StepAction.FINAL_NOTICE:
-        emails.queue_email(session, "final_notice", invoice, occasion=occasion)
-    elif step.action is StepAction.MARK_UNCOLLECTIBLE:
-        invoice.status = InvoiceStatus.UNCOLLECTIBLE.value
-        invoice.marked_uncollectible_at = clock.now()
-        invoice.customer.delinquent = True
-        log.info("dunning.marked_uncollectible", invoice_id=invoice.id)
-    return None
+def _mark_uncollectible(invoice: Invoice) -> None:
+    invoice.status = InvoiceStatus.UNCOLLECTIBLE.value
+    invoice.marked_uncollectible_at = clock.now()
+    invoice.customer.delinquent = True
+    log.info("dunning.marked_uncollectible", invoice_id=invoice.id)
 
 
 # --- a new payment method -----------------------------------------------------------------

@@ -11,6 +11,8 @@ ledger key), which lets mail clients fold the two into one."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -32,7 +34,7 @@ from billing.notifications.compose import compose, single_line
 from billing.services import context, ledger
 from billing.services.errors import NotFound, PermanentJobError, TransientJobError
 from billing.services.ledger import Claim
-from billing.services.outbox import record_job
+from billing.services.outbox import record_jobs
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -64,6 +66,16 @@ def message_id_for(ledger_key: str) -> str:
     return f"<{digest}@{_sender_domain()}>"
 
 
+@dataclass(frozen=True)
+class EmailRequest:
+    """One email of `kind` about `invoice`, to each of its customer's billing addresses."""
+
+    kind: str
+    invoice: Invoice
+    occasion: str = NO_OCCASION
+    context: dict[str, Any] = field(default_factory=dict)
+
+
 def queue_email(
     session: Session,
     kind: str,
@@ -74,29 +86,43 @@ def queue_email(
 ) -> list[str]:
     """Record one email per recipient and its send job, in the caller's transaction.
     An email already recorded for the same key is left alone. Returns the new deliveries."""
-    created: list[str] = []
-    for recipient in recipients_of(invoice.customer):
-        key = f"{kind}:{invoice.id}:{occasion}:{recipient.lower()}"
-        delivery_id = session.execute(
-            insert(EmailDelivery)
-            .values(
-                id=new_id("em"),
-                kind=kind,
-                invoice_id=invoice.id,
-                occasion=occasion,
-                recipient=recipient,
-                ledger_key=key,
-                context=context_ or {},
-                message_id=message_id_for(key),
-            )
-            .on_conflict_do_nothing(index_elements=["ledger_key"])
-            .returning(EmailDelivery.id)
-        ).scalar_one_or_none()
-        if delivery_id is not None:
-            record_job(session, jobs.SEND_EMAIL, delivery_id=delivery_id)
-            created.append(delivery_id)
+    created = queue_emails(session, [EmailRequest(kind, invoice, occasion, context_ or {})])
     if created:
         log.info("email.queued", kind=kind, invoice_id=invoice.id, deliveries=created)
+    return created
+
+
+def queue_emails(session: Session, requests: Sequence[EmailRequest]) -> list[str]:
+    """`queue_email` for many at once (a dunning page's reminders): one insert of every
+    delivery, one of the new ones' jobs. Returns the new deliveries."""
+    rows = []
+    for request in requests:
+        for recipient in recipients_of(request.invoice.customer):
+            key = f"{request.kind}:{request.invoice.id}:{request.occasion}:{recipient.lower()}"
+            rows.append(
+                {
+                    "id": new_id("em"),
+                    "kind": request.kind,
+                    "invoice_id": request.invoice.id,
+                    "occasion": request.occasion,
+                    "recipient": recipient,
+                    "ledger_key": key,
+                    "context": request.context,
+                    "message_id": message_id_for(key),
+                }
+            )
+    if not rows:
+        return []
+    table = EmailDelivery.__table__
+    created = list(
+        session.execute(
+            insert(table)
+            .on_conflict_do_nothing(index_elements=["ledger_key"])
+            .returning(table.c.id),
+            rows,
+        ).scalars()
+    )
+    record_jobs(session, jobs.SEND_EMAIL, [{"delivery_id": delivery} for delivery in created])
     return created
 
 
