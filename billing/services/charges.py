@@ -117,21 +117,24 @@ def start_attempt(session: Session, invoice: Invoice, *, source: str) -> tuple[C
     return attempt, job.id
 
 
-def start_attempts(session: Session, invoices: Sequence[Invoice], *, source: str) -> dict[str, str]:
-    """`start_attempt` for many invoices at once (each row locked by the caller), in two
-    multi-row inserts. Returns each invoice's new attempt id."""
+def start_attempts(
+    session: Session, dues: Sequence[tuple[str, int, str]], *, source: str
+) -> dict[str, str]:
+    """`start_attempt` for many invoices at once, each given as (id, amount due, currency)
+    and locked (or just created) by the caller, in two multi-row inserts. Returns each
+    invoice's new attempt id."""
     rows: list[dict[str, Any]] = []
-    for invoice in invoices:
+    for invoice_id, amount, currency in dues:
         attempt_id = new_id("ca")
         rows.append(
             {
                 "id": attempt_id,
-                "invoice_id": invoice.id,
+                "invoice_id": invoice_id,
                 "ledger_key": f"charge:{attempt_id}",
                 "status": "pending",
                 "source": source,
-                "amount": invoice.amount_due,
-                "currency": invoice.currency,
+                "amount": amount,
+                "currency": currency,
             }
         )
     if not rows:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from billing.logging import get_logger
 from billing.models import Invoice, InvoiceDocument
 from billing.services import context, emails
 from billing.services.errors import Conflict, NotFound, PermanentJobError
-from billing.services.outbox import has_unfinished_job, record_job
+from billing.services.outbox import has_unfinished_job, record_job, record_jobs
 from billing.services.unit_of_work import transaction
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ class InvoiceNotFinalized(Conflict):
 def request_render(session: Session, invoice: Invoice) -> None:
     """Record a render of `invoice` in the caller's transaction (after its change)."""
     record_job(session, jobs.RENDER_INVOICE_PDF, invoice_id=invoice.id)
+
+
+def request_renders(session: Session, invoice_ids: Sequence[str]) -> None:
+    """`request_render` for many invoices, in one insert."""
+    record_jobs(session, jobs.RENDER_INVOICE_PDF, [{"invoice_id": i} for i in invoice_ids])
 
 
 @lru_cache(maxsize=4)

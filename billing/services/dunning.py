@@ -172,7 +172,9 @@ def _take_steps(invoice_ids: Sequence[str], today: date) -> Counter[str]:
                     _mark_uncollectible(invoice)
         # At most one retry per invoice is due on a night (the schedule spaces them).
         attempts = charges.start_attempts(
-            session, [invoice for _, invoice in retries], source="dunning"
+            session,
+            [(invoice.id, invoice.amount_due, invoice.currency) for _, invoice in retries],
+            source="dunning",
         )
         for record, invoice in retries:
             record["charge_attempt_id"] = attempts[invoice.id]

@@ -187,19 +187,24 @@ def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
     invoice.status = target.value
 
 
-def _next_invoice_number(session: Session, year: int) -> str:
-    # The counter row's lock is held until our commit: a concurrent finalization waits,
-    # and a rolled-back one gives its number back, so numbers have no gaps.
-    sequence = session.execute(
+def take_invoice_numbers(session: Session, year: int, count: int) -> int:
+    """Reserve `count` consecutive numbers of `year`; returns the first. The counter row's
+    lock is held until our commit: a concurrent finalization waits, and a rolled-back one
+    gives its numbers back, so numbers have no gaps."""
+    last = session.execute(
         text(
-            "INSERT INTO invoice_number_sequences (year, last_number) VALUES (:year, 1) "
+            "INSERT INTO invoice_number_sequences (year, last_number) VALUES (:year, :count) "
             "ON CONFLICT (year) DO UPDATE "
-            "SET last_number = invoice_number_sequences.last_number + 1 "
+            "SET last_number = invoice_number_sequences.last_number + :count "
             "RETURNING last_number"
         ),
-        {"year": year},
+        {"year": year, "count": count},
     ).scalar_one()
-    return rules.format_invoice_number(year, int(sequence))
+    return int(last) - count + 1
+
+
+def _next_invoice_number(session: Session, year: int) -> str:
+    return rules.format_invoice_number(year, take_invoice_numbers(session, year, 1))
 
 
 def finalize_invoice(invoice_id: str) -> Invoice:

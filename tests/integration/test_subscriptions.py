@@ -405,3 +405,54 @@ def test_the_billing_run_is_a_billing_queue_task_scheduled_hourly(celery_app, ap
     schedule = beat_schedule(app.config["BILLING_SETTINGS"])["billing-run"]
     assert (schedule["task"], schedule["schedule"]) == ("billing.run_billing", timedelta(hours=1))
     assert celery_app.tasks["billing.run_billing"].apply().get() == 0
+
+
+def _shape(invoice):
+    return {
+        "status": invoice.status,
+        "collection_method": invoice.collection_method,
+        "currency": invoice.currency,
+        "due_date": invoice.due_date,
+        "description": invoice.description,
+        "metadata": {k: v for k, v in invoice.metadata_.items() if k != "subscription"},
+        "totals": (invoice.subtotal, invoice.tax, invoice.total),
+        "lines": [(ln.description, ln.quantity, ln.unit_amount, ln.amount) for ln in invoice.lines],
+        "attempts": [(a.status, a.amount, a.source) for a in invoice.charge_attempts],
+        "finalized_at": invoice.finalized_at,
+    }
+
+
+@pytest.mark.parametrize("collection_method", ["charge_automatically", "send_invoice"])
+def test_the_chunked_run_writes_the_same_invoice_as_one_period_at_a_time(
+    admin, paying_customer, make_price, subscribe, collection_method
+):
+    from billing.models import OutboxJob
+
+    customer = paying_customer()
+    price = make_price(unit_amount=1500)
+    extra = {"days_until_due": 14} if collection_method == "send_invoice" else {}
+    fields = {"quantity": 3, "collection_method": collection_method, **extra}
+    by_chunk = subscribe(customer, price, **fields)
+    one_by_one = subscribe(customer, price, **fields)
+    clock.set_now(datetime(2026, 2, 10, tzinfo=UTC))
+    for subscription in (by_chunk, one_by_one):  # the same proration on both
+        changed = admin.patch(f"/v1/subscriptions/{subscription['id']}", json={"quantity": 5})
+        assert changed.status_code == 200, changed.get_json()
+
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    clock.set_now(now)
+    assert service.bill_next_period(one_by_one["id"], now) == "invoiced"
+    assert service.run_billing().invoices_created == 1
+
+    (_, chunked), (_, single) = _invoices_of(by_chunk["id"]), _invoices_of(one_by_one["id"])
+    assert _shape(chunked) == _shape(single)
+    assert len(chunked.lines) == 3  # the period, then the prorated credit and charge
+    assert int(chunked.number.rsplit("-", 1)[1]) == int(single.number.rsplit("-", 1)[1]) + 1
+    for invoice in (chunked, single):
+        jobs = db.session.scalars(
+            select(OutboxJob.name).where(OutboxJob.args["invoice_id"].astext == invoice.id)
+        ).all()
+        assert jobs == ["pdf.render_invoice"]
+    moved = admin.get(f"/v1/subscriptions/{by_chunk['id']}").get_json()
+    assert moved["latest_invoice"] == chunked.id
+    assert moved["current_period_start"] == _ts(2026, 2, 28, 9)
