@@ -21,6 +21,7 @@ from billing.models import (
     Subscription,
 )
 from billing.services.documents import latest_document
+from billing.services.dunning import next_payment_attempt
 from billing.services.emails import emails_of
 from billing.services.refunds import refunds_of
 
@@ -167,7 +168,7 @@ def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
         # down: an invoice with nothing paid has no refunds to read.
         refunds=[refund_out(r) for r in refunds_of(invoice.id)] if invoice.amount_paid else [],
         payment_attempts=[charge_attempt_out(a) for a in invoice.charge_attempts],
-        next_payment_attempt=None,
+        next_payment_attempt=_ts(next_payment_attempt(invoice)),
         # A draft has neither: two queries saved for every draft shown.
         emails=[email_out(e) for e in emails_of(invoice.id)] if invoice.number else [],
         document=_document_of(invoice),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlalchemy import select
@@ -30,7 +30,7 @@ from billing.domain.invoices import InvoiceStatus
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.models import CHARGE_IN_FLIGHT, ChargeAttempt, DunningStepRecord, Invoice, LedgerEntry
-from billing.services import charges, emails, locks
+from billing.services import charges, context, emails, locks
 from billing.services.dunning_schedule import (
     facts_from_row,
     facts_query,
@@ -313,3 +313,30 @@ def preview(invoice_id: str, *, customer_scope: str | None = None) -> list[Dunni
         raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
     facts = load_facts(session, [invoice_id])[invoice_id]
     return schedule(facts, policy(), clock.today())
+
+
+def next_payment_attempt(invoice: Invoice) -> datetime | None:
+    """When dunning will next try to charge this invoice: the first planned retry not yet
+    taken, at the nightly run's hour (UTC). None outside dunning (not open, not charged
+    automatically, or no charge failed yet), and for a retry held by a hard decline."""
+    if (
+        invoice.status != InvoiceStatus.OPEN.value
+        or invoice.collection_method != AUTOMATIC
+        or invoice.dunning_started_on is None
+    ):
+        return None
+    session = db.session()
+    facts = load_facts(session, [invoice.id]).get(invoice.id)
+    if facts is None:
+        return None
+    today = clock.today()
+    for step in schedule(facts, policy(), today):
+        # Steps taken come back DONE; a retry due today but not yet taken is still PLANNED.
+        if (
+            step.action is StepAction.RETRY_CHARGE
+            and step.status is StepStatus.PLANNED
+            and step.on >= today
+        ):
+            run_at = datetime.combine(step.on, time(context.settings().dunning_hour), UTC)
+            return max(run_at, clock.now())
+    return None

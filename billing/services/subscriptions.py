@@ -278,6 +278,49 @@ def _invoice_period(
     return invoice
 
 
+def _invoice_last_adjustments(session: Session, subscription: Subscription) -> str | None:
+    """A subscription ending at period end still owes what changed during its last period
+    (an upgrade's prorated charge): that goes on a final invoice of its own, with no period
+    line, rather than being lost with the subscription. A net credit cannot be collected by
+    an invoice; it is logged for an operator (a refund is their call) and left recorded."""
+    adjustments = list(subscription.pending_adjustments)
+    if not adjustments:
+        return None
+    owed = sum(a.amount for a in adjustments)
+    if owed <= 0:
+        log.warning(
+            "subscription.ended_with_credit",
+            subscription_id=subscription.id,
+            credit=-owed,
+            currency=subscription.price.currency,
+        )
+        return None
+    send_invoice = subscription.collection_method == CollectionMethod.SEND_INVOICE
+    invoice = invoices.create_invoice(
+        invoices.InvoiceFields(
+            customer_id=subscription.customer_id,
+            collection_method=CollectionMethod(subscription.collection_method),
+            currency=subscription.price.currency,
+            due_date=(
+                clock.today() + timedelta(days=subscription.days_until_due)
+                if send_invoice and subscription.days_until_due is not None
+                else None
+            ),
+            description=f"Final invoice of the subscription to {subscription.price.product}",
+            metadata={"subscription": subscription.id, "final": "true"},
+            lines=[
+                invoices.LineFields(description=a.description, quantity=1, unit_amount=a.amount)
+                for a in adjustments
+            ],
+        )
+    )
+    for adjustment in adjustments:
+        adjustment.invoice_id = invoice.id
+    invoices.finalize_invoice(invoice.id)
+    subscription.latest_invoice_id = invoice.id
+    return invoice.id
+
+
 def update_subscription(
     subscription_id: str, *, quantity: int | None = None, price_id: str | None = None
 ) -> Subscription:
@@ -392,7 +435,8 @@ def bill_next_period(subscription_id: str, now: datetime) -> str | None:
         if subscription.cancel_at_period_end:
             subscription.status = SubscriptionStatus.CANCELED.value
             subscription.ended_at = subscription.current_period_end
-            log.info("subscription.ended", subscription_id=subscription_id)
+            final = _invoice_last_adjustments(session, subscription)
+            log.info("subscription.ended", subscription_id=subscription_id, final_invoice=final)
             return "ended"
         following = rules.period(
             subscription.billing_cycle_anchor,

@@ -59,7 +59,15 @@ def _new_card(admin, stripe_client, customer_id: str, card: str = CARD_OK) -> No
 
 
 def test_a_failing_card_is_retried_reminded_and_given_up_then_paying_clears_the_flag(
-    moved_clock, nightly, admin, paying_customer, open_invoice, run_jobs, stripe_client, mailbox
+    app,
+    moved_clock,
+    nightly,
+    admin,
+    paying_customer,
+    open_invoice,
+    run_jobs,
+    stripe_client,
+    mailbox,
 ):
     start = clock.today()
     customer = paying_customer(card=CARD_DECLINED_AFTER_ATTACH)
@@ -73,6 +81,12 @@ def test_a_failing_card_is_retried_reminded_and_given_up_then_paying_clears_the_
         ("mark_uncollectible", str(start + timedelta(days=8)), "planned"),
         ("final_notice", str(start + timedelta(days=8)), "planned"),
     ]
+    # The invoice names its next attempt: the first retry, at the nightly run's hour.
+    shown = admin.get(f"/v1/invoices/{invoice['id']}").get_json()["next_payment_attempt"]
+    first_retry = datetime.combine(start + timedelta(days=3), datetime.min.time(), UTC)
+    assert shown == int(
+        (first_retry + timedelta(hours=app.config["BILLING_SETTINGS"].dunning_hour)).timestamp()
+    )
 
     for _ in range(40):
         clock.advance(timedelta(days=1))
@@ -96,6 +110,7 @@ def test_a_failing_card_is_retried_reminded_and_given_up_then_paying_clears_the_
 
     stored = admin.get(f"/v1/invoices/{invoice['id']}").get_json()
     assert stored["status"] == "uncollectible"
+    assert stored["next_payment_attempt"] is None
     assert [a["source"] for a in stored["payment_attempts"]] == ["automatic"] + ["dunning"] * 3
     assert admin.get(f"/v1/customers/{customer['id']}").get_json()["delinquent"] is True
     preview = admin.get(f"/v1/invoices/{invoice['id']}/dunning").get_json()

@@ -456,3 +456,27 @@ def test_the_chunked_run_writes_the_same_invoice_as_one_period_at_a_time(
     moved = admin.get(f"/v1/subscriptions/{by_chunk['id']}").get_json()
     assert moved["latest_invoice"] == chunked.id
     assert moved["current_period_start"] == _ts(2026, 2, 28, 9)
+
+
+def test_an_upgrade_in_the_last_period_is_invoiced_when_the_subscription_ends(
+    admin, paying_customer, make_price, subscribe, run_jobs
+):
+    subscription = subscribe(paying_customer(), make_price(unit_amount=1000), quantity=2)
+    clock.set_now(datetime(2026, 2, 10, tzinfo=UTC))
+    changed = admin.patch(f"/v1/subscriptions/{subscription['id']}", json={"quantity": 4})
+    canceled = admin.post(f"/v1/subscriptions/{subscription['id']}/cancel", json={})
+    assert (changed.status_code, canceled.status_code) == (200, 200)
+
+    clock.set_now(datetime(2026, 3, 1, tzinfo=UTC))
+    result = service.run_billing()
+    assert (result.invoices_created, result.subscriptions_ended) == (0, 1)
+    ended = admin.get(f"/v1/subscriptions/{subscription['id']}").get_json()
+    assert ended["status"] == "canceled"
+    final = admin.get(f"/v1/invoices/{ended['latest_invoice']}").get_json()
+    amounts = [line["amount"] for line in final["lines"]["data"]]
+    assert len(amounts) == 2 and amounts[0] < 0 < amounts[1]  # credit, then charge
+    assert final["total"] == sum(amounts) > 0
+    assert final["status"] == "open" and final["metadata"]["final"] == "true"
+    run_jobs()
+    assert admin.get(f"/v1/invoices/{final['id']}").get_json()["status"] == "paid"
+    assert service.run_billing().invoices_created == 0
