@@ -436,6 +436,8 @@ class EmailDelivery(db.Model):  # type: ignore[name-defined]
     )
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
+    invoice: Mapped[Invoice] = relationship()
+
     __table_args__ = (
         CheckConstraint(_in("kind", EMAIL_KINDS), name="kind_known"),
         CheckConstraint(_in("status", EMAIL_STATUSES), name="status_known"),

@@ -30,7 +30,8 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
     bind_context(job_id=job.id, job_name=job.name, request_id=job.request_id, **job.args)
     log.info("job.started", attempt=job.attempts)
     try:
-        handler(**job.args)
+        with outbox.running(job):
+            handler(**job.args)
     except PermanentJobError as exc:
         outbox.job_failed(job, str(exc))
         log.error("job.failed", error=str(exc))

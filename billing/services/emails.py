@@ -34,7 +34,7 @@ from billing.notifications.compose import compose, single_line
 from billing.services import context, ledger
 from billing.services.errors import NotFound, PermanentJobError, TransientJobError
 from billing.services.ledger import Claim
-from billing.services.outbox import record_jobs
+from billing.services.outbox import finish_running_job, record_jobs
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -215,11 +215,7 @@ def _latest_pdf(session: Session, invoice_id: str) -> InvoiceDocument | None:
 
 
 def build_message(session: Session, delivery: EmailDelivery) -> Message:
-    invoice = session.scalars(
-        select(Invoice)
-        .where(Invoice.id == delivery.invoice_id)
-        .options(joinedload(Invoice.customer))
-    ).one()
+    invoice = delivery.invoice
     composed = compose(delivery.kind, _view(session, delivery, invoice))
     # The display name is the customer's own text: folded to one line, it can never end
     # the To header and start another, whatever the database holds.
@@ -247,7 +243,13 @@ def build_message(session: Session, delivery: EmailDelivery) -> Message:
 def send_email(delivery_id: str) -> str:
     """The `mail.send_email` job: send one delivery, at most once."""
     with transaction() as session:
-        delivery = session.get(EmailDelivery, delivery_id, with_for_update=True)
+        # The invoice and its customer come along: the message needs them.
+        delivery = session.get(
+            EmailDelivery,
+            delivery_id,
+            with_for_update={"of": EmailDelivery},
+            options=[joinedload(EmailDelivery.invoice).joinedload(Invoice.customer)],
+        )
         if delivery is None:
             raise PermanentJobError(f"no email delivery {delivery_id}")
         if delivery.status == "sent":
@@ -260,7 +262,6 @@ def send_email(delivery_id: str) -> str:
             return "sent"
         if claimed.claim is Claim.RESUMED:
             log.warning("email.resumed_after_crash", delivery_id=delivery_id)
-        delivery.attempts += 1
         message = build_message(session, delivery)
         recipient, kind = delivery.recipient, delivery.kind
 
@@ -275,6 +276,7 @@ def send_email(delivery_id: str) -> str:
             failed = session.get(EmailDelivery, delivery_id, with_for_update=True)
             assert failed is not None
             failed.error = str(exc)[:2000]
+            failed.attempts += 1
             if permanent:
                 failed.status = "failed"
         if permanent:
@@ -288,8 +290,14 @@ def send_email(delivery_id: str) -> str:
             session.execute(
                 update(EmailDelivery)
                 .where(EmailDelivery.id == delivery_id)
-                .values(status="sent", error=None, sent_at=func.now())
+                .values(
+                    status="sent",
+                    error=None,
+                    sent_at=func.now(),
+                    attempts=EmailDelivery.attempts + 1,
+                )
             )
+            finish_running_job(session)
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"email {delivery_id} was taken over") from exc
     log.info("email.sent", delivery_id=delivery_id, kind=kind, message_id=message.msgId)

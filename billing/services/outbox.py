@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from billing.jobs import queue_for
 from billing.logging import get_logger
 from billing.models import Invoice, OutboxJob
 from billing.services import context
-from billing.services.unit_of_work import RECORDED_JOBS
+from billing.services.unit_of_work import FINISHED_JOBS, RECORDED_JOBS
 
 log = get_logger(__name__)
 
@@ -174,13 +175,55 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
     return len(published)
 
 
-@dataclass(frozen=True)
+@dataclass
 class StartedJob:
     id: str
     name: str
     args: dict[str, Any]
     attempts: int  # also the fencing token of this run: see _finish
     request_id: str | None
+    # Set once a transaction that recorded the job's outcome also recorded its success
+    # (finish_running_job) and committed: the runner then has nothing left to write.
+    succeeded: bool = False
+
+
+_running: ContextVar[StartedJob | None] = ContextVar("billing_running_job", default=None)
+
+
+@contextmanager
+def running(job: StartedJob) -> Iterator[StartedJob]:
+    """While the runner runs `job`'s handler: the job a service may finish with its work."""
+    token = _running.set(job)
+    try:
+        yield job
+    finally:
+        _running.reset(token)
+
+
+def finish_running_job(session: Session) -> None:
+    """Record the running job's success in the caller's transaction, the one that records
+    the job's outcome: the work and the job's end then commit together (one commit fewer
+    per job, and no moment where the work is done but the job looks unfinished). Fenced
+    like every other end of a run; outside a job (an API call, a test) it does nothing."""
+    job = _running.get()
+    if job is None:
+        return
+    session.execute(
+        update(OutboxJob)
+        .where(
+            OutboxJob.id == job.id,
+            OutboxJob.state == "running",
+            OutboxJob.attempts == job.attempts,
+        )
+        .values(state="succeeded", finished_at=func.now(), last_error=None)
+    )
+    session.info.setdefault(FINISHED_JOBS, []).append(job)
+
+
+def mark_finished_jobs(session: Session) -> None:
+    """After a commit: the jobs whose success it recorded need no further write."""
+    for job in session.info.pop(FINISHED_JOBS, []):
+        job.succeeded = True
 
 
 def _claimable() -> Any:
@@ -266,6 +309,8 @@ def _finish(job: StartedJob, **values: Any) -> bool:
 
 
 def job_succeeded(job: StartedJob) -> bool:
+    if job.succeeded:
+        return True  # recorded with the outcome, in the same transaction
     return _finish(job, state="succeeded", finished_at=func.now(), last_error=None)
 
 

@@ -11,6 +11,7 @@ from billing.extensions import db
 
 _DEPTH = "uow_depth"
 RECORDED_JOBS = "outbox_recorded_jobs"
+FINISHED_JOBS = "outbox_finished_jobs"
 
 
 @contextmanager
@@ -32,11 +33,13 @@ def transaction() -> Iterator[Session]:
         if depth == 0:
             session.rollback()
             session.info.pop(RECORDED_JOBS, None)
+            session.info.pop(FINISHED_JOBS, None)
         raise
     finally:
         session.info[_DEPTH] = depth
     if depth == 0:
         # Imported here: the outbox module uses this one for its own transactions.
-        from billing.services.outbox import relay_recorded_jobs
+        from billing.services.outbox import mark_finished_jobs, relay_recorded_jobs
 
+        mark_finished_jobs(session)
         relay_recorded_jobs(session)
