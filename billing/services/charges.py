@@ -45,7 +45,12 @@ from billing.models import (
 from billing.services import context, delinquency, documents, dunning_schedule, emails, ledger
 from billing.services.errors import Conflict, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
-from billing.services.outbox import has_unfinished_job, record_job, record_jobs
+from billing.services.outbox import (
+    finish_running_job,
+    has_unfinished_job,
+    record_job,
+    record_jobs,
+)
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -475,6 +480,9 @@ def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: App
                     "payment_intent": attempt.stripe_payment_intent_id,
                 },
             )
+            # The charge job's last write (only the charge job records an outcome here):
+            # the job ends in the same commit as its attempt.
+            finish_running_job(session)
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"attempt {attempt_id} was taken over; it records") from exc
     log.info("charge.recorded", attempt_id=attempt_id, status=ledger_state)

@@ -234,3 +234,18 @@ def test_a_line_break_that_reached_the_database_never_becomes_a_header(
     message = received.message
     assert message["Bcc"] is None and message["X-Injected"] is None
     assert "Evil Corp" in str(message["To"])
+
+
+def test_an_email_and_its_job_are_recorded_done_in_one_commit(admin, make_customer, run_jobs):
+    invoice = _send_invoice(admin, make_customer())
+    run_jobs()
+    db.session.expire_all()
+    delivery = db.session.scalars(
+        select(EmailDelivery).where(EmailDelivery.invoice_id == invoice["id"])
+    ).one()
+    job = db.session.scalars(
+        select(OutboxJob).where(OutboxJob.args["delivery_id"].astext == delivery.id)
+    ).one()
+    assert (delivery.status, job.state, delivery.attempts) == ("sent", "succeeded", 1)
+    # now() is the transaction's start time: equal stamps mean one transaction.
+    assert job.finished_at == delivery.sent_at
