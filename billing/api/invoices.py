@@ -134,7 +134,7 @@ def delete_line(invoice_id: str, line_id: str) -> ViewResult:
     errors=(403, 404, 409, 422),
 )
 def finalize_invoice(invoice_id: str) -> ViewResult:
-    return invoice_out(service.finalize_invoice(invoice_id)), 200
+    return invoice_out(service.finalize_invoice(invoice_id), just_finalized=True), 200
 
 
 @endpoint(

@@ -123,7 +123,11 @@ def _document_of(invoice: Invoice) -> schemas.DocumentOut | None:
     return document_out(latest) if latest is not None else None
 
 
-def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
+def invoice_out(invoice: Invoice, *, just_finalized: bool = False) -> schemas.InvoiceOut:
+    """`just_finalized`: the invoice was numbered by this very request, so no email and no
+    document of it can exist yet (both are made by jobs recorded in that transaction):
+    two queries the hottest request can skip."""
+    has_history = bool(invoice.number) and not just_finalized
     by_rate: dict[str, schemas.TaxAmount] = {}
     for line in invoice.lines:
         key = str(line.tax_rate)
@@ -170,8 +174,8 @@ def invoice_out(invoice: Invoice) -> schemas.InvoiceOut:
         payment_attempts=[charge_attempt_out(a) for a in invoice.charge_attempts],
         next_payment_attempt=_ts(next_payment_attempt(invoice)),
         # A draft has neither: two queries saved for every draft shown.
-        emails=[email_out(e) for e in emails_of(invoice.id)] if invoice.number else [],
-        document=_document_of(invoice),
+        emails=[email_out(e) for e in emails_of(invoice.id)] if has_history else [],
+        document=_document_of(invoice) if has_history else None,
         created=_ts(invoice.created_at) or 0,
         finalized_at=_ts(invoice.finalized_at),
         paid_at=_ts(invoice.paid_at),
