@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit install bench clean
+.PHONY: run test lint typecheck unit install bench clean flower
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -19,6 +19,18 @@ install: $(STAMP)
 
 run: install
 	$(PY) -m devstack.run
+
+# Flower (Celery's monitor) on the broker the service uses: REDIS_URL if set, else the one
+# the running `make run` wrote to .devstack/redis-url, else the service's default.
+FLOWER_ADDRESS ?= 127.0.0.1
+FLOWER_PORT ?= 5555
+flower: install
+	@broker="$${REDIS_URL:-$$(cat .devstack/redis-url 2>/dev/null)}"; \
+	broker="$${broker:-redis://127.0.0.1:6379/0}"; \
+	echo "flower: http://$(FLOWER_ADDRESS):$(FLOWER_PORT), broker $$broker" \
+		| sed -E 's#//[^@/]*@#//***@#'; \
+	REDIS_URL="$$broker" exec $(VENV)/bin/celery -A workers flower \
+		--address=$(FLOWER_ADDRESS) --port=$(FLOWER_PORT)
 
 test: install lint typecheck
 	$(VENV)/bin/pytest

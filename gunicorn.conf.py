@@ -5,6 +5,14 @@ these defaults and on PORT / WEB_CONCURRENCY / WEB_THREADS from the environment.
 """
 
 import os
+from typing import Any
+
+from billing.metrics_multiprocess import ensure_multiprocess_dir, remove_stale_files
+
+# Before the app (and prometheus_client) is imported in any worker: every worker then keeps
+# its counters in a file of this directory, and /metrics sums them all. Re-reading this file
+# (HUP) finds the variable set and keeps the directory. One made here goes at exit.
+METRICS_DIR = ensure_multiprocess_dir("web")
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -23,3 +31,14 @@ logconfig_dict = {
         "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
+
+
+def on_starting(server: Any) -> None:
+    remove_stale_files(METRICS_DIR)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # A dead worker's counters stay counted (its file stays); only its live gauges go.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

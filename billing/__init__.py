@@ -54,6 +54,7 @@ def create_app(
         health,
         invoices,
         jobs,
+        metrics,
         openapi,
         prices,
         subscriptions,
@@ -66,7 +67,7 @@ def create_app(
     register_error_handlers(app)
     for blueprint in (health.bp, openapi.bp, customers.bp, invoices.bp, jobs.bp, webhooks.bp):
         app.register_blueprint(blueprint)
-    for blueprint in (prices.bp, subscriptions.bp):
+    for blueprint in (prices.bp, subscriptions.bp, metrics.bp):
         app.register_blueprint(blueprint)
 
     from billing.cli import register_cli

@@ -89,6 +89,8 @@ class Settings:
     # How long one beat holds the scheduler lock in Redis without renewing it: a killed
     # beat is replaced by a waiting one within this time.
     beat_lock_timeout_seconds: int = 30
+    # Bearer token /metrics asks for; unset, /metrics is open (to the internal network).
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +151,7 @@ class Settings:
             dunning_retry_days=_days(env, "DUNNING_RETRY_DAYS", "3,5,7"),
             dunning_reminder_days=_days(env, "DUNNING_REMINDER_DAYS", "-3,0,3,7"),
             beat_lock_timeout_seconds=max(3, _int(env, "BEAT_LOCK_TIMEOUT_SECONDS", 30)),
+            metrics_token=env.get("METRICS_TOKEN") or None,
         )
 
     def flask_config(self) -> dict[str, Any]:
@@ -165,7 +168,7 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         values = asdict(self)
-        for secret in ("stripe_api_key", "stripe_webhook_secret"):
+        for secret in ("stripe_api_key", "stripe_webhook_secret", "metrics_token"):
             values[secret] = "***" if values[secret] else ""
         values["mail"] = {k: ("***" if "PASSWORD" in k and v else v) for k, v in self.mail.items()}
         return values

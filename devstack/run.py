@@ -33,6 +33,7 @@ from typing import IO, Any, Protocol
 from devstack.commands import QUEUES, beat_command, web_command, worker_command
 from devstack.servers import (
     LocalStripe,
+    free_port,
     port_open,
     resolve_database_url,
     resolve_redis_url,
@@ -42,6 +43,8 @@ from devstack.servers import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO_ROOT / ".devstack"
+# The broker of the running stack, for `make flower`; removed when the stack stops.
+REDIS_URL_FILE = STATE_DIR / "redis-url"
 
 DEFAULT_PORT = 8000
 READY_TIMEOUT = 60.0
@@ -260,6 +263,7 @@ def _banner(
     database_url: str,
     redis_url: str,
     mail: str,
+    metrics: dict[str, int],
 ) -> str:
     secret = key["secret"]
     rule = "=" * 78
@@ -274,6 +278,9 @@ def _banner(
         f"  Database      {database_url}",
         f"  Redis         {redis_url}",
         f"  Emails        {mail}",
+        f"  Metrics       {api}/metrics; "
+        + ", ".join(f"{name} :{port}" for name, port in metrics.items()),
+        "  Flower        make flower   (another terminal: same broker)",
         f"  State, logs   {STATE_DIR}",
         "",
         "  Try:",
@@ -296,6 +303,7 @@ def main() -> int:
     previous = {sig: signal.signal(sig, sup.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     servers: list[_Stoppable] = []
     exit_code = 0
+    wrote_redis_url = False
     try:
         for tool in ("billing", "gunicorn", "celery"):
             if not script_path(tool).exists():
@@ -347,6 +355,11 @@ def main() -> int:
             env["STRIPE_WEBHOOK_SECRET"] = LOCAL_WEBHOOK_SECRET
         env["DATABASE_URL"] = database_url
         env["REDIS_URL"] = redis_url
+        REDIS_URL_FILE.write_text(redis_url + "\n")
+        wrote_redis_url = True
+        # Each process group makes a metrics directory of its own: a shared one would sum
+        # the web's counts into a worker's, and each would wipe the other's at start.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = _prepend_path(env.get("PYTHONPATH"), str(REPO_ROOT))
         sup.check()
@@ -365,8 +378,13 @@ def main() -> int:
             ("beat", beat_command()),
         ]
         width = max(len(name) for name, _ in children) + 2
+        # Every worker and beat serves its own metrics, each on a port of its own.
+        metrics_ports = {name: free_port() for name, _ in children if name != "web"}
         for name, cmd in children:
-            sup.start_child(name, cmd, env, width)
+            child_env = dict(env)
+            if name in metrics_ports:
+                child_env["METRICS_PORT"] = str(metrics_ports[name])
+            sup.start_child(name, cmd, child_env, width)
 
         api = f"http://127.0.0.1:{port}"
         _wait_ready(sup, f"{api}/readyz")
@@ -383,6 +401,7 @@ def main() -> int:
                     if mail_sink_folder is not None
                     else f"{env['MAIL_SERVER']}:{env.get('MAIL_PORT', '25')}"
                 ),
+                metrics=metrics_ports,
             )
         )
 
@@ -405,6 +424,8 @@ def main() -> int:
     finally:
         # Our handlers stay installed until the end, so a second Ctrl-C cannot interrupt this.
         sup.stop_children()
+        if wrote_redis_url:
+            REDIS_URL_FILE.unlink(missing_ok=True)
         for server in reversed(servers):
             try:
                 server.stop()

@@ -6,6 +6,7 @@ never reads the environment.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,6 +18,12 @@ _app: Celery | None = None
 def get_celery() -> Celery:
     global _app
     if _app is None:
+        if os.environ.get("METRICS_PORT"):
+            # Before anything imports prometheus_client: a worker's pool processes count
+            # in files that the worker's metrics endpoint sums (workers/metrics.py).
+            from billing.metrics_multiprocess import ensure_multiprocess_dir
+
+            ensure_multiprocess_dir("celery")
         from workers.app import make_celery
 
         _app = make_celery()

@@ -13,6 +13,7 @@ from billing.adapters.task_queue import celery_settings
 from billing.config import Settings
 from billing.extensions import db
 from billing.logging import bind_context, clear_context, configure_logging
+from workers import metrics as _metrics  # noqa: F401 - its signal handlers serve the metrics
 from workers.routing import route_by_name
 from workers.schedule import beat_schedule
 

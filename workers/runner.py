@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
+from billing.jobs import queue_for
 from billing.logging import bind_context, get_logger
+from billing.metrics import TASK_LATENCY, TASKS
 from billing.services import outbox
 from billing.services.errors import HeldElsewhere, PermanentJobError, TransientJobError
 from billing.services.outbox import MAX_ATTEMPTS
@@ -21,19 +24,29 @@ BACKOFF_FACTOR = 2
 BACKOFF_MAX_SECONDS = 300
 
 
+def _count(task: Task, outcome: str, started: float | None = None) -> None:
+    queue = queue_for(task.name)
+    TASKS.labels(queue=queue, task=task.name, outcome=outcome).inc()
+    if started is not None:
+        TASK_LATENCY.labels(queue=queue, task=task.name).observe(time.monotonic() - started)
+
+
 def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None:
     job = outbox.start_job(job_id)
     if job is None:
         # Finished already, or held by a live worker: a redelivery, harmless by design.
         log.info("job.skipped_duplicate_delivery", job_id=job_id)
+        _count(task, "skipped")
         return
     bind_context(job_id=job.id, job_name=job.name, request_id=job.request_id, **job.args)
     log.info("job.started", attempt=job.attempts)
+    started = time.monotonic()
     try:
         with outbox.running(job):
             handler(**job.args)
     except PermanentJobError as exc:
-        outbox.job_failed(job, str(exc))
+        recorded = outbox.job_failed(job, str(exc))
+        _count(task, "failed" if recorded else "superseded", started)
         log.error("job.failed", error=str(exc))
         return
     except Exception as exc:
@@ -42,7 +55,8 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
             log.exception("job.unexpected_error")
         waited = isinstance(exc, HeldElsewhere)
         if job.attempts >= MAX_ATTEMPTS and not waited:
-            outbox.job_dead_lettered(job, error)
+            recorded = outbox.job_dead_lettered(job, error)
+            _count(task, "dead_lettered" if recorded else "superseded", started)
             log.error("job.dead_lettered", attempts=job.attempts, error=error)
             return
         retry_after = getattr(exc, "retry_after", None)
@@ -50,9 +64,12 @@ def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None
             BACKOFF_FACTOR, job.attempts, BACKOFF_MAX_SECONDS, full_jitter=True
         )
         if not outbox.job_will_retry(job, error, countdown, spent_attempt=not waited):
+            _count(task, "superseded", started)
             return  # swept and started again by another worker: that run owns it now
+        _count(task, "retry", started)
         log.warning("job.will_retry", attempts=job.attempts, countdown=countdown, error=error)
         # Our own count (the outbox's attempts) decides; Celery's only backs it up.
         raise task.retry(countdown=countdown, exc=exc, max_retries=MAX_ATTEMPTS) from exc
-    outbox.job_succeeded(job)
+    recorded = outbox.job_succeeded(job)
+    _count(task, "succeeded" if recorded else "superseded", started)
     log.info("job.succeeded")

@@ -12,7 +12,8 @@ from billing.logging import bind_context, clear_context
 from billing.services.api_keys import authenticate
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs")
+# Outside API-key auth; /metrics asks for METRICS_TOKEN when one is set (billing/api/metrics.py).
+PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/metrics")
 
 
 def register_middleware(app: Flask) -> None:

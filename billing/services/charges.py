@@ -34,6 +34,7 @@ from billing.domain.invoices import InvoiceStatus
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
+from billing.metrics import CHARGES, count_on_commit
 from billing.models import (
     CHARGE_IN_FLIGHT,
     ChargeAttempt,
@@ -177,6 +178,7 @@ def _finish_attempt(attempt: ChargeAttempt, status: str) -> None:
     if status in FINAL or status == "requires_action":
         attempt.finished_at = func.now()
     _notify(attempt)
+    count_on_commit(db.session(), CHARGES.labels(outcome=status))
 
 
 def _notify(attempt: ChargeAttempt) -> None:
@@ -396,6 +398,7 @@ def _record_unknown(attempt_id: str, claimed: ClaimResult, error: str) -> None:
         assert attempt is not None
         attempt.status = "unknown"
         attempt.failure_message = f"outcome unknown, reconciling: {error[:300]}"
+    CHARGES.labels(outcome="unknown").inc()
     log.warning("charge.outcome_unknown", attempt_id=attempt_id, error=error[:300])
 
 

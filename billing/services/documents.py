@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from billing import jobs
 from billing.extensions import db
 from billing.logging import get_logger
+from billing.metrics import PDF_RENDER_SECONDS
 from billing.models import Invoice, InvoiceDocument
 from billing.services import context, emails
 from billing.services.errors import Conflict, NotFound, PermanentJobError
@@ -158,7 +159,8 @@ def _render(invoice: Invoice) -> RenderedPdf:
     # Imported here: WeasyPrint loads Pango and fonts, which only the pdf worker needs.
     from billing.documents.invoice_pdf import render_invoice_pdf
 
-    return render_invoice_pdf(invoice, seller(), invoice.customer.locale or "en_US")
+    with PDF_RENDER_SECONDS.time():
+        return render_invoice_pdf(invoice, seller(), invoice.customer.locale or "en_US")
 
 
 def render_invoice(invoice_id: str) -> str:

@@ -29,6 +29,7 @@ from billing.domain.money import format_money
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
+from billing.metrics import EMAILS, count_on_commit
 from billing.models import ChargeAttempt, Customer, EmailDelivery, Invoice, InvoiceDocument, Refund
 from billing.notifications.compose import compose, single_line
 from billing.services import context, ledger
@@ -253,12 +254,14 @@ def send_email(delivery_id: str) -> str:
         if delivery is None:
             raise PermanentJobError(f"no email delivery {delivery_id}")
         if delivery.status == "sent":
+            count_on_commit(session, EMAILS.labels(kind=delivery.kind, outcome="skipped"))
             return "sent"
         claimed = ledger.claim_in_transaction(
             LEDGER_SCOPE, delivery.ledger_key, delivery.id, lease=_mail_lease()
         )
         if claimed.claim is Claim.DONE:
             delivery.status = "sent"
+            count_on_commit(session, EMAILS.labels(kind=delivery.kind, outcome="skipped"))
             return "sent"
         if claimed.claim is Claim.RESUMED:
             log.warning("email.resumed_after_crash", delivery_id=delivery_id)
@@ -279,6 +282,7 @@ def send_email(delivery_id: str) -> str:
             failed.attempts += 1
             if permanent:
                 failed.status = "failed"
+        EMAILS.labels(kind=kind, outcome="rejected" if permanent else "retry").inc()
         if permanent:
             log.error("email.rejected", delivery_id=delivery_id, kind=kind, error=str(exc))
             raise PermanentJobError(f"email to {recipient} refused: {exc}") from exc
@@ -300,6 +304,7 @@ def send_email(delivery_id: str) -> str:
             finish_running_job(session)
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"email {delivery_id} was taken over") from exc
+    EMAILS.labels(kind=kind, outcome="sent").inc()
     log.info("email.sent", delivery_id=delivery_id, kind=kind, message_id=message.msgId)
     return "sent"
 

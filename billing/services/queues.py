@@ -40,32 +40,38 @@ def queue_states() -> list[QueueState]:
             )
         ).all()
     )
-    unfinished = {
-        row.queue: row
-        for row in db.session.execute(
-            select(
-                OutboxJob.queue,
-                func.count().label("jobs"),
-                func.min(OutboxJob.created_at).label("oldest"),
-            )
-            .where(OutboxJob.state.in_(UNFINISHED))
-            .group_by(OutboxJob.queue)
-        )
-    }
+    unfinished = outbox_backlog()
     states = []
     for name in QUEUES:
         queue = broker[name]
-        row = unfinished.get(name)
+        jobs, oldest = unfinished[name]
         states.append(
             QueueState(
                 name=name,
                 depth=queue.depth,
                 oldest_message_sent_at=sent_at.get(queue.oldest_job_id or ""),
-                unfinished_jobs=row.jobs if row else 0,
-                oldest_unfinished_created_at=row.oldest if row else None,
+                unfinished_jobs=jobs,
+                oldest_unfinished_created_at=oldest,
             )
         )
     return states
+
+
+def outbox_backlog() -> dict[str, tuple[int, datetime | None]]:
+    """Per queue, the outbox's unfinished jobs and when the oldest was created: readable
+    without the broker (the metrics still show the lag while Redis is away)."""
+    backlog: dict[str, tuple[int, datetime | None]] = {name: (0, None) for name in QUEUES}
+    for row in db.session.execute(
+        select(
+            OutboxJob.queue,
+            func.count().label("jobs"),
+            func.min(OutboxJob.created_at).label("oldest"),
+        )
+        .where(OutboxJob.state.in_(UNFINISHED))
+        .group_by(OutboxJob.queue)
+    ):
+        backlog[row.queue] = (row.jobs, row.oldest)
+    return backlog
 
 
 def database_now() -> datetime:

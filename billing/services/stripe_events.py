@@ -17,6 +17,7 @@ from billing import jobs
 from billing.adapters.stripe_gateway import intent_from_payload, verify_webhook
 from billing.extensions import db
 from billing.logging import get_logger
+from billing.metrics import WEBHOOK_EVENTS
 from billing.models import ChargeAttempt, Invoice, StripeEvent
 from billing.services import charges, context
 from billing.services.errors import PermanentJobError, ServiceError
@@ -61,6 +62,8 @@ def receive_event(payload: bytes, signature_header: str) -> tuple[str, bool]:
         ).scalar_one_or_none()
         if stored is not None:
             record_job(session, jobs.PROCESS_STRIPE_EVENT, event_id=event["id"])
+    outcome = "received" if stored is not None else "duplicate"
+    WEBHOOK_EVENTS.labels(type=event["type"], outcome=outcome).inc()
     log.info(
         "webhook.received", event_id=event["id"], type=event.get("type"), new=stored is not None
     )
@@ -90,15 +93,19 @@ def process_event(event_id: str) -> str:
     if event.status in ("processed", "ignored"):
         return event.status
     payload: dict[str, Any] = event.payload
+    event_type = event.type
     db.session.commit()
-    handler = _HANDLERS.get(event.type)
+    handler = _HANDLERS.get(event_type)
     try:
         result = handler((payload.get("data") or {}).get("object") or {}) if handler else "ignored"
     except Exception as exc:
         _finish(event_id, "failed", f"{type(exc).__name__}: {exc}")
+        WEBHOOK_EVENTS.labels(type=event_type, outcome="failed").inc()
         raise
-    _finish(event_id, "ignored" if result == "ignored" else "processed", None)
-    log.info("webhook.processed", event_id=event_id, type=event.type, result=result)
+    outcome = "ignored" if result == "ignored" else "processed"
+    _finish(event_id, outcome, None)
+    WEBHOOK_EVENTS.labels(type=event_type, outcome=outcome).inc()
+    log.info("webhook.processed", event_id=event_id, type=event_type, result=result)
     return result
 
 
