@@ -89,6 +89,12 @@ class Settings:
     # How long one beat holds the scheduler lock in Redis without renewing it: a killed
     # beat is replaced by a waiting one within this time.
     beat_lock_timeout_seconds: int = 30
+    # Where beat's job billing.publish_queue_metrics puts each queue's depth and oldest
+    # message age in CloudWatch, for the workers' autoscaling. Unset: nothing is published.
+    cloudwatch_namespace: str | None = None
+    # A file workers and beat touch while their loop runs; the container health check
+    # (deploy/healthcheck.py) reads its age. Unset: no file is written.
+    heartbeat_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +155,8 @@ class Settings:
             dunning_retry_days=_days(env, "DUNNING_RETRY_DAYS", "3,5,7"),
             dunning_reminder_days=_days(env, "DUNNING_REMINDER_DAYS", "-3,0,3,7"),
             beat_lock_timeout_seconds=max(3, _int(env, "BEAT_LOCK_TIMEOUT_SECONDS", 30)),
+            cloudwatch_namespace=env.get("CLOUDWATCH_NAMESPACE") or None,
+            heartbeat_file=env.get("HEARTBEAT_FILE") or None,
         )
 
     def flask_config(self) -> dict[str, Any]:
