@@ -63,7 +63,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
 
 WORKDIR /app
-COPY pyproject.toml alembic.ini gunicorn.conf.py ./
+COPY alembic.ini gunicorn.conf.py ./
 COPY migrations ./migrations
 COPY billing ./billing
 COPY workers ./workers

@@ -289,7 +289,7 @@ def test_migrations_run_from_the_source_tree_the_image_keeps_at_its_workdir(stag
             else:
                 assert len(copy.sources) == 1
                 copied[source] = os.path.normpath(destination)
-    for name in ("alembic.ini", "gunicorn.conf.py", "pyproject.toml", "billing", "workers"):
+    for name in ("alembic.ini", "gunicorn.conf.py", "billing", "workers"):
         assert copied[name] == f"/app/{name}", copied
     assert copied["migrations"] == "/app/migrations"
     # The package two levels below its root, as billing/cli's PROJECT_ROOT assumes.
