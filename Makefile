@@ -38,6 +38,7 @@ test: install lint typecheck
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 typecheck: install
 	$(VENV)/bin/mypy

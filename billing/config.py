@@ -91,6 +91,12 @@ class Settings:
     beat_lock_timeout_seconds: int = 30
     # Bearer token /metrics asks for; unset, /metrics is open (to the internal network).
     metrics_token: str | None = None
+    # Where beat's job billing.publish_queue_metrics puts each queue's depth and oldest
+    # message age in CloudWatch, for the workers' autoscaling. Unset: nothing is published.
+    cloudwatch_namespace: str | None = None
+    # A file workers and beat touch while their loop runs; the container health check
+    # (deploy/healthcheck.py) reads its age. Unset: no file is written.
+    heartbeat_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -152,6 +158,8 @@ class Settings:
             dunning_reminder_days=_days(env, "DUNNING_REMINDER_DAYS", "-3,0,3,7"),
             beat_lock_timeout_seconds=max(3, _int(env, "BEAT_LOCK_TIMEOUT_SECONDS", 30)),
             metrics_token=env.get("METRICS_TOKEN") or None,
+            cloudwatch_namespace=env.get("CLOUDWATCH_NAMESPACE") or None,
+            heartbeat_file=env.get("HEARTBEAT_FILE") or None,
         )
 
     def flask_config(self) -> dict[str, Any]:

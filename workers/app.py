@@ -13,6 +13,7 @@ from billing.adapters.task_queue import celery_settings
 from billing.config import Settings
 from billing.extensions import db
 from billing.logging import bind_context, clear_context, configure_logging
+from workers import heartbeat
 from workers import metrics as _metrics  # noqa: F401 - its signal handlers serve the metrics
 from workers.routing import route_by_name
 from workers.schedule import beat_schedule
@@ -57,6 +58,7 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
         beat_max_loop_interval=max(1, min(5, settings.beat_lock_timeout_seconds // 3)),
         worker_hijack_root_logger=False,
         task_create_missing_queues=True,
+        billing_heartbeat_file=settings.heartbeat_file,
     )
     celery.set_default()
     # Register the tasks now (not at worker start only), so any process can run them.
@@ -71,6 +73,12 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
 @signals.setup_logging.connect
 def _use_structlog(**_: Any) -> None:
     configure_logging(Settings.from_env().log_level)
+
+
+@signals.heartbeat_sent.connect
+def _touch_heartbeat_file(sender: Any, **_: Any) -> None:
+    # Sent by the worker's event loop every two seconds while it is connected to the broker.
+    heartbeat.touch(sender.eventer.app.conf.get("billing_heartbeat_file"))
 
 
 @signals.worker_process_init.connect

@@ -12,6 +12,7 @@ from redbeat import RedBeatScheduler
 from redis.exceptions import LockError
 
 from billing.logging import get_logger
+from workers import heartbeat
 
 log = get_logger(__name__)
 
@@ -19,7 +20,7 @@ log = get_logger(__name__)
 class BillingRedBeatScheduler(RedBeatScheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
-            return float(super().tick(*args, **kwargs))
+            interval = float(super().tick(*args, **kwargs))
         except LockError:
             log.warning("beat.lock_lost_retaking")
             if self.lock is not None:
@@ -27,4 +28,7 @@ class BillingRedBeatScheduler(RedBeatScheduler):
                 self.lock.acquire()
             self.setup_schedule()
             log.info("beat.lock_retaken")
-            return 0.0
+            interval = 0.0
+        # A tick ran under the lock: the container's health check reads this file's age.
+        heartbeat.touch(self.app.conf.get("billing_heartbeat_file"))
+        return interval

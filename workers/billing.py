@@ -12,6 +12,7 @@ from billing.services import (
     ledger,
     locks,
     outbox,
+    queue_metrics,
     refunds,
     stripe_events,
     subscriptions,
@@ -61,6 +62,12 @@ def sweep_outbox() -> int:
 def purge_idempotency_keys() -> int:
     with locks.exclusive(jobs.PURGE_IDEMPOTENCY_KEYS) as taken:
         return ledger.purge_expired() if taken else 0
+
+
+@shared_task(name=jobs.PUBLISH_QUEUE_METRICS)
+def publish_queue_metrics() -> int:
+    with locks.exclusive(jobs.PUBLISH_QUEUE_METRICS) as taken:
+        return queue_metrics.publish_queue_metrics() if taken else 0
 
 
 @shared_task(name=jobs.RUN_BILLING)

@@ -27,6 +27,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timedelta(minutes=1),
             "options": {"expires": 60},
         },
+        # Each queue's depth and oldest message age to CloudWatch, which the ECS workers
+        # scale on (a no-op unless CLOUDWATCH_NAMESPACE is set); a late sample is useless.
+        "publish-queue-metrics": {
+            "task": jobs.PUBLISH_QUEUE_METRICS,
+            "schedule": timedelta(minutes=1),
+            "options": {"expires": 60},
+        },
         "purge-idempotency-keys": {
             "task": jobs.PURGE_IDEMPOTENCY_KEYS,
             "schedule": timedelta(hours=1),
