@@ -42,6 +42,7 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict deploy/healthcheck.py deploy/ecs/render.py
 
 unit: install
 	$(VENV)/bin/pytest tests/unit
