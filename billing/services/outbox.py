@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Interval, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from billing.extensions import db
@@ -208,15 +208,7 @@ def finish_running_job(session: Session) -> None:
     job = _running.get()
     if job is None:
         return
-    session.execute(
-        update(OutboxJob)
-        .where(
-            OutboxJob.id == job.id,
-            OutboxJob.state == "running",
-            OutboxJob.attempts == job.attempts,
-        )
-        .values(state="succeeded", finished_at=func.now(), last_error=None)
-    )
+    session.execute(_SUCCEEDED, {"job_id": job.id, "attempt": job.attempts})
     session.info.setdefault(FINISHED_JOBS, []).append(job)
 
 
@@ -248,6 +240,34 @@ def _single_statements() -> Iterator[Connection]:
             dbapi_connection.autocommit = False
 
 
+# The statements every job runs, built once with bind parameters: building them per call
+# (expressions, coercions, cache keys) cost more CPU than their round trips.
+_jobs = OutboxJob.__table__
+_running_now = (_jobs.c.state == "running") & (_jobs.c.lease_expires_at < func.now())
+_CLAIMABLE = or_(_jobs.c.state.in_(("pending", "sent")), _running_now)
+_START = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("job_id"), _CLAIMABLE, _jobs.c.attempts < MAX_ATTEMPTS)
+    .values(
+        state="running",
+        attempts=_jobs.c.attempts + 1,
+        started_at=func.now(),
+        lease_expires_at=func.now() + bindparam("lease", type_=Interval()),
+    )
+    .returning(_jobs.c.name, _jobs.c.args, _jobs.c.attempts, _jobs.c.request_id)
+)
+_THIS_RUN = (
+    (_jobs.c.id == bindparam("job_id"))
+    & (_jobs.c.state == "running")
+    & (_jobs.c.attempts == bindparam("attempt"))
+)
+_SUCCEEDED = (
+    update(_jobs)
+    .where(_THIS_RUN)
+    .values(state="succeeded", finished_at=func.now(), last_error=None)
+)
+
+
 def start_job(job_id: str) -> StartedJob | None:
     """Claim a job for this worker; None when it is finished, held by a live worker, or
     out of attempts (then it is dead-lettered here: a job whose every run kills its worker
@@ -260,17 +280,7 @@ def start_job(job_id: str) -> StartedJob | None:
 
 
 def _start_job(connection: Connection, job_id: str) -> StartedJob | None:
-    row = connection.execute(
-        update(OutboxJob)
-        .where(OutboxJob.id == job_id, _claimable(), OutboxJob.attempts < MAX_ATTEMPTS)
-        .values(
-            state="running",
-            attempts=OutboxJob.attempts + 1,
-            started_at=func.now(),
-            lease_expires_at=func.now() + _lease(),
-        )
-        .returning(OutboxJob.name, OutboxJob.args, OutboxJob.attempts, OutboxJob.request_id)
-    ).one_or_none()
+    row = connection.execute(_START, {"job_id": job_id, "lease": _lease()}).one_or_none()
     if row is None:
         gave_up = connection.execute(
             update(OutboxJob)
@@ -311,7 +321,13 @@ def _finish(job: StartedJob, **values: Any) -> bool:
 def job_succeeded(job: StartedJob) -> bool:
     if job.succeeded:
         return True  # recorded with the outcome, in the same transaction
-    return _finish(job, state="succeeded", finished_at=func.now(), last_error=None)
+    db.session.rollback()  # whatever the handler left half-done is not ours to commit
+    with _single_statements() as connection:
+        result = connection.execute(_SUCCEEDED, {"job_id": job.id, "attempt": job.attempts})
+    recorded = bool(getattr(result, "rowcount", 0))
+    if not recorded:
+        log.warning("job.outcome_superseded", job_id=job.id, attempt=job.attempts)
+    return recorded
 
 
 def job_failed(job: StartedJob, error: str) -> bool:
