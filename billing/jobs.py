@@ -19,6 +19,7 @@ SWEEP_OUTBOX = "billing.sweep_outbox"
 PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
 RUN_BILLING = "billing.run_billing"
 RUN_DUNNING = "billing.run_dunning"
+RECONCILE_LEDGER = "billing.reconcile_ledger"
 
 
 def queue_for(job_name: str) -> str:

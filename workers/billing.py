@@ -12,6 +12,7 @@ from billing.services import (
     ledger,
     locks,
     outbox,
+    reconciliation,
     refunds,
     stripe_events,
     subscriptions,
@@ -66,6 +67,17 @@ def purge_idempotency_keys() -> int:
 @shared_task(name=jobs.RUN_BILLING)
 def run_billing() -> int:
     return subscriptions.run_billing().invoices_created
+
+
+@shared_task(name=jobs.RECONCILE_LEDGER)
+def reconcile_ledger() -> int:
+    """Nightly: our ledger against Stripe's PaymentIntents of the last two days; every
+    duplicate charge is an error event and counts on billing_duplicate_charges_found_total.
+    Returns the findings left open."""
+    with locks.exclusive(jobs.RECONCILE_LEDGER) as taken:
+        if not taken:
+            return 0
+        return len(reconciliation.reconcile_last_two_days().open_findings)
 
 
 @shared_task(name=jobs.RUN_DUNNING)

@@ -196,8 +196,23 @@ def webhooks_replay(event_id: str) -> None:
 
 
 def register_cli(app: Flask) -> None:
-    for group in (db_group, api_keys_group, outbox_group, dead_letters_group, webhooks_group):
-        app.cli.add_command(group)
+    from billing.cli.invoices import invoices_group
+    from billing.cli.reconcile import reconcile_command
+    from billing.cli.status import beat_group, outbox_status_command, queues_command
+
+    outbox_group.add_command(outbox_status_command)
+    for command in (
+        db_group,
+        api_keys_group,
+        outbox_group,
+        dead_letters_group,
+        webhooks_group,
+        invoices_group,
+        reconcile_command,
+        queues_command,
+        beat_group,
+    ):
+        app.cli.add_command(command)
 
 
 def _create_app() -> Flask:
@@ -211,5 +226,11 @@ main = FlaskGroup(
     create_app=_create_app,
     add_default_commands=False,
     add_version_option=False,
-    help="Operate the billing service. Configuration comes from the environment (see README).",
+    help=(
+        "Operate the billing service. Configuration comes from the environment (see README); "
+        "runbooks in docs/runbooks/.\n\n"
+        "Exit status of every command: 0 done (and nothing needs you), 1 done but something "
+        "needs an operator (or refused), 2 a usage error, 3 PostgreSQL, Redis or Stripe did "
+        "not answer (nothing was concluded)."
+    ),
 )

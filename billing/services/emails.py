@@ -39,6 +39,8 @@ log = get_logger(__name__)
 
 LEDGER_SCOPE = "email.send"
 NO_OCCASION = "-"
+# Ends the ledger key of an operator's resend, followed by its number.
+RESEND_MARK = ":resend-"
 
 
 def recipients_of(customer: Customer) -> list[str]:
@@ -71,12 +73,19 @@ def queue_email(
     *,
     occasion: str = NO_OCCASION,
     context_: dict[str, Any] | None = None,
+    resend: int | None = None,
 ) -> list[str]:
     """Record one email per recipient and its send job, in the caller's transaction.
-    An email already recorded for the same key is left alone. Returns the new deliveries."""
+    An email already recorded for the same key is left alone. Returns the new deliveries.
+
+    `resend` (an operator's n-th resend of this email) gives each delivery a key of its
+    own, and so a Message-ID of its own: the dedupe that keeps an event from sending twice
+    must not swallow a deliberate second message."""
     created: list[str] = []
     for recipient in recipients_of(invoice.customer):
         key = f"{kind}:{invoice.id}:{occasion}:{recipient.lower()}"
+        if resend is not None:
+            key += f"{RESEND_MARK}{resend}"
         delivery_id = session.execute(
             insert(EmailDelivery)
             .values(
