@@ -210,6 +210,8 @@ def _payment_findings(ours: list[ListedPaymentIntent]) -> list[Finding]:
                 ),
             )
         if len(summaries) > 1:
+            # The payment we record first: the others are the ones to refund.
+            summaries.sort(key=lambda summary: not summary.recorded)
             findings.append(_duplicate(invoice, summaries))
         if payment is None:
             attempt_id = charges.attempt_for_intent(first.id, first.metadata)
