@@ -77,7 +77,8 @@ def reconcile_ledger() -> int:
     with locks.exclusive(jobs.RECONCILE_LEDGER) as taken:
         if not taken:
             return 0
-        return len(reconciliation.reconcile_last_two_days().open_findings)
+        report = reconciliation.reconcile_last_two_days()
+        return len(report.open_findings) if report is not None else 0
 
 
 @shared_task(name=jobs.RUN_DUNNING)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from datetime import datetime
 
 import click
 from flask import current_app
@@ -39,8 +40,8 @@ def queues_command(as_json: bool) -> None:
     states = queue_states()
     now = database_now()
 
-    def seconds(moment: object) -> float | None:
-        return None if moment is None else (now - moment).total_seconds()  # type: ignore[operator]
+    def seconds(moment: datetime | None) -> float | None:
+        return None if moment is None else (now - moment).total_seconds()
 
     if as_json:
         click.echo(
@@ -144,8 +145,9 @@ def beat_group() -> None:
     "status",
     help=(
         "Who holds beat's lock in Redis (host, pid, start time, ECS task), how long the "
-        "lock lives unrenewed, and when each schedule entry last ran and runs next. A "
-        "second beat waits on the lock and is not shown.\n\n"
+        "lock lives unrenewed, and when each schedule entry last ran (for one that never "
+        "ran: when beat stored it) and runs next. A second beat waits on the lock and is "
+        "not shown.\n\n"
         "Exit status: 0 when a beat holds the lock, 1 when none does (nothing is "
         "scheduled: no sweeper, no dunning), " + EXIT_CODES_HELP
     ),

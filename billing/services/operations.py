@@ -175,14 +175,12 @@ def resend_invoice_email(invoice_id: str, kind: str) -> Resend:
             .order_by(EmailDelivery.created_at.desc(), EmailDelivery.id.desc())
         ).all()
         if not previous:
+            # The invoice_issued email is recorded once the invoice's first PDF is stored.
+            why = (
+                " (it waits for the PDF: billing outbox status)" if kind == "invoice_issued" else ""
+            )
             raise EmailNotResendable(
-                f"no {kind} email was ever recorded for {invoice_id}: there is nothing to send "
-                "again"
-                + (
-                    " (it waits for the PDF: see billing outbox status)"
-                    if kind == "invoice_issued"
-                    else ""
-                )
+                f"no {kind} email was ever recorded for {invoice_id}: nothing to send again{why}"
             )
         latest = previous[0]
         if kind == "authentication_required":

@@ -31,7 +31,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from billing.adapters.stripe_gateway import ListedPaymentIntent, PaymentIntentResult
+from billing.adapters.stripe_gateway import (
+    ListedPaymentIntent,
+    PaymentIntentResult,
+    StripeUnavailable,
+)
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.metrics import DUPLICATE_CHARGES
@@ -215,6 +219,12 @@ def _payment_findings(ours: list[ListedPaymentIntent]) -> list[Finding]:
             findings.append(_duplicate(invoice, summaries))
         if payment is None:
             attempt_id = charges.attempt_for_intent(first.id, first.metadata)
+            detail = (
+                f"{first.id} succeeded on Stripe but the invoice is {invoice.status} with no "
+                "successful payment recorded"
+            )
+            if attempt_id is None:
+                detail += "; no attempt of ours names it: refund it, or record it by hand"
             findings.append(
                 Finding(
                     kind=MISSING,
@@ -222,8 +232,7 @@ def _payment_findings(ours: list[ListedPaymentIntent]) -> list[Finding]:
                     attempt_id=attempt_id,
                     currency=first.currency,
                     amount=first.amount,
-                    detail=f"{first.id} succeeded on Stripe but the invoice is {invoice.status} "
-                    "with no successful payment recorded",
+                    detail=detail,
                     payment_intents=[_summary(first)],
                 )
             )
@@ -335,10 +344,7 @@ def _fix(finding: Finding, ours: list[ListedPaymentIntent]) -> None:
         adopted = PaymentIntentResult(id=intent.id, status="succeeded", amount=intent.amount)
     elif finding.kind == UNKNOWN and finding.payment_intents:
         # Asked again: the listing may be a while old, and the intent may have moved on.
-        fresh = charges.find_intent_for_attempt(finding.payment_intents[0].id, "")
-        if fresh is None:
-            return
-        adopted = fresh
+        adopted = context.stripe_gateway().retrieve_payment_intent(finding.payment_intents[0].id)
     else:
         return
     outcome = charges.apply_intent_from_stripe(finding.attempt_id, adopted)
@@ -360,11 +366,16 @@ def _fix(finding: Finding, ours: list[ListedPaymentIntent]) -> None:
         finding.resolution = f"not adopted ({outcome}): the attempt is still {status}"
 
 
-def reconcile_last_two_days() -> ReconcileReport:
+def reconcile_last_two_days() -> ReconcileReport | None:
     """Beat's nightly run: reconcile the last two days and adopt Stripe's truth where safe;
-    alert (an error event and a metric) on every duplicate charge still unrefunded."""
+    alert (an error event and a metric) on every duplicate charge still unrefunded. None
+    when Stripe could not be asked (the next night covers these days again)."""
     until = datetime.now(UTC)
-    report = reconcile(until - NIGHTLY_WINDOW, until, fix=True)
+    try:
+        report = reconcile(until - NIGHTLY_WINDOW, until, fix=True)
+    except StripeUnavailable as exc:
+        log.error("reconcile.stripe_unavailable", error=str(exc)[:500])
+        return None
     for finding in report.open_findings:
         if finding.kind == DUPLICATE:
             DUPLICATE_CHARGES.inc()

@@ -226,6 +226,25 @@ def test_reconcile_ignores_payment_intents_without_our_metadata_but_counts_them(
     assert "1 seen, 1 without our metadata (ignored)" in result.output
 
 
+def test_when_stripe_does_not_answer_reconcile_exits_3_and_the_nightly_run_logs_an_error(
+    proxied_app,
+):
+    from billing.services import reconciliation
+
+    proxied, proxy = proxied_app
+    proxy.fail_requests(2, status=503, path="/v1/payment_intents")
+    with proxied.app_context():
+        result = proxied.test_cli_runner().invoke(args=["reconcile"])
+        assert result.exit_code == 3, result.output
+        assert result.output.startswith("error: Stripe did not answer: ")
+        with capture_logs() as logs:
+            assert reconciliation.reconcile_last_two_days() is None
+        db.session.remove()
+    assert [log["log_level"] for log in logs if log["event"] == "reconcile.stripe_unavailable"] == [
+        "error"
+    ]
+
+
 def test_reconcile_refuses_a_range_that_ends_before_it_starts(app):
     result = _run(app, "reconcile", "--since", "2025-06-02", "--until", "2025-06-01")
     assert result.exit_code == 2
@@ -279,6 +298,9 @@ def test_a_receipt_is_not_resent_for_an_invoice_that_is_not_paid(app, admin, mak
     result = _run(app, "invoices", "resend-email", invoice["id"], "--kind", "payment_receipt")
     assert result.exit_code == 1
     assert "a payment_receipt email is not sent for a open invoice (only paid)" in result.output
+    never = _run(app, "invoices", "resend-email", invoice["id"], "--kind", "payment_reminder")
+    assert never.exit_code == 1
+    assert f"no payment_reminder email was ever recorded for {invoice['id']}" in never.output
     missing = _run(app, "invoices", "resend-email", "in_nope")
     assert missing.exit_code == 1 and "No such invoice: 'in_nope'" in missing.output
 
