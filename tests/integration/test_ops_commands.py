@@ -109,6 +109,54 @@ def test_reconcile_reports_an_invoice_charged_twice_and_exits_1_until_one_is_ref
     assert "all but one refunded" in after.output
 
 
+def test_refunding_a_duplicate_recorded_by_webhook_leaves_the_invoice_as_paid_once(
+    app, admin, client, paying_customer, open_invoice, run_jobs, stripe_client
+):
+    from billing.adapters.stripe_gateway import PaymentIntentResult
+    from billing.ids import new_id
+    from billing.models import ChargeAttempt
+    from billing.services import charges
+
+    invoice = _paid_invoice(admin, paying_customer, open_invoice, run_jobs)
+    duplicate = _charge_again_on_stripe(stripe_client, invoice["id"])
+    # A declined attempt whose intent the customer confirmed later: the webhook path
+    # records the money on it as a duplicate payment.
+    attempt_id = new_id("ca")
+    db.session.add(
+        ChargeAttempt(
+            id=attempt_id,
+            invoice_id=invoice["id"],
+            ledger_key=f"charge:{attempt_id}",
+            status="failed",
+            source="api",
+            amount=5000,
+            currency="eur",
+        )
+    )
+    db.session.commit()
+    recorded = charges.apply_intent_from_stripe(
+        attempt_id, PaymentIntentResult(id=duplicate.id, status="succeeded", amount=5000)
+    )
+    assert recorded == "duplicate_payment"
+
+    # The runbook's refund, on Stripe, of the intent not recorded as the invoice's payment.
+    stripe_client.v1.refunds.create(params={"payment_intent": duplicate.id})
+    payload = event(
+        "charge.refunded",
+        {"object": "charge", "payment_intent": duplicate.id, "amount_refunded": 5000},
+    )
+    response = client.post(
+        "/v1/webhooks/stripe",
+        data=payload,
+        headers={"Stripe-Signature": stripe_signature(payload, "whsec_test")},
+    )
+    assert response.status_code == 200
+    run_jobs()
+    after = _invoice(admin, invoice["id"])
+    assert (after["status"], after["amount_paid"], after["amount_refunded"]) == ("paid", 5000, 0)
+    assert _run(app, "reconcile").exit_code == 0
+
+
 def test_the_nightly_reconciliation_alerts_on_a_duplicate_with_an_error_and_the_metric(
     app, admin, paying_customer, open_invoice, run_jobs, stripe_client, celery_app
 ):
