@@ -53,6 +53,8 @@ KINDS = (DUPLICATE, MISSING, UNKNOWN, UNMATCHED)
 # The nightly run looks two days back: each night overlaps the one before, so a night
 # missed (beat down, Stripe unreachable) loses nothing.
 NIGHTLY_WINDOW = timedelta(hours=48)
+# Invoices looked up per query: two days of payments can be tens of thousands.
+ID_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def reconcile(since: datetime, until: datetime, *, fix: bool = False) -> Reconci
     findings += _unknown_attempt_findings(since, until, ours, findings)
     if fix:
         for finding in findings:
-            _fix(finding, ours)
+            _fix(finding)
         db.session.commit()
     report = ReconcileReport(
         since=since,
@@ -169,18 +171,23 @@ def _payment_findings(ours: list[ListedPaymentIntent]) -> list[Finding]:
     if not paid:
         return []
     session = db.session()
-    invoices = {
-        invoice.id: invoice
-        for invoice in session.scalars(select(Invoice).where(Invoice.id.in_(list(paid))))
-    }
-    recorded = {
-        attempt.invoice_id: attempt
-        for attempt in session.scalars(
-            select(ChargeAttempt).where(
-                ChargeAttempt.invoice_id.in_(list(paid)), ChargeAttempt.status == "succeeded"
+    invoices: dict[str, Invoice] = {}
+    recorded: dict[str, ChargeAttempt] = {}
+    ids = list(paid)
+    for start in range(0, len(ids), ID_BATCH):
+        batch = ids[start : start + ID_BATCH]
+        invoices.update(
+            (invoice.id, invoice)
+            for invoice in session.scalars(select(Invoice).where(Invoice.id.in_(batch)))
+        )
+        recorded.update(
+            (attempt.invoice_id, attempt)
+            for attempt in session.scalars(
+                select(ChargeAttempt).where(
+                    ChargeAttempt.invoice_id.in_(batch), ChargeAttempt.status == "succeeded"
+                )
             )
         )
-    }
     findings: list[Finding] = []
     for invoice_id, intents in paid.items():
         invoice = invoices.get(invoice_id)
@@ -336,7 +343,7 @@ def _stripe_view(
     return charges.find_intent_for_attempt(attempt.stripe_payment_intent_id, attempt.ledger_key)
 
 
-def _fix(finding: Finding, ours: list[ListedPaymentIntent]) -> None:
+def _fix(finding: Finding) -> None:
     if finding.resolved or finding.attempt_id is None:
         return
     if finding.kind == MISSING:
