@@ -38,10 +38,10 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _hour(env: Mapping[str, str]) -> int:
-    hour = _int(env, "DUNNING_HOUR", 3)
+def _hour(env: Mapping[str, str], name: str, default: int) -> int:
+    hour = _int(env, name, default)
     if not 0 <= hour <= 23:
-        raise ConfigError(f"DUNNING_HOUR must be 0 to 23, got {hour}")
+        raise ConfigError(f"{name} must be 0 to 23, got {hour}")
     return hour
 
 
@@ -97,6 +97,9 @@ class Settings:
     # A file workers and beat touch while their loop runs; the container health check
     # (deploy/healthcheck.py) reads its age. Unset: no file is written.
     heartbeat_file: str | None = None
+    # The nightly reconciliation with Stripe runs at half past this hour (UTC): after
+    # dunning's retries, so that it checks them too.
+    reconcile_hour: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -153,13 +156,14 @@ class Settings:
             s3_prefix=env.get("S3_PREFIX", "invoices/"),
             s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
             s3_region=env.get("S3_REGION") or env.get("AWS_REGION") or None,
-            dunning_hour=_hour(env),
+            dunning_hour=_hour(env, "DUNNING_HOUR", 3),
             dunning_retry_days=_days(env, "DUNNING_RETRY_DAYS", "3,5,7"),
             dunning_reminder_days=_days(env, "DUNNING_REMINDER_DAYS", "-3,0,3,7"),
             beat_lock_timeout_seconds=max(3, _int(env, "BEAT_LOCK_TIMEOUT_SECONDS", 30)),
             metrics_token=env.get("METRICS_TOKEN") or None,
             cloudwatch_namespace=env.get("CLOUDWATCH_NAMESPACE") or None,
             heartbeat_file=env.get("HEARTBEAT_FILE") or None,
+            reconcile_hour=_hour(env, "RECONCILE_HOUR", 4),
         )
 
     def flask_config(self) -> dict[str, Any]:

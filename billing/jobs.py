@@ -20,6 +20,7 @@ PURGE_IDEMPOTENCY_KEYS = "billing.purge_idempotency_keys"
 RUN_BILLING = "billing.run_billing"
 RUN_DUNNING = "billing.run_dunning"
 PUBLISH_QUEUE_METRICS = "billing.publish_queue_metrics"
+RECONCILE_LEDGER = "billing.reconcile_ledger"
 
 
 def queue_for(job_name: str) -> str:

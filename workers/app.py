@@ -9,6 +9,7 @@ from celery import Celery, Task, signals
 from flask import Flask
 
 from billing import create_app
+from billing.adapters.beat_lock import REDBEAT_KEY_PREFIX
 from billing.adapters.task_queue import celery_settings
 from billing.config import Settings
 from billing.extensions import db
@@ -53,7 +54,7 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
         # times per lock period to renew it.
         beat_scheduler="workers.beat:BillingRedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
-        redbeat_key_prefix="billing:redbeat",
+        redbeat_key_prefix=REDBEAT_KEY_PREFIX,
         redbeat_lock_timeout=settings.beat_lock_timeout_seconds,
         beat_max_loop_interval=max(1, min(5, settings.beat_lock_timeout_seconds // 3)),
         worker_hijack_root_logger=False,

@@ -13,6 +13,7 @@ from billing.services import (
     locks,
     outbox,
     queue_metrics,
+    reconciliation,
     refunds,
     stripe_events,
     subscriptions,
@@ -73,6 +74,18 @@ def publish_queue_metrics() -> int:
 @shared_task(name=jobs.RUN_BILLING)
 def run_billing() -> int:
     return subscriptions.run_billing().invoices_created
+
+
+@shared_task(name=jobs.RECONCILE_LEDGER)
+def reconcile_ledger() -> int:
+    """Nightly: our ledger against Stripe's PaymentIntents of the last two days; every
+    duplicate charge is an error event and counts on billing_duplicate_charges_found_total.
+    Returns the findings left open."""
+    with locks.exclusive(jobs.RECONCILE_LEDGER) as taken:
+        if not taken:
+            return 0
+        report = reconciliation.reconcile_last_two_days()
+        return len(report.open_findings) if report is not None else 0
 
 
 @shared_task(name=jobs.RUN_DUNNING)

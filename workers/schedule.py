@@ -52,4 +52,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # Late is better than never: a run delayed by a backlog still runs that night.
             "options": {"expires": 12 * 3600},
         },
+        # Our ledger against Stripe's own PaymentIntents: alerts on any duplicate charge.
+        "reconcile-ledger": {
+            "task": jobs.RECONCILE_LEDGER,
+            "schedule": crontab(minute=30, hour=settings.reconcile_hour),
+            "options": {"expires": 12 * 3600},
+        },
     }

@@ -39,6 +39,19 @@ class PaymentIntentResult:
 
 
 @dataclass(frozen=True)
+class ListedPaymentIntent:
+    """A PaymentIntent as the reconciler compares it with our ledger."""
+
+    id: str
+    status: str
+    amount: int
+    currency: str
+    created: int  # Unix seconds, as Stripe gives it
+    metadata: dict[str, str]
+    amount_refunded: int  # refunded on its charge: a fully refunded duplicate is resolved
+
+
+@dataclass(frozen=True)
 class RefundResult:
     id: str
     status: str
@@ -83,6 +96,10 @@ class StripeGateway(Protocol):
         self, key: str, value: str, *, stripe_customer_id: str | None = None
     ) -> list[PaymentIntentResult]: ...
 
+    def list_payment_intents(
+        self, *, created_from: int, created_until: int
+    ) -> Iterator[ListedPaymentIntent]: ...
+
     def create_refund(
         self, *, payment_intent_id: str, amount: int, metadata: dict[str, str], idempotency_key: str
     ) -> RefundResult: ...
@@ -111,6 +128,8 @@ class StripeSdkGateway:
         )
         # Stripe's search API exists on Stripe itself, not on the local emulator.
         self._has_search = api_base is None
+        # The emulator answers 400 to list filters it does not know, `created` among them.
+        self._filters_by_created = api_base is None
 
     def create_customer(
         self, *, name: str, email: str, metadata: dict[str, str], idempotency_key: str
@@ -217,6 +236,25 @@ class StripeSdkGateway:
             if (intent.get("metadata") or {}).get(key) == value
         ]
 
+    def list_payment_intents(
+        self, *, created_from: int, created_until: int
+    ) -> Iterator[ListedPaymentIntent]:
+        """Every PaymentIntent created in [created_from, created_until), page by page, each
+        with its charge expanded (for what was refunded)."""
+        params: stripe.params.PaymentIntentListParams = {
+            "limit": 100,
+            "expand": ["data.latest_charge"],
+        }
+        if self._filters_by_created:
+            params["created"] = {"gte": created_from, "lt": created_until}
+        with _translated_errors():
+            page = self._client.v1.payment_intents.list(params=params)
+            for item in page.auto_paging_iter():
+                intent = item.to_dict()
+                created = int(intent.get("created") or 0)
+                if created_from <= created < created_until:
+                    yield _listed_intent(intent)
+
     def create_refund(
         self, *, payment_intent_id: str, amount: int, metadata: dict[str, str], idempotency_key: str
     ) -> RefundResult:
@@ -256,6 +294,20 @@ def _intent_result(intent: dict[str, Any]) -> PaymentIntentResult:
         failure_message=error.get("message"),
         next_action=intent.get("next_action"),
         client_secret=intent.get("client_secret"),
+    )
+
+
+def _listed_intent(intent: dict[str, Any]) -> ListedPaymentIntent:
+    charge = intent.get("latest_charge")
+    refunded = int(charge.get("amount_refunded") or 0) if isinstance(charge, dict) else 0
+    return ListedPaymentIntent(
+        id=str(intent["id"]),
+        status=str(intent.get("status")),
+        amount=int(intent.get("amount") or 0),
+        currency=str(intent.get("currency") or ""),
+        created=int(intent.get("created") or 0),
+        metadata={str(k): str(v) for k, v in (intent.get("metadata") or {}).items()},
+        amount_refunded=refunded,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -15,7 +16,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def alembic_config(database_url: str | None = None):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    # stdout as it is now: Alembic's default is the one at its import, which a caller
+    # capturing the command's output (click's runner) never sees.
+    config = Config(str(PROJECT_ROOT / "alembic.ini"), stdout=sys.stdout)
     config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
     if database_url:
         config.attributes["database_url"] = database_url
@@ -116,7 +119,9 @@ def dead_letters_group() -> None:
     pass
 
 
-@dead_letters_group.command("list", help="List dead-lettered and failed jobs, newest first.")
+@dead_letters_group.command(
+    "list", help="List dead-lettered and failed jobs, newest first (exit status 0)."
+)
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
 def dead_letters_list(limit: int) -> None:
     from billing.services.outbox import list_dead_letters
@@ -133,7 +138,10 @@ def dead_letters_list(limit: int) -> None:
         )
 
 
-@dead_letters_group.command("show", help="Everything recorded about one job, as JSON.")
+@dead_letters_group.command(
+    "show",
+    help="Everything recorded about one job (any job), as JSON. Exit status 1: no such job.",
+)
 @click.argument("job_id")
 def dead_letters_show(job_id: str) -> None:
     from billing.api.serializers import job_out
@@ -145,9 +153,25 @@ def dead_letters_show(job_id: str) -> None:
     click.echo(job_out(job).model_dump_json(indent=2))
 
 
-@dead_letters_group.command("replay", help="Run a dead-lettered or failed job again.")
+@dead_letters_group.command(
+    "replay",
+    help=(
+        "Run a dead-lettered or failed job again, with a fresh set of attempts (safe: every "
+        "job is idempotent through the ledger).\n\n"
+        "Exit status: 0 when replayed (with --wait: succeeded), 1 when there is no such job, "
+        "it is not dead-lettered or failed, or with --wait when it did not succeed in time."
+    ),
+)
 @click.argument("job_id")
-def dead_letters_replay(job_id: str) -> None:
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(0, 3600),
+    default=0,
+    help="Wait up to this many seconds for a worker to finish it.",
+)
+def dead_letters_replay(job_id: str, wait_seconds: float) -> None:
+    from billing.services.operations import wait_for_jobs
     from billing.services.outbox import NotReplayable, replay
 
     try:
@@ -157,6 +181,11 @@ def dead_letters_replay(job_id: str) -> None:
     click.echo(
         f"replayed {job.id} ({job.name}); follow it with: billing dead-letters show {job.id}"
     )
+    if wait_seconds:
+        state = wait_for_jobs([job_id], wait_seconds).get(job_id, "missing")
+        click.echo(f"{job_id}: {state}")
+        if state != "succeeded":
+            raise SystemExit(1)
 
 
 @click.group("webhooks", help="Stripe webhook events as received.")
@@ -176,13 +205,19 @@ def webhooks_list(failed: bool, limit: int) -> None:
     query = select(StripeEvent).order_by(StripeEvent.received_at.desc()).limit(limit)
     if failed:
         query = query.where(StripeEvent.status == "failed")
-    for event in db.session.scalars(query):
+    events = list(db.session.scalars(query))
+    if not events:
+        click.echo("no failed events" if failed else "no events received")
+    for event in events:
         error = (event.error or "")[:100]
         received = f"{event.received_at:%Y-%m-%d %H:%M:%S}"
         click.echo(f"{event.id}\t{event.type}\t{event.status}\t{received}\t{error}")
 
 
-@webhooks_group.command("replay", help="Apply a stored event again (it is idempotent).")
+@webhooks_group.command(
+    "replay",
+    help="Apply a stored event again (it is idempotent). Exit status 1: no such event.",
+)
 @click.argument("event_id")
 def webhooks_replay(event_id: str) -> None:
     from billing.services.errors import PermanentJobError
@@ -196,8 +231,23 @@ def webhooks_replay(event_id: str) -> None:
 
 
 def register_cli(app: Flask) -> None:
-    for group in (db_group, api_keys_group, outbox_group, dead_letters_group, webhooks_group):
-        app.cli.add_command(group)
+    from billing.cli.invoices import invoices_group
+    from billing.cli.reconcile import reconcile_command
+    from billing.cli.status import beat_group, outbox_status_command, queues_command
+
+    outbox_group.add_command(outbox_status_command)
+    for command in (
+        db_group,
+        api_keys_group,
+        outbox_group,
+        dead_letters_group,
+        webhooks_group,
+        invoices_group,
+        reconcile_command,
+        queues_command,
+        beat_group,
+    ):
+        app.cli.add_command(command)
 
 
 def _create_app() -> Flask:
@@ -211,5 +261,11 @@ main = FlaskGroup(
     create_app=_create_app,
     add_default_commands=False,
     add_version_option=False,
-    help="Operate the billing service. Configuration comes from the environment (see README).",
+    help=(
+        "Operate the billing service. Configuration comes from the environment (see README); "
+        "runbooks in docs/runbooks/.\n\n"
+        "Exit status of every command: 0 done (and nothing needs you), 1 done but something "
+        "needs an operator (or refused), 2 a usage error, 3 PostgreSQL, Redis or Stripe did "
+        "not answer (nothing was concluded)."
+    ),
 )

@@ -289,7 +289,7 @@ def execute_charge(attempt_id: str) -> str:
 
     if claimed.claim is Claim.RESUMED:
         try:
-            found = _reconcile(known_intent, ledger_key)
+            found = find_intent_for_attempt(known_intent, ledger_key)
         except StripeUnavailable as exc:
             _record_unknown(attempt_id, claimed, str(exc))
             raise TransientJobError(f"Stripe unavailable while reconciling: {exc}") from exc
@@ -376,7 +376,7 @@ def _follow_up_authentication(attempt_id: str) -> str:
     return apply_intent_from_stripe(attempt_id, intent)
 
 
-def _reconcile(intent_id: str | None, ledger_key: str) -> PaymentIntentResult | None:
+def find_intent_for_attempt(intent_id: str | None, ledger_key: str) -> PaymentIntentResult | None:
     """Stripe's own truth about this attempt: its intent if we know the id, else any intent
     carrying our ledger key. A succeeded one wins if, against all odds, there are several."""
     gateway = context.stripe_gateway()

@@ -163,8 +163,12 @@ def _render(invoice: Invoice) -> RenderedPdf:
         return render_invoice_pdf(invoice, seller(), invoice.customer.locale or "en_US")
 
 
-def render_invoice(invoice_id: str) -> str:
-    """The `pdf.render_invoice` job. Returns what it did: stored, unchanged or skipped."""
+def render_invoice(invoice_id: str, force: bool = False) -> str:
+    """The `pdf.render_invoice` job. Returns what it did: stored, unchanged or skipped.
+
+    `force` (an operator's rerender) renders even when the invoice's fingerprint matches
+    the latest document: after a fix to the template, the fonts or the renderer that did
+    not change the fingerprint. Identical bytes are still never stored twice."""
     from billing.documents.invoice_pdf import TEMPLATE_VERSION
 
     storage = context.document_storage()
@@ -178,7 +182,7 @@ def render_invoice(invoice_id: str) -> str:
             return "skipped_draft"
         fingerprint = source_fingerprint(invoice, TEMPLATE_VERSION)
         latest = latest_document(session, invoice_id)
-        if latest is not None and latest.source_fingerprint == fingerprint:
+        if not force and latest is not None and latest.source_fingerprint == fingerprint:
             session.rollback()
             _make_sure_issued(invoice_id)
             return "unchanged"

@@ -42,6 +42,8 @@ log = get_logger(__name__)
 
 LEDGER_SCOPE = "email.send"
 NO_OCCASION = "-"
+# Ends the ledger key of an operator's resend, followed by its number.
+RESEND_MARK = ":resend-"
 
 
 def recipients_of(customer: Customer) -> list[str]:
@@ -75,6 +77,7 @@ class EmailRequest:
     invoice: Invoice
     occasion: str = NO_OCCASION
     context: dict[str, Any] = field(default_factory=dict)
+    resend: int | None = None  # an operator's n-th resend: see queue_email
 
 
 def queue_email(
@@ -84,10 +87,15 @@ def queue_email(
     *,
     occasion: str = NO_OCCASION,
     context_: dict[str, Any] | None = None,
+    resend: int | None = None,
 ) -> list[str]:
     """Record one email per recipient and its send job, in the caller's transaction.
-    An email already recorded for the same key is left alone. Returns the new deliveries."""
-    created = queue_emails(session, [EmailRequest(kind, invoice, occasion, context_ or {})])
+    An email already recorded for the same key is left alone. Returns the new deliveries.
+
+    `resend` (an operator's n-th resend of this email) gives each delivery a key of its
+    own, and so a Message-ID of its own: the dedupe that keeps an event from sending twice
+    must not swallow a deliberate second message."""
+    created = queue_emails(session, [EmailRequest(kind, invoice, occasion, context_ or {}, resend)])
     if created:
         log.info("email.queued", kind=kind, invoice_id=invoice.id, deliveries=created)
     return created
@@ -100,6 +108,8 @@ def queue_emails(session: Session, requests: Sequence[EmailRequest]) -> list[str
     for request in requests:
         for recipient in recipients_of(request.invoice.customer):
             key = f"{request.kind}:{request.invoice.id}:{request.occasion}:{recipient.lower()}"
+            if request.resend is not None:
+                key += f"{RESEND_MARK}{request.resend}"
             rows.append(
                 {
                     "id": new_id("em"),

@@ -126,12 +126,17 @@ def _payment_intent_event(intent: dict[str, Any]) -> str:
     return charges.apply_intent_from_stripe(attempt_id, intent_from_payload(intent))
 
 
-def _invoice_for_intent(session: Any, intent_id: str | None) -> Invoice | None:
+def _invoice_for_intent(
+    session: Any, intent_id: str | None, *, paid_by_it: bool = False
+) -> Invoice | None:
     if not intent_id:
         return None
-    invoice_id = session.scalar(
-        select(ChargeAttempt.invoice_id).where(ChargeAttempt.stripe_payment_intent_id == intent_id)
+    query = select(ChargeAttempt.invoice_id).where(
+        ChargeAttempt.stripe_payment_intent_id == intent_id
     )
+    if paid_by_it:
+        query = query.where(ChargeAttempt.status == "succeeded")
+    invoice_id = session.scalar(query)
     return session.get(Invoice, invoice_id, with_for_update=True) if invoice_id else None
 
 
@@ -139,7 +144,9 @@ def _charge_refunded(charge: dict[str, Any]) -> str:
     """Refunds made anywhere (our API, Stripe's dashboard) show on the invoice; the amount
     only ever grows, so an old event cannot shrink it."""
     with transaction() as session:
-        invoice = _invoice_for_intent(session, charge.get("payment_intent"))
+        # Only the payment the invoice counts: refunding a duplicate payment (recorded on
+        # an attempt as duplicate_payment) gives back money the invoice never took.
+        invoice = _invoice_for_intent(session, charge.get("payment_intent"), paid_by_it=True)
         if invoice is None:
             return "ignored"
         refunded = min(int(charge.get("amount_refunded") or 0), invoice.amount_paid)
