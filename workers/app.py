@@ -56,6 +56,9 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=REDBEAT_KEY_PREFIX,
         redbeat_lock_timeout=settings.beat_lock_timeout_seconds,
+        # Its own client options (redbeat no longer borrows the broker's): a Redis that
+        # stops answering must fail beat's tick, not hang it past its lock's timeout.
+        redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 10},
         beat_max_loop_interval=max(1, min(5, settings.beat_lock_timeout_seconds // 3)),
         worker_hijack_root_logger=False,
         task_create_missing_queues=True,

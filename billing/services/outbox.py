@@ -164,7 +164,9 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
             continue
         wait: Any = _lease()
         if resent_unstarted:
-            wait = func.least(func.greatest(_lease(), 2 * waited), MAX_RESEND_LEASES * _lease())
+            wait = func.least(
+                func.greatest(_lease(), waited + waited), MAX_RESEND_LEASES * _lease()
+            )
         session.execute(
             update(OutboxJob)
             .where(OutboxJob.id.in_(ids))

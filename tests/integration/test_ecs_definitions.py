@@ -6,9 +6,9 @@ plain environment, awslogs everywhere, the README's commands."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
-import runpy
 import shlex
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
@@ -379,12 +379,25 @@ def test_each_task_runs_the_readme_s_command_plus_sizing_options_only(rendered):
         assert all(value.isdigit() for value in extra[1::2]), (role, extra)
 
 
+def _gunicorn_constants() -> dict[str, Any]:
+    """gunicorn.conf.py's plain settings, read without running it: running it sets up the
+    web's metrics directory, which a process that already made its metrics refuses."""
+    tree = ast.parse((ROOT / "gunicorn.conf.py").read_text())
+    return {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
 def test_stop_timeouts_cover_each_role_s_longest_task_within_fargate_s_cap(rendered):
     tasks = documents(rendered, "task-definitions")
     stop = {name: container(task)["stopTimeout"] for name, task in tasks.items()}
     assert max(stop.values()) <= FARGATE_MAX_STOP_TIMEOUT
     shared = environment(tasks["web"])
-    gunicorn = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    gunicorn = _gunicorn_constants()
     # gunicorn finishes its requests within graceful_timeout after SIGTERM.
     assert stop["web"] > gunicorn["graceful_timeout"]
     # The load balancer drains a target for longer than any request may run.
