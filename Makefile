@@ -48,7 +48,7 @@ unit: install
 	$(VENV)/bin/pytest tests/unit
 
 bench: install
-	@set -e; for script in bench/*.py; do \
+	@set -e; for script in bench/[!_]*.py; do \
 		[ -e "$$script" ] || { echo "no benchmarks yet"; break; }; \
 		echo "== $$script"; $(PY) "$$script"; \
 	done

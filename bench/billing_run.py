@@ -17,51 +17,23 @@ import argparse
 import os
 import sys
 import time
-import uuid
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psycopg2  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
+from bench._support import NoBroker, connect, scratch_database  # noqa: E402
 from devstack.servers import resolve_database_url  # noqa: E402
 
 STATE = ROOT / ".devstack" / "bench"
 SCAN_REPEATS = 5
 
 
-def _connect(url: str, *, autocommit: bool = True):  # type: ignore[no-untyped-def]
-    parsed = make_url(url)
-    kwargs = {"user": parsed.username or "postgres", "dbname": parsed.database}
-    if parsed.password:
-        kwargs["password"] = parsed.password
-    if parsed.host:
-        kwargs["host"] = parsed.host
-    if parsed.port:
-        kwargs["port"] = parsed.port
-    if "host" in parsed.query:
-        kwargs["host"] = parsed.query["host"]
-    connection = psycopg2.connect(**kwargs)
-    connection.autocommit = autocommit
-    return connection
-
-
-class NoBroker:
-    """Jobs stay recorded in the outbox; nothing is published."""
-
-    def publish(self, job_id: str, name: str, request_id: str | None) -> None:
-        return None
-
-    def ping(self) -> None:
-        return None
-
-
 def _seed(url: str, count: int) -> None:
     """`count` monthly subscriptions whose first period ended an hour ago, in plain SQL."""
-    with closing(_connect(url, autocommit=False)) as connection, connection.cursor() as cur:
+    with closing(connect(url, autocommit=False)) as connection, connection.cursor() as cur:
         cur.execute(
             "INSERT INTO prices (id, product, unit_amount, currency, interval) "
             "VALUES ('prc_bench', 'Team plan', 1250, 'eur', 'month')"
@@ -95,7 +67,7 @@ def _scan_rate(url: str) -> tuple[float, int]:
     SCAN_REPEATS), and how many rows it saw."""
     best = 0.0
     rows = 0
-    with closing(_connect(url)) as connection, connection.cursor() as cur:
+    with closing(connect(url)) as connection, connection.cursor() as cur:
         for _ in range(SCAN_REPEATS):
             started = time.perf_counter()
             cur.execute(
@@ -115,10 +87,8 @@ def main() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
 
     server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
-    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
-    with closing(_connect(server_url)) as connection:
-        connection.cursor().execute(f'CREATE DATABASE "{name}"')
-    database_url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    scratch = ExitStack()
+    database_url = scratch.enter_context(scratch_database(server_url))
     try:
         from alembic import command
 
@@ -167,8 +137,7 @@ def main() -> int:
         print(f"ratio run/scan: {rate / scan:.4f}")
         return 0
     finally:
-        with closing(_connect(server_url)) as connection:
-            connection.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratch.close()
         if embedded_pg is not None:
             embedded_pg.stop()
 

@@ -17,9 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import psycopg2
@@ -30,6 +29,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._support import scratch_database  # noqa: E402
 from devstack.commands import web_command, worker_command  # noqa: E402
 from devstack.servers import (  # noqa: E402
     LocalStripe,
@@ -42,34 +42,6 @@ from devstack.servers import (  # noqa: E402
 
 STATE = ROOT / ".devstack" / "bench"
 CARD = "4242424242424242"
-
-
-def _admin_connection(server_url: str):  # type: ignore[no-untyped-def]
-    parsed = make_url(server_url)
-    kwargs = {"user": parsed.username or "postgres", "dbname": parsed.database}
-    if parsed.host:
-        kwargs["host"] = parsed.host
-    if parsed.port:
-        kwargs["port"] = parsed.port
-    if "host" in parsed.query:
-        kwargs["host"] = parsed.query["host"]
-    connection = psycopg2.connect(**kwargs)
-    connection.autocommit = True
-    return connection
-
-
-def _scratch_database(server_url: str) -> str:
-    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
-    with closing(_admin_connection(server_url)) as connection:
-        connection.cursor().execute(f'CREATE DATABASE "{name}"')
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    with closing(_admin_connection(server_url)) as connection:
-        connection.cursor().execute(
-            f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'
-        )
 
 
 def _cpu_seconds(
@@ -149,7 +121,8 @@ def main() -> int:
     redis_url, embedded_redis = resolve_redis_url(STATE, allow_local=True)
     if embedded_redis is None and "REDIS_URL" not in os.environ:
         redis_url = redis_url.rsplit("/", 1)[0] + "/9"
-    database_url = _scratch_database(server_url)
+    scratch = ExitStack()
+    database_url = scratch.enter_context(scratch_database(server_url))
     emulator = LocalStripe(STATE, as_shipped=not args.fast_emulator)
     stripe_base = emulator.start()
     port = free_port()
@@ -265,7 +238,7 @@ def main() -> int:
     finally:
         stop_process_groups(processes)
         emulator.stop()
-        _drop_database(server_url, database_url)
+        scratch.close()
         if embedded_redis is not None:
             embedded_redis.stop()
         if embedded_pg is not None:

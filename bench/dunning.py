@@ -22,8 +22,7 @@ import os
 import sys
 import threading
 import time
-import uuid
-from contextlib import closing
+from contextlib import ExitStack
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -31,9 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
-from bench.email_send import NoBroker, _admin  # noqa: E402
+from bench._support import NoBroker, scratch_database  # noqa: E402
 from devstack.servers import resolve_database_url  # noqa: E402
 
 STATE = ROOT / ".devstack" / "bench"
@@ -162,10 +160,8 @@ def main() -> int:
     args = parser.parse_args()
     STATE.mkdir(parents=True, exist_ok=True)
     server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
-    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
-    with closing(_admin(server_url)) as connection:
-        connection.cursor().execute(f'CREATE DATABASE "{name}"')
-    database_url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    scratch = ExitStack()
+    database_url = scratch.enter_context(scratch_database(server_url))
     try:
         from alembic import command
 
@@ -203,8 +199,7 @@ def main() -> int:
         print(f"ratio run/scan at {args.invoices:,}: {large[0] / large[1]:.1f}")
         return 0
     finally:
-        with closing(_admin(server_url)) as connection:
-            connection.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratch.close()
         if embedded_pg is not None:
             embedded_pg.stop()
 

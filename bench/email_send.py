@@ -19,45 +19,19 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from contextlib import closing
+from contextlib import ExitStack
 from email.message import EmailMessage
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psycopg2  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
+from bench._support import NoBroker, scratch_database  # noqa: E402
 from devstack.servers import free_port, resolve_database_url  # noqa: E402
 
 STATE = ROOT / ".devstack" / "bench"
 PDF_SIZE = 30 * 1024
-
-
-def _admin(server_url: str):  # type: ignore[no-untyped-def]
-    parsed = make_url(server_url)
-    kwargs = {"user": parsed.username or "postgres", "dbname": parsed.database}
-    if parsed.host:
-        kwargs["host"] = parsed.host
-    if parsed.port:
-        kwargs["port"] = parsed.port
-    if "host" in parsed.query:
-        kwargs["host"] = parsed.query["host"]
-    connection = psycopg2.connect(**kwargs)
-    connection.autocommit = True
-    return connection
-
-
-class NoBroker:
-    """The jobs are run right here, so nothing is published."""
-
-    def publish(self, job_id: str, name: str, request_id: str | None) -> None:
-        return None
-
-    def ping(self) -> None:
-        return None
 
 
 def _pdf() -> bytes:
@@ -146,10 +120,8 @@ def main() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
 
     server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
-    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
-    with closing(_admin(server_url)) as connection:
-        connection.cursor().execute(f'CREATE DATABASE "{name}"')
-    database_url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    scratch = ExitStack()
+    database_url = scratch.enter_context(scratch_database(server_url))
     port = free_port()
     smtp = subprocess.Popen(
         [sys.executable, "-m", "devstack.smtp", "--port", str(port), "--discard"],
@@ -225,8 +197,7 @@ def main() -> int:
     finally:
         smtp.terminate()
         smtp.wait(10)
-        with closing(_admin(server_url)) as connection:
-            connection.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratch.close()
         if embedded_pg is not None:
             embedded_pg.stop()
 

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import psycopg2
@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from charges import CARD, _drop_database, _scratch_database  # noqa: E402
+from _support import scratch_database  # noqa: E402
+from charges import CARD  # noqa: E402
 
 from devstack.commands import web_command, worker_command  # noqa: E402
 from devstack.servers import (  # noqa: E402
@@ -151,7 +152,8 @@ def main() -> int:
     redis_url, embedded_redis = resolve_redis_url(STATE, allow_local=True)
     if embedded_redis is None and "REDIS_URL" not in os.environ:
         redis_url = redis_url.rsplit("/", 1)[0] + "/8"
-    database_url = _scratch_database(server_url)
+    scratch = ExitStack()
+    database_url = scratch.enter_context(scratch_database(server_url))
     parsed = make_url(database_url)
     if parsed.query.get("host"):
         raise SystemExit("a Unix-socket DATABASE_URL cannot be proxied; use TCP")
@@ -270,7 +272,7 @@ def main() -> int:
     finally:
         stop_process_groups(processes)
         emulator.stop()
-        _drop_database(server_url, database_url)
+        scratch.close()
         if embedded_redis is not None:
             embedded_redis.stop()
         if embedded_pg is not None:

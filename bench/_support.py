@@ -1,0 +1,56 @@
+"""What every benchmark needs around the thing it measures: a scratch database on the
+PostgreSQL server it was given, plain psycopg2 connections for seeding and baselines, and a
+job publisher that publishes nothing (the broker is never what a bench measures unless it
+starts real workers). Not a benchmark itself: `make bench` skips files starting with `_`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from typing import Any
+
+import psycopg2
+from sqlalchemy.engine import make_url
+
+
+def connect(url: str, *, autocommit: bool = True) -> Any:
+    """A psycopg2 connection from a SQLAlchemy URL (host, port, socket folder, password)."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"user": parsed.username or "postgres", "dbname": parsed.database}
+    if parsed.password:
+        kwargs["password"] = parsed.password
+    if parsed.host:
+        kwargs["host"] = parsed.host
+    if parsed.port:
+        kwargs["port"] = parsed.port
+    if "host" in parsed.query:
+        kwargs["host"] = parsed.query["host"]
+    connection = psycopg2.connect(**kwargs)
+    connection.autocommit = autocommit
+    return connection
+
+
+@contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A new empty database on the server, yielded as its URL, dropped afterwards (with
+    whatever connections a crashed run left open)."""
+    name = f"billing_bench_{uuid.uuid4().hex[:8]}"
+    with closing(connect(server_url)) as connection:
+        connection.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with closing(connect(server_url)) as connection:
+            connection.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class NoBroker:
+    """Jobs stay recorded in the outbox (or are run in-process by the bench); nothing is
+    published."""
+
+    def publish(self, job_id: str, job_name: str, request_id: str | None) -> None:
+        return None
+
+    def ping(self) -> None:
+        return None
