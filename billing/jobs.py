@@ -8,6 +8,13 @@ from __future__ import annotations
 
 QUEUES = ("billing", "pdf", "mail")
 
+# Broker priorities (kombu's Redis transport: a lower number is taken first). Beat's own
+# tasks (the outbox sweeper, the charge reconciler...) jump the queue's backlog: they are
+# the safety net, and a backlog is exactly when it must not wait behind the work (with
+# their `expires`, a task that waited too long would even be dropped unrun).
+MAINTENANCE_PRIORITY = 0
+JOB_PRIORITY = 3
+
 SYNC_CUSTOMER = "billing.sync_customer"
 CHARGE_INVOICE = "billing.charge_invoice"
 RECONCILE_CHARGES = "billing.reconcile_charges"

@@ -13,6 +13,12 @@ from billing import jobs
 from billing.config import Settings
 
 
+def _ahead_of_jobs(*, expires: float) -> dict[str, Any]:
+    """A beat task's send options: taken before any recorded job waiting in its queue
+    (see jobs.MAINTENANCE_PRIORITY), and dropped unrun once it waited `expires` seconds."""
+    return {"expires": expires, "priority": jobs.MAINTENANCE_PRIORITY}
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     sweep_every = timedelta(seconds=settings.outbox_sweep_interval_seconds)
     return {
@@ -20,42 +26,42 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": jobs.SWEEP_OUTBOX,
             "schedule": sweep_every,
             # A sweep that waited longer than its interval is superseded by the next one.
-            "options": {"expires": sweep_every.total_seconds()},
+            "options": _ahead_of_jobs(expires=sweep_every.total_seconds()),
         },
         "reconcile-charges": {
             "task": jobs.RECONCILE_CHARGES,
             "schedule": timedelta(minutes=1),
-            "options": {"expires": 60},
+            "options": _ahead_of_jobs(expires=60),
         },
         # Each queue's depth and oldest message age to CloudWatch, which the ECS workers
         # scale on (a no-op unless CLOUDWATCH_NAMESPACE is set); a late sample is useless.
         "publish-queue-metrics": {
             "task": jobs.PUBLISH_QUEUE_METRICS,
             "schedule": timedelta(minutes=1),
-            "options": {"expires": 60},
+            "options": _ahead_of_jobs(expires=60),
         },
         "purge-idempotency-keys": {
             "task": jobs.PURGE_IDEMPOTENCY_KEYS,
             "schedule": timedelta(hours=1),
-            "options": {"expires": 3600},
+            "options": _ahead_of_jobs(expires=3600),
         },
         # Invoices every subscription period that has begun; a run that waited past the
         # next one is superseded by it (the lock and the period key make overlap harmless).
         "billing-run": {
             "task": jobs.RUN_BILLING,
             "schedule": timedelta(hours=1),
-            "options": {"expires": 3600},
+            "options": _ahead_of_jobs(expires=3600),
         },
         "dunning": {
             "task": jobs.RUN_DUNNING,
             "schedule": crontab(minute=0, hour=settings.dunning_hour),
             # Late is better than never: a run delayed by a backlog still runs that night.
-            "options": {"expires": 12 * 3600},
+            "options": _ahead_of_jobs(expires=12 * 3600),
         },
         # Our ledger against Stripe's own PaymentIntents: alerts on any duplicate charge.
         "reconcile-ledger": {
             "task": jobs.RECONCILE_LEDGER,
             "schedule": crontab(minute=30, hour=settings.reconcile_hour),
-            "options": {"expires": 12 * 3600},
+            "options": _ahead_of_jobs(expires=12 * 3600),
         },
     }

@@ -25,7 +25,8 @@ class BrokerQueue:
     oldest_job_id: str | None
 
 
-def _keys(queue: str) -> list[str]:
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold `queue`'s messages, highest priority first."""
     return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS[1:]]
 
 
@@ -50,7 +51,7 @@ def inspect_queues(redis_url: str, queues: tuple[str, ...]) -> list[BrokerQueue]
     try:
         result = []
         for queue in queues:
-            keys = _keys(queue)
+            keys = queue_keys(queue)
             with client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.llen(key)

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from celery import Celery
 
-from billing.jobs import queue_for
+from billing.jobs import JOB_PRIORITY, queue_for
 
 
 class JobPublisher(Protocol):
@@ -72,6 +72,9 @@ class CeleryJobPublisher:
                 kwargs={"job_id": job_id},
                 queue=queue_for(job_name),
                 headers={"request_id": request_id} if request_id else None,
+                # Behind beat's maintenance tasks (jobs.MAINTENANCE_PRIORITY), which must
+                # not wait for a backlog of jobs to drain.
+                priority=JOB_PRIORITY,
                 retry=False,
             )
         except Exception:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from billing.adapters.broker import queue_keys
 from billing.extensions import db
 from billing.models import ChargeAttempt, InvoiceDocument, OutboxJob
 from devstack.servers import free_port
@@ -138,7 +139,7 @@ def test_queue_depth_and_outbox_lag_match_what_waits_in_redis_and_the_outbox(
 
     samples = scrape(client)
 
-    assert redis_client.llen("billing") == 3
+    assert sum(redis_client.llen(k) for k in queue_keys("billing")) == 3
     assert value(samples, "billing_queue_depth", queue="billing") == 3
     assert value(samples, "billing_queue_depth", queue="pdf") == 0
     assert value(samples, "billing_queue_depth", queue="mail") == 0

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, update
 
+from billing.adapters.broker import queue_keys
 from billing.extensions import db
 from billing.models import Customer, LedgerEntry, OutboxJob
 from billing.services import outbox
@@ -12,7 +13,8 @@ from workers.runner import MAX_ATTEMPTS
 
 
 def _queued(redis_client, queue="billing"):
-    return [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
+    """Every message waiting in the queue, whatever its priority's list."""
+    return [json.loads(raw) for key in queue_keys(queue) for raw in redis_client.lrange(key, 0, -1)]
 
 
 def _run(celery_app, job_id):
