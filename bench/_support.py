@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -43,6 +44,25 @@ def scratch_database(server_url: str) -> Iterator[str]:
     finally:
         with closing(connect(server_url)) as connection:
             connection.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def migrated_database(state: Path) -> Iterator[str]:
+    """A scratch database migrated to head, on DATABASE_URL or the machine's PostgreSQL, else
+    on an embedded one kept under `state`; yielded as its URL, all of it gone afterwards."""
+    from alembic import command
+
+    from billing.cli import alembic_config
+    from devstack.servers import resolve_database_url
+
+    server_url, embedded = resolve_database_url(state, allow_local=True)
+    try:
+        with scratch_database(server_url) as url:
+            command.upgrade(alembic_config(url), "head")
+            yield url
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 class NoBroker:

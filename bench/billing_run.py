@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from bench._support import NoBroker, connect, scratch_database  # noqa: E402
-from devstack.servers import resolve_database_url  # noqa: E402
+from bench._support import NoBroker, connect, migrated_database  # noqa: E402
 
 STATE = ROOT / ".devstack" / "bench"
 SCAN_REPEATS = 5
@@ -86,17 +85,12 @@ def main() -> int:
     args = parser.parse_args()
     STATE.mkdir(parents=True, exist_ok=True)
 
-    server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
     scratch = ExitStack()
-    database_url = scratch.enter_context(scratch_database(server_url))
+    database_url = scratch.enter_context(migrated_database(STATE))
     try:
-        from alembic import command
-
         from billing import create_app
-        from billing.cli import alembic_config
         from billing.services import subscriptions
 
-        command.upgrade(alembic_config(database_url), "head")
         _seed(database_url, args.subscriptions)
         scan, scanned = _scan_rate(database_url)
         assert scanned == args.subscriptions, f"the scan saw {scanned} rows"
@@ -138,8 +132,6 @@ def main() -> int:
         return 0
     finally:
         scratch.close()
-        if embedded_pg is not None:
-            embedded_pg.stop()
 
 
 if __name__ == "__main__":

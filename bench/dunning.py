@@ -31,8 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
-from bench._support import NoBroker, scratch_database  # noqa: E402
-from devstack.servers import resolve_database_url  # noqa: E402
+from bench._support import NoBroker, migrated_database  # noqa: E402
 
 STATE = ROOT / ".devstack" / "bench"
 TODAY = date(2026, 6, 15)
@@ -159,16 +158,11 @@ def main() -> int:
     parser.add_argument("--invoices", type=int, default=100_000)
     args = parser.parse_args()
     STATE.mkdir(parents=True, exist_ok=True)
-    server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
     scratch = ExitStack()
-    database_url = scratch.enter_context(scratch_database(server_url))
+    database_url = scratch.enter_context(migrated_database(STATE))
     try:
-        from alembic import command
-
         from billing import create_app
-        from billing.cli import alembic_config
 
-        command.upgrade(alembic_config(database_url), "head")
         app = create_app(
             {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"},
             publisher=NoBroker(),
@@ -200,8 +194,6 @@ def main() -> int:
         return 0
     finally:
         scratch.close()
-        if embedded_pg is not None:
-            embedded_pg.stop()
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from bench._support import NoBroker, scratch_database  # noqa: E402
-from devstack.servers import free_port, resolve_database_url  # noqa: E402
+from bench._support import NoBroker, migrated_database  # noqa: E402
+from devstack.servers import free_port  # noqa: E402
 
 STATE = ROOT / ".devstack" / "bench"
 PDF_SIZE = 30 * 1024
@@ -119,9 +119,8 @@ def main() -> int:
     args = parser.parse_args()
     STATE.mkdir(parents=True, exist_ok=True)
 
-    server_url, embedded_pg = resolve_database_url(STATE, allow_local=True)
     scratch = ExitStack()
-    database_url = scratch.enter_context(scratch_database(server_url))
+    database_url = scratch.enter_context(migrated_database(STATE))
     port = free_port()
     smtp = subprocess.Popen(
         [sys.executable, "-m", "devstack.smtp", "--port", str(port), "--discard"],
@@ -131,13 +130,9 @@ def main() -> int:
     try:
         assert smtp.stdout is not None
         smtp.stdout.readline()  # "listening on ..."
-        from alembic import command
-
         from billing import create_app
-        from billing.cli import alembic_config
         from workers.app import make_celery
 
-        command.upgrade(alembic_config(database_url), "head")
         app = create_app(
             {
                 **os.environ,
@@ -198,8 +193,6 @@ def main() -> int:
         smtp.terminate()
         smtp.wait(10)
         scratch.close()
-        if embedded_pg is not None:
-            embedded_pg.stop()
 
 
 if __name__ == "__main__":
