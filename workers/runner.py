@@ -32,6 +32,13 @@ def _count(task: Task, outcome: str, started: float | None = None) -> None:
 
 
 def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None:
+    # One pooled connection for the job's single statements: its start, its end, and the
+    # handler's own (an email's take and record).
+    with outbox.single_statements():
+        _run(task, job_id, handler)
+
+
+def _run(task: Task, job_id: str, handler: Callable[..., Any]) -> None:
     job = outbox.start_job(job_id)
     if job is None:
         # Finished already, or held by a live worker: a redelivery, harmless by design.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 
 from billing.extensions import db
@@ -24,10 +24,26 @@ class DocumentMissing(LookupError):
 
 class DocumentStorage(Protocol):
     name: str
+    # True when the bytes live in PostgreSQL: a caller reading a key from the database
+    # anyway may then read the bytes in the same statement (content_in_sql).
+    in_database: bool
 
     def put(self, key: str, content: bytes, content_type: str) -> None: ...
 
     def get(self, key: str) -> bytes: ...
+
+
+# Built once: every email with a PDF reads through it.
+_CONTENT = select(StoredBlob.__table__.c.content).where(
+    StoredBlob.__table__.c.key == bindparam("b_key")
+)
+
+
+def content_in_sql(key: Any) -> Any:
+    """SQL for the bytes stored under `key` (a column of the caller's statement): the
+    caller saves a round trip. NULL when nothing is stored there."""
+    blobs = StoredBlob.__table__
+    return select(blobs.c.content).where(blobs.c.key == key).scalar_subquery()
 
 
 class PostgresStorage:
@@ -35,6 +51,7 @@ class PostgresStorage:
     document and the row that names it commit together."""
 
     name = "postgres"
+    in_database = True
 
     def put(self, key: str, content: bytes, content_type: str) -> None:
         db.session.execute(
@@ -44,7 +61,7 @@ class PostgresStorage:
         )
 
     def get(self, key: str) -> bytes:
-        content = db.session.scalar(select(StoredBlob.content).where(StoredBlob.key == key))
+        content = db.session.scalar(_CONTENT, {"b_key": key})
         if content is None:
             raise DocumentMissing(key)
         return bytes(content)
@@ -56,6 +73,7 @@ class S3Storage:
     without its object."""
 
     name = "s3"
+    in_database = False
 
     def __init__(
         self,

@@ -32,6 +32,8 @@ def _environment() -> Environment:
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
+        # The templates ship with the code: checking their files on every email is waste.
+        auto_reload=False,
     )
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import CTE, Interval, bindparam, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from billing.extensions import db
 from billing.models import LedgerEntry
+from billing.prebuilt import Prebuilt
 
 
 class Claim(enum.StrEnum):
@@ -44,6 +45,48 @@ class ClaimResult:
     outcome: dict[str, Any] | None = None
 
 
+_entries = LedgerEntry.__table__
+# Built once: every charge, email and idempotent request claims through it. Without a
+# retention (keep_for NULL) now() + NULL leaves expires_at NULL: kept for good.
+_CLAIM_NEW = Prebuilt(
+    insert(_entries)
+    .values(
+        scope=bindparam("b_scope"),
+        key=bindparam("b_key"),
+        fingerprint=bindparam("b_fingerprint"),
+        state="started",
+        attempt=1,
+        locked_until=func.now() + bindparam("b_lease", type_=Interval()),
+        expires_at=func.now() + bindparam("b_keep_for", type_=Interval()),
+    )
+    .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")
+    .returning(_entries.c.id)
+)
+
+
+def new_claim(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
+    """`claim`'s insert as a CTE taking its key and fingerprint from another part of the
+    caller's statement: a NEW claim on a key nobody claimed before, leased for b_lease,
+    returning its id; a key claimed before returns nothing and is left to `claim`."""
+    return (
+        insert(_entries)
+        .from_select(
+            ["scope", "key", "fingerprint", "state", "attempt", "locked_until"],
+            select(
+                literal(scope),
+                key,
+                fingerprint,
+                literal("started"),
+                literal(1),
+                func.now() + bindparam("b_lease", type_=Interval()),
+            ).where(*where),
+        )
+        .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")
+        .returning(_entries.c.id)
+        .cte("ledger_claim")
+    )
+
+
 def claim(
     scope: str,
     key: str,
@@ -56,22 +99,17 @@ def claim(
     """Take (scope, key) for one attempt: in a transaction of its own by default, or in
     the caller's (commit=False), when the claim must commit with other changes."""
     session = db.session()
-    expires_at = func.now() + keep_for if keep_for is not None else None
     # Two tries: the row we collide with may be deleted (released, purged) before we read it.
     for _ in range(2):
-        inserted = session.execute(
-            insert(LedgerEntry)
-            .values(
-                scope=scope,
-                key=key,
-                fingerprint=fingerprint,
-                state="started",
-                attempt=1,
-                locked_until=func.now() + lease,
-                expires_at=expires_at,
-            )
-            .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")
-            .returning(LedgerEntry.id)
+        inserted = _CLAIM_NEW.execute(
+            session.connection(),
+            {
+                "b_scope": scope,
+                "b_key": key,
+                "b_fingerprint": fingerprint,
+                "b_lease": lease,
+                "b_keep_for": keep_for,
+            },
         ).scalar_one_or_none()
         if inserted is not None:
             if commit:
@@ -133,7 +171,6 @@ def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> C
     return ClaimResult(Claim.RESUMED, entry.id, entry.attempt, "started", outcome=entry.outcome)
 
 
-_entries = LedgerEntry.__table__
 _OWN_ATTEMPT = (
     (_entries.c.id == bindparam("b_entry_id"))
     & (_entries.c.attempt == bindparam("b_attempt"))
@@ -142,7 +179,7 @@ _OWN_ATTEMPT = (
 # Built once: every charge and email records its outcome through it, and building the
 # statement per call cost more CPU than its round trip. Core, not ORM: nothing loaded in
 # the session reads the entry afterwards, only its row changes.
-_COMPLETE = (
+_COMPLETE = Prebuilt(
     update(_entries)
     .where(_OWN_ATTEMPT)
     .values(
@@ -153,6 +190,23 @@ _COMPLETE = (
         locked_until=None,
     )
 )
+
+
+def completion(state: str) -> CTE:
+    """`complete`'s update as a CTE, for a caller that records the outcome together with
+    its own changes in one statement; it returns the entry's id only if this attempt still
+    held the entry, so the caller's other changes can be guarded on it."""
+    return (
+        update(_entries)
+        .where(_OWN_ATTEMPT)
+        .values(
+            state=state,
+            outcome=bindparam("b_outcome", type_=_entries.c.outcome.type),
+            locked_until=None,
+        )
+        .returning(_entries.c.id)
+        .cte(f"ledger_{state}")
+    )
 
 
 def _update_own_attempt(claimed: ClaimResult, **values: Any) -> None:
@@ -178,8 +232,8 @@ def complete(
 ) -> None:
     """Record the outcome in the caller's transaction (atomic with the change it made).
     Raises LeaseLost, so the caller's transaction rolls back, if it was taken over."""
-    result = db.session.execute(
-        _COMPLETE,
+    result = _COMPLETE.execute(
+        db.session.connection(),
         {
             "b_entry_id": claimed.entry_id,
             "b_attempt": claimed.attempt,

@@ -9,7 +9,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Interval, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    CTE,
+    Connection,
+    Interval,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from billing.extensions import db
@@ -17,6 +28,7 @@ from billing.ids import new_id
 from billing.jobs import queue_for
 from billing.logging import get_logger
 from billing.models import Invoice, OutboxJob
+from billing.prebuilt import Prebuilt
 from billing.services import context
 from billing.services.unit_of_work import FINISHED_JOBS, RECORDED_JOBS
 
@@ -210,8 +222,34 @@ def finish_running_job(session: Session) -> None:
     job = _running.get()
     if job is None:
         return
-    session.execute(_SUCCEEDED, {"job_id": job.id, "attempt": job.attempts})
+    _SUCCEEDED.execute(session.connection(), {"b_job_id": job.id, "b_job_attempt": job.attempts})
     session.info.setdefault(FINISHED_JOBS, []).append(job)
+
+
+def running_job_success(*guards: Any) -> CTE:
+    """The running job's success as a CTE, for a caller that records its outcome and the
+    job's end in one statement: the same fenced update as finish_running_job, further
+    limited by `guards`. Its parameters come from running_job_params()."""
+    return (
+        update(_jobs)
+        .where(_THIS_RUN, *guards)
+        .values(state="succeeded", finished_at=func.now(), last_error=None)
+        .returning(_jobs.c.id)
+        .cte("job_succeeded")
+    )
+
+
+def running_job_params() -> dict[str, Any]:
+    """Outside a job both are NULL, and running_job_success() matches nothing."""
+    job = _running.get()
+    return {"b_job_id": job.id if job else None, "b_job_attempt": job.attempts if job else None}
+
+
+def running_job_succeeded() -> None:
+    """The statement recording the running job's success committed: nothing left to write."""
+    job = _running.get()
+    if job is not None:
+        job.succeeded = True
 
 
 def mark_finished_jobs(session: Session) -> None:
@@ -227,43 +265,60 @@ def _claimable() -> Any:
     )
 
 
+_statement_connection: ContextVar[Connection | None] = ContextVar(
+    "billing_single_statements", default=None
+)
+
+
 @contextmanager
-def _single_statements() -> Iterator[Connection]:
+def single_statements() -> Iterator[Connection]:
     """A connection on which each statement is a transaction of its own: a one-statement
-    change is just as atomic without BEGIN and COMMIT around it, two round trips fewer."""
+    change is just as atomic without BEGIN and COMMIT around it, two round trips fewer.
+
+    Nested uses share the outermost one: the runner holds one for a whole job, so that
+    starting the job, the handler's own single statements and the job's end take one
+    connection from the pool rather than one each."""
+    shared = _statement_connection.get()
+    if shared is not None:
+        yield shared
+        return
     with db.engine.connect() as connection:
         # psycopg2's own switch, not SQLAlchemy's isolation_level option: that one sends
         # SET default_transaction_isolation each way, and BEGIN with an explicit level.
         dbapi_connection: Any = connection.connection.dbapi_connection
         dbapi_connection.autocommit = True
+        token = _statement_connection.set(connection)
         try:
             yield connection
         finally:
-            dbapi_connection.autocommit = False
+            _statement_connection.reset(token)
+            if not dbapi_connection.closed:  # a lost connection is the pool's to replace
+                dbapi_connection.autocommit = False
 
 
 # The statements every job runs, built once with bind parameters: building them per call
 # (expressions, coercions, cache keys) cost more CPU than their round trips.
 _jobs = OutboxJob.__table__
 _running_now = (_jobs.c.state == "running") & (_jobs.c.lease_expires_at < func.now())
-_CLAIMABLE = or_(_jobs.c.state.in_(("pending", "sent")), _running_now)
-_START = (
+# Equalities, not IN: a Prebuilt statement takes no expanding list parameter.
+_CLAIMABLE = or_(_jobs.c.state == "pending", _jobs.c.state == "sent", _running_now)
+_START = Prebuilt(
     update(_jobs)
-    .where(_jobs.c.id == bindparam("job_id"), _CLAIMABLE, _jobs.c.attempts < MAX_ATTEMPTS)
+    .where(_jobs.c.id == bindparam("b_job_id"), _CLAIMABLE, _jobs.c.attempts < MAX_ATTEMPTS)
     .values(
         state="running",
         attempts=_jobs.c.attempts + 1,
         started_at=func.now(),
-        lease_expires_at=func.now() + bindparam("lease", type_=Interval()),
+        lease_expires_at=func.now() + bindparam("b_lease", type_=Interval()),
     )
     .returning(_jobs.c.name, _jobs.c.args, _jobs.c.attempts, _jobs.c.request_id)
 )
 _THIS_RUN = (
-    (_jobs.c.id == bindparam("job_id"))
+    (_jobs.c.id == bindparam("b_job_id"))
     & (_jobs.c.state == "running")
-    & (_jobs.c.attempts == bindparam("attempt"))
+    & (_jobs.c.attempts == bindparam("b_job_attempt"))
 )
-_SUCCEEDED = (
+_SUCCEEDED = Prebuilt(
     update(_jobs)
     .where(_THIS_RUN)
     .values(state="succeeded", finished_at=func.now(), last_error=None)
@@ -277,12 +332,12 @@ def start_job(job_id: str) -> StartedJob | None:
 
     Each statement commits on its own: the claim must be committed before the handler
     runs (it is the run's fencing token), and the dead-lettering is a change of its own."""
-    with _single_statements() as connection:
+    with single_statements() as connection:
         return _start_job(connection, job_id)
 
 
 def _start_job(connection: Connection, job_id: str) -> StartedJob | None:
-    row = connection.execute(_START, {"job_id": job_id, "lease": _lease()}).one_or_none()
+    row = _START.execute(connection, {"b_job_id": job_id, "b_lease": _lease()}).one_or_none()
     if row is None:
         gave_up = connection.execute(
             update(OutboxJob)
@@ -304,7 +359,7 @@ def _finish(job: StartedJob, **values: Any) -> bool:
     """Record how this run ended, unless the job was swept and started again meanwhile:
     a run that outlived its lease must not overwrite the newer run's outcome."""
     db.session.rollback()  # whatever the handler left half-done is not ours to commit
-    with _single_statements() as connection:
+    with single_statements() as connection:
         result = connection.execute(
             update(OutboxJob)
             .where(
@@ -324,8 +379,8 @@ def job_succeeded(job: StartedJob) -> bool:
     if job.succeeded:
         return True  # recorded with the outcome, in the same transaction
     db.session.rollback()  # whatever the handler left half-done is not ours to commit
-    with _single_statements() as connection:
-        result = connection.execute(_SUCCEEDED, {"job_id": job.id, "attempt": job.attempts})
+    with single_statements() as connection:
+        result = _SUCCEEDED.execute(connection, {"b_job_id": job.id, "b_job_attempt": job.attempts})
     recorded = bool(getattr(result, "rowcount", 0))
     if not recorded:
         log.warning("job.outcome_superseded", job_id=job.id, attempt=job.attempts)

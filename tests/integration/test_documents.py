@@ -208,3 +208,34 @@ def test_documents_can_live_in_s3(service_env, s3_bucket, admin, make_customer):
     assert served.data == content
     assert invoice["number"] in pdf_text(content)
     assert db.session.scalar(select(func.count()).select_from(StoredBlob)) == 0
+
+
+def test_an_invoice_email_attaches_the_pdf_stored_in_s3(
+    service_env, s3_bucket, admin, make_customer, mailbox
+):
+    from billing import create_app
+    from billing.models import EmailDelivery
+
+    endpoint, bucket = s3_bucket
+    s3_app = create_app(
+        {
+            **service_env,
+            "DOCUMENT_STORAGE": "s3",
+            "S3_BUCKET": bucket,
+            "S3_ENDPOINT_URL": endpoint,
+            "S3_REGION": "us-east-1",
+        }
+    )
+    invoice = _send_invoice(admin, make_customer)
+    with s3_app.app_context():
+        from billing.services import documents, emails
+
+        assert documents.render_invoice(invoice["id"]) == "stored"
+        [delivery_id] = db.session.scalars(
+            select(EmailDelivery.id).where(EmailDelivery.invoice_id == invoice["id"])
+        ).all()
+        assert emails.send_email(delivery_id) == "sent"
+    [received] = mailbox.messages
+    [attachment] = [part for part in received.message.walk() if part.get_filename()]
+    assert invoice["number"] in pdf_text(attachment.get_payload(decode=True))
+    assert db.session.scalar(select(func.count()).select_from(StoredBlob)) == 0

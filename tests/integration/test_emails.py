@@ -8,7 +8,7 @@ from typing import Any
 
 from click.testing import CliRunner
 from pypdf import PdfReader
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from billing.extensions import db
 from billing.models import Customer, EmailDelivery, OutboxJob
@@ -249,3 +249,32 @@ def test_an_email_and_its_job_are_recorded_done_in_one_commit(admin, make_custom
     assert (delivery.status, job.state, delivery.attempts) == ("sent", "succeeded", 1)
     # now() is the transaction's start time: equal stamps mean one transaction.
     assert job.finished_at == delivery.sent_at
+
+
+def test_an_invoice_email_waits_for_its_pdf_without_holding_its_ledger_key(
+    admin, make_customer, run_jobs, mailbox
+):
+    from billing.models import Invoice, LedgerEntry
+    from billing.services import emails
+    from billing.services.errors import TransientJobError
+    from billing.services.unit_of_work import transaction
+
+    invoice = _send_invoice(admin, make_customer())
+    with transaction() as session:  # as an operator's resend does, before the PDF exists
+        [delivery_id] = emails.queue_email(
+            session, "invoice_issued", session.get(Invoice, invoice["id"])
+        )
+    try:
+        emails.send_email(delivery_id)
+    except TransientJobError as exc:
+        assert "no PDF yet" in str(exc)
+    else:
+        raise AssertionError("an invoice email without its PDF must wait")
+    assert db.session.scalar(select(func.count()).select_from(LedgerEntry)) == 0
+    assert mailbox.messages == []
+    run_jobs()  # the PDF is rendered, then the email's job sends it, once
+    [received] = mailbox.messages
+    assert invoice["number"] in received.message["Subject"]
+    assert [part.get_filename() for part in received.message.walk() if part.get_filename()] == [
+        f"invoice-{invoice['number']}.pdf"
+    ]
