@@ -11,4 +11,4 @@ from workers.runner import run_outbox_job
 
 @shared_task(name=jobs.SEND_EMAIL, bind=True)
 def send_email(self: Task, job_id: str) -> None:
-    run_outbox_job(self, job_id, emails.send_email)
+    run_outbox_job(self, job_id, emails.send_email, start=emails.start_sending)

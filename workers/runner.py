@@ -31,15 +31,26 @@ def _count(task: Task, outcome: str, started: float | None = None) -> None:
         TASK_LATENCY.labels(queue=queue, task=task.name).observe(time.monotonic() - started)
 
 
-def run_outbox_job(task: Task, job_id: str, handler: Callable[..., Any]) -> None:
+Starter = Callable[[str], tuple[outbox.StartedJob | None, dict[str, Any]]]
+
+
+def run_outbox_job(
+    task: Task, job_id: str, handler: Callable[..., Any], *, start: Starter | None = None
+) -> None:
+    """`start`, when given, starts the job itself together with the handler's first read
+    (see outbox.start_job_with) and returns the handler's arguments."""
     # One pooled connection for the job's single statements: its start, its end, and the
     # handler's own (an email's take and record).
     with outbox.single_statements():
-        _run(task, job_id, handler)
+        _run(task, job_id, handler, start)
 
 
-def _run(task: Task, job_id: str, handler: Callable[..., Any]) -> None:
-    job = outbox.start_job(job_id)
+def _run(task: Task, job_id: str, handler: Callable[..., Any], start: Starter | None) -> None:
+    if start is None:
+        job = outbox.start_job(job_id)
+        arguments = job.args if job is not None else {}
+    else:
+        job, arguments = start(job_id)
     if job is None:
         # Finished already, or held by a live worker: a redelivery, harmless by design.
         log.info("job.skipped_duplicate_delivery", job_id=job_id)
@@ -50,7 +61,7 @@ def _run(task: Task, job_id: str, handler: Callable[..., Any]) -> None:
     started = time.monotonic()
     try:
         with outbox.running(job):
-            handler(**job.args)
+            handler(**arguments)
     except PermanentJobError as exc:
         recorded = outbox.job_failed(job, str(exc))
         _count(task, "failed" if recorded else "superseded", started)

@@ -18,7 +18,7 @@ from typing import Any
 
 from babel.dates import format_date
 from flask_mail import Message
-from sqlalchemy import bindparam, case, exists, func, select, update
+from sqlalchemy import CTE, Select, bindparam, case, exists, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -215,68 +215,88 @@ _NEWEST_DOCUMENT = (
     .limit(1)
     .scalar_subquery()
 )
-_TO_SEND = (
-    select(
-        _deliveries.c.id,
-        _deliveries.c.kind,
-        _deliveries.c.status,
-        _deliveries.c.recipient,
-        _deliveries.c.ledger_key,
-        _deliveries.c.message_id,
-        _deliveries.c.occasion,
-        _deliveries.c.context,
-        _invoices.c.id.label("invoice_id"),
-        _invoices.c.number,
-        _invoices.c.currency,
-        _invoices.c.status.label("invoice_status"),
-        _invoices.c.collection_method,
-        _invoices.c.total,
-        _invoices.c.amount_paid,
-        _invoices.c.amount_refunded,
-        _invoices.c.finalized_at,
-        _invoices.c.due_date,
-        _invoices.c.paid_at,
-        _customers.c.name.label("customer_name"),
-        _customers.c.locale,
-        _NEWEST_DOCUMENT.label("document_key"),
-    )
-    .select_from(
-        _deliveries.join(_invoices, _invoices.c.id == _deliveries.c.invoice_id).join(
-            _customers, _customers.c.id == _invoices.c.customer_id
+
+
+def _to_send(delivery_id: Any) -> Select[Any]:
+    return (
+        select(
+            _deliveries.c.id,
+            _deliveries.c.kind,
+            _deliveries.c.status,
+            _deliveries.c.recipient,
+            _deliveries.c.ledger_key,
+            _deliveries.c.message_id,
+            _deliveries.c.occasion,
+            _deliveries.c.context,
+            _invoices.c.id.label("invoice_id"),
+            _invoices.c.number,
+            _invoices.c.currency,
+            _invoices.c.status.label("invoice_status"),
+            _invoices.c.collection_method,
+            _invoices.c.total,
+            _invoices.c.amount_paid,
+            _invoices.c.amount_refunded,
+            _invoices.c.finalized_at,
+            _invoices.c.due_date,
+            _invoices.c.paid_at,
+            _customers.c.name.label("customer_name"),
+            _customers.c.locale,
+            _NEWEST_DOCUMENT.label("document_key"),
         )
+        .select_from(
+            _deliveries.join(_invoices, _invoices.c.id == _deliveries.c.invoice_id).join(
+                _customers, _customers.c.id == _invoices.c.customer_id
+            )
+        )
+        .where(_deliveries.c.id == delivery_id)
+        # Serializes the senders of one delivery with its failure bookkeeping below.
+        .with_for_update(of=_deliveries)
     )
-    .where(_deliveries.c.id == bindparam("b_delivery_id"))
-    # Serializes the senders of one delivery with its failure bookkeeping below.
-    .with_for_update(of=_deliveries)
-)
+
+
 _MARK_SENT = (
     update(_deliveries)
     .where(_deliveries.c.id == bindparam("b_delivery_id"))
     .values(status="sent", error=None, sent_at=func.now())
 )
-# Taking a delivery to send, in one statement and so one transaction: lock it, read what
-# its message needs, and claim its ledger key, unless it went out already or its PDF is
-# still to come. A key claimed before (a crash, a redelivery, an operator's resend) comes
-# back unclaimed, for `ledger.claim` to sort out.
-_TAKEN = _TO_SEND.cte("delivery")
-_NEEDS_PDF = _TAKEN.c.kind == "invoice_issued"
-_NEW_CLAIM = ledger.new_claim(
-    LEDGER_SCOPE,
-    _TAKEN.c.ledger_key,
-    _TAKEN.c.id,
-    _TAKEN.c.status != "sent",
-    ~_NEEDS_PDF | _TAKEN.c.document_key.is_not(None),
-)
-_TAKE_STATEMENT = select(
-    *_TAKEN.c, select(_NEW_CLAIM.c.id).scalar_subquery().label("claimed_entry")
-)
-_TAKE = Prebuilt(_TAKE_STATEMENT)
-# The same, also reading the PDF's bytes when the documents live in PostgreSQL.
-_TAKE_READING_PDF = Prebuilt(
-    _TAKE_STATEMENT.add_columns(
-        case((_NEEDS_PDF, content_in_sql(_TAKEN.c.document_key))).label("document_content")
+
+
+def _take(taken: CTE, *job_columns: Any) -> tuple[Prebuilt, Prebuilt]:
+    """Taking a delivery to send, in one statement and so one transaction: lock it, read
+    what its message needs, and claim its ledger key, unless it went out already or its
+    PDF is still to come. A key claimed before (a crash, a redelivery, an operator's
+    resend) comes back unclaimed, for `ledger.claim` to sort out. Two forms: one also
+    reading the PDF's bytes, for documents that live in PostgreSQL."""
+    needs_pdf = taken.c.kind == "invoice_issued"
+    claim = ledger.new_claim(
+        LEDGER_SCOPE,
+        taken.c.ledger_key,
+        taken.c.id,
+        taken.c.status != "sent",
+        ~needs_pdf | taken.c.document_key.is_not(None),
     )
+    statement = select(
+        *job_columns, *taken.c, select(claim.c.id).scalar_subquery().label("claimed_entry")
+    )
+    if job_columns:  # the job's row, and the delivery's if it has one
+        statement = statement.select_from(job_columns[0].table.outerjoin(taken, true()))
+    reading_pdf = statement.add_columns(
+        case((needs_pdf, content_in_sql(taken.c.document_key))).label("document_content")
+    )
+    return Prebuilt(statement), Prebuilt(reading_pdf)
+
+
+_TAKE, _TAKE_READING_PDF = _take(_to_send(bindparam("b_delivery_id")).cte("delivery"))
+# The same, starting the job in it too: the job's start and the delivery's claim then
+# commit together, one commit and round trip fewer per email. Its delivery is the one
+# named in the started job's arguments, so a job that does not start takes nothing.
+_STARTED = outbox.start_cte()
+_START_AND_TAKE, _START_AND_TAKE_READING_PDF = _take(
+    _to_send(select(_STARTED.c.args["delivery_id"].astext).scalar_subquery()).cte("delivery"),
+    *outbox.started_columns(_STARTED),
 )
+
+
 # Recording the send, in one statement and so one transaction without BEGIN or COMMIT:
 # the ledger's outcome, the delivery's status and the job's end, the latter two only if
 # this attempt still held the ledger entry.
@@ -374,19 +394,54 @@ def build_message(session: Session, mail: Outgoing) -> Message:
     return message
 
 
-def send_email(delivery_id: str) -> str:
-    """The `mail.send_email` job: send one delivery, at most once."""
-    storage = context.document_storage()
-    with outbox.single_statements() as connection:
-        take = _TAKE_READING_PDF if storage.in_database else _TAKE
-        row = take.execute(
-            connection, {"b_delivery_id": delivery_id, "b_lease": _mail_lease()}
-        ).one_or_none()
-    if row is None:
-        raise PermanentJobError(f"no email delivery {delivery_id}")
+@dataclass(frozen=True)
+class Taken:
+    """A take's answer: the delivery (None when there is no such delivery) and the ledger
+    entry it claimed (None when its key was claimed before, or nothing was claimed)."""
+
+    mail: Outgoing | None
+    new_entry: int | None
+
+
+_JOB_COLUMNS = ("name", "args", "attempts", "request_id")
+
+
+def _taken(row: Any) -> Taken:
     fields = row._asdict()
+    for column in _JOB_COLUMNS if "args" in fields else ():
+        del fields[column]
     new_entry = fields.pop("claimed_entry")
-    mail = Outgoing(**fields)
+    return Taken(Outgoing(**fields) if fields["id"] is not None else None, new_entry)
+
+
+def start_sending(job_id: str) -> tuple[outbox.StartedJob | None, dict[str, Any]]:
+    """The mail job's start and its delivery's take, in one statement."""
+    in_database = context.document_storage().in_database
+    job, row = outbox.start_job_with(
+        job_id,
+        _START_AND_TAKE_READING_PDF if in_database else _START_AND_TAKE,
+        {"b_claim_lease": _mail_lease()},
+    )
+    if job is None:
+        return None, {}
+    return job, {**job.args, "taken": _taken(row)}
+
+
+def send_email(delivery_id: str, taken: Taken | None = None) -> str:
+    """The `mail.send_email` job: send one delivery, at most once. `taken` is its take
+    when the job's start made it already (start_sending)."""
+    if taken is None:
+        in_database = context.document_storage().in_database
+        with outbox.single_statements() as connection:
+            row = (
+                (_TAKE_READING_PDF if in_database else _TAKE)
+                .execute(connection, {"b_delivery_id": delivery_id, "b_claim_lease": _mail_lease()})
+                .one_or_none()
+            )
+        taken = _taken(row) if row is not None else Taken(None, None)
+    mail, new_entry = taken.mail, taken.new_entry
+    if mail is None:
+        raise PermanentJobError(f"no email delivery {delivery_id}")
     if mail.status == "sent":
         EMAILS.labels(kind=mail.kind, outcome="skipped").inc()
         return "sent"

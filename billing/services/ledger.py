@@ -66,7 +66,9 @@ _CLAIM_NEW = Prebuilt(
 
 def new_claim(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
     """`claim`'s insert as a CTE taking its key and fingerprint from another part of the
-    caller's statement: a NEW claim on a key nobody claimed before, leased for b_lease,
+    caller's statement: a NEW claim on a key nobody claimed before, leased for
+    b_claim_lease (named apart from the lease of the job that may start in the same
+    statement),
     returning its id; a key claimed before returns nothing and is left to `claim`."""
     return (
         insert(_entries)
@@ -78,7 +80,7 @@ def new_claim(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
                 fingerprint,
                 literal("started"),
                 literal(1),
-                func.now() + bindparam("b_lease", type_=Interval()),
+                func.now() + bindparam("b_claim_lease", type_=Interval()),
             ).where(*where),
         )
         .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")

@@ -302,7 +302,7 @@ _jobs = OutboxJob.__table__
 _running_now = (_jobs.c.state == "running") & (_jobs.c.lease_expires_at < func.now())
 # Equalities, not IN: a Prebuilt statement takes no expanding list parameter.
 _CLAIMABLE = or_(_jobs.c.state == "pending", _jobs.c.state == "sent", _running_now)
-_START = Prebuilt(
+_START_STATEMENT = (
     update(_jobs)
     .where(_jobs.c.id == bindparam("b_job_id"), _CLAIMABLE, _jobs.c.attempts < MAX_ATTEMPTS)
     .values(
@@ -313,6 +313,7 @@ _START = Prebuilt(
     )
     .returning(_jobs.c.name, _jobs.c.args, _jobs.c.attempts, _jobs.c.request_id)
 )
+_START = Prebuilt(_START_STATEMENT)
 _THIS_RUN = (
     (_jobs.c.id == bindparam("b_job_id"))
     & (_jobs.c.state == "running")
@@ -339,20 +340,55 @@ def start_job(job_id: str) -> StartedJob | None:
 def _start_job(connection: Connection, job_id: str) -> StartedJob | None:
     row = _START.execute(connection, {"b_job_id": job_id, "b_lease": _lease()}).one_or_none()
     if row is None:
-        gave_up = connection.execute(
-            update(OutboxJob)
-            .where(OutboxJob.id == job_id, _claimable(), OutboxJob.attempts >= MAX_ATTEMPTS)
-            .values(
-                state="dead_lettered",
-                finished_at=func.now(),
-                last_error=func.coalesce(OutboxJob.last_error, "")
-                + f" (gave up: {MAX_ATTEMPTS} attempts started, none finished)",
-            )
-        )
-        if getattr(gave_up, "rowcount", 0):
-            log.error("job.dead_lettered", job_id=job_id, attempts=MAX_ATTEMPTS)
+        _give_up_if_spent(connection, job_id)
         return None
+    return _started(job_id, row)
+
+
+def _started(job_id: str, row: Any) -> StartedJob:
     return StartedJob(job_id, row.name, dict(row.args or {}), row.attempts, row.request_id)
+
+
+def _give_up_if_spent(connection: Connection, job_id: str) -> None:
+    gave_up = connection.execute(
+        update(OutboxJob)
+        .where(OutboxJob.id == job_id, _claimable(), OutboxJob.attempts >= MAX_ATTEMPTS)
+        .values(
+            state="dead_lettered",
+            finished_at=func.now(),
+            last_error=func.coalesce(OutboxJob.last_error, "")
+            + f" (gave up: {MAX_ATTEMPTS} attempts started, none finished)",
+        )
+    )
+    if getattr(gave_up, "rowcount", 0):
+        log.error("job.dead_lettered", job_id=job_id, attempts=MAX_ATTEMPTS)
+
+
+def start_cte() -> CTE:
+    """start_job's claim as a CTE, for a handler that starts its job in the statement
+    that takes its work (start_job_with); parameters b_job_id and b_lease."""
+    return _START_STATEMENT.cte("started_job")
+
+
+def started_columns(started: CTE) -> list[Any]:
+    """What start_job_with needs of the started job's row, to select first."""
+    return [started.c.name, started.c.args, started.c.attempts, started.c.request_id]
+
+
+def start_job_with(
+    job_id: str, statement: Prebuilt, params: dict[str, Any]
+) -> tuple[StartedJob | None, Any]:
+    """start_job and the handler's first statement in one: `statement` starts the job
+    through start_cte() and selects started_columns() and its own, all committed together.
+    Returns the started job (None as start_job does) and the statement's row."""
+    with single_statements() as connection:
+        row = statement.execute(
+            connection, {"b_job_id": job_id, "b_lease": _lease(), **params}
+        ).one_or_none()
+        if row is None:
+            _give_up_if_spent(connection, job_id)
+            return None, None
+    return _started(job_id, row), row
 
 
 def _finish(job: StartedJob, **values: Any) -> bool:
