@@ -278,3 +278,50 @@ def test_an_invoice_email_waits_for_its_pdf_without_holding_its_ledger_key(
     assert [part.get_filename() for part in received.message.walk() if part.get_filename()] == [
         f"invoice-{invoice['number']}.pdf"
     ]
+
+
+def test_a_mail_job_out_of_attempts_is_dead_lettered_without_sending_or_claiming(
+    admin, make_customer, mailbox, celery_app
+):
+    from billing.models import LedgerEntry
+    from billing.services.outbox import MAX_ATTEMPTS
+
+    invoice = _send_invoice(admin, make_customer())
+    celery_app.tasks["pdf.render_invoice"].apply(
+        kwargs={
+            "job_id": db.session.scalar(
+                select(OutboxJob.id).where(OutboxJob.name == "pdf.render_invoice")
+            )
+        }
+    )
+    job_id = db.session.scalar(select(OutboxJob.id).where(OutboxJob.name == "mail.send_email"))
+    # Every run so far died mid-send (a poison message killing its worker each time).
+    db.session.execute(
+        update(OutboxJob).where(OutboxJob.id == job_id).values(attempts=MAX_ATTEMPTS)
+    )
+    db.session.commit()
+    celery_app.tasks["mail.send_email"].apply(kwargs={"job_id": job_id})
+    db.session.expire_all()
+    job = db.session.get(OutboxJob, job_id)
+    assert job.state == "dead_lettered" and "gave up" in job.last_error
+    assert mailbox.messages == []
+    assert db.session.scalar(select(func.count()).select_from(LedgerEntry)) == 0
+    assert _invoice(admin, invoice["id"])["emails"][0]["status"] == "pending"
+
+
+def test_a_mail_job_whose_delivery_is_gone_fails_for_an_operator_to_see(
+    admin, make_customer, run_jobs, mailbox, celery_app
+):
+    _send_invoice(admin, make_customer())
+    run_jobs()
+    mailbox.handler.reset()
+    with db.session.begin():
+        job = OutboxJob(
+            name="mail.send_email", queue="mail", args={"delivery_id": "em_gone"}, state="sent"
+        )
+        db.session.add(job)
+    celery_app.tasks["mail.send_email"].apply(kwargs={"job_id": job.id})
+    db.session.expire_all()
+    failed = db.session.get(OutboxJob, job.id)
+    assert (failed.state, failed.last_error) == ("failed", "no email delivery em_gone")
+    assert mailbox.messages == []
