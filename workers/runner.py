@@ -39,8 +39,12 @@ def run_outbox_job(
 ) -> None:
     """`start`, when given, starts the job itself together with the handler's first read
     (see outbox.start_job_with) and returns the handler's arguments."""
-    # One pooled connection for the job's single statements: its start, its end, and the
-    # handler's own (an email's take and record).
+    if start is None:
+        _run(task, job_id, handler, None)
+        return
+    # One pooled connection for the job's single statements: its start with the take, the
+    # record, the job's end. Only here: a thread-pool worker's other jobs hold their
+    # session's connection while they run, and a second one each could empty the pool.
     with outbox.single_statements():
         _run(task, job_id, handler, start)
 
