@@ -157,7 +157,7 @@ def beat_group() -> None:
     "wait_seconds",
     type=click.FloatRange(0, 3600),
     default=0,
-    help="Wait up to this many seconds for a beat to hold the lock (after a restart).",
+    help="Wait up to this many seconds for a beat to hold the lock and report itself.",
 )
 @reports_unreachable
 def beat_status(wait_seconds: float) -> None:
@@ -166,7 +166,8 @@ def beat_status(wait_seconds: float) -> None:
     redis_url = current_app.config["BILLING_SETTINGS"].redis_url
     deadline = time.monotonic() + wait_seconds
     state = read_beat_state(redis_url)
-    while not state.lock_held and time.monotonic() < deadline:
+    # A beat that just took the lock writes its report a moment later: wait for both.
+    while not (state.lock_held and state.holder_matches_lock) and time.monotonic() < deadline:
         time.sleep(0.5)
         state = read_beat_state(redis_url)
     if not state.lock_held:
