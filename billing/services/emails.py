@@ -403,7 +403,7 @@ class Taken:
     new_entry: int | None
 
 
-_JOB_COLUMNS = ("name", "args", "attempts", "request_id")
+_JOB_COLUMNS = tuple(column.name for column in outbox.started_columns(_STARTED))
 
 
 def _taken(row: Any) -> Taken:

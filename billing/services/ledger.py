@@ -66,10 +66,9 @@ _CLAIM_NEW = Prebuilt(
 
 def new_claim(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
     """`claim`'s insert as a CTE taking its key and fingerprint from another part of the
-    caller's statement: a NEW claim on a key nobody claimed before, leased for
-    b_claim_lease (named apart from the lease of the job that may start in the same
-    statement),
-    returning its id; a key claimed before returns nothing and is left to `claim`."""
+    caller's statement: a NEW claim on a key nobody claimed before, returning its id; a
+    key claimed before returns nothing and is left to `claim`. Leased for b_claim_lease,
+    named apart from b_lease of a job that may start in the same statement."""
     return (
         insert(_entries)
         .from_select(

@@ -230,13 +230,7 @@ def running_job_success(*guards: Any) -> CTE:
     """The running job's success as a CTE, for a caller that records its outcome and the
     job's end in one statement: the same fenced update as finish_running_job, further
     limited by `guards`. Its parameters come from running_job_params()."""
-    return (
-        update(_jobs)
-        .where(_THIS_RUN, *guards)
-        .values(state="succeeded", finished_at=func.now(), last_error=None)
-        .returning(_jobs.c.id)
-        .cte("job_succeeded")
-    )
+    return _SUCCEED.where(*guards).returning(_jobs.c.id).cte("job_succeeded")
 
 
 def running_job_params() -> dict[str, Any]:
@@ -319,11 +313,12 @@ _THIS_RUN = (
     & (_jobs.c.state == "running")
     & (_jobs.c.attempts == bindparam("b_job_attempt"))
 )
-_SUCCEEDED = Prebuilt(
+_SUCCEED = (
     update(_jobs)
     .where(_THIS_RUN)
     .values(state="succeeded", finished_at=func.now(), last_error=None)
 )
+_SUCCEEDED = Prebuilt(_SUCCEED)
 
 
 def start_job(job_id: str) -> StartedJob | None:

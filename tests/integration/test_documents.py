@@ -178,11 +178,13 @@ def s3_bucket(monkeypatch) -> Iterator[tuple[str, str]]:
         server.stop()
 
 
-def test_documents_can_live_in_s3(service_env, s3_bucket, admin, make_customer):
+@pytest.fixture
+def s3_app(service_env, s3_bucket):
+    """The service with its documents in the moto bucket."""
     from billing import create_app
 
     endpoint, bucket = s3_bucket
-    s3_app = create_app(
+    return create_app(
         {
             **service_env,
             "DOCUMENT_STORAGE": "s3",
@@ -191,6 +193,10 @@ def test_documents_can_live_in_s3(service_env, s3_bucket, admin, make_customer):
             "S3_REGION": "us-east-1",
         }
     )
+
+
+def test_documents_can_live_in_s3(s3_app, s3_bucket, admin, make_customer):
+    endpoint, bucket = s3_bucket
     invoice = _send_invoice(admin, make_customer)
     with s3_app.app_context():
         from billing.services import documents
@@ -210,22 +216,9 @@ def test_documents_can_live_in_s3(service_env, s3_bucket, admin, make_customer):
     assert db.session.scalar(select(func.count()).select_from(StoredBlob)) == 0
 
 
-def test_an_invoice_email_attaches_the_pdf_stored_in_s3(
-    service_env, s3_bucket, admin, make_customer, mailbox
-):
-    from billing import create_app
+def test_an_invoice_email_attaches_the_pdf_stored_in_s3(s3_app, admin, make_customer, mailbox):
     from billing.models import EmailDelivery
 
-    endpoint, bucket = s3_bucket
-    s3_app = create_app(
-        {
-            **service_env,
-            "DOCUMENT_STORAGE": "s3",
-            "S3_BUCKET": bucket,
-            "S3_ENDPOINT_URL": endpoint,
-            "S3_REGION": "us-east-1",
-        }
-    )
     invoice = _send_invoice(admin, make_customer)
     with s3_app.app_context():
         from billing.services import documents, emails
