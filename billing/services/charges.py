@@ -43,7 +43,15 @@ from billing.models import (
     LedgerEntry,
     OutboxJob,
 )
-from billing.services import context, delinquency, documents, dunning_schedule, emails, ledger
+from billing.services import (
+    charge_statements,
+    context,
+    delinquency,
+    documents,
+    dunning_schedule,
+    emails,
+    ledger,
+)
 from billing.services.errors import Conflict, NotFound, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
 from billing.services.outbox import (
@@ -51,12 +59,16 @@ from billing.services.outbox import (
     has_unfinished_job,
     record_job,
     record_jobs,
+    relay_jobs,
+    running_job_succeeded,
+    single_statements,
 )
+from billing.services.outbox import lease as outbox_lease
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
 
-LEDGER_SCOPE = "stripe.payment_intent"
+LEDGER_SCOPE = charge_statements.LEDGER_SCOPE
 # An attempt unknown or started this long ago, with no job left to finish it, is picked up
 # by the reconciliation sweep.
 RECONCILE_AFTER = timedelta(minutes=2)
@@ -64,7 +76,7 @@ RECONCILE_AFTER = timedelta(minutes=2)
 # lost), and given up after the deadline (Stripe's own links last about a day).
 AUTHENTICATION_POLL = timedelta(minutes=10)
 AUTHENTICATION_DEADLINE = timedelta(hours=23)
-PAYABLE = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
+PAYABLE = charge_statements.PAYABLE
 FINAL = ("succeeded", "failed", "canceled")
 
 
@@ -214,6 +226,30 @@ class _Prepared:
     ledger_key: str
     invoice_id: str
     known_intent: str | None
+    # Set when the attempt was taken by the prebuilt statement: its success may then be
+    # recorded by the prebuilt statement too.
+    taken: charge_statements.Taken | None = None
+
+
+def _take(attempt_id: str) -> _Prepared | None:
+    """Phase 1 for the plain case (a pending attempt, first claimed now) in one statement;
+    None leaves every other case to `_prepare`."""
+    with single_statements() as connection:
+        taken = charge_statements.take(connection, attempt_id, context.stripe_call_lease())
+    if taken is None:
+        return None
+    return _Prepared(
+        claimed=ClaimResult(Claim.NEW, taken.entry_id, 1, "started"),
+        stripe_customer_id=taken.stripe_customer_id,
+        payment_method=taken.payment_method,
+        may_create=True,
+        amount=taken.amount,
+        currency=taken.currency,
+        ledger_key=taken.ledger_key,
+        invoice_id=taken.invoice_id,
+        known_intent=None,
+        taken=taken,
+    )
 
 
 def _locked(session: Session, attempt_id: str) -> tuple[ChargeAttempt, Invoice, Customer] | None:
@@ -276,7 +312,8 @@ def _prepare(attempt_id: str) -> _Prepared | str:
 
 def execute_charge(attempt_id: str) -> str:
     """The `billing.charge_invoice` job. Returns the attempt's status afterwards."""
-    prepared = _prepare(attempt_id)  # committed: nothing is held open across the network
+    # Committed either way: nothing is held open across the network.
+    prepared = _take(attempt_id) or _prepare(attempt_id)
     if prepared == "requires_action":
         return _follow_up_authentication(attempt_id)
     if isinstance(prepared, str):
@@ -324,7 +361,50 @@ def execute_charge(attempt_id: str) -> str:
     except StripeUnavailable as exc:
         _record_unknown(attempt_id, claimed, str(exc))
         raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc
+    if prepared.taken is not None and intent.status == "succeeded" and intent.id:
+        if _record_success_at_once(attempt_id, prepared.taken, intent.id, intent.amount):
+            return "succeeded"
     return _record_intent(attempt_id, claimed, intent)
+
+
+def _record_success_at_once(
+    attempt_id: str, taken: charge_statements.Taken, intent_id: str, amount: int
+) -> bool:
+    """Phase 3 for a plain success, in one statement (as `_record` with `_apply_success`
+    and `_notify` would write it); False when it recorded nothing and `_record` must.
+
+    The receipt goes to the addresses the customer had when the attempt was taken, a moment
+    ago: `_record` reads them again at this point, this path does not."""
+    request_id = context.current_request_id()
+    receipts = [
+        {**delivery, "job_id": new_id("job")}
+        for delivery in emails.new_deliveries(
+            charge_statements.RECEIPT,
+            taken.invoice_id,
+            attempt_id,
+            emails.recipients(taken.email, taken.billing_emails),
+        )
+    ]
+    with single_statements() as connection:
+        recorded = charge_statements.record_success(
+            connection,
+            attempt_id,
+            taken,
+            intent_id,
+            amount,
+            receipts=receipts,
+            render_job_id=new_id("job"),
+            request_id=request_id,
+            job_lease=outbox_lease(),
+        )
+    if recorded is None:
+        return False
+    running_job_succeeded()
+    CHARGES.labels(outcome="succeeded").inc()
+    log.info("invoice.paid", invoice_id=taken.invoice_id, amount=amount)
+    log.info("charge.recorded", attempt_id=attempt_id, status="succeeded")
+    relay_jobs([(job_id, name, request_id) for job_id, name in recorded.jobs])
+    return True
 
 
 def _cancel_leftover_intent(ledger_key: str, intent_id: str | None) -> None:

@@ -50,9 +50,14 @@ RESEND_MARK = ":resend-"
 
 def recipients_of(customer: Customer) -> list[str]:
     """The customer's email, then its further billing emails; each address once."""
+    return recipients(customer.email, customer.billing_emails)
+
+
+def recipients(email: str, billing_emails: Sequence[str] | None) -> list[str]:
+    """`recipients_of` for a customer read as plain values."""
     seen: set[str] = set()
     addresses: list[str] = []
-    for address in [customer.email, *(customer.billing_emails or [])]:
+    for address in [email, *(billing_emails or [])]:
         cleaned = address.strip()
         if cleaned and cleaned.lower() not in seen:
             seen.add(cleaned.lower())
@@ -106,24 +111,23 @@ def queue_email(
 def queue_emails(session: Session, requests: Sequence[EmailRequest]) -> list[str]:
     """`queue_email` for many at once (a dunning page's reminders): one insert of every
     delivery, one of the new ones' jobs. Returns the new deliveries."""
-    rows = []
-    for request in requests:
-        for recipient in recipients_of(request.invoice.customer):
-            key = f"{request.kind}:{request.invoice.id}:{request.occasion}:{recipient.lower()}"
-            if request.resend is not None:
-                key += f"{RESEND_MARK}{request.resend}"
-            rows.append(
-                {
-                    "id": new_id("em"),
-                    "kind": request.kind,
-                    "invoice_id": request.invoice.id,
-                    "occasion": request.occasion,
-                    "recipient": recipient,
-                    "ledger_key": key,
-                    "context": request.context,
-                    "message_id": message_id_for(key),
-                }
-            )
+    rows = [
+        {
+            **delivery,
+            "kind": request.kind,
+            "invoice_id": request.invoice.id,
+            "occasion": request.occasion,
+            "context": request.context,
+        }
+        for request in requests
+        for delivery in new_deliveries(
+            request.kind,
+            request.invoice.id,
+            request.occasion,
+            recipients_of(request.invoice.customer),
+            request.resend,
+        )
+    ]
     if not rows:
         return []
     table = EmailDelivery.__table__
@@ -137,6 +141,30 @@ def queue_emails(session: Session, requests: Sequence[EmailRequest]) -> list[str
     )
     record_jobs(session, jobs.SEND_EMAIL, [{"delivery_id": delivery} for delivery in created])
     return created
+
+
+def new_deliveries(
+    kind: str,
+    invoice_id: str,
+    occasion: str,
+    addresses: Sequence[str],
+    resend: int | None = None,
+) -> list[dict[str, str]]:
+    """Each recipient's delivery id, address, ledger key and Message-ID, for an insert."""
+    deliveries = []
+    for recipient in addresses:
+        key = f"{kind}:{invoice_id}:{occasion}:{recipient.lower()}"
+        if resend is not None:
+            key += f"{RESEND_MARK}{resend}"
+        deliveries.append(
+            {
+                "id": new_id("em"),
+                "recipient": recipient,
+                "ledger_key": key,
+                "message_id": message_id_for(key),
+            }
+        )
+    return deliveries
 
 
 def emails_of(invoice_id: str) -> list[EmailDelivery]:

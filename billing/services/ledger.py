@@ -193,13 +193,13 @@ _COMPLETE = Prebuilt(
 )
 
 
-def completion(state: str) -> CTE:
+def completion(state: str, *guards: Any) -> CTE:
     """`complete`'s update as a CTE, for a caller that records the outcome together with
     its own changes in one statement; it returns the entry's id only if this attempt still
-    held the entry, so the caller's other changes can be guarded on it."""
+    held the entry (and `guards` hold), so the caller's other changes can be guarded on it."""
     return (
         update(_entries)
-        .where(_OWN_ATTEMPT)
+        .where(_OWN_ATTEMPT, *guards)
         .values(
             state=state,
             outcome=bindparam("b_outcome", type_=_entries.c.outcome.type),

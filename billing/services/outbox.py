@@ -62,7 +62,7 @@ def record_job(session: Session, name: str, **args: Any) -> OutboxJob:
         state="sent",
         sent_at=func.now(),
         request_id=context.current_request_id(),
-        lease_expires_at=func.now() + _lease(),
+        lease_expires_at=func.now() + lease(),
     )
     session.add(job)
     session.info.setdefault(RECORDED_JOBS, []).append((job.id, name, job.request_id))
@@ -90,7 +90,7 @@ def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, An
     # Core, not ORM objects: one compiled statement sent as a multi-row VALUES.
     session.execute(
         insert(OutboxJob.__table__).values(
-            sent_at=func.now(), lease_expires_at=func.now() + _lease()
+            sent_at=func.now(), lease_expires_at=func.now() + lease()
         ),
         rows,
     )
@@ -108,7 +108,8 @@ def has_unfinished_job(job_name: str, arg_name: str, id_column: Any) -> Any:
     )
 
 
-def _lease() -> timedelta:
+def lease() -> timedelta:
+    """How long a sent or running job is left alone before the sweeper sends it again."""
     return timedelta(seconds=context.settings().outbox_lease_seconds)
 
 
@@ -125,25 +126,44 @@ def _publish(jobs: list[tuple[str, str, str | None]]) -> list[str]:
     return published
 
 
+def _unpublished(jobs: list[tuple[str, str, str | None]]) -> list[str]:
+    published = set(_publish(jobs))
+    return [job_id for job_id, _, _ in jobs if job_id not in published]
+
+
+def _back_to_pending(unpublished: list[str]) -> Any:
+    # Not sent after all: pending, and swept again soon rather than after a full lease.
+    return (
+        update(OutboxJob)
+        .where(OutboxJob.id.in_(unpublished), OutboxJob.state == "sent")
+        .values(state="pending", sent_at=None, lease_expires_at=func.now() + RELAY_GRACE)
+    )
+
+
 def relay_recorded_jobs(session: Session) -> None:
     """Publish what the just-committed transaction recorded. Failure here loses nothing."""
     jobs = session.info.pop(RECORDED_JOBS, [])
-    if not jobs:
-        return
-    published = set(_publish(jobs))
-    unpublished = [job_id for job_id, _, _ in jobs if job_id not in published]
+    unpublished = _unpublished(jobs) if jobs else []
     if not unpublished:
         return
     try:
-        # Not sent after all: pending, and swept again soon rather than after a full lease.
-        session.execute(
-            update(OutboxJob)
-            .where(OutboxJob.id.in_(unpublished), OutboxJob.state == "sent")
-            .values(state="pending", sent_at=None, lease_expires_at=func.now() + RELAY_GRACE)
-        )
+        session.execute(_back_to_pending(unpublished))
         session.commit()
     except Exception as exc:  # noqa: BLE001 - the sweeper publishes it after the lease anyway
         session.rollback()
+        log.warning("outbox.mark_pending_failed", job_ids=unpublished, error=str(exc))
+
+
+def relay_jobs(jobs: list[tuple[str, str, str | None]]) -> None:
+    """`relay_recorded_jobs` for jobs a single committed statement recorded, as record_job
+    records them (sent, with a full lease), outside any ORM transaction."""
+    unpublished = _unpublished(jobs)
+    if not unpublished:
+        return
+    try:
+        with single_statements() as connection:
+            connection.execute(_back_to_pending(unpublished))
+    except Exception as exc:  # noqa: BLE001 - the sweeper publishes it after the lease anyway
         log.warning("outbox.mark_pending_failed", job_ids=unpublished, error=str(exc))
 
 
@@ -174,11 +194,9 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
         ids = [r.id for r in rows if r.id in published and (r.state == "sent") is resent_unstarted]
         if not ids:
             continue
-        wait: Any = _lease()
+        wait: Any = lease()
         if resent_unstarted:
-            wait = func.least(
-                func.greatest(_lease(), waited + waited), MAX_RESEND_LEASES * _lease()
-            )
+            wait = func.least(func.greatest(lease(), waited + waited), MAX_RESEND_LEASES * lease())
         session.execute(
             update(OutboxJob)
             .where(OutboxJob.id.in_(ids))
@@ -333,7 +351,7 @@ def start_job(job_id: str) -> StartedJob | None:
 
 
 def _start_job(connection: Connection, job_id: str) -> StartedJob | None:
-    row = _START.execute(connection, {"b_job_id": job_id, "b_lease": _lease()}).one_or_none()
+    row = _START.execute(connection, {"b_job_id": job_id, "b_lease": lease()}).one_or_none()
     if row is None:
         _give_up_if_spent(connection, job_id)
         return None
@@ -378,7 +396,7 @@ def start_job_with(
     Returns the started job (None as start_job does) and the statement's row."""
     with single_statements() as connection:
         row = statement.execute(
-            connection, {"b_job_id": job_id, "b_lease": _lease(), **params}
+            connection, {"b_job_id": job_id, "b_lease": lease(), **params}
         ).one_or_none()
         if row is None:
             _give_up_if_spent(connection, job_id)
@@ -440,7 +458,7 @@ def job_will_retry(
         job,
         state="sent",
         last_error=error[:4000],
-        lease_expires_at=func.now() + timedelta(seconds=countdown) + _lease(),
+        lease_expires_at=func.now() + timedelta(seconds=countdown) + lease(),
         **values,
     )
 
@@ -495,7 +513,7 @@ def replay(job_id: str) -> OutboxJob:
         job.attempts = 0
         job.finished_at = None
         job.sent_at = func.now()
-        job.lease_expires_at = func.now() + _lease()
+        job.lease_expires_at = func.now() + lease()
         session.info.setdefault(RECORDED_JOBS, []).append((job.id, job.name, job.request_id))
     log.info("job.replayed", job_id=job_id, job_name=job.name)
     return job
