@@ -10,10 +10,11 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from billing.extensions import db
 from billing.models import ApiKey, Customer
+from billing.prebuilt import Prebuilt
 from billing.services.errors import NotFound
 from billing.services.unit_of_work import transaction
 
@@ -63,11 +64,17 @@ def list_api_keys() -> list[ApiKey]:
     return list(db.session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
 
 
+# Every request runs it: built once, and sent prebuilt.
+_KEY_BY_HASH = Prebuilt(
+    select(ApiKey.id, ApiKey.customer_id).where(
+        ApiKey.secret_hash == bindparam("b_secret_hash"), ApiKey.revoked_at.is_(None)
+    )
+)
+
+
 def authenticate(secret: str) -> Principal | None:
-    key = db.session.execute(
-        select(ApiKey.id, ApiKey.customer_id).where(
-            ApiKey.secret_hash == hash_secret(secret), ApiKey.revoked_at.is_(None)
-        )
+    key = _KEY_BY_HASH.execute(
+        db.session.connection(), {"b_secret_hash": hash_secret(secret)}
     ).first()
     if key is None:
         return None

@@ -83,9 +83,9 @@ def create_customer(fields: CustomerFields) -> tuple[Customer, str]:
         )
         session.add(customer)
         session.flush()
-        job = record_job(session, jobs.SYNC_CUSTOMER, customer_id=customer.id)
-    log.info("customer.created", customer_id=customer.id, job_id=job.id)
-    return customer, job.id
+        job_id = record_job(session, jobs.SYNC_CUSTOMER, customer_id=customer.id)
+    log.info("customer.created", customer_id=customer.id, job_id=job_id)
+    return customer, job_id
 
 
 def update_customer(

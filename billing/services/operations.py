@@ -274,7 +274,7 @@ def rerender_invoices(invoice_ids: list[str]) -> list[Rerender]:
         requested = [
             Rerender(
                 invoice_id,
-                record_job(session, jobs.RENDER_INVOICE_PDF, invoice_id=invoice_id, force=True).id,
+                record_job(session, jobs.RENDER_INVOICE_PDF, invoice_id=invoice_id, force=True),
                 versions.get(invoice_id, 0),
             )
             for invoice_id in dict.fromkeys(invoice_ids)

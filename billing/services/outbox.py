@@ -47,26 +47,15 @@ UNFINISHED = ("pending", "sent", "running")
 MAX_RESEND_LEASES = 4
 
 
-def record_job(session: Session, name: str, **args: Any) -> OutboxJob:
+def record_job(session: Session, name: str, **args: Any) -> str:
     """Record a follow-up job in the caller's transaction; it is published after commit.
+    Returns its id.
 
     It is recorded as already `sent`, with a full lease: publishing right after commit
     almost always works, and writing "sent" afterwards would cost every request another
     round trip and commit. A failed publish turns it back to `pending` below; a process
     that dies between commit and publish leaves it to the sweeper once the lease ends."""
-    job = OutboxJob(
-        id=new_id("job"),
-        name=name,
-        queue=queue_for(name),
-        args=args,
-        state="sent",
-        sent_at=func.now(),
-        request_id=context.current_request_id(),
-        lease_expires_at=func.now() + lease(),
-    )
-    session.add(job)
-    session.info.setdefault(RECORDED_JOBS, []).append((job.id, name, job.request_id))
-    return job
+    return record_jobs(session, name, [args])[0]
 
 
 def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, Any]]) -> list[str]:

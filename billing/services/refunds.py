@@ -74,9 +74,9 @@ def request_refund(invoice_id: str, amount: int | None, reason: str | None) -> R
             reason=reason,
         )
         session.add(refund)
-        job = record_job(session, jobs.REFUND_INVOICE, refund_id=refund_id)
+        job_id = record_job(session, jobs.REFUND_INVOICE, refund_id=refund_id)
     log.info("refund.requested", invoice_id=invoice_id, refund_id=refund_id, amount=wanted)
-    return RefundRequest(refund, job.id)
+    return RefundRequest(refund, job_id)
 
 
 def execute_refund(refund_id: str) -> str:

@@ -185,5 +185,5 @@ def replay_event(event_id: str) -> str:
             raise PermanentJobError(f"no stored event {event_id}")
         event.status = "received"
         event.error = None
-        job = record_job(session, jobs.PROCESS_STRIPE_EVENT, event_id=event_id)
-    return job.id
+        job_id = record_job(session, jobs.PROCESS_STRIPE_EVENT, event_id=event_id)
+    return job_id
