@@ -2,7 +2,13 @@
 emulator's own rate for the same PaymentIntent calls made straight with the SDK, at the same
 concurrency, measured in the same run. Last line: the ratio (target: at least 0.7).
 
-    python bench/charges.py [--invoices 300] [--concurrency 8]
+    python bench/charges.py [--invoices 300] [--concurrency 8] [--rounds 4]
+
+The two alternate in rounds (SDK, service, SDK, service...), each on an emptied emulator
+(it slows as its store grows), and each rate is its charges over its summed time: on a
+shared machine a slow spell then slows both, instead of deciding the ratio by falling on
+one of them. A service round starts with a new customer and card (the emptied emulator
+forgot the last ones); only its finalize requests and the wait for "paid" are timed.
 
 Uses DATABASE_URL / REDIS_URL or the machine's servers, else embedded ones (as the tests do);
 always starts its own Stripe emulator, web server and billing workers.
@@ -72,6 +78,7 @@ def _cpu_seconds(
 
 
 def _pay_directly(client: stripe.StripeClient, n: int, concurrency: int) -> float:
+    """Seconds taken by n confirmed PaymentIntents made straight with the SDK."""
     customer = client.v1.customers.create(params={"name": "bench"})
     pm = client.v1.payment_methods.create(
         params={
@@ -98,13 +105,31 @@ def _pay_directly(client: stripe.StripeClient, n: int, concurrency: int) -> floa
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, range(n)))
-    return n / (time.perf_counter() - started)
+    return time.perf_counter() - started
+
+
+def _paying_customer(api: requests.Session, url: str, client: stripe.StripeClient) -> str:
+    customer = api.post(
+        f"{url}/v1/customers",
+        json={"name": "bench", "email": "b@bench.example", "currency": "eur"},
+    ).json()
+    while not api.get(f"{url}/v1/customers/{customer['id']}").json()["stripe_customer_id"]:
+        time.sleep(0.2)
+    pm = client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    api.post(f"{url}/v1/customers/{customer['id']}/payment_method", json={"payment_method": pm.id})
+    return str(customer["id"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--invoices", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--pool", default=None, help="the billing worker's Celery pool")
     parser.add_argument(
         "--fast-emulator",
@@ -174,34 +199,11 @@ def main() -> int:
         client = stripe.StripeClient(
             "sk_test_local", base_addresses={"api": stripe_base}, max_network_retries=0
         )
-        baseline = _pay_directly(client, args.invoices, args.concurrency)
-        emulator.reset()  # the emulator slows as its store grows: both runs start empty
-
-        customer = api.post(
-            f"{url}/v1/customers",
-            json={"name": "bench", "email": "b@bench.example", "currency": "eur"},
-        ).json()
-        while not api.get(f"{url}/v1/customers/{customer['id']}").json()["stripe_customer_id"]:
-            time.sleep(0.2)
-        pm = client.v1.payment_methods.create(
-            params={
-                "type": "card",
-                "card": {"number": CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
-            }
-        )
-        api.post(
-            f"{url}/v1/customers/{customer['id']}/payment_method", json={"payment_method": pm.id}
-        )
-        drafts = [
-            api.post(
-                f"{url}/v1/invoices",
-                json={
-                    "customer": customer["id"],
-                    "lines": [{"description": "Seats", "unit_amount": 1000 + i}],
-                },
-            ).json()["id"]
-            for i in range(args.invoices)
-        ]
+        rounds = max(1, min(args.rounds, args.invoices))
+        sizes = [args.invoices // rounds + (r < args.invoices % rounds) for r in range(rounds)]
+        direct_seconds = service_seconds = finalize_seconds = 0.0
+        cpu = {"web": 0.0, "worker": 0.0, "emulator": 0.0}
+        paid_so_far = 0
         with closing(
             psycopg2.connect(
                 make_url(database_url)
@@ -210,26 +212,46 @@ def main() -> int:
             )
         ) as db:
             db.autocommit = True
-            cpu_before = _cpu_seconds(processes, emulator)
-            started = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-                list(pool.map(lambda i: api.post(f"{url}/v1/invoices/{i}/finalize"), drafts))
-            finalized = time.perf_counter() - started
-            while True:
-                cursor = db.cursor()
-                cursor.execute("SELECT count(*) FROM invoices WHERE status = 'paid'")
-                if cursor.fetchone()[0] >= args.invoices:
-                    break
-                time.sleep(0.05)
-            service = args.invoices / (time.perf_counter() - started)
-            cpu = {k: v - cpu_before[k] for k, v in _cpu_seconds(processes, emulator).items()}
+            for size in sizes:
+                emulator.reset()  # the emulator slows as its store grows: each round starts empty
+                direct_seconds += _pay_directly(client, size, args.concurrency)
+
+                emulator.reset()
+                customer_id = _paying_customer(api, url, client)
+                drafts = [
+                    api.post(
+                        f"{url}/v1/invoices",
+                        json={
+                            "customer": customer_id,
+                            "lines": [{"description": "Seats", "unit_amount": 1000 + i}],
+                        },
+                    ).json()["id"]
+                    for i in range(size)
+                ]
+                cpu_before = _cpu_seconds(processes, emulator)
+                started = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+                    list(pool.map(lambda i: api.post(f"{url}/v1/invoices/{i}/finalize"), drafts))
+                finalize_seconds += time.perf_counter() - started
+                paid_so_far += size
+                while True:
+                    cursor = db.cursor()
+                    cursor.execute("SELECT count(*) FROM invoices WHERE status = 'paid'")
+                    if cursor.fetchone()[0] >= paid_so_far:
+                        break
+                    time.sleep(0.05)
+                service_seconds += time.perf_counter() - started
+                for k, v in _cpu_seconds(processes, emulator).items():
+                    cpu[k] += v - cpu_before[k]
+        baseline = args.invoices / direct_seconds
+        service = args.invoices / service_seconds
         print(
             f"emulator, direct SDK calls: {baseline:.1f} PaymentIntents/s "
-            f"({args.invoices} at concurrency {args.concurrency})"
+            f"({args.invoices} at concurrency {args.concurrency}, in {rounds} rounds)"
         )
         print(
             f"service, finalize over HTTP to paid in PostgreSQL: {service:.1f} charges/s "
-            f"(the {args.invoices} finalize requests alone took {finalized:.2f} s)"
+            f"(the {args.invoices} finalize requests alone took {finalize_seconds:.2f} s)"
         )
         per_charge = ", ".join(f"{k} {1000 * v / args.invoices:.1f}" for k, v in cpu.items())
         print(f"CPU ms per charge in the service run: {per_charge}")
