@@ -108,7 +108,7 @@ def _pay_directly(client: stripe.StripeClient, n: int, concurrency: int) -> floa
     return time.perf_counter() - started
 
 
-def _paying_customer(api: requests.Session, url: str, client: stripe.StripeClient) -> str:
+def paying_customer(api: requests.Session, url: str, client: stripe.StripeClient) -> str:
     customer = api.post(
         f"{url}/v1/customers",
         json={"name": "bench", "email": "b@bench.example", "currency": "eur"},
@@ -217,7 +217,7 @@ def main() -> int:
                 direct_seconds += _pay_directly(client, size, args.concurrency)
 
                 emulator.reset()
-                customer_id = _paying_customer(api, url, client)
+                customer_id = paying_customer(api, url, client)
                 drafts = [
                     api.post(
                         f"{url}/v1/invoices",

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _support import scratch_database  # noqa: E402
-from charges import CARD  # noqa: E402
+from charges import paying_customer  # noqa: E402
 
 from devstack.commands import web_command, worker_command  # noqa: E402
 from devstack.servers import (  # noqa: E402
@@ -220,26 +220,12 @@ def main() -> int:
         client = stripe.StripeClient(
             "sk_test_local", base_addresses={"api": stripe_base}, max_network_retries=0
         )
-        customer = api.post(
-            f"{url}/v1/customers",
-            json={"name": "rt", "email": "rt@bench.example", "currency": "eur"},
-        ).json()
-        while not api.get(f"{url}/v1/customers/{customer['id']}").json()["stripe_customer_id"]:
-            time.sleep(0.2)
-        pm = client.v1.payment_methods.create(
-            params={
-                "type": "card",
-                "card": {"number": CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
-            }
-        )
-        api.post(
-            f"{url}/v1/customers/{customer['id']}/payment_method", json={"payment_method": pm.id}
-        )
+        customer_id = paying_customer(api, url, client)
         drafts = [
             api.post(
                 f"{url}/v1/invoices",
                 json={
-                    "customer": customer["id"],
+                    "customer": customer_id,
                     "lines": [{"description": "Seats", "unit_amount": 1000 + i}],
                 },
             ).json()["id"]

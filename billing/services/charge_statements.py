@@ -26,7 +26,6 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
-    Interval,
     String,
     bindparam,
     exists,
@@ -234,27 +233,22 @@ _DELIVERIES_QUEUED = (
     .returning(_deliveries.c.id)
     .cte("receipts_queued")
 )
-_JOB_COLUMNS = ["id", "name", "queue", "args", "state", "request_id", "sent_at", "lease_expires_at"]
 
 
 def _job_values(job_id: Any, name: str, argument: str, value: Any) -> list[Any]:
-    """A recorded job's row, as outbox.record_jobs writes it: sent, with a full lease."""
-    return [
+    """A recorded job's row, as outbox.record_job writes it, with one argument."""
+    return outbox.recorded_job_values(
         job_id,
         literal(name),
         literal(jobs.queue_for(name)),
         func.jsonb_build_object(literal(argument), value, type_=JSONB),
-        literal("sent"),
-        bindparam("b_request_id", type_=String()),
-        func.now(),
-        func.now() + bindparam("b_job_lease", type_=Interval()),
-    ]
+    )
 
 
 _EMAIL_JOBS = (
     insert(_jobs)
     .from_select(
-        _JOB_COLUMNS,
+        outbox.RECORDED_JOB_COLUMNS,
         select(
             *_job_values(
                 _RECEIPTS.c.job_id, jobs.SEND_EMAIL, "delivery_id", _DELIVERIES_QUEUED.c.id
@@ -271,7 +265,7 @@ _EMAIL_JOBS = (
 _RENDER_JOB = (
     insert(_jobs)
     .from_select(
-        _JOB_COLUMNS,
+        outbox.RECORDED_JOB_COLUMNS,
         select(
             *_job_values(
                 bindparam("b_render_job_id", type_=String()),

@@ -67,26 +67,56 @@ def record_job(session: Session, name: str, **args: Any) -> str:
             "b_queue": queue_for(name),
             "b_args": args,
             "b_request_id": request_id,
-            "b_lease": lease(),
+            "b_job_lease": lease(),
         },
     )
     session.info.setdefault(RECORDED_JOBS, []).append((job_id, name, request_id))
     return job_id
 
 
+RECORDED_JOB_COLUMNS = [
+    "id",
+    "name",
+    "queue",
+    "args",
+    "state",
+    "attempts",
+    "request_id",
+    "sent_at",
+    "lease_expires_at",
+]
+
+
+def recorded_job_values(job_id: Any, name: Any, queue: Any, args: Any) -> list[Any]:
+    """A job's row as record_job writes it (sent, with a full lease), as SQL expressions for
+    RECORDED_JOB_COLUMNS of an INSERT ... SELECT; parameters b_request_id and b_job_lease."""
+    return [
+        job_id,
+        name,
+        queue,
+        args,
+        literal("sent"),
+        literal(0),
+        bindparam("b_request_id", type_=String()),
+        func.now(),
+        func.now() + bindparam("b_job_lease", type_=Interval()),
+    ]
+
+
 # Built once: most requests and many jobs record one follow-up job, and building the insert
 # per call cost a finalize request more CPU than sending it.
 _RECORD_ONE = Prebuilt(
-    insert(OutboxJob.__table__).values(
-        id=bindparam("b_id", type_=String()),
-        name=bindparam("b_name", type_=String()),
-        queue=bindparam("b_queue", type_=String()),
-        args=bindparam("b_args", type_=OutboxJob.__table__.c.args.type),
-        state=literal("sent"),
-        attempts=literal(0),
-        request_id=bindparam("b_request_id", type_=String()),
-        sent_at=func.now(),
-        lease_expires_at=func.now() + bindparam("b_lease", type_=Interval()),
+    insert(OutboxJob.__table__).from_select(
+        RECORDED_JOB_COLUMNS,
+        select(
+            *recorded_job_values(
+                bindparam("b_id", type_=String()),
+                bindparam("b_name", type_=String()),
+                bindparam("b_queue", type_=String()),
+                bindparam("b_args", type_=OutboxJob.__table__.c.args.type),
+            )
+        ),
+        include_defaults=False,
     )
 )
 
