@@ -46,6 +46,8 @@ LEDGER_SCOPE = "email.send"
 NO_OCCASION = "-"
 # Ends the ledger key of an operator's resend, followed by its number.
 RESEND_MARK = ":resend-"
+# Below a few seconds, a sender slowed by a loaded machine could lose its claim mid-send.
+MIN_MAIL_LEASE_SECONDS = 10
 
 
 def recipients_of(customer: Customer) -> list[str]:
@@ -182,8 +184,11 @@ def emails_of(invoice_id: str) -> list[EmailDelivery]:
 
 def _mail_lease() -> timedelta:
     # Longer than a send can take (connect, then the message, each within the timeout),
-    # so a live sender is never taken over.
-    return timedelta(seconds=max(60, 4 * int(context.settings().mail["MAIL_TIMEOUT"])))
+    # so a live sender is never taken over; no longer, since an email whose sender died
+    # waits this long before another worker may send it.
+    return timedelta(
+        seconds=max(MIN_MAIL_LEASE_SECONDS, 4 * int(context.settings().mail["MAIL_TIMEOUT"]))
+    )
 
 
 def _date(value: date | datetime | None, locale: str) -> str:

@@ -43,9 +43,14 @@ class ClaimResult:
     response_status: int | None = None
     response_body: Any = None
     outcome: dict[str, Any] | None = None
+    # IN_PROGRESS only: seconds until the holder's lease ends.
+    lease_left: float | None = None
 
 
 _entries = LedgerEntry.__table__
+# A waiting job comes back this long after the holder's lease ends: enough for the holder's
+# own last commit, or for the lease to have lapsed by the database's clock too.
+HELD_RETRY_MARGIN_SECONDS = 1.0
 # Built once: every charge, email and idempotent request claims through it. Without a
 # retention (keep_for NULL) now() + NULL leaves expires_at NULL: kept for good.
 _CLAIM_NEW = Prebuilt(
@@ -138,10 +143,13 @@ def claim_in_transaction(scope: str, key: str, owner_id: str, *, lease: timedelt
 
     claimed = claim(scope, key, owner_id, lease=lease, commit=False)
     if claimed.claim is Claim.IN_PROGRESS:
-        # Its holder finishes, or its lease ends, within one lease: come back then, rather
-        # than after a backoff that grows with every try.
+        # Its holder finishes, or its lease ends, within what is left of its lease: come
+        # back just after that, rather than after a backoff that grows with every try (nor
+        # a whole lease: a holder killed seconds ago would leave us waiting twice as long).
+        left = claimed.lease_left if claimed.lease_left is not None else lease.total_seconds()
         raise HeldElsewhere(
-            f"{scope} {key} is held by another worker", retry_after=lease.total_seconds()
+            f"{scope} {key} is held by another worker",
+            retry_after=min(lease.total_seconds(), max(left, 0.0) + HELD_RETRY_MARGIN_SECONDS),
         )
     if claimed.claim is Claim.MISMATCH:
         raise RuntimeError(f"ledger key {scope} {key} belongs to something other than {owner_id}")
@@ -149,9 +157,14 @@ def claim_in_transaction(scope: str, key: str, owner_id: str, *, lease: timedelt
 
 
 def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> ClaimResult:
-    lease_expired = db.session.execute(
-        select(func.coalesce(entry.locked_until, func.now()) <= func.now())
-    ).scalar_one()
+    lease_left = float(
+        db.session.execute(
+            select(
+                func.extract("epoch", func.coalesce(entry.locked_until, func.now()) - func.now())
+            )
+        ).scalar_one()
+    )
+    lease_expired = lease_left <= 0
     if entry.fingerprint != fingerprint:
         return ClaimResult(Claim.MISMATCH, entry.id, entry.attempt, entry.state)
     if entry.state in ("succeeded", "failed"):
@@ -165,7 +178,9 @@ def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> C
             entry.outcome,
         )
     if entry.state == "started" and not lease_expired:
-        return ClaimResult(Claim.IN_PROGRESS, entry.id, entry.attempt, entry.state)
+        return ClaimResult(
+            Claim.IN_PROGRESS, entry.id, entry.attempt, entry.state, lease_left=lease_left
+        )
     entry.state = "started"
     entry.attempt += 1
     entry.locked_until = func.now() + lease

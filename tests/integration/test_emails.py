@@ -325,3 +325,14 @@ def test_a_mail_job_whose_delivery_is_gone_fails_for_an_operator_to_see(
     failed = db.session.get(OutboxJob, job.id)
     assert (failed.state, failed.last_error) == ("failed", "no email delivery em_gone")
     assert mailbox.messages == []
+
+
+def test_a_dead_sender_s_claim_lapses_after_four_smtp_timeouts_not_minutes(app):
+    from datetime import timedelta
+
+    from billing.services import emails
+
+    # The tests' MAIL_TIMEOUT is 5 s: a send takes at most a connect and a transfer, each
+    # within it, so 20 s covers a live sender; an email whose sender was killed waits no
+    # longer than that before another worker sends it.
+    assert emails._mail_lease() == timedelta(seconds=20)

@@ -134,3 +134,28 @@ def test_waiting_for_another_runs_claim_does_not_use_up_the_jobs_attempts(
     db.session.refresh(job)
     assert (job.state, job.attempts) == ("sent", 0)
     assert "held" in job.last_error or "another worker" in job.last_error
+
+
+def test_a_job_finding_its_side_effect_held_comes_back_when_the_holder_s_lease_ends(app):
+    from billing.models import LedgerEntry
+    from billing.services import ledger
+    from billing.services.errors import HeldElsewhere
+    from billing.services.unit_of_work import transaction
+
+    lease = timedelta(seconds=30)
+    ledger.claim("test.effect", "key-1", "owner-1", lease=lease)
+    # The holder was killed 26 s into its 30 s lease: 4 s of it are left.
+    db.session.execute(
+        update(LedgerEntry)
+        .where(LedgerEntry.key == "key-1")
+        .values(locked_until=func.now() + timedelta(seconds=4))
+    )
+    db.session.commit()
+    with pytest.raises(HeldElsewhere) as held, transaction():
+        ledger.claim_in_transaction("test.effect", "key-1", "owner-1", lease=lease)
+    assert 3.5 < held.value.retry_after <= 4 + ledger.HELD_RETRY_MARGIN_SECONDS
+    db.session.execute(update(LedgerEntry).values(locked_until=func.now() - timedelta(seconds=1)))
+    db.session.commit()
+    with transaction():
+        taken_over = ledger.claim_in_transaction("test.effect", "key-1", "owner-1", lease=lease)
+    assert (taken_over.claim, taken_over.attempt) == (ledger.Claim.RESUMED, 2)
