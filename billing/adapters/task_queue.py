@@ -88,12 +88,12 @@ class CeleryJobPublisher:
                 # What Celery would write itself (for logs and Flower), without running its
                 # general-purpose saferepr on every publish: a tenth of a publish's CPU.
                 argsrepr="()",
+                kwargsrepr=repr({"job_id": job_id}),
                 # The message goes to the default exchange, straight onto the queue's list:
                 # no binding is read, so declaring one on every publish (kombu's default,
                 # cached per connection yet still a tenth of the CPU) buys nothing. The
                 # workers declare the queues they consume.
                 declare=[],
-                kwargsrepr=repr({"job_id": job_id}),
             )
         except Exception:
             self._paused_until = time.monotonic() + self.PAUSE_AFTER_FAILURE_SECONDS
