@@ -128,6 +128,20 @@ def paying_customer(api: requests.Session, url: str, client: stripe.StripeClient
     return str(customer["id"])
 
 
+def draft_invoices(api: requests.Session, url: str, customer_id: str, count: int) -> list[str]:
+    """`count` one-line drafts for the customer, each for a different amount."""
+    return [
+        api.post(
+            f"{url}/v1/invoices",
+            json={
+                "customer": customer_id,
+                "lines": [{"description": "Seats", "unit_amount": 1000 + i}],
+            },
+        ).json()["id"]
+        for i in range(count)
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--invoices", type=int, default=300)
@@ -221,16 +235,7 @@ def main() -> int:
 
                 emulator.reset()
                 customer_id = paying_customer(api, url, client)
-                drafts = [
-                    api.post(
-                        f"{url}/v1/invoices",
-                        json={
-                            "customer": customer_id,
-                            "lines": [{"description": "Seats", "unit_amount": 1000 + i}],
-                        },
-                    ).json()["id"]
-                    for i in range(size)
-                ]
+                drafts = draft_invoices(api, url, customer_id, size)
                 cpu_before = _cpu_seconds(processes, emulator)
                 started = time.perf_counter()
                 with ThreadPoolExecutor(max_workers=args.concurrency) as pool:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _support import scratch_database  # noqa: E402
-from charges import paying_customer  # noqa: E402
+from charges import draft_invoices, paying_customer  # noqa: E402
 
 from devstack.commands import web_command, worker_command  # noqa: E402
 from devstack.servers import (  # noqa: E402
@@ -221,16 +221,7 @@ def main() -> int:
             "sk_test_local", base_addresses={"api": stripe_base}, max_network_retries=0
         )
         customer_id = paying_customer(api, url, client)
-        drafts = [
-            api.post(
-                f"{url}/v1/invoices",
-                json={
-                    "customer": customer_id,
-                    "lines": [{"description": "Seats", "unit_amount": 1000 + i}],
-                },
-            ).json()["id"]
-            for i in range(args.invoices)
-        ]
+        drafts = draft_invoices(api, url, customer_id, args.invoices)
         with closing(
             psycopg2.connect(database_url.replace("postgresql+psycopg2", "postgresql"))
         ) as db:
