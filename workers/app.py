@@ -24,7 +24,7 @@ _flask_apps: list[Flask] = []
 
 
 def make_celery(flask_app: Flask | None = None) -> Celery:
-    app: Flask = flask_app or create_app()
+    app: Flask = flask_app or create_app(serve_http=False)
     settings: Settings = app.config["BILLING_SETTINGS"]
 
     class FlaskTask(Task):

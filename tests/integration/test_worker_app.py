@@ -1,0 +1,45 @@
+"""A worker's Flask app: the services' adapters without the HTTP side, for a quicker boot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from billing import create_app
+
+ADAPTERS = {"billing.publisher", "billing.stripe", "billing.mailer", "billing.storage"}
+
+
+def test_a_worker_app_has_every_adapter_a_job_uses_and_no_api_routes(service_env):
+    app = create_app(service_env, serve_http=False)
+
+    assert ADAPTERS <= app.extensions.keys()
+    assert [rule.rule for rule in app.url_map.iter_rules()] == ["/static/<path:filename>"]
+
+
+def test_the_web_app_has_the_same_adapters_and_the_api(service_env):
+    app = create_app(service_env)
+
+    assert ADAPTERS <= app.extensions.keys()
+    assert "/v1/invoices/<invoice_id>/pay" in {rule.rule for rule in app.url_map.iter_rules()}
+
+
+def test_a_worker_with_every_task_loaded_never_imports_the_api_or_the_commands(service_env):
+    # In a fresh interpreter, as `celery -A workers worker` starts: the app, then its tasks.
+    script = (
+        "import sys, workers\n"
+        "celery = workers.get_celery()\n"
+        "celery.loader.import_default_modules()\n"
+        "assert 'billing.charge_invoice' in celery.tasks, sorted(celery.tasks)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('billing.api', 'billing.cli'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**service_env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
