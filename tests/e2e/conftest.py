@@ -45,6 +45,8 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.started_at: dict[str, float] = {}
+        # Where each process's current run begins in its (appended) log.
+        self.log_offsets: dict[str, int] = {}
         LOGS.mkdir(parents=True, exist_ok=True)
 
     def log_path(self, name: str) -> Path:
@@ -52,6 +54,7 @@ class Stack:
 
     def _start(self, name: str, command: list[str]) -> None:
         log = self.log_path(name).open("ab")
+        self.log_offsets[name] = log.tell()
         self.started_at[name] = time.monotonic()
         self.processes[name] = subprocess.Popen(
             command,
