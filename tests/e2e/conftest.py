@@ -44,7 +44,6 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.started_at: dict[str, float] = {}
         # Where each process's current run begins in its (appended) log.
         self.log_offsets: dict[str, int] = {}
         LOGS.mkdir(parents=True, exist_ok=True)
@@ -55,7 +54,6 @@ class Stack:
     def _start(self, name: str, command: list[str]) -> None:
         log = self.log_path(name).open("ab")
         self.log_offsets[name] = log.tell()
-        self.started_at[name] = time.monotonic()
         self.processes[name] = subprocess.Popen(
             command,
             env=self.env,
