@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from billing.adapters.broker import BrokerView
 from billing.adapters.stripe_gateway import StripeGateway, StripeSdkGateway
 from billing.adapters.task_queue import CeleryJobPublisher, JobPublisher
 from billing.config import Settings
@@ -41,6 +42,7 @@ def create_app(
             ping_when_idle(engine)
 
     app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(settings.redis_url)
+    app.extensions["billing.broker_view"] = BrokerView(settings.redis_url)
     app.extensions["billing.stripe"] = stripe_gateway or StripeSdkGateway(
         settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout_seconds
     )

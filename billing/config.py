@@ -134,7 +134,7 @@ class Settings:
             stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET", ""),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             outbox_lease_seconds=_int(env, "OUTBOX_LEASE_SECONDS", 300),
-            outbox_sweep_interval_seconds=_int(env, "OUTBOX_SWEEP_INTERVAL_SECONDS", 30),
+            outbox_sweep_interval_seconds=_int(env, "OUTBOX_SWEEP_INTERVAL_SECONDS", 5),
             idempotency_key_ttl_hours=_int(env, "IDEMPOTENCY_KEY_TTL_HOURS", 24),
             default_days_until_due=_int(env, "DEFAULT_DAYS_UNTIL_DUE", 30),
             stripe_timeout_seconds=_int(env, "STRIPE_TIMEOUT_SECONDS", 20),

@@ -248,6 +248,9 @@ class OutboxJob(db.Model):  # type: ignore[name-defined]
     # Past this instant an unfinished job is presumed lost (broker flushed, worker killed)
     # and the sweeper publishes it again; its handler is idempotent, so that is harmless.
     lease_expires_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    # The worker running it (the id it beats under in Redis): a job whose worker stopped
+    # beating is sent again at once rather than when its lease ends.
+    worker: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         CheckConstraint(_in("state", JOB_STATES), name="state_known"),

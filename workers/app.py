@@ -16,6 +16,7 @@ from billing.extensions import db
 from billing.logging import bind_context, clear_context, configure_logging
 from workers import heartbeat
 from workers import metrics as _metrics  # noqa: F401 - its signal handlers serve the metrics
+from workers.liveness import WORKER_ID
 from workers.routing import route_by_name
 from workers.schedule import beat_schedule
 
@@ -83,6 +84,8 @@ def _use_structlog(**_: Any) -> None:
 def _touch_heartbeat_file(sender: Any, **_: Any) -> None:
     # Sent by the worker's event loop every two seconds while it is connected to the broker.
     heartbeat.touch(sender.eventer.app.conf.get("billing_heartbeat_file"))
+    if _flask_apps:
+        heartbeat.beat_in_registry(_flask_apps[-1].extensions["billing.broker_view"], WORKER_ID)
 
 
 @signals.worker_process_init.connect

@@ -15,13 +15,15 @@ from billing.metrics import TASK_LATENCY, TASKS
 from billing.services import outbox
 from billing.services.errors import HeldElsewhere, PermanentJobError, TransientJobError
 from billing.services.outbox import MAX_ATTEMPTS
+from workers.liveness import WORKER_ID
 
 log = get_logger(__name__)
 
-# 2 s doubling, capped at 5 minutes, with full jitter so that retries of many jobs hit
-# by one outage do not arrive together.
+# 2 s doubling, capped at 2 minutes, with full jitter so that retries of many jobs hit
+# by one outage do not arrive together. The cap bounds how long a job, once its cause
+# heals, waits for its next try.
 BACKOFF_FACTOR = 2
-BACKOFF_MAX_SECONDS = 300
+BACKOFF_MAX_SECONDS = 120
 
 
 def _count(task: Task, outcome: str, started: float | None = None) -> None:
@@ -31,14 +33,16 @@ def _count(task: Task, outcome: str, started: float | None = None) -> None:
         TASK_LATENCY.labels(queue=queue, task=task.name).observe(time.monotonic() - started)
 
 
-Starter = Callable[[str], tuple[outbox.StartedJob | None, dict[str, Any]]]
+Starter = Callable[..., tuple[outbox.StartedJob | None, dict[str, Any]]]
 
 
 def run_outbox_job(
     task: Task, job_id: str, handler: Callable[..., Any], *, start: Starter | None = None
 ) -> None:
     """`start`, when given, starts the job itself together with the handler's first read
-    (see outbox.start_job_with) and returns the handler's arguments."""
+    (see outbox.start_job_with) and returns the handler's arguments. The job is started
+    in this worker's name (liveness.WORKER_ID), so that it is sent again soon if this
+    worker dies with it."""
     if start is None:
         _run(task, job_id, handler, None)
         return
@@ -51,10 +55,10 @@ def run_outbox_job(
 
 def _run(task: Task, job_id: str, handler: Callable[..., Any], start: Starter | None) -> None:
     if start is None:
-        job = outbox.start_job(job_id)
+        job = outbox.start_job(job_id, worker=WORKER_ID)
         arguments = job.args if job is not None else {}
     else:
-        job, arguments = start(job_id)
+        job, arguments = start(job_id, worker=WORKER_ID)
     if job is None:
         # Finished already, or held by a live worker: a redelivery, harmless by design.
         log.info("job.skipped_duplicate_delivery", job_id=job_id)
@@ -88,10 +92,10 @@ def _run(task: Task, job_id: str, handler: Callable[..., Any], start: Starter | 
         if not outbox.job_will_retry(job, error, countdown, spent_attempt=not waited):
             _count(task, "superseded", started)
             return  # swept and started again by another worker: that run owns it now
+        # The sweeper publishes it when due: this message is done with.
         _count(task, "retry", started)
         log.warning("job.will_retry", attempts=job.attempts, countdown=countdown, error=error)
-        # Our own count (the outbox's attempts) decides; Celery's only backs it up.
-        raise task.retry(countdown=countdown, exc=exc, max_retries=MAX_ATTEMPTS) from exc
+        return
     recorded = outbox.job_succeeded(job)
     _count(task, "succeeded" if recorded else "superseded", started)
     log.info("job.succeeded")

@@ -28,10 +28,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # A sweep that waited longer than its interval is superseded by the next one.
             "options": _ahead_of_jobs(expires=sweep_every.total_seconds()),
         },
+        # Every quarter minute: an attempt whose job gave up waits at most this long past
+        # charges.RECONCILE_AFTER; a pass with nothing to do is one indexed query.
         "reconcile-charges": {
             "task": jobs.RECONCILE_CHARGES,
-            "schedule": timedelta(minutes=1),
-            "options": _ahead_of_jobs(expires=60),
+            "schedule": timedelta(seconds=15),
+            "options": _ahead_of_jobs(expires=15),
         },
         # Each queue's depth and oldest message age to CloudWatch, which the ECS workers
         # scale on (a no-op unless CLOUDWATCH_NAMESPACE is set); a late sample is useless.

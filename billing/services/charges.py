@@ -70,9 +70,10 @@ from billing.services.unit_of_work import transaction
 log = get_logger(__name__)
 
 LEDGER_SCOPE = charge_statements.LEDGER_SCOPE
-# An attempt unknown or started this long ago, with no job left to finish it, is picked up
-# by the reconciliation sweep.
-RECONCILE_AFTER = timedelta(minutes=2)
+# An attempt unknown or started this long ago, with no job left to finish it (its job gave
+# up, say, after runs killed one after another), is picked up by the reconciliation
+# sweep: soon, since an unknown charge must settle by itself once faults stop.
+RECONCILE_AFTER = timedelta(seconds=30)
 # An attempt waiting for 3-D Secure is looked at again this often (the webhook may be
 # lost), and given up after the deadline (Stripe's own links last about a day).
 AUTHENTICATION_POLL = timedelta(minutes=10)

@@ -11,6 +11,7 @@ from flask import current_app
 from billing.config import Settings
 
 if TYPE_CHECKING:
+    from billing.adapters.broker import BrokerView
     from billing.adapters.mailer import SmtpMailer
     from billing.adapters.storage import DocumentStorage
     from billing.adapters.stripe_gateway import StripeGateway
@@ -23,6 +24,10 @@ def settings() -> Settings:
 
 def publisher() -> JobPublisher:
     return cast("JobPublisher", current_app.extensions["billing.publisher"])
+
+
+def broker_view() -> BrokerView:
+    return cast("BrokerView", current_app.extensions["billing.broker_view"])
 
 
 def stripe_gateway() -> StripeGateway:

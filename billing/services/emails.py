@@ -447,13 +447,16 @@ def _taken(row: Any) -> Taken:
     return Taken(Outgoing(**fields) if fields["id"] is not None else None, new_entry)
 
 
-def start_sending(job_id: str) -> tuple[outbox.StartedJob | None, dict[str, Any]]:
+def start_sending(
+    job_id: str, *, worker: str | None = None
+) -> tuple[outbox.StartedJob | None, dict[str, Any]]:
     """The mail job's start and its delivery's take, in one statement."""
     in_database = context.document_storage().in_database
     job, row = outbox.start_job_with(
         job_id,
         _START_AND_TAKE_READING_PDF if in_database else _START_AND_TAKE,
         {"b_claim_lease": _mail_lease()},
+        worker=worker,
     )
     if job is None:
         return None, {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -10,10 +10,12 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     CTE,
     Connection,
     Interval,
     String,
+    any_,
     bindparam,
     exists,
     func,
@@ -25,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from billing.adapters.broker import LiveWorkers
 from billing.extensions import db
 from billing.ids import new_id
 from billing.jobs import queue_for
@@ -39,14 +42,19 @@ log = get_logger(__name__)
 # A job whose publish failed is swept after this grace: soon, the broker may be back.
 RELAY_GRACE = timedelta(seconds=15)
 SWEEP_BATCH = 500
-# Eight tries over about ten minutes (with the runner's backoff): enough to ride out a
+# Ten tries over about eight minutes (with the runner's backoff): enough to ride out a
 # Stripe or SMTP blip; then an operator sees the job dead-lettered.
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 10
 UNFINISHED = ("pending", "sent", "running")
-# The longest a job sent but never started waits before it is sent once more, in leases:
-# a message held by a killed worker stays invisible for the broker's visibility timeout,
-# so a job must not wait much longer than that for its resend.
+# The longest a job sent but never started waits before it is sent once more, in leases,
+# when the broker cannot be asked whether its message still waits (the last resort).
 MAX_RESEND_LEASES = 4
+# A job recorded as sent is published right after its commit; one still missing from
+# its queue this long after is lost. Generous, for a web process slowed by load.
+SENT_GRACE = timedelta(seconds=10)
+# Workers beat every 2 s; one silent for five beats is dead (or cut off from Redis, where
+# it can finish nothing: its run is fenced by the attempt count anyway).
+LIVENESS_WINDOW = timedelta(seconds=10)
 
 
 def record_job(session: Session, name: str, **args: Any) -> str:
@@ -220,19 +228,21 @@ def relay_jobs(jobs: list[tuple[str, str, str | None]]) -> None:
 
 
 def sweep(limit: int = SWEEP_BATCH) -> int:
-    """Publish again every unfinished job whose lease ran out: the broker lost it, or the
-    worker running it died. Handlers are idempotent, so a needless resend is harmless.
+    """Publish again every unfinished job that is due or lost: a retry whose time came, a
+    job whose message the broker no longer holds, a job whose worker stopped beating, and,
+    as the last resort, any job whose lease ran out. Handlers are idempotent, so a
+    needless resend is harmless; a lost one costs seconds, not a lease.
 
-    A job sent but never started may also just be waiting in a long queue (a thousand PDFs
-    ahead of it), which the sweeper cannot tell from a lost message. So each resend of a
-    job still unstarted waits twice as long as the one before, up to MAX_RESEND_LEASES
-    leases: a lost job is found again within one lease, and a job behind a backlog is
-    duplicated about once per four leases of backlog instead of once per sweep. A job whose
-    worker died (running) or whose publish failed (pending) is resent after one lease."""
+    Without an answer from the broker only leases count. A job sent but never started may
+    then just be waiting in a long queue (a thousand PDFs ahead of it), which cannot be
+    told from a lost message: each resend of a job still unstarted waits twice as long as
+    the one before, up to MAX_RESEND_LEASES leases, so that a job behind a backlog is
+    duplicated about once per four leases of backlog instead of once per sweep."""
+    evidence = _broker_evidence(db.session())
     session = db.session()
     rows = session.execute(
         select(OutboxJob.id, OutboxJob.name, OutboxJob.request_id, OutboxJob.state)
-        .where(OutboxJob.state.in_(UNFINISHED), OutboxJob.lease_expires_at < func.now())
+        .where(OutboxJob.state.in_(UNFINISHED), or_(*_due_or_lost(evidence)))
         .order_by(OutboxJob.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -255,8 +265,81 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
             .values(state="sent", sent_at=func.now(), lease_expires_at=func.now() + wait)
         )
     session.commit()
-    log.info("outbox.swept", republished=len(published), expired=len(rows))
+    states = [r.state for r in rows if r.id in published]
+    log.info(
+        "outbox.swept",
+        republished=len(published),
+        found=len(rows),
+        lost_messages=len(set(evidence.lost) & published),
+        due=states.count("pending"),
+        dead_workers=evidence.dead_worker_jobs(rows, published),
+    )
     return len(published)
+
+
+@dataclass(frozen=True)
+class _BrokerEvidence:
+    """What the broker said, when it answered: the sent jobs whose message is in no
+    queue (`lost`), those still waiting in one (`queued`), and the live workers."""
+
+    answered: bool = False
+    lost: tuple[str, ...] = ()
+    queued: tuple[str, ...] = ()
+    live_workers: LiveWorkers | None = None
+
+    def dead_worker_jobs(self, rows: Sequence[Any], published: set[str]) -> int:
+        return sum(1 for r in rows if r.state == "running" and r.id in published)
+
+
+def _broker_evidence(session: Session) -> _BrokerEvidence:
+    """Read the sent jobs first, then the broker: a job started in between is running by
+    the time the sweep locks it, and is not taken for lost."""
+    sent = session.execute(
+        select(OutboxJob.id, OutboxJob.queue).where(
+            OutboxJob.state == "sent", OutboxJob.sent_at < func.now() - SENT_GRACE
+        )
+    ).all()
+    session.commit()
+    broker = context.broker_view()
+    try:
+        queued: set[str] = set()
+        if sent:
+            queued = broker.queued_job_ids({row.queue for row in sent})
+        live = broker.live_workers(LIVENESS_WINDOW.total_seconds())
+    except Exception as exc:  # noqa: BLE001 - without the broker's word, leases decide
+        log.warning("outbox.broker_unreadable", error=str(exc))
+        return _BrokerEvidence()
+    lost = tuple(row.id for row in sent if row.id not in queued)
+    return _BrokerEvidence(True, lost, tuple(queued), live)
+
+
+def _among(column: Any, values: Iterable[str]) -> Any:
+    """`column = ANY(array)`: one parameter however many values (a backlog's thousands)."""
+    return column == any_(bindparam(None, sorted(values), type_=ARRAY(String())))
+
+
+def _due_or_lost(evidence: _BrokerEvidence) -> list[Any]:
+    """The sweep's conditions: any of them makes an unfinished job one to publish again."""
+    expired = OutboxJob.lease_expires_at < func.now()
+    if not evidence.answered:
+        return [expired]
+    conditions: list[Any] = [
+        # A job waiting in its queue is not lost however long it waits: it is left alone.
+        expired & ~((OutboxJob.state == "sent") & _among(OutboxJob.id, evidence.queued)),
+        (OutboxJob.state == "sent")
+        & _among(OutboxJob.id, evidence.lost)
+        & (OutboxJob.sent_at < func.now() - SENT_GRACE),
+    ]
+    live = evidence.live_workers
+    if live is not None and live.complete:
+        # Started a full window ago: its worker has beaten since, if it lives.
+        conditions.append(
+            (OutboxJob.state == "running")
+            & OutboxJob.worker.is_not(None)
+            & ~_among(OutboxJob.worker, live.alive)
+            & (OutboxJob.started_at < func.now() - LIVENESS_WINDOW)
+        )
+    return conditions
 
 
 @dataclass
@@ -374,6 +457,7 @@ _START_STATEMENT = (
         attempts=_jobs.c.attempts + 1,
         started_at=func.now(),
         lease_expires_at=func.now() + bindparam("b_lease", type_=Interval()),
+        worker=bindparam("b_worker", type_=String()),
     )
     .returning(_jobs.c.name, _jobs.c.args, _jobs.c.attempts, _jobs.c.request_id)
 )
@@ -391,19 +475,21 @@ _SUCCEED = (
 _SUCCEEDED = Prebuilt(_SUCCEED)
 
 
-def start_job(job_id: str) -> StartedJob | None:
-    """Claim a job for this worker; None when it is finished, held by a live worker, or
-    out of attempts (then it is dead-lettered here: a job whose every run kills its worker
-    never reaches the runner's own attempt check).
+def start_job(job_id: str, *, worker: str | None = None) -> StartedJob | None:
+    """Claim a job for `worker` (the id it beats under, see BrokerView); None when it is
+    finished, held by a live worker, or out of attempts (then it is dead-lettered here: a
+    job whose every run kills its worker never reaches the runner's own attempt check).
 
     Each statement commits on its own: the claim must be committed before the handler
     runs (it is the run's fencing token), and the dead-lettering is a change of its own."""
     with single_statements() as connection:
-        return _start_job(connection, job_id)
+        return _start_job(connection, job_id, worker)
 
 
-def _start_job(connection: Connection, job_id: str) -> StartedJob | None:
-    row = _START.execute(connection, {"b_job_id": job_id, "b_lease": lease()}).one_or_none()
+def _start_job(connection: Connection, job_id: str, worker: str | None) -> StartedJob | None:
+    row = _START.execute(
+        connection, {"b_job_id": job_id, "b_lease": lease(), "b_worker": worker}
+    ).one_or_none()
     if row is None:
         _give_up_if_spent(connection, job_id)
         return None
@@ -431,7 +517,7 @@ def _give_up_if_spent(connection: Connection, job_id: str) -> None:
 
 def start_cte() -> CTE:
     """start_job's claim as a CTE, for a handler that starts its job in the statement
-    that takes its work (start_job_with); parameters b_job_id and b_lease."""
+    that takes its work (start_job_with); parameters b_job_id, b_lease and b_worker."""
     return _START_STATEMENT.cte("started_job")
 
 
@@ -441,14 +527,14 @@ def started_columns(started: CTE) -> list[Any]:
 
 
 def start_job_with(
-    job_id: str, statement: Prebuilt, params: dict[str, Any]
+    job_id: str, statement: Prebuilt, params: dict[str, Any], *, worker: str | None = None
 ) -> tuple[StartedJob | None, Any]:
     """start_job and the handler's first statement in one: `statement` starts the job
     through start_cte() and selects started_columns() and its own, all committed together.
     Returns the started job (None as start_job does) and the statement's row."""
     with single_statements() as connection:
         row = statement.execute(
-            connection, {"b_job_id": job_id, "b_lease": lease(), **params}
+            connection, {"b_job_id": job_id, "b_lease": lease(), "b_worker": worker, **params}
         ).one_or_none()
         if row is None:
             _give_up_if_spent(connection, job_id)
@@ -499,18 +585,21 @@ def job_dead_lettered(job: StartedJob, error: str) -> bool:
 def job_will_retry(
     job: StartedJob, error: str, countdown: float, *, spent_attempt: bool = True
 ) -> bool:
-    """Park the job until its retry. A run that only waited for another holder gives its
-    attempt back (spent_attempt=False); its token is not reused by a live run, since this
-    run is the one that took it and it ends here."""
+    """Park the job until its retry: pending, due in `countdown` seconds, when the sweeper
+    publishes it. Not a delayed message held by a worker: a worker killed while holding
+    one would hide the job from everyone for the broker's visibility timeout, and a held
+    message cannot be told from a lost one. A run that only waited for another holder
+    gives its attempt back (spent_attempt=False); its token is not reused by a live run,
+    since this run is the one that took it and it ends here."""
     values: dict[str, Any] = {}
     if not spent_attempt:
         values["attempts"] = OutboxJob.attempts - 1
-    # The lease covers the backoff too, so the sweeper does not race Celery's own retry.
     return _finish(
         job,
-        state="sent",
+        state="pending",
+        sent_at=None,
         last_error=error[:4000],
-        lease_expires_at=func.now() + timedelta(seconds=countdown) + lease(),
+        lease_expires_at=func.now() + timedelta(seconds=countdown),
         **values,
     )
 

@@ -5,10 +5,11 @@ from datetime import timedelta
 
 from sqlalchemy import func, update
 
-from billing.adapters.broker import queue_keys
+from billing.adapters.broker import BrokerView, queue_keys
 from billing.extensions import db
 from billing.models import Customer, LedgerEntry, OutboxJob
 from billing.services import outbox
+from tests.support.jobs import run_until_settled
 from workers.runner import MAX_ATTEMPTS
 
 
@@ -118,9 +119,8 @@ def test_stripe_unreachable_makes_the_job_retry_then_dead_letter(
         make_celery(broken)
         from workers.billing import sync_customer
 
-        # Eagerly applied, Celery runs each retry at once: every attempt meets the outage.
-        sync_customer.apply(kwargs={"job_id": customer["sync_job"]})
-        job = db.session.get(OutboxJob, customer["sync_job"])
+        # Each retry run at once rather than when due: every attempt meets the outage.
+        job = run_until_settled(sync_customer, customer["sync_job"])
         assert job.state == "dead_lettered"
         assert job.attempts == MAX_ATTEMPTS
         assert "Stripe unavailable" in job.last_error
@@ -167,10 +167,13 @@ def test_a_job_flushed_from_redis_is_sent_again_by_the_sweeper(
     assert len(_stripe_customers_for(stripe_client, customer["id"])) == 1
 
 
-def test_a_job_that_stays_unstarted_is_sent_again_less_and_less_often(make_customer, redis_client):
-    """Lost, or only waiting behind a long queue: each resend waits twice as long, up to
-    four leases."""
+def test_without_the_brokers_word_an_unstarted_job_is_sent_again_less_and_less_often(
+    app, make_customer, redis_client
+):
+    """Lost, or only waiting behind a long queue, which only the broker could tell: each
+    resend waits twice as long, up to four leases."""
     job_id = make_customer()["sync_job"]  # sent, with the plain five-minute lease
+    app.extensions["billing.broker_view"] = BrokerView("redis://127.0.0.1:9/0")
     waits = []
     for _ in range(4):
         # The whole wait went by and no worker started it.
