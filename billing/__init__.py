@@ -8,6 +8,7 @@ from flask import Flask
 
 from billing.adapters.broker import BrokerView
 from billing.adapters.stripe_gateway import StripeGateway, StripeSdkGateway
+from billing.adapters.stripe_pacing import StripePacer
 from billing.adapters.task_queue import CeleryJobPublisher, JobPublisher
 from billing.config import Settings
 from billing.extensions import db, ping_when_idle
@@ -44,7 +45,14 @@ def create_app(
     app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(settings.redis_url)
     app.extensions["billing.broker_view"] = BrokerView(settings.redis_url)
     app.extensions["billing.stripe"] = stripe_gateway or StripeSdkGateway(
-        settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout_seconds
+        settings.stripe_api_key,
+        settings.stripe_api_base,
+        settings.stripe_timeout_seconds,
+        pacer=(
+            StripePacer(settings.redis_url, settings.stripe_max_requests_per_second)
+            if settings.stripe_max_requests_per_second > 0
+            else None
+        ),
     )
 
     from flask_mail import Mail

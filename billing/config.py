@@ -38,6 +38,27 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _stripe_rate(env: Mapping[str, str]) -> float:
+    """STRIPE_MAX_REQUESTS_PER_SECOND, else a fifth under Stripe's documented limit for the
+    key's mode (100 operations a second live, 25 in test mode), leaving room for the
+    dashboard and any other system on the account; an emulator has no limit."""
+    raw = env.get("STRIPE_MAX_REQUESTS_PER_SECOND")
+    if raw is not None and raw.strip() != "":
+        try:
+            rate = float(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"STRIPE_MAX_REQUESTS_PER_SECOND must be a number, got {raw!r}"
+            ) from exc
+        if rate < 0:
+            raise ConfigError(f"STRIPE_MAX_REQUESTS_PER_SECOND must be 0 or more, got {raw!r}")
+        return rate
+    if env.get("STRIPE_API_BASE"):
+        return 0.0
+    key = env.get("STRIPE_API_KEY", "")
+    return 80.0 if key.startswith(("sk_live_", "rk_live_")) else 20.0
+
+
 def _hour(env: Mapping[str, str], name: str, default: int) -> int:
     hour = _int(env, name, default)
     if not 0 <= hour <= 23:
@@ -63,6 +84,8 @@ class Settings:
     default_days_until_due: int
     # How long one Stripe call may take before its outcome counts as unknown.
     stripe_timeout_seconds: int
+    # Stripe calls per second, from every process together (0: unpaced).
+    stripe_max_requests_per_second: float
     mail: dict[str, Any] = field(default_factory=dict)
     # The seller block printed on every invoice and signed under every email.
     seller_name: str = "Example SaaS Ltd"
@@ -138,6 +161,7 @@ class Settings:
             idempotency_key_ttl_hours=_int(env, "IDEMPOTENCY_KEY_TTL_HOURS", 24),
             default_days_until_due=_int(env, "DEFAULT_DAYS_UNTIL_DUE", 30),
             stripe_timeout_seconds=_int(env, "STRIPE_TIMEOUT_SECONDS", 20),
+            stripe_max_requests_per_second=_stripe_rate(env),
             mail=mail,
             seller_name=env.get("SELLER_NAME") or "Example SaaS Ltd",
             # Lines separated by "|" or new lines, as an environment variable can hold them.

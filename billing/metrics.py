@@ -55,6 +55,12 @@ PDF_RENDER_SECONDS = Histogram(
     "Time to render one invoice PDF.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
+STRIPE_RATE_LIMITED = Counter(
+    "billing_stripe_rate_limited_total",
+    "Stripe's 429 answers: retried after the advised wait, or passed_on to the job (which "
+    "comes back later without spending an attempt) once the wait grew too long.",
+    ["outcome"],
+)
 DUPLICATE_CHARGES = Counter(
     "billing_duplicate_charges_found_total",
     "Invoices the reconciler found charged more than once (should stay 0; alert on any).",

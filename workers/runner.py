@@ -77,9 +77,11 @@ def _run(task: Task, job_id: str, handler: Callable[..., Any], start: Starter | 
         return
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, TransientJobError):
+        # Waiting for another run's claim, or for Stripe's rate limit, is not a failed
+        # try: it does not use up one of the job's attempts.
+        waited = isinstance(exc, HeldElsewhere) or getattr(exc, "spends_attempt", True) is False
+        if not isinstance(exc, TransientJobError) and not waited:
             log.exception("job.unexpected_error")
-        waited = isinstance(exc, HeldElsewhere)
         if job.attempts >= MAX_ATTEMPTS and not waited:
             recorded = outbox.job_dead_lettered(job, error)
             _count(task, "dead_lettered" if recorded else "superseded", started)

@@ -10,9 +10,23 @@ from typing import Any, Protocol
 
 import stripe
 
+from billing.adapters.stripe_pacing import PacedRequestsClient, StripePacer, advised_wait
+
 
 class StripeUnavailable(Exception):
-    """No answer, a timeout, a 5xx or a rate limit: the outcome is unknown, never a failure."""
+    """No answer, a timeout or a 5xx: the outcome is unknown, never a failure."""
+
+
+class StripeRateLimited(Exception):
+    """Stripe answered 429 for longer than the client waits: it did not act on the request,
+    so the outcome is known (nothing happened), neither unknown nor refused. The work
+    comes back after `retry_after` seconds, and the try does not count against it."""
+
+    spends_attempt = False
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StripeRejected(Exception):
@@ -115,16 +129,27 @@ class StripeSdkGateway:
     TIMEOUT_SECONDS = 20
 
     def __init__(
-        self, api_key: str, api_base: str | None = None, timeout_seconds: float | None = None
+        self,
+        api_key: str,
+        api_base: str | None = None,
+        timeout_seconds: float | None = None,
+        *,
+        pacer: StripePacer | None = None,
     ) -> None:
         base_addresses = {"api": api_base} if api_base else {}
+        timeout = timeout_seconds or self.TIMEOUT_SECONDS
         self._client = stripe.StripeClient(
             api_key,
             base_addresses=base_addresses,  # type: ignore[arg-type]
             # The SDK must never retry on its own: a retried create is a second object
-            # on any server that does not deduplicate, and we own every retry.
+            # on any server that does not deduplicate, and we own every retry. Only a
+            # 429, which Stripe did not act on, is retried, by the paced client.
             max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=timeout_seconds or self.TIMEOUT_SECONDS),
+            # 429s are waited out for as long as one call may take: the caller's claim
+            # on the side effect (three timeouts) outlasts the wait and the call together.
+            http_client=PacedRequestsClient(
+                timeout=timeout, pacer=pacer, rate_limited_budget=timeout
+            ),
         )
         # Stripe's search API exists on Stripe itself, not on the local emulator.
         self._has_search = api_base is None
@@ -315,7 +340,6 @@ def _listed_intent(intent: dict[str, Any]) -> ListedPaymentIntent:
 # conflict, or our own credentials. Each may heal; none may mark the work as refused.
 _NOT_A_REFUSAL = (
     stripe.APIConnectionError,
-    stripe.RateLimitError,
     stripe.APIError,
     stripe.IdempotencyError,
     stripe.AuthenticationError,
@@ -327,6 +351,9 @@ _NOT_A_REFUSAL = (
 def _translated_errors() -> Iterator[None]:
     try:
         yield
+    except stripe.RateLimitError as exc:
+        wait = advised_wait(exc.headers or {}, retries=4)
+        raise StripeRateLimited(str(exc), retry_after=wait) from exc
     except _NOT_A_REFUSAL as exc:
         raise StripeUnavailable(str(exc)) from exc
     except stripe.StripeError as exc:

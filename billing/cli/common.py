@@ -31,7 +31,7 @@ def reports_unreachable(command: F) -> F:
     from redis.exceptions import RedisError
     from sqlalchemy.exc import OperationalError
 
-    from billing.adapters.stripe_gateway import StripeUnavailable
+    from billing.adapters.stripe_gateway import StripeRateLimited, StripeUnavailable
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,7 +41,7 @@ def reports_unreachable(command: F) -> F:
             _unreachable("Redis", exc)
         except OperationalError as exc:
             _unreachable("PostgreSQL", exc.orig or exc)
-        except StripeUnavailable as exc:
+        except (StripeUnavailable, StripeRateLimited) as exc:
             _unreachable("Stripe", exc)
 
     return wrapper  # type: ignore[return-value]

@@ -28,6 +28,7 @@ from billing import jobs
 from billing.adapters.stripe_gateway import (
     CardDeclined,
     PaymentIntentResult,
+    StripeRateLimited,
     StripeRejected,
     StripeUnavailable,
 )
@@ -373,6 +374,13 @@ def execute_charge(attempt_id: str) -> str:
     except StripeUnavailable as exc:
         _record_unknown(attempt_id, claimed, str(exc))
         raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc
+    except StripeRateLimited:
+        # Stripe did not act. A first claim is let go, so the job's next run goes
+        # straight ahead instead of waiting out the lease; a resumed one (an earlier
+        # outcome unknown) keeps it, so that its next run asks Stripe first.
+        if claimed.claim is Claim.NEW:
+            ledger.release(claimed)
+        raise
     if prepared.taken is not None and intent.status == "succeeded" and intent.id:
         if _record_success_at_once(attempt_id, prepared.taken, intent.id, intent.amount):
             return "succeeded"

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import exists, select
 
 from billing import jobs
-from billing.adapters.stripe_gateway import StripeRejected, StripeUnavailable
+from billing.adapters.stripe_gateway import StripeRateLimited, StripeRejected, StripeUnavailable
 from billing.domain.money import normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
@@ -217,7 +217,7 @@ def set_default_payment_method(
         )
     except StripeRejected as exc:
         raise PaymentMethodRejected(exc.message, param="payment_method") from exc
-    except StripeUnavailable as exc:
+    except (StripeUnavailable, StripeRateLimited) as exc:
         raise StripeUnavailableError("Stripe did not answer; retry later") from exc
     with transaction() as session:
         customer = get_customer(customer_id)

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from billing.adapters.stripe_gateway import (
     ListedPaymentIntent,
     PaymentIntentResult,
+    StripeRateLimited,
     StripeUnavailable,
 )
 from billing.extensions import db
@@ -380,7 +381,7 @@ def reconcile_last_two_days() -> ReconcileReport | None:
     until = datetime.now(UTC)
     try:
         report = reconcile(until - NIGHTLY_WINDOW, until, fix=True)
-    except StripeUnavailable as exc:
+    except (StripeUnavailable, StripeRateLimited) as exc:
         log.error("reconcile.stripe_unavailable", error=str(exc)[:500])
         return None
     for finding in report.open_findings:

@@ -4,14 +4,21 @@
 PaymentIntent is created there) while their responses are thrown away: the client's
 connection is closed without a byte, exactly like a network that failed after Stripe acted.
 `fail_requests(n, status)` answers n requests with an error without forwarding them.
+
+Stripe's rate limits: `rate_limited_ratio` answers that share of requests 429 without
+forwarding them, and `max_rate` answers 429 to every request beyond that many a second (a
+sliding second), as Stripe does; `forwarded_at` keeps when each request was let through,
+so that a test can measure the rate the service kept (`busiest_second`).
 """
 
 from __future__ import annotations
 
+import bisect
 import http.client
 import random
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -28,6 +35,11 @@ class StripeProxy:
         self.drop_ratio_path = "/v1/payment_intents"
         self.dropped = 0
         self.forwarded = 0
+        self.rate_limited_ratio = 0.0
+        self.max_rate = 0.0  # requests a second; 0: no cap
+        self.rate_limited = 0
+        self.forwarded_at: list[float] = []
+        self._recent: deque[float] = deque()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,8 +52,15 @@ class StripeProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 failure = proxy._take_failure(self.path)
+                if failure is None and proxy._rate_limits():
+                    failure = 429
                 if failure is not None:
-                    payload = b'{"error": {"type": "api_error", "message": "injected"}}'
+                    payload = (
+                        b'{"error": {"type": "invalid_request_error", "code": "rate_limit", '
+                        b'"message": "Too many requests hit the API too quickly."}}'
+                        if failure == 429
+                        else b'{"error": {"type": "api_error", "message": "injected"}}'
+                    )
                     self.send_response(failure)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -113,6 +132,31 @@ class StripeProxy:
                 self.dropped += 1
                 return True
         return False
+
+    def _rate_limits(self) -> bool:
+        """Whether this request is answered 429; if not, it counts as forwarded now."""
+        with self._lock:
+            now = time.monotonic()
+            if self.rate_limited_ratio and random.random() < self.rate_limited_ratio:
+                self.rate_limited += 1
+                return True
+            if self.max_rate:
+                while self._recent and self._recent[0] <= now - 1.0:
+                    self._recent.popleft()
+                if len(self._recent) >= self.max_rate:
+                    self.rate_limited += 1
+                    return True
+                self._recent.append(now)
+            self.forwarded_at.append(now)
+            return False
+
+    def busiest_second(self) -> int:
+        """The most requests let through within any one second."""
+        times = sorted(self.forwarded_at)
+        return max(
+            (bisect.bisect_right(times, t + 1.0 - 1e-9) - i for i, t in enumerate(times)),
+            default=0,
+        )
 
     def _take_failure(self, path: str) -> int | None:
         with self._lock:

@@ -38,3 +38,24 @@ def test_secrets_never_appear_in_the_redacted_view():
     )
     shown = repr(settings.redacted())
     assert "sk_live_secret" not in shown and "hunter2" not in shown
+
+
+def test_stripe_calls_are_paced_a_fifth_under_stripes_limit_for_the_keys_mode():
+    assert Settings.from_env({"STRIPE_API_KEY": "sk_live_x"}).stripe_max_requests_per_second == 80
+    assert Settings.from_env({"STRIPE_API_KEY": "rk_live_x"}).stripe_max_requests_per_second == 80
+    assert Settings.from_env({"STRIPE_API_KEY": "sk_test_x"}).stripe_max_requests_per_second == 20
+
+
+def test_an_emulator_is_unpaced_unless_told_and_any_pace_can_be_set():
+    emulator = {"STRIPE_API_BASE": "http://127.0.0.1:8420"}
+    assert Settings.from_env(emulator).stripe_max_requests_per_second == 0
+    assert (
+        Settings.from_env(
+            {**emulator, "STRIPE_MAX_REQUESTS_PER_SECOND": "12.5"}
+        ).stripe_max_requests_per_second
+        == 12.5
+    )
+    with pytest.raises(ConfigError, match="STRIPE_MAX_REQUESTS_PER_SECOND"):
+        Settings.from_env({"STRIPE_MAX_REQUESTS_PER_SECOND": "fast"})
+    with pytest.raises(ConfigError, match="STRIPE_MAX_REQUESTS_PER_SECOND"):
+        Settings.from_env({"STRIPE_MAX_REQUESTS_PER_SECOND": "-1"})
