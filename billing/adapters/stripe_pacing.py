@@ -20,7 +20,6 @@ import redis
 import stripe
 
 from billing.logging import get_logger
-from billing.metrics import STRIPE_RATE_LIMITED
 
 log = get_logger(__name__)
 
@@ -93,13 +92,21 @@ class PacedRequestsClient(stripe.RequestsClient):
                 return content, status, response_headers
             delay = advised_wait(response_headers, retries)
             if waited + delay > self._budget:
-                STRIPE_RATE_LIMITED.labels(outcome="passed_on").inc()
+                _count_rate_limited("passed_on")
                 log.warning("stripe.rate_limited_passed_on", method=method, waited=waited)
                 return content, status, response_headers
-            STRIPE_RATE_LIMITED.labels(outcome="retried").inc()
+            _count_rate_limited("retried")
             time.sleep(delay)
             waited += delay
             retries += 1
+
+
+def _count_rate_limited(outcome: str) -> None:
+    # Imported here, not with the module: the app's package imports this adapter, and the
+    # web's gunicorn config must set up multiprocess metrics before any metric exists.
+    from billing.metrics import STRIPE_RATE_LIMITED
+
+    STRIPE_RATE_LIMITED.labels(outcome=outcome).inc()
 
 
 # Without Stripe's advice: a quarter second doubling, at most four, with jitter so that

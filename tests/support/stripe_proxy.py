@@ -7,8 +7,8 @@ connection is closed without a byte, exactly like a network that failed after St
 
 Stripe's rate limits: `rate_limited_ratio` answers that share of requests 429 without
 forwarding them, and `max_rate` answers 429 to every request beyond that many a second (a
-sliding second), as Stripe does; `forwarded_at` keeps when each request was let through,
-so that a test can measure the rate the service kept (`busiest_second`).
+sliding second), as Stripe does; `arrived_at` keeps when each request came, refused or
+not, so that a test can measure the rate the service kept (`busiest_second`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class StripeProxy:
         self.forwarded = 0
         self.rate_limited_ratio = 0.0
         self.max_rate = 0.0  # requests a second; 0: no cap
-        self.rate_limited = 0
-        self.forwarded_at: list[float] = []
+        self.rate_limited = 0  # of which over_rate beyond max_rate, the rest by the share
+        self.over_rate = 0
+        self.arrived_at: list[float] = []
         self._recent: deque[float] = deque()
         proxy = self
 
@@ -137,6 +138,7 @@ class StripeProxy:
         """Whether this request is answered 429; if not, it counts as forwarded now."""
         with self._lock:
             now = time.monotonic()
+            self.arrived_at.append(now)
             if self.rate_limited_ratio and random.random() < self.rate_limited_ratio:
                 self.rate_limited += 1
                 return True
@@ -145,14 +147,14 @@ class StripeProxy:
                     self._recent.popleft()
                 if len(self._recent) >= self.max_rate:
                     self.rate_limited += 1
+                    self.over_rate += 1
                     return True
                 self._recent.append(now)
-            self.forwarded_at.append(now)
             return False
 
     def busiest_second(self) -> int:
-        """The most requests let through within any one second."""
-        times = sorted(self.forwarded_at)
+        """The most requests that came within any one second, refused ones included."""
+        times = sorted(self.arrived_at)
         return max(
             (bisect.bisect_right(times, t + 1.0 - 1e-9) - i for i, t in enumerate(times)),
             default=0,
