@@ -38,6 +38,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
+    """A Flask-Limiter limit string ("100 per second;3000 per minute"), checked now so that a
+    typo stops the app at boot rather than lifting the limit in the first request."""
+    from limits import parse_many
+
+    raw = (env.get(name) or "").strip() or default
+    try:
+        parse_many(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be limits like '10 per second;300 per minute'") from exc
+    return raw
+
+
 def _hour(env: Mapping[str, str], name: str, default: int) -> int:
     hour = _int(env, name, default)
     if not 0 <= hour <= 23:
@@ -100,6 +113,14 @@ class Settings:
     # The nightly reconciliation with Stripe runs at half past this hour (UTC): after
     # dunning's retries, so that it checks them too.
     reconcile_hour: int = 4
+    # Requests per API key (Flask-Limiter strings, counted in Redis). Admin keys are the
+    # company's app working for every customer; a customer key is one of many sharing the
+    # service, so it gets a tenth: ample for a dashboard or a customer's own integration.
+    api_rate_limit: str = "100 per second;3000 per minute"
+    api_rate_limit_customer: str = "10 per second;300 per minute"
+    # Card attaches per customer key: each one is a call to Stripe, and a leaked key must
+    # not become a way to test stolen cards against our Stripe account.
+    card_attach_rate_limit: str = "10 per hour"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -164,6 +185,11 @@ class Settings:
             cloudwatch_namespace=env.get("CLOUDWATCH_NAMESPACE") or None,
             heartbeat_file=env.get("HEARTBEAT_FILE") or None,
             reconcile_hour=_hour(env, "RECONCILE_HOUR", 4),
+            api_rate_limit=_rate_limit(env, "API_RATE_LIMIT", "100 per second;3000 per minute"),
+            api_rate_limit_customer=_rate_limit(
+                env, "API_RATE_LIMIT_CUSTOMER", "10 per second;300 per minute"
+            ),
+            card_attach_rate_limit=_rate_limit(env, "CARD_ATTACH_RATE_LIMIT", "10 per hour"),
         )
 
     def flask_config(self) -> dict[str, Any]:

@@ -38,3 +38,17 @@ def test_secrets_never_appear_in_the_redacted_view():
     )
     shown = repr(settings.redacted())
     assert "sk_live_secret" not in shown and "hunter2" not in shown
+
+
+def test_rate_limits_default_to_a_tenth_for_customer_keys_and_read_from_the_environment():
+    defaults = Settings.from_env({})
+    assert defaults.api_rate_limit == "100 per second;3000 per minute"
+    assert defaults.api_rate_limit_customer == "10 per second;300 per minute"
+    assert defaults.card_attach_rate_limit == "10 per hour"
+    configured = Settings.from_env({"API_RATE_LIMIT_CUSTOMER": "5/second"})
+    assert configured.api_rate_limit_customer == "5/second"
+
+
+def test_a_malformed_rate_limit_stops_the_app_at_boot():
+    with pytest.raises(ConfigError, match="CARD_ATTACH_RATE_LIMIT"):
+        Settings.from_env({"CARD_ATTACH_RATE_LIMIT": "10 per fortnight"})
