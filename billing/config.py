@@ -121,6 +121,10 @@ class Settings:
     # Card attaches per customer key: each one is a call to Stripe, and a leaked key must
     # not become a way to test stolen cards against our Stripe account.
     card_attach_rate_limit: str = "10 per hour"
+    # Charge attempts per invoice in 24 hours after which the API refuses to start another:
+    # card networks penalise merchants that retry one card too often, and every failed
+    # attempt mails the customer.
+    pay_attempts_per_invoice_per_day: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -190,6 +194,9 @@ class Settings:
                 env, "API_RATE_LIMIT_CUSTOMER", "10 per second;300 per minute"
             ),
             card_attach_rate_limit=_rate_limit(env, "CARD_ATTACH_RATE_LIMIT", "10 per hour"),
+            pay_attempts_per_invoice_per_day=max(
+                1, _int(env, "PAY_ATTEMPTS_PER_INVOICE_PER_DAY", 5)
+            ),
         )
 
     def flask_config(self) -> dict[str, Any]:

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from billing.extensions import db
-from billing.models import Customer, LedgerEntry
+from billing.models import ChargeAttempt, Customer, LedgerEntry, OutboxJob
 from billing.services.api_keys import create_api_key
-from tests.conftest import CARD_OK, Api
+from tests.conftest import CARD_DECLINED_AFTER_ATTACH, CARD_OK, Api
 from tests.support.webhooks import event, stripe_signature
 
 TINY_LIMITS = {
@@ -189,6 +189,46 @@ def test_a_customer_key_may_attach_only_a_few_cards_an_hour(
     assert api.get(f"/v1/customers/{customer['id']}").status_code == 200
     admin = Api(card_limited.test_client(), _admin_secret())
     assert admin.post(path, json={"payment_method": last_card}).status_code == 200
+
+
+def _send_invoice(admin: Api, customer: dict[str, Any]) -> str:
+    draft = admin.post(
+        "/v1/invoices",
+        json={
+            "customer": customer["id"],
+            "collection_method": "send_invoice",
+            "lines": [{"description": "Seats", "unit_amount": 900}],
+        },
+    ).get_json()
+    assert admin.post(f"/v1/invoices/{draft['id']}/finalize").status_code == 200
+    return str(draft["id"])
+
+
+def test_an_invoice_is_tried_at_most_five_times_a_day_and_the_sixth_changes_nothing(
+    admin, paying_customer, customer_api, run_jobs, mailbox
+):
+    customer = paying_customer(card=CARD_DECLINED_AFTER_ATTACH)
+    invoice_id = _send_invoice(admin, customer)
+    api = customer_api(customer["id"])
+    for _ in range(5):
+        paid = api.post(f"/v1/invoices/{invoice_id}/pay")
+        assert (paid.status_code, paid.get_json()["created_now"]) == (202, True)
+        run_jobs()
+    attempts = (ChargeAttempt.invoice_id == invoice_id,)
+    assert _count(ChargeAttempt, *attempts, ChargeAttempt.status == "failed") == 5
+    jobs, mails = _count(OutboxJob), len(mailbox.messages)
+    assert mails > 0
+
+    refused = api.post(f"/v1/invoices/{invoice_id}/pay", headers={"Idempotency-Key": "sixth"})
+    retry_after = _assert_rate_limited(refused, "too_many_payment_attempts")
+    assert 23 * 3600 < retry_after <= 24 * 3600
+    run_jobs()
+    assert _count(ChargeAttempt, *attempts) == 5
+    assert (_count(OutboxJob), len(mailbox.messages)) == (jobs, mails)
+    # "Not today" is not an answer to replay: the key stays free for a later retry.
+    assert _count(LedgerEntry, LedgerEntry.key == "sixth") == 0
+    # The cap is per invoice: another invoice of the customer may still be paid.
+    assert api.post(f"/v1/invoices/{_send_invoice(admin, customer)}/pay").status_code == 202
 
 
 def test_the_openapi_document_names_the_429_and_its_headers(client):

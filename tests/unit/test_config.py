@@ -44,9 +44,15 @@ def test_rate_limits_default_to_a_tenth_for_customer_keys_and_read_from_the_envi
     defaults = Settings.from_env({})
     assert defaults.api_rate_limit == "100 per second;3000 per minute"
     assert defaults.api_rate_limit_customer == "10 per second;300 per minute"
-    assert defaults.card_attach_rate_limit == "10 per hour"
-    configured = Settings.from_env({"API_RATE_LIMIT_CUSTOMER": "5/second"})
+    assert (defaults.card_attach_rate_limit, defaults.pay_attempts_per_invoice_per_day) == (
+        "10 per hour",
+        5,
+    )
+    configured = Settings.from_env(
+        {"API_RATE_LIMIT_CUSTOMER": "5/second", "PAY_ATTEMPTS_PER_INVOICE_PER_DAY": "3"}
+    )
     assert configured.api_rate_limit_customer == "5/second"
+    assert configured.pay_attempts_per_invoice_per_day == 3
 
 
 def test_a_malformed_rate_limit_stops_the_app_at_boot():
