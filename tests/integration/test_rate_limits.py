@@ -231,6 +231,35 @@ def test_an_invoice_is_tried_at_most_five_times_a_day_and_the_sixth_changes_noth
     assert api.post(f"/v1/invoices/{_send_invoice(admin, customer)}/pay").status_code == 202
 
 
+def test_a_customer_key_cannot_change_where_billing_mail_goes_but_an_admin_key_can(
+    admin, make_customer, customer_api
+):
+    customer = make_customer(billing_emails=["ap@acme.example"])
+    path = f"/v1/customers/{customer['id']}"
+    api = customer_api(customer["id"])
+    for change, param in (
+        ({"billing_emails": ["anyone@elsewhere.example"]}, "billing_emails"),
+        ({"email": "anyone@elsewhere.example"}, "email"),
+        ({"name": "Acme AG", "billing_emails": []}, "billing_emails"),
+    ):
+        refused = api.patch(path, json=change)
+        assert refused.status_code == 403, refused.get_json()
+        error = refused.get_json()["error"]
+        assert (error["code"], error["param"]) == ("permission_denied", param)
+    unchanged = admin.get(path).get_json()
+    assert (unchanged["name"], unchanged["email"], unchanged["billing_emails"]) == (
+        "Acme GmbH",
+        "billing@acme.example",
+        ["ap@acme.example"],
+    )
+    # Sending the addresses as they are is no change; the other fields stay the customer's.
+    same = api.patch(path, json={**{k: unchanged[k] for k in ("email", "billing_emails")}})
+    assert same.status_code == 200
+    assert api.patch(path, json={"name": "Acme AG"}).get_json()["name"] == "Acme AG"
+    moved = admin.patch(path, json={"billing_emails": ["finance@acme.example"]})
+    assert moved.get_json()["billing_emails"] == ["finance@acme.example"]
+
+
 def test_the_openapi_document_names_the_429_and_its_headers(client):
     document = client.get("/openapi.json").get_json()
     for path, operations in document["paths"].items():
