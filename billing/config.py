@@ -59,6 +59,19 @@ def _stripe_rate(env: Mapping[str, str]) -> float:
     return 80.0 if key.startswith(("sk_live_", "rk_live_")) else 20.0
 
 
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
+    """A Flask-Limiter limit string ("100 per second;3000 per minute"), checked now so that a
+    typo stops the app at boot rather than lifting the limit in the first request."""
+    from limits import parse_many
+
+    raw = (env.get(name) or "").strip() or default
+    try:
+        parse_many(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be limits like '10 per second;300 per minute'") from exc
+    return raw
+
+
 def _hour(env: Mapping[str, str], name: str, default: int) -> int:
     hour = _int(env, name, default)
     if not 0 <= hour <= 23:
@@ -123,6 +136,18 @@ class Settings:
     # The nightly reconciliation with Stripe runs at half past this hour (UTC): after
     # dunning's retries, so that it checks them too.
     reconcile_hour: int = 4
+    # Requests per API key (Flask-Limiter strings, counted in Redis). Admin keys are the
+    # company's app working for every customer; a customer key is one of many sharing the
+    # service, so it gets a tenth: ample for a dashboard or a customer's own integration.
+    api_rate_limit: str = "100 per second;3000 per minute"
+    api_rate_limit_customer: str = "10 per second;300 per minute"
+    # Card attaches per customer key: each one is a call to Stripe, and a leaked key must
+    # not become a way to test stolen cards against our Stripe account.
+    card_attach_rate_limit: str = "10 per hour"
+    # Charge attempts per invoice in 24 hours after which the API refuses to start another:
+    # card networks penalise merchants that retry one card too often, and every failed
+    # attempt mails the customer.
+    pay_attempts_per_invoice_per_day: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -188,6 +213,14 @@ class Settings:
             cloudwatch_namespace=env.get("CLOUDWATCH_NAMESPACE") or None,
             heartbeat_file=env.get("HEARTBEAT_FILE") or None,
             reconcile_hour=_hour(env, "RECONCILE_HOUR", 4),
+            api_rate_limit=_rate_limit(env, "API_RATE_LIMIT", "100 per second;3000 per minute"),
+            api_rate_limit_customer=_rate_limit(
+                env, "API_RATE_LIMIT_CUSTOMER", "10 per second;300 per minute"
+            ),
+            card_attach_rate_limit=_rate_limit(env, "CARD_ATTACH_RATE_LIMIT", "10 per hour"),
+            pay_attempts_per_invoice_per_day=max(
+                1, _int(env, "PAY_ATTEMPTS_PER_INVOICE_PER_DAY", 5)
+            ),
         )
 
     def flask_config(self) -> dict[str, Any]:

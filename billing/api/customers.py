@@ -72,10 +72,10 @@ def get_customer(customer_id: str) -> ViewResult:
     bp,
     "/<customer_id>",
     "PATCH",
-    summary="Update a customer",
+    summary="Update a customer (email and billing_emails: admin keys only)",
     body=schemas.CustomerUpdate,
     response=schemas.CustomerOut,
-    errors=(400, 404, 422),
+    errors=(400, 403, 404, 422),
 )
 def update_customer(customer_id: str, body: schemas.CustomerUpdate) -> ViewResult:
     changes = body.model_dump(exclude_unset=True)

@@ -23,6 +23,7 @@ class ApiError(Exception):
         *,
         param: str | None = None,
         details: list[dict[str, Any]] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,6 +31,8 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.details = details
+        # Seconds, sent as Retry-After: when the refusal ends (a limit's window).
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message, "param": self.param}
@@ -70,12 +73,15 @@ def from_validation_error(exc: ValidationError, *, location: str = "body") -> Re
 
 
 def from_service_error(exc: ServiceError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message, param=exc.param)
+    retry_after = getattr(exc, "retry_after", None)
+    return ApiError(exc.status, exc.code, exc.message, param=exc.param, retry_after=retry_after)
 
 
 def error_response(error: ApiError) -> Response:
     response = jsonify(error.body())
     response.status_code = error.status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 

@@ -8,7 +8,7 @@ from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
 from billing.api.schemas import PdfPending
 from billing.api.serializers import dunning_preview_out, invoice_out, pay_response, refund_out
-from billing.services import charges, documents, dunning, refunds
+from billing.services import charges, context, documents, dunning, refunds
 from billing.services import invoices as service
 
 bp = Blueprint("invoices", __name__, url_prefix="/v1/invoices")
@@ -170,10 +170,14 @@ def mark_uncollectible(invoice_id: str) -> ViewResult:
     summary="Charge the invoice now: the attempt started, or the one already in flight",
     response=schemas.PayResponse,
     status=202,
-    errors=(404, 409),
+    errors=(404, 409, 429),
 )
 def pay_invoice(invoice_id: str) -> ViewResult:
-    request = charges.request_charge(invoice_id, customer_scope=customer_scope())
+    request = charges.request_charge(
+        invoice_id,
+        customer_scope=customer_scope(),
+        daily_attempt_cap=context.settings().pay_attempts_per_invoice_per_day,
+    )
     return pay_response(request.attempt, request.job_id, request.created), 202
 
 

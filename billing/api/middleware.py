@@ -1,4 +1,4 @@
-"""Request ids and authentication, around every request."""
+"""Request ids, authentication and rate limits, around every request."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from flask import Flask, Response, g, request
 
 from billing.api.errors import ApiError
+from billing.api.rate_limits import init_rate_limits
 from billing.ids import new_id
 from billing.logging import bind_context, clear_context
 from billing.services.api_keys import authenticate
@@ -25,22 +26,36 @@ def register_middleware(app: Flask) -> None:
         bind_context(request_id=g.request_id, method=request.method, path=request.path)
 
     @app.before_request
-    def _authenticate() -> None:
+    def _identify_api_key() -> None:
         if not request.path.startswith("/v1/") or request.path.startswith("/v1/webhooks/"):
             return
         header = request.headers.get("Authorization", "")
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(
+            g.authentication_error = ApiError(
                 401,
                 "authentication_required",
                 "send your API key as 'Authorization: Bearer <key>'",
             )
+            return
         principal = authenticate(secret.strip())
         if principal is None:
-            raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked")
+            g.authentication_error = ApiError(
+                401, "invalid_api_key", "the API key is unknown or revoked"
+            )
+            return
         g.principal = principal
         bind_context(api_key_id=principal.api_key_id)
+
+    # Between the two: a request is counted under its key, or under its address when it
+    # names no valid key, so that a flood of bad keys is refused too.
+    init_rate_limits(app, app.config["BILLING_SETTINGS"])
+
+    @app.before_request
+    def _refuse_unauthenticated() -> None:
+        error: ApiError | None = g.get("authentication_error")
+        if error is not None:
+            raise error
 
     @app.after_request
     def _return_request_id(response: Response) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from apispec import APISpec
@@ -14,6 +15,24 @@ from billing.api.schemas import ErrorResponse
 bp = Blueprint("docs", __name__, template_folder="templates")
 
 _REF = "#/components/schemas/{model}"
+_RATE_LIMITED_HEADERS = {
+    "Retry-After": {
+        "description": "Seconds until the request may succeed",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "X-RateLimit-Limit": {
+        "description": "Requests allowed in the window of the limit that was hit",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Requests left in that window (0)",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Reset": {
+        "description": "When that window ends, in Unix seconds",
+        "schema": {"type": "integer"},
+    },
+}
 
 
 def _register(spec: APISpec, model: type[BaseModel], mode: str = "validation") -> dict[str, str]:
@@ -83,11 +102,14 @@ def _operation(spec: APISpec, endpoint: EndpointSpec) -> dict[str, Any]:
         statuses.add(401)
     if endpoint.method == "post":
         statuses |= {409, 422}
+    statuses.add(429)  # every route here is rate-limited (billing/api/rate_limits.py)
     for status in sorted(statuses):
         responses[str(status)] = {
             "description": "Error",
             "content": {"application/json": {"schema": error_ref}},
         }
+    responses["429"]["description"] = "Too many requests: retry after Retry-After seconds"
+    responses["429"]["headers"] = copy.deepcopy(_RATE_LIMITED_HEADERS)
     operation: dict[str, Any] = {
         "summary": endpoint.summary,
         "tags": [endpoint.tag],

@@ -15,6 +15,7 @@ token that a process which outlived its lease can no longer record anything.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,7 +55,7 @@ from billing.services import (
     emails,
     ledger,
 )
-from billing.services.errors import Conflict, NotFound, TransientJobError
+from billing.services.errors import Conflict, NotFound, ServiceError, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
 from billing.services.outbox import (
     finish_running_job,
@@ -89,6 +90,21 @@ Apply = Callable[[ChargeAttempt, Invoice], None]
 
 class InvoiceNotPayable(Conflict):
     code = "invoice_not_payable"
+
+
+class TooManyPaymentAttempts(ServiceError):
+    code = "too_many_payment_attempts"
+    status = 429
+    # "Not today": a retry once the oldest attempt leaves the window may succeed.
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, param="id")
+        self.retry_after = retry_after
+
+
+# The "day" of PAY_ATTEMPTS_PER_INVOICE_PER_DAY: rolling, so that no midnight renews it.
+ATTEMPT_CAP_WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -176,10 +192,38 @@ def start_attempts(
     return {row["invoice_id"]: row["id"] for row in rows}
 
 
+def _refuse_past_daily_cap(session: Session, invoice_id: str, cap: int) -> None:
+    """Counted in PostgreSQL, under the invoice's row lock: every attempt of the last day,
+    whoever started it, since each one is a charge on the card and a possible email."""
+    window = ATTEMPT_CAP_WINDOW
+    count, seconds_left = session.execute(
+        select(
+            func.count(),
+            func.extract("epoch", func.min(ChargeAttempt.created_at) + window - func.now()),
+        ).where(
+            ChargeAttempt.invoice_id == invoice_id,
+            ChargeAttempt.created_at > func.now() - window,
+        )
+    ).one()
+    if count < cap:
+        return
+    raise TooManyPaymentAttempts(
+        f"this invoice was tried {count} times in the last 24 hours, the most allowed; "
+        "retry later or update the payment method",
+        retry_after=max(1, math.ceil(seconds_left or 0)),
+    )
+
+
 def request_charge(
-    invoice_id: str, *, customer_scope: str | None = None, source: str = "api"
+    invoice_id: str,
+    *,
+    customer_scope: str | None = None,
+    source: str = "api",
+    daily_attempt_cap: int | None = None,
 ) -> ChargeRequest:
-    """Ask for a charge now: the attempt started, or the one already in flight."""
+    """Ask for a charge now: the attempt started, or the one already in flight. With a
+    `daily_attempt_cap`, no new attempt is started once the invoice has had that many in
+    24 hours."""
     with transaction() as session:
         invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
         if invoice is None or customer_scope not in (None, invoice.customer_id):
@@ -191,6 +235,8 @@ def request_charge(
             raise InvoiceNotPayable(f"a {invoice.status} invoice cannot be paid", param="id")
         if invoice.amount_due <= 0:
             raise InvoiceNotPayable("this invoice has nothing left to pay", param="id")
+        if daily_attempt_cap is not None:
+            _refuse_past_daily_cap(session, invoice_id, daily_attempt_cap)
         attempt, job_id = start_attempt(session, invoice, source=source)
     return ChargeRequest(attempt, job_id, created=True)
 

@@ -20,6 +20,7 @@ from billing.services.errors import (
     InvalidRequest,
     NotFound,
     PermanentJobError,
+    PermissionDenied,
     ServiceError,
     TransientJobError,
 )
@@ -31,6 +32,9 @@ from billing.services.unit_of_work import transaction
 log = get_logger(__name__)
 
 LEDGER_SCOPE_STRIPE_CUSTOMER = "stripe.customer.create"
+# Where invoices, receipts and payment-failure notices are mailed: only an admin key may
+# change them, or a customer key could have seller-branded mail sent to any address.
+MAIL_TARGETS = ("email", "billing_emails")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,13 @@ def update_customer(
     with transaction() as session:
         customer = get_customer(customer_id, customer_scope=customer_scope)
         session.refresh(customer, with_for_update=True)
+        if customer_scope is not None:
+            for target in MAIL_TARGETS:
+                if target in changes and changes[target] != getattr(customer, target):
+                    raise PermissionDenied(
+                        f"{target} is changed by the seller: this needs an admin API key",
+                        param=target,
+                    )
         if "currency" in changes and normalize_currency(changes["currency"]) != customer.currency:
             has_invoices = session.scalar(
                 select(exists().where(Invoice.customer_id == customer.id))

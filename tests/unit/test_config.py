@@ -59,3 +59,23 @@ def test_an_emulator_is_unpaced_unless_told_and_any_pace_can_be_set():
         Settings.from_env({"STRIPE_MAX_REQUESTS_PER_SECOND": "fast"})
     with pytest.raises(ConfigError, match="STRIPE_MAX_REQUESTS_PER_SECOND"):
         Settings.from_env({"STRIPE_MAX_REQUESTS_PER_SECOND": "-1"})
+
+
+def test_rate_limits_default_to_a_tenth_for_customer_keys_and_read_from_the_environment():
+    defaults = Settings.from_env({})
+    assert defaults.api_rate_limit == "100 per second;3000 per minute"
+    assert defaults.api_rate_limit_customer == "10 per second;300 per minute"
+    assert (defaults.card_attach_rate_limit, defaults.pay_attempts_per_invoice_per_day) == (
+        "10 per hour",
+        5,
+    )
+    configured = Settings.from_env(
+        {"API_RATE_LIMIT_CUSTOMER": "5/second", "PAY_ATTEMPTS_PER_INVOICE_PER_DAY": "3"}
+    )
+    assert configured.api_rate_limit_customer == "5/second"
+    assert configured.pay_attempts_per_invoice_per_day == 3
+
+
+def test_a_malformed_rate_limit_stops_the_app_at_boot():
+    with pytest.raises(ConfigError, match="CARD_ATTACH_RATE_LIMIT"):
+        Settings.from_env({"CARD_ATTACH_RATE_LIMIT": "10 per fortnight"})
