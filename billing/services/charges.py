@@ -32,6 +32,7 @@ from billing.adapters.stripe_gateway import (
     StripeUnavailable,
 )
 from billing.domain.invoices import InvoiceStatus
+from billing.domain.money import AmountNotChargeable
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
@@ -369,6 +370,9 @@ def execute_charge(attempt_id: str) -> str:
         return status
     except StripeRejected as exc:
         return _record_failure(attempt_id, claimed, exc.code or "rejected", exc.message, None)
+    except AmountNotChargeable as exc:
+        # Nothing was sent: an amount recorded before the charge step applied to it.
+        return _record_failure(attempt_id, claimed, "amount_not_chargeable", str(exc), None)
     except StripeUnavailable as exc:
         _record_unknown(attempt_id, claimed, str(exc))
         raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc
