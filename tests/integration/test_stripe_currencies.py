@@ -1,17 +1,24 @@
-"""Currencies as Stripe charges them: through the API, the charge job and the webhook
-receiver, against the Stripe emulator."""
+"""Currencies as Stripe charges them, and payments recorded only for what was asked: through
+the API, the charge job and the webhook receiver, against the Stripe emulator."""
 
 import pytest
-from sqlalchemy import func, select
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select, update
 
 from billing.extensions import db
-from billing.models import Customer, Invoice, Price
-from tests.conftest import intents_for_invoice
+from billing.models import ChargeAttempt, Customer, Invoice, LedgerEntry, Price
+from tests.conftest import CARD_NEEDS_3DS, CARD_OK, intents_for_invoice
 from tests.support.webhooks import event, stripe_signature
 
 
 def _invoice(admin, invoice_id):
     return admin.get(f"/v1/invoices/{invoice_id}").get_json()
+
+
+def _mismatches(source):
+    return (
+        REGISTRY.get_sample_value("billing_charge_amount_mismatches_total", {"source": source}) or 0
+    )
 
 
 def test_an_isk_invoice_is_charged_its_whole_total(
@@ -120,3 +127,117 @@ def test_an_isk_refund_is_sent_and_read_back_in_stripes_unit(
     assert delivered.status_code == 200
     run_jobs()
     assert _invoice(admin, invoice["id"])["amount_refunded"] == 2_000
+
+
+def test_a_succeeded_webhook_for_another_amount_does_not_pay_the_invoice(
+    admin, client, paying_customer, open_invoice, run_jobs, stripe_client
+):
+    invoice = open_invoice(paying_customer(card=CARD_NEEDS_3DS), amount=5000)
+    run_jobs()
+    [attempt] = _invoice(admin, invoice["id"])["payment_attempts"]
+    assert attempt["status"] == "requires_action"
+    intent = stripe_client.v1.payment_intents.retrieve(attempt["payment_intent"]).to_dict()
+    intent.update(status="succeeded", amount=50)  # a hundredth of the invoice
+    before = _mismatches("webhook")
+    payload = event("payment_intent.succeeded", intent)
+    response = client.post(
+        "/v1/webhooks/stripe",
+        data=payload,
+        headers={"Stripe-Signature": stripe_signature(payload, "whsec_test")},
+    )
+    assert response.status_code == 200
+    run_jobs()
+    after = _invoice(admin, invoice["id"])
+    assert (after["status"], after["amount_paid"]) == ("open", 0)
+    [attempt] = after["payment_attempts"]
+    assert (attempt["status"], attempt["decline_code"]) == ("failed", "amount_mismatch")
+    assert _mismatches("webhook") == before + 1
+
+
+def test_a_charge_whose_payment_intent_is_for_another_amount_is_not_marked_paid(
+    admin, paying_customer, open_invoice, proxied_app, stripe_client
+):
+    from billing.services import charges
+    from billing.services.errors import TransientJobError
+
+    customer = paying_customer()
+    invoice = open_invoice(customer, amount=5000)
+    [attempt] = _invoice(admin, invoice["id"])["payment_attempts"]
+    proxied, proxy = proxied_app
+    proxy.fail_requests(1, status=503, path="/v1/payment_intents")  # the answer is unknown
+    with proxied.app_context():
+        with pytest.raises(TransientJobError):
+            charges.execute_charge(attempt["id"])
+        db.session.remove()
+    # What Stripe holds under our ledger key: a payment of another amount.
+    row = db.session.get(ChargeAttempt, attempt["id"])
+    stripe_customer = db.session.get(Customer, customer["id"]).stripe_customer_id
+    card = stripe_client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": CARD_OK, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    stripe_client.v1.payment_methods.attach(card.id, params={"customer": stripe_customer})
+    stripe_client.v1.payment_intents.create(
+        params={
+            "amount": 4999,
+            "currency": "eur",
+            "customer": stripe_customer,
+            "payment_method": card.id,
+            "confirm": True,
+            "off_session": True,
+            "metadata": {
+                "invoice_id": invoice["id"],
+                "attempt_id": attempt["id"],
+                "ledger_key": row.ledger_key,
+            },
+        }
+    )
+    db.session.execute(update(LedgerEntry).values(locked_until=func.now()))
+    db.session.commit()
+    before = _mismatches("charge")
+    assert charges.execute_charge(attempt["id"]) == "failed"  # reconciled, found, refused
+    after = _invoice(admin, invoice["id"])
+    assert (after["status"], after["amount_paid"]) == ("open", 0)
+    [attempt] = after["payment_attempts"]
+    assert (attempt["status"], attempt["decline_code"]) == ("failed", "amount_mismatch")
+    assert _mismatches("charge") == before + 1
+    # Nothing else was sent: the one intent on Stripe is the mismatched one.
+    assert [i.amount for i in intents_for_invoice(stripe_client, invoice["id"])] == [4999]
+
+
+class _StripeAnswersAnotherAmount:
+    """The real gateway, except that the PaymentIntent created is for a cent more than
+    asked: the situation of Stripe answering an idempotency key with an older request's
+    intent. The emulator holds that intent; the charge path sees Stripe's true answer."""
+
+    def __init__(self, gateway):
+        self._gateway = gateway
+
+    def __getattr__(self, name):
+        return getattr(self._gateway, name)
+
+    def create_payment_intent(self, *, amount, **fields):
+        return self._gateway.create_payment_intent(amount=amount + 1, **fields)
+
+
+def test_a_plain_charge_answered_with_another_amount_is_not_marked_paid(
+    app, admin, paying_customer, open_invoice, run_jobs, stripe_client, monkeypatch
+):
+    invoice = open_invoice(paying_customer(), amount=5000)
+    monkeypatch.setitem(
+        app.extensions,
+        "billing.stripe",
+        _StripeAnswersAnotherAmount(app.extensions["billing.stripe"]),
+    )
+    before = _mismatches("charge")
+    run_jobs()
+    after = _invoice(admin, invoice["id"])
+    assert (after["status"], after["amount_paid"]) == ("open", 0)
+    [attempt] = after["payment_attempts"]
+    assert (attempt["status"], attempt["decline_code"]) == ("failed", "amount_mismatch")
+    assert _mismatches("charge") == before + 1
+    assert [(i.status, i.amount) for i in intents_for_invoice(stripe_client, invoice["id"])] == [
+        ("succeeded", 5001)
+    ]
