@@ -375,6 +375,9 @@ def execute_charge(attempt_id: str) -> str:
     except AmountNotChargeable as exc:
         # Nothing was sent: an amount recorded before the charge step applied to it.
         return _record_failure(attempt_id, claimed, "amount_not_chargeable", str(exc), None)
+    except UnknownCurrency as exc:
+        # Nothing was sent: a currency recorded before only Stripe's were accepted.
+        return _record_failure(attempt_id, claimed, "currency_not_supported", str(exc), None)
     except StripeUnavailable as exc:
         _record_unknown(attempt_id, claimed, str(exc))
         raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc

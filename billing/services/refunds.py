@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from billing import jobs
 from billing.adapters.stripe_gateway import RefundResult, StripeRejected, StripeUnavailable
-from billing.domain.money import AmountNotChargeable, charge_step
+from billing.domain.money import AmountNotChargeable, UnknownCurrency, charge_step
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
@@ -128,7 +128,8 @@ def execute_refund(refund_id: str) -> str:
         )
     except StripeRejected as exc:
         return _record_failure(refund_id, claimed, exc.message)
-    except AmountNotChargeable as exc:
+    except (AmountNotChargeable, UnknownCurrency) as exc:
+        # Nothing was sent: an amount or currency recorded before Stripe's rules applied.
         return _record_failure(refund_id, claimed, str(exc))
     except StripeUnavailable as exc:
         with transaction() as session:

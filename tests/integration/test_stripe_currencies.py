@@ -101,6 +101,24 @@ def test_a_currency_stripe_cannot_charge_is_refused_everywhere_and_changes_nothi
     assert admin.get(f"/v1/customers/{customer['id']}").get_json()["currency"] == "eur"
 
 
+def test_an_invoice_recorded_in_a_currency_stripe_cannot_charge_fails_without_a_request(
+    admin, paying_customer, open_invoice, run_jobs, stripe_client
+):
+    customer = paying_customer()
+    invoice = open_invoice(customer, amount=5000)
+    # A row from before only Stripe's currencies were accepted.
+    db.session.execute(update(Customer).values(currency="xts"))
+    db.session.execute(update(Invoice).values(currency="xts"))
+    db.session.execute(update(ChargeAttempt).values(currency="xts"))
+    db.session.commit()
+    run_jobs()
+    after = _invoice(admin, invoice["id"])
+    assert (after["status"], after["currency"]) == ("open", "xts")
+    [attempt] = after["payment_attempts"]
+    assert (attempt["status"], attempt["decline_code"]) == ("failed", "currency_not_supported")
+    assert intents_for_invoice(stripe_client, invoice["id"]) == []
+
+
 def test_an_isk_refund_is_sent_and_read_back_in_stripes_unit(
     admin, client, paying_customer, open_invoice, run_jobs, stripe_client
 ):
