@@ -9,12 +9,13 @@ is one of those sections; re-read them when Stripe announces a change to a curre
 Our minor unit is the ISO 4217 one as CLDR uses it (cents; yen; fils for KWD; whole krónur
 for ISK), pinned in the table below so that a Babel upgrade can never change what a stored
 amount means. Stripe's `amount` unit differs from it for some currencies, and Stripe can
-charge some amounts less finely than our unit counts; both differences are resolved here and
-nowhere else:
+charge some amounts less finely than our unit counts; the rules for both are here, and each
+is applied in one place:
 
 - **Conversion at the Stripe boundary.** `to_stripe_amount` multiplies by a power of ten
-  (ISK: our 5 krónur are Stripe's 500), exactly, and the Stripe adapter is the only caller;
-  `from_stripe_amount` divides back. It never rounds: an amount Stripe cannot take raises.
+  (ISK: our 5 krónur are Stripe's 500), exactly; every amount the Stripe adapter sends goes
+  through it, and every amount it reads back through `from_stripe_amount`. It never rounds:
+  an amount Stripe cannot take raises before anything is sent.
 - **Rounding in the invoice rules.** Where Stripe cannot charge every one of our minor units
   (three-decimal currencies: only whole tens of fils), `charge_step` says by how much amounts
   must move: taxes and prorations round to it and line, price and refund amounts must be
