@@ -65,6 +65,14 @@ DUPLICATE_CHARGES = Counter(
     "billing_duplicate_charges_found_total",
     "Invoices the reconciler found charged more than once (should stay 0; alert on any).",
 )
+AMOUNT_MISMATCHES = Counter(
+    "billing_charge_amount_mismatches_total",
+    "PaymentIntents whose amount or currency differ from their charge attempt's, refused "
+    "as payment, by where Stripe's answer came from: charge (the charge job) or webhook (a "
+    "webhook, or an outcome adopted later by the 3-D Secure follow-up or the reconciler); "
+    "should stay 0, alert on any.",
+    ["source"],
+)
 
 
 class _Incrementable(Protocol):

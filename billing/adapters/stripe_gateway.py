@@ -1,4 +1,10 @@
-"""Stripe behind a small interface: the real SDK, pointed at Stripe or at a local emulator."""
+"""Stripe behind a small interface: the real SDK, pointed at Stripe or at a local emulator.
+
+Amounts cross this interface in our minor units (billing.domain.money) both ways: every
+amount sent is converted to Stripe's unit for its currency here (ISK: 5 krónur are
+`amount=500`), and every amount read back is converted to ours, so no service ever holds a
+Stripe-unit amount. A PaymentIntent also keeps Stripe's own figure, for exact comparison.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import Any, Protocol
 import stripe
 
 from billing.adapters.stripe_pacing import PacedRequestsClient, StripePacer, advised_wait
+from billing.domain.money import from_stripe_amount, to_stripe_amount
 
 
 class StripeUnavailable(Exception):
@@ -45,11 +52,14 @@ class PaymentIntentResult:
 
     id: str | None
     status: str  # succeeded | requires_action | requires_payment_method | processing | ...
-    amount: int
+    amount: int  # our minor units
+    currency: str = ""  # as Stripe reports it; empty when not reported
     decline_code: str | None = None
     failure_message: str | None = None
     next_action: dict[str, Any] | None = None
     client_secret: str | None = None
+    # Stripe's own `amount`, in its unit for the currency, when read from Stripe.
+    stripe_amount: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ class ListedPaymentIntent:
 
     id: str
     status: str
-    amount: int
+    amount: int  # our minor units, as every amount below
     currency: str
     created: int  # Unix seconds, as Stripe gives it
     metadata: dict[str, str]
@@ -115,7 +125,13 @@ class StripeGateway(Protocol):
     ) -> Iterator[ListedPaymentIntent]: ...
 
     def create_refund(
-        self, *, payment_intent_id: str, amount: int, metadata: dict[str, str], idempotency_key: str
+        self,
+        *,
+        payment_intent_id: str,
+        amount: int,
+        currency: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
     ) -> RefundResult: ...
 
     def find_refunds_by_metadata(
@@ -205,11 +221,13 @@ class StripeSdkGateway:
         metadata: dict[str, str],
         idempotency_key: str,
     ) -> PaymentIntentResult:
+        # Before any request: an amount Stripe would refuse is never sent.
+        stripe_amount = to_stripe_amount(amount, currency)
         try:
             with _translated_errors():
                 intent = self._client.v1.payment_intents.create(
                     params={
-                        "amount": amount,
+                        "amount": stripe_amount,
                         "currency": currency,
                         "customer": stripe_customer_id,
                         "payment_method": payment_method,
@@ -281,18 +299,25 @@ class StripeSdkGateway:
                     yield _listed_intent(intent)
 
     def create_refund(
-        self, *, payment_intent_id: str, amount: int, metadata: dict[str, str], idempotency_key: str
+        self,
+        *,
+        payment_intent_id: str,
+        amount: int,
+        currency: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
     ) -> RefundResult:
+        stripe_amount = to_stripe_amount(amount, currency)
         with _translated_errors():
             refund = self._client.v1.refunds.create(
                 params={
                     "payment_intent": payment_intent_id,
-                    "amount": amount,
+                    "amount": stripe_amount,
                     "metadata": metadata,
                 },
                 options={"idempotency_key": idempotency_key},
             )
-        return RefundResult(id=str(refund.id), status=str(refund.status), amount=int(refund.amount))
+        return _refund_result(refund.to_dict())
 
     def find_refunds_by_metadata(
         self, payment_intent_id: str, key: str, value: str
@@ -302,37 +327,47 @@ class StripeSdkGateway:
                 params={"payment_intent": payment_intent_id, "limit": 100}
             )
             refunds = [r.to_dict() for r in page.auto_paging_iter()]
-        return [
-            RefundResult(id=str(r["id"]), status=str(r["status"]), amount=int(r["amount"]))
-            for r in refunds
-            if (r.get("metadata") or {}).get(key) == value
-        ]
+        return [_refund_result(r) for r in refunds if (r.get("metadata") or {}).get(key) == value]
+
+
+def _refund_result(refund: dict[str, Any]) -> RefundResult:
+    currency = str(refund.get("currency") or "")
+    return RefundResult(
+        id=str(refund["id"]),
+        status=str(refund["status"]),
+        amount=from_stripe_amount(int(refund.get("amount") or 0), currency),
+    )
 
 
 def _intent_result(intent: dict[str, Any]) -> PaymentIntentResult:
     error = intent.get("last_payment_error") or {}
+    currency = str(intent.get("currency") or "").lower()
+    stripe_amount = int(intent.get("amount") or 0)
     return PaymentIntentResult(
         id=intent.get("id"),
         status=str(intent.get("status")),
-        amount=int(intent.get("amount") or 0),
+        amount=from_stripe_amount(stripe_amount, currency),
+        currency=currency,
         decline_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
         next_action=intent.get("next_action"),
         client_secret=intent.get("client_secret"),
+        stripe_amount=stripe_amount,
     )
 
 
 def _listed_intent(intent: dict[str, Any]) -> ListedPaymentIntent:
     charge = intent.get("latest_charge")
     refunded = int(charge.get("amount_refunded") or 0) if isinstance(charge, dict) else 0
+    currency = str(intent.get("currency") or "").lower()
     return ListedPaymentIntent(
         id=str(intent["id"]),
         status=str(intent.get("status")),
-        amount=int(intent.get("amount") or 0),
-        currency=str(intent.get("currency") or ""),
+        amount=from_stripe_amount(int(intent.get("amount") or 0), currency),
+        currency=currency,
         created=int(intent.get("created") or 0),
         metadata={str(k): str(v) for k, v in (intent.get("metadata") or {}).items()},
-        amount_refunded=refunded,
+        amount_refunded=from_stripe_amount(refunded, currency),
     )
 
 

@@ -51,6 +51,7 @@ _PYDANTIC_CODES = {
     "missing": "parameter_missing",
     "json_invalid": "invalid_json",
     "json_type": "invalid_json",
+    "currency_not_supported": "currency_not_supported",
 }
 
 

@@ -17,9 +17,15 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from billing.domain.invoices import MAX_TAX_RATE, TAX_RATE_QUANTUM, CollectionMethod, InvoiceStatus
-from billing.domain.money import UnknownCurrency, known_currencies, normalize_currency
+from billing.domain.money import (
+    UnknownCurrency,
+    UnsupportedCurrency,
+    known_currencies,
+    normalize_currency,
+)
 from billing.domain.subscriptions import Interval, SubscriptionStatus
 
 
@@ -39,6 +45,14 @@ def _no_control_characters(value: str) -> str:
 def _currency(value: str) -> str:
     try:
         return normalize_currency(value)
+    except UnsupportedCurrency as exc:
+        # Its own code: a real currency, which Stripe cannot charge (billing.domain.money).
+        raise PydanticCustomError(
+            "currency_not_supported",
+            "'{code}' is an ISO 4217 currency Stripe cannot charge; see "
+            "https://docs.stripe.com/currencies",
+            {"code": value},
+        ) from exc
     except UnknownCurrency as exc:
         raise ValueError(f"'{value}' is not a known ISO 4217 currency code") from exc
 
@@ -78,7 +92,8 @@ Currency = Annotated[
     str,
     StringConstraints(min_length=3, max_length=3),
     AfterValidator(_currency),
-    # Lower-case ISO 4217 codes, as Stripe spells them; upper case is accepted too.
+    # Lower-case ISO 4217 codes of the currencies Stripe can charge, as Stripe spells them;
+    # upper case is accepted too.
     WithJsonSchema({"type": "string", "enum": sorted(known_currencies()), "example": "eur"}),
 ]
 TaxRate = Annotated[

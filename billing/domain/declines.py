@@ -71,6 +71,13 @@ _EXPLANATIONS: dict[str, DeclineExplanation] = {
     "no_payment_method": DeclineExplanation(
         "There is no card or other payment method on file.", _UPDATE_CARD, hard=True
     ),
+    # Stripe's PaymentIntent was not for the amount or currency asked: held (hard) so that
+    # no retry charges again before an operator has looked.
+    "amount_mismatch": DeclineExplanation(
+        "We could not confirm this payment for the amount of the invoice.",
+        "You do not need to do anything: our team is looking into it and will contact you.",
+        hard=True,
+    ),
 }
 
 _UNKNOWN = DeclineExplanation("The payment could not be completed.", _CONTACT_BANK, hard=False)

@@ -4,6 +4,10 @@ Tax rounding rule: each line's tax is ``amount * rate / 100`` rounded to a whole
 minor unit, halves away from zero; the invoice's tax is the sum of its lines'
 taxes, and the per-rate summary is the sum of the lines at that rate. Rounding
 per line (as Stripe does) keeps every printed line consistent with the total.
+
+Where Stripe charges a currency less finely than its minor unit (tens of fils for the
+three-decimal currencies: ``money.charge_step``), taxes round to that step instead and
+line amounts must be multiples of it, so that every total is chargeable as printed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from billing.domain.money import round_half_up
+from billing.domain.money import AmountNotChargeable, round_to_step
 
 # Rates are percentages with at most four decimals (19, 7.7, 8.875).
 TAX_RATE_QUANTUM = Decimal("0.0001")
@@ -82,23 +86,32 @@ class InvoiceTotals:
     tax_by_rate: dict[Decimal, int]
 
 
-def line_amounts(quantity: int, unit_amount: int, tax_rate: Decimal) -> LineAmounts:
+def line_amounts(
+    quantity: int, unit_amount: int, tax_rate: Decimal, *, step: int = 1
+) -> LineAmounts:
+    """A line's amount and tax; `step` is the currency's charge step (money.charge_step)."""
     if quantity < 0:
         raise ValueError("quantity cannot be negative")
     amount = quantity * unit_amount
     if abs(amount) > MAX_AMOUNT:
         raise AmountTooLarge(f"a line's amount cannot exceed {MAX_AMOUNT} minor units")
-    tax = round_half_up(Decimal(amount) * tax_rate / 100)
+    if amount % step:
+        raise AmountNotChargeable(
+            f"a line's amount must be a multiple of {step} minor units in this currency "
+            "(Stripe charges it no finer)"
+        )
+    tax = round_to_step(Decimal(amount) * tax_rate / 100, step)
     return LineAmounts(amount=amount, tax=tax)
 
 
-def invoice_totals(lines: Iterable[tuple[int, int, Decimal]]) -> InvoiceTotals:
-    """Totals of (quantity, unit_amount, tax_rate) lines, all in one currency."""
+def invoice_totals(lines: Iterable[tuple[int, int, Decimal]], *, step: int = 1) -> InvoiceTotals:
+    """Totals of (quantity, unit_amount, tax_rate) lines, all in one currency whose charge
+    step is `step`: every amount, and so the total, is a multiple of it."""
     subtotal = 0
     tax = 0
     by_rate: dict[Decimal, int] = {}
     for quantity, unit_amount, rate in lines:
-        amounts = line_amounts(quantity, unit_amount, rate)
+        amounts = line_amounts(quantity, unit_amount, rate, step=step)
         subtotal += amounts.amount
         tax += amounts.tax
         by_rate[rate] = by_rate.get(rate, 0) + amounts.tax

@@ -92,7 +92,9 @@ def days_left(period_start: datetime, period_end: datetime, at: datetime) -> tup
     return max(0, min(total, remaining)), total
 
 
-def prorate(unit_amount: int, quantity: int, remaining_days: int, days_in_period: int) -> int:
+def prorate(
+    unit_amount: int, quantity: int, remaining_days: int, days_in_period: int, *, step: int = 1
+) -> int:
     """round_half_up(unit_amount * quantity * remaining_days / days_in_period), in integers.
 
     The rule: the exact share of the period's amount for the remaining days, rounded to a
@@ -105,8 +107,11 @@ def prorate(unit_amount: int, quantity: int, remaining_days: int, days_in_period
     if not 0 <= remaining_days <= days_in_period:
         raise ValueError("remaining_days lies within the period")
     numerator = period_amount(unit_amount, quantity) * remaining_days
+    # In units of the currency's charge step (money.charge_step: tens of fils for KWD), so
+    # the prorated line is one Stripe can charge.
+    denominator = days_in_period * step
     # floor((2n + d) / 2d) == round half up of n/d for n >= 0, d > 0.
-    return (2 * numerator + days_in_period) // (2 * days_in_period)
+    return (2 * numerator + denominator) // (2 * denominator) * step
 
 
 @dataclass(frozen=True)
@@ -129,11 +134,12 @@ def prorate_change(
     period_start: datetime,
     period_end: datetime,
     at: datetime,
+    step: int = 1,
 ) -> Proration:
     remaining, total = days_left(period_start, period_end, at)
     return Proration(
-        credit=-prorate(old_unit_amount, old_quantity, remaining, total),
-        charge=prorate(new_unit_amount, new_quantity, remaining, total),
+        credit=-prorate(old_unit_amount, old_quantity, remaining, total, step=step),
+        charge=prorate(new_unit_amount, new_quantity, remaining, total, step=step),
         remaining_days=remaining,
         days_in_period=total,
     )

@@ -15,6 +15,7 @@ token that a process which outlived its lease can no longer record anything.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,10 +35,11 @@ from billing.adapters.stripe_gateway import (
     StripeUnavailable,
 )
 from billing.domain.invoices import InvoiceStatus
+from billing.domain.money import AmountNotChargeable, UnknownCurrency, to_stripe_amount
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
-from billing.metrics import CHARGES, count_on_commit
+from billing.metrics import AMOUNT_MISMATCHES, CHARGES, count_on_commit
 from billing.models import (
     CHARGE_IN_FLIGHT,
     ChargeAttempt,
@@ -82,6 +84,7 @@ AUTHENTICATION_POLL = timedelta(minutes=10)
 AUTHENTICATION_DEADLINE = timedelta(hours=23)
 PAYABLE = charge_statements.PAYABLE
 FINAL = ("succeeded", "failed", "canceled")
+AMOUNT_MISMATCH = "amount_mismatch"
 
 
 # Applies an outcome to the locked attempt and invoice, inside the recording transaction.
@@ -391,7 +394,7 @@ def execute_charge(attempt_id: str) -> str:
             raise TransientJobError(f"Stripe unavailable while reconciling: {exc}") from exc
         if found is not None:
             log.info("charge.reconciled", attempt_id=attempt_id, intent_status=found.status)
-            return _record_intent(attempt_id, claimed, found)
+            return _record_answer(attempt_id, claimed, prepared, found)
     if not prepared.may_create:
         # Stripe never got it, and the invoice is settled or void meanwhile: call it off.
         def called_off(attempt: ChargeAttempt, invoice: Invoice) -> None:
@@ -417,6 +420,12 @@ def execute_charge(attempt_id: str) -> str:
         return status
     except StripeRejected as exc:
         return _record_failure(attempt_id, claimed, exc.code or "rejected", exc.message, None)
+    except AmountNotChargeable as exc:
+        # Nothing was sent: an amount recorded before the charge step applied to it.
+        return _record_failure(attempt_id, claimed, "amount_not_chargeable", str(exc), None)
+    except UnknownCurrency as exc:
+        # Nothing was sent: a currency recorded before only Stripe's were accepted.
+        return _record_failure(attempt_id, claimed, "currency_not_supported", str(exc), None)
     except StripeUnavailable as exc:
         _record_unknown(attempt_id, claimed, str(exc))
         raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc
@@ -427,10 +436,85 @@ def execute_charge(attempt_id: str) -> str:
         if claimed.claim is Claim.NEW:
             ledger.release(claimed)
         raise
+    return _record_answer(attempt_id, claimed, prepared, intent)
+
+
+def _record_answer(
+    attempt_id: str, claimed: ClaimResult, prepared: _Prepared, intent: PaymentIntentResult
+) -> str:
+    """Phase 3: what Stripe answered about this attempt (the intent created, or the one found
+    when reconciling) becomes its outcome, by the prebuilt statement or the ORM phase. Both
+    record only a PaymentIntent for the attempt's own amount and currency."""
+    mismatch = amount_mismatch(prepared.amount, prepared.currency, intent)
+    if mismatch is not None:
+        return _record_mismatch(attempt_id, claimed, intent, mismatch, prepared.ledger_key)
     if prepared.taken is not None and intent.status == "succeeded" and intent.id:
-        if _record_success_at_once(attempt_id, prepared.taken, intent.id, intent.amount):
+        if _record_success_at_once(attempt_id, prepared.taken, intent.id, prepared.amount):
             return "succeeded"
     return _record_intent(attempt_id, claimed, intent)
+
+
+def amount_mismatch(amount: int, currency: str, intent: PaymentIntentResult) -> str | None:
+    """Why `intent` is not a payment of `amount` (our minor units) in `currency`, or None
+    when it is one. Compared in Stripe's units, as Stripe reported them, so that no rounding
+    of ours can hide a difference."""
+    try:
+        expected = to_stripe_amount(amount, currency)
+        if intent.currency != currency:
+            actual: int | None = None
+        elif intent.stripe_amount is not None:
+            actual = intent.stripe_amount
+        else:
+            actual = to_stripe_amount(intent.amount, intent.currency)
+    except (AmountNotChargeable, UnknownCurrency):
+        actual, expected = None, 0
+    if actual == expected:
+        return None
+    return (
+        f"PaymentIntent {intent.id} is for {intent.stripe_amount} "
+        f"{intent.currency.upper() or '(no currency)'} in Stripe's units, not the "
+        f"{amount} {currency.upper()} of this attempt ({expected} in Stripe's units)"
+    )
+
+
+def _mismatched(intent: PaymentIntentResult, message: str, source: str) -> Apply:
+    """Record an attempt whose PaymentIntent is for another amount or currency: failed with
+    its own code, the invoice left unpaid; loud, because money may have moved."""
+
+    def record(attempt: ChargeAttempt, invoice: Invoice) -> None:
+        attempt.stripe_payment_intent_id = intent.id or attempt.stripe_payment_intent_id
+        attempt.decline_code = AMOUNT_MISMATCH
+        attempt.failure_message = message[:500]
+        _finish_attempt(attempt, "failed")
+        count_on_commit(db.session(), AMOUNT_MISMATCHES.labels(source=source))
+        log.error(
+            "charge.amount_mismatch",
+            attempt_id=attempt.id,
+            invoice_id=invoice.id,
+            payment_intent=intent.id,
+            intent_status=intent.status,
+            intent_amount=intent.stripe_amount,
+            intent_currency=intent.currency,
+            attempt_amount=attempt.amount,
+            attempt_currency=attempt.currency,
+            via=source,
+        )
+
+    return record
+
+
+def _record_mismatch(
+    attempt_id: str,
+    claimed: ClaimResult,
+    intent: PaymentIntentResult,
+    message: str,
+    ledger_key: str,
+) -> str:
+    status = _record(attempt_id, claimed, "failed", _mismatched(intent, message, "charge"))
+    if intent.status != "succeeded" and intent.id:
+        # Not a payment yet: make sure it never becomes one.
+        _cancel_leftover_intent(ledger_key, intent.id)
+    return status
 
 
 def _record_success_at_once(
@@ -512,10 +596,8 @@ def _follow_up_authentication(attempt_id: str) -> str:
     if intent.status == "requires_action":
         return "requires_action"
     if intent.status == "canceled":
-        intent = PaymentIntentResult(
-            id=intent.id,
-            status="canceled",
-            amount=intent.amount,
+        intent = dataclasses.replace(
+            intent,
             decline_code="authentication_not_completed",
             failure_message="The customer did not complete authentication in time.",
         )
@@ -596,7 +678,8 @@ def _apply_success(intent: PaymentIntentResult) -> Apply:
         attempt.decline_code = None
         attempt.failure_message = None
         _finish_attempt(attempt, "succeeded")
-        mark_invoice_paid(invoice, intent.amount)
+        # The attempt's own amount: an intent for any other is never recorded as paid.
+        mark_invoice_paid(invoice, attempt.amount)
 
     return succeeded
 
@@ -679,7 +762,13 @@ def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> st
             )
             log.error("charge.duplicate_payment", attempt_id=attempt_id, payment_intent=intent.id)
             return "duplicate_payment"
-        if outcome == "succeeded":
+        mismatch = amount_mismatch(attempt.amount, attempt.currency, intent)
+        if mismatch is not None:
+            if attempt.decline_code == AMOUNT_MISMATCH:
+                return "ignored"  # recorded already, by the charge job or an earlier event
+            _mismatched(intent, mismatch, "webhook")(attempt, invoice)
+            outcome = "failed"
+        elif outcome == "succeeded":
             _apply_success(intent)(attempt, invoice)
         elif outcome == "requires_action":
             attempt.stripe_payment_intent_id = intent.id
@@ -698,11 +787,16 @@ def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> st
                 state="failed" if outcome == "failed" else "succeeded",
                 attempt=LedgerEntry.attempt + 1,
                 locked_until=None,
-                outcome={"status": outcome, "payment_intent": intent.id, "via": "webhook"},
+                outcome={
+                    "status": outcome,
+                    "payment_intent": intent.id,
+                    "via": "webhook",
+                    **({"reason": AMOUNT_MISMATCH} if mismatch is not None else {}),
+                },
             )
         )
     log.info("charge.updated_by_stripe", attempt_id=attempt_id, was=current, now=outcome)
-    return outcome
+    return AMOUNT_MISMATCH if mismatch is not None else outcome
 
 
 def _another_success(session: Session, attempt: ChargeAttempt) -> bool:

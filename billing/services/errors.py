@@ -44,6 +44,12 @@ class InvalidRequest(ServiceError):
     status = 422
 
 
+class UnchargeableAmount(InvalidRequest):
+    """An amount finer than Stripe charges its currency (fils not in tens for KWD)."""
+
+    code = "amount_not_chargeable"
+
+
 class TransientJobError(Exception):
     """The job may succeed later (network, lock held, outcome unknown): retry with backoff,
     or after `retry_after` seconds when the cause says when it ends (a lease running out)."""

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, joinedload
 from billing import clock
 from billing.domain import invoices as rules
 from billing.domain.invoices import CollectionMethod, InvoiceStatus
-from billing.domain.money import normalize_currency
+from billing.domain.money import AmountNotChargeable, charge_step, normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.models import CHARGE_IN_FLIGHT, Invoice, InvoiceLine
@@ -24,6 +24,7 @@ from billing.services.errors import (
     InvalidStateTransition,
     InvoiceNotEditable,
     NotFound,
+    UnchargeableAmount,
 )
 from billing.services.pagination import Page, paginate
 from billing.services.unit_of_work import transaction
@@ -90,9 +91,13 @@ def list_invoices(
 
 def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
     try:
-        amounts = rules.line_amounts(fields.quantity, fields.unit_amount, fields.tax_rate)
+        amounts = rules.line_amounts(
+            fields.quantity, fields.unit_amount, fields.tax_rate, step=charge_step(invoice.currency)
+        )
     except rules.AmountTooLarge as exc:
         raise InvalidRequest(str(exc), param="unit_amount") from exc
+    except AmountNotChargeable as exc:
+        raise UnchargeableAmount(str(exc), param="unit_amount") from exc
     line = InvoiceLine(
         description=fields.description,
         quantity=fields.quantity,
@@ -108,10 +113,13 @@ def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
 def _recompute_totals(invoice: Invoice) -> None:
     try:
         totals = rules.invoice_totals(
-            (ln.quantity, ln.unit_amount, ln.tax_rate) for ln in invoice.lines
+            ((ln.quantity, ln.unit_amount, ln.tax_rate) for ln in invoice.lines),
+            step=charge_step(invoice.currency),
         )
     except rules.AmountTooLarge as exc:
         raise InvalidRequest(str(exc), param="lines") from exc
+    except AmountNotChargeable as exc:
+        raise UnchargeableAmount(str(exc), param="lines") from exc
     invoice.subtotal, invoice.tax, invoice.total = totals.subtotal, totals.tax, totals.total
 
 

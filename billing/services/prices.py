@@ -5,12 +5,12 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from billing.domain.invoices import MAX_AMOUNT
-from billing.domain.money import normalize_currency
+from billing.domain.money import charge_step, normalize_currency
 from billing.domain.subscriptions import Interval
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.models import Price
-from billing.services.errors import InvalidRequest, NotFound
+from billing.services.errors import InvalidRequest, NotFound, UnchargeableAmount
 from billing.services.pagination import Page, paginate
 from billing.services.unit_of_work import transaction
 
@@ -20,6 +20,13 @@ log = get_logger(__name__)
 def create_price(*, product: str, unit_amount: int, currency: str, interval: Interval) -> Price:
     if not 0 <= unit_amount <= MAX_AMOUNT:
         raise InvalidRequest(f"unit_amount lies between 0 and {MAX_AMOUNT}", param="unit_amount")
+    step = charge_step(currency)
+    if unit_amount % step:
+        raise UnchargeableAmount(
+            f"unit_amount must be a multiple of {step} in {currency.upper()} (Stripe charges "
+            "it no finer)",
+            param="unit_amount",
+        )
     with transaction() as session:
         price = Price(
             product=product,

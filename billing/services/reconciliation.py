@@ -340,7 +340,9 @@ def _stripe_view(
         if intent.id == attempt.stripe_payment_intent_id or (
             intent.metadata.get("ledger_key") == attempt.ledger_key
         ):
-            return PaymentIntentResult(id=intent.id, status=intent.status, amount=intent.amount)
+            return PaymentIntentResult(
+                id=intent.id, status=intent.status, amount=intent.amount, currency=intent.currency
+            )
     return charges.find_intent_for_attempt(attempt.stripe_payment_intent_id, attempt.ledger_key)
 
 
@@ -349,7 +351,9 @@ def _fix(finding: Finding) -> None:
         return
     if finding.kind == MISSING:
         [intent] = finding.payment_intents
-        adopted = PaymentIntentResult(id=intent.id, status="succeeded", amount=intent.amount)
+        adopted = PaymentIntentResult(
+            id=intent.id, status="succeeded", amount=intent.amount, currency=finding.currency
+        )
     elif finding.kind == UNKNOWN and finding.payment_intents:
         # Asked again: the listing may be a while old, and the intent may have moved on.
         adopted = context.stripe_gateway().retrieve_payment_intent(finding.payment_intents[0].id)

@@ -9,12 +9,18 @@ from sqlalchemy import func, select
 
 from billing import jobs
 from billing.adapters.stripe_gateway import RefundResult, StripeRejected, StripeUnavailable
+from billing.domain.money import AmountNotChargeable, UnknownCurrency, charge_step
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
 from billing.models import ChargeAttempt, Invoice, Refund
 from billing.services import context, documents, emails, ledger
-from billing.services.errors import InvalidRequest, NotFound, TransientJobError
+from billing.services.errors import (
+    InvalidRequest,
+    NotFound,
+    TransientJobError,
+    UnchargeableAmount,
+)
 from billing.services.ledger import Claim, ClaimResult
 from billing.services.outbox import has_unfinished_job, record_job
 from billing.services.unit_of_work import transaction
@@ -63,6 +69,13 @@ def request_refund(invoice_id: str, amount: int | None, reason: str | None) -> R
             raise RefundExceedsPayment(
                 f"at most {refundable} can be refunded on this invoice", param="amount"
             )
+        step = charge_step(invoice.currency)
+        if wanted % step:
+            raise UnchargeableAmount(
+                f"a refund in {invoice.currency.upper()} is a multiple of {step} (Stripe "
+                "refunds it no finer)",
+                param="amount",
+            )
         refund_id = new_id("rf")
         refund = Refund(
             id=refund_id,
@@ -93,9 +106,10 @@ def execute_refund(refund_id: str) -> str:
         if claimed.claim is Claim.DONE:
             return refund.status
         refund.status = "started"
-        intent_id, amount, ledger_key = (
+        intent_id, amount, currency, ledger_key = (
             payment.stripe_payment_intent_id,
             refund.amount,
+            refund.currency,
             refund.ledger_key,
         )
         invoice_id = refund.invoice_id
@@ -108,11 +122,15 @@ def execute_refund(refund_id: str) -> str:
         result = gateway.create_refund(
             payment_intent_id=intent_id,
             amount=amount,
+            currency=currency,
             metadata={"invoice_id": invoice_id, "refund_id": refund_id, "ledger_key": ledger_key},
             idempotency_key=ledger_key,
         )
     except StripeRejected as exc:
         return _record_failure(refund_id, claimed, exc.message)
+    except (AmountNotChargeable, UnknownCurrency) as exc:
+        # Nothing was sent: an amount or currency recorded before Stripe's rules applied.
+        return _record_failure(refund_id, claimed, str(exc))
     except StripeUnavailable as exc:
         with transaction() as session:
             if ledger.mark_unknown(claimed, {"error": str(exc)[:500]}, commit=False):

@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from billing import jobs
 from billing.adapters.stripe_gateway import intent_from_payload, verify_webhook
+from billing.domain.money import from_stripe_amount
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.metrics import WEBHOOK_EVENTS
@@ -149,7 +150,12 @@ def _charge_refunded(charge: dict[str, Any]) -> str:
         invoice = _invoice_for_intent(session, charge.get("payment_intent"), paid_by_it=True)
         if invoice is None:
             return "ignored"
-        refunded = min(int(charge.get("amount_refunded") or 0), invoice.amount_paid)
+        # Stripe's amount is in its unit for the currency (ISK: hundredths); ours is not.
+        stripe_refunded = int(charge.get("amount_refunded") or 0)
+        refunded = min(
+            from_stripe_amount(stripe_refunded, str(charge.get("currency") or invoice.currency)),
+            invoice.amount_paid,
+        )
         if refunded <= invoice.amount_refunded:
             return "ignored"
         invoice.amount_refunded = refunded

@@ -21,6 +21,7 @@ from billing import clock
 from billing.domain import invoices as invoice_rules
 from billing.domain import subscriptions as rules
 from billing.domain.invoices import CollectionMethod, InvoiceStatus
+from billing.domain.money import charge_step
 from billing.domain.subscriptions import Interval, SubscriptionStatus
 from billing.extensions import db
 from billing.ids import new_id
@@ -354,6 +355,7 @@ def update_subscription(
             period_start=subscription.current_period_start,
             period_end=subscription.current_period_end,
             at=now,
+            step=charge_step(new_price.currency),
         )
         days = f"{proration.remaining_days}/{proration.days_in_period} days"
         since = rules.describe_day(now)
@@ -597,8 +599,9 @@ def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
                 subscription.current_period_index + 1,
             )
             lines = _period_lines(subscription, following)
+            step = charge_step(subscription.price.currency)
             totals = invoice_rules.invoice_totals(
-                (line.quantity, line.unit_amount, line.tax_rate) for line in lines
+                ((line.quantity, line.unit_amount, line.tax_rate) for line in lines), step=step
             )
             if subscription.cancel_at_period_end or totals.total < 0:
                 one_by_one.append(subscription.id)
@@ -633,7 +636,9 @@ def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
                 }
             )
             for line in lines:
-                amounts = invoice_rules.line_amounts(line.quantity, line.unit_amount, line.tax_rate)
+                amounts = invoice_rules.line_amounts(
+                    line.quantity, line.unit_amount, line.tax_rate, step=step
+                )
                 line_rows.append(
                     {
                         "id": new_id("il"),
