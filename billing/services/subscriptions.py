@@ -558,9 +558,9 @@ class _ChunkOutcome:
 def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
     """One period for each due subscription among `ids`, in one transaction: the same rows
     `_invoice_period` and `finalize_invoice` write one by one (a finalized invoice with its
-    number, its lines, the period's row, the charge or the due date, the PDF job), written
-    a table at a time. The subscriptions' row locks and the period key guard it exactly as
-    they guard the one-by-one path."""
+    number, its parties, its lines, the period's row, the charge or the due date, the PDF
+    job), written a table at a time. The subscriptions' row locks and the period key guard
+    it exactly as they guard the one-by-one path."""
     settings = context.settings()
     invoiced: list[str] = []
     one_by_one: list[str] = []
@@ -677,6 +677,7 @@ def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
                 for offset, row in enumerate(invoice_rows):
                     row["number"] = invoice_rules.format_invoice_number(now.year, first + offset)
                 session.execute(insert(Invoice.__table__), invoice_rows)
+                invoices.snapshot_parties(session, invoiced)
                 session.execute(insert(InvoiceLine.__table__), line_rows)
                 session.execute(insert(SubscriptionPeriod.__table__), period_rows)
                 charges.start_attempts(session, charged, source="automatic")
