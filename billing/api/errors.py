@@ -48,6 +48,8 @@ _PYDANTIC_CODES = {
     "missing": "parameter_missing",
     "json_invalid": "invalid_json",
     "json_type": "invalid_json",
+    # Our own validators' refusals, each with its own code.
+    "invalid_characters": "invalid_characters",
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
@@ -17,6 +17,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from billing.domain.invoices import MAX_TAX_RATE, TAX_RATE_QUANTUM, CollectionMethod, InvoiceStatus
 from billing.domain.money import UnknownCurrency, known_currencies, normalize_currency
@@ -29,11 +30,34 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
 
 
-def _no_control_characters(value: str) -> str:
-    # CR/LF in a name or address would let it forge an email header later on.
-    if re.search(r"[\x00-\x1f\x7f]", value):
-        raise ValueError("must not contain control characters such as line breaks")
+# Text that reaches an invoice or an email must read as it is: control characters (CR/LF
+# would forge an email header), format characters (U+202E turns what follows around, zero
+# widths hide a difference), line and paragraph separators, and lone surrogates.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _refuse_hidden_characters(value: str, allowed: str = "") -> str:
+    if value.isprintable():  # no character of those categories; the common case
+        return value
+    for character in value:
+        if unicodedata.category(character) in _HIDDEN_CATEGORIES and character not in allowed:
+            name = unicodedata.name(character, unicodedata.category(character))
+            raise PydanticCustomError(
+                "invalid_characters",
+                "must not contain {character}: control, invisible formatting and line "
+                "separator characters are refused",
+                {"character": f"U+{ord(character):04X} ({name})"},
+            )
     return value
+
+
+def _plain_text(value: str) -> str:
+    return _refuse_hidden_characters(value)
+
+
+def _memo_text(value: str) -> str:
+    # A memo may run over several lines; the other characters are refused as in a name.
+    return _refuse_hidden_characters(value, allowed="\n\r\t")
 
 
 def _currency(value: str) -> str:
@@ -64,15 +88,20 @@ def _no_nul(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_control_characters)]
+# One line of text shown on a document or in an email (a name, an address line...).
+Text = Annotated[str, AfterValidator(_plain_text)]
+# Text kept but never shown on a document or in an email (metadata values).
 LongText = Annotated[str, AfterValidator(_no_nul)]
+# Free text of several lines shown on the invoice (its description, or memo).
+Memo = Annotated[str, AfterValidator(_memo_text)]
 Name = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 Email = Annotated[
     str,
     StringConstraints(
         min_length=3, max_length=320, pattern=r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"
     ),
-    AfterValidator(_no_control_characters),
+    # Before the pattern, which would refuse a line break with a vaguer code.
+    BeforeValidator(lambda value: _plain_text(value) if isinstance(value, str) else value),
 ]
 Currency = Annotated[
     str,
@@ -191,7 +220,7 @@ class InvoiceCreate(Strict):
     currency: Currency | None = None
     days_until_due: Annotated[int, Field(ge=0, le=365)] | None = None
     due_date: date | None = Field(default=None, json_schema_extra={"format": "date"})
-    description: Annotated[LongText, StringConstraints(max_length=5000)] | None = None
+    description: Annotated[Memo, StringConstraints(max_length=5000)] | None = None
     metadata: Metadata = Field(default_factory=dict)
     lines: Annotated[list[LineCreate], Field(max_length=500)] = Field(default_factory=list)
 
