@@ -50,6 +50,7 @@ _PYDANTIC_CODES = {
     "json_type": "invalid_json",
     # Our own validators' refusals, each with its own code.
     "invalid_characters": "invalid_characters",
+    "too_many_lines": "too_many_lines",
 }
 
 

@@ -19,7 +19,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from billing.domain.invoices import MAX_TAX_RATE, TAX_RATE_QUANTUM, CollectionMethod, InvoiceStatus
+from billing.domain.invoices import (
+    MAX_LINES_PER_INVOICE,
+    MAX_TAX_RATE,
+    TAX_RATE_QUANTUM,
+    CollectionMethod,
+    InvoiceStatus,
+)
 from billing.domain.money import UnknownCurrency, known_currencies, normalize_currency
 from billing.domain.subscriptions import Interval, SubscriptionStatus
 
@@ -214,6 +220,22 @@ class LineCreate(Strict):
     tax_rate: TaxRate = Decimal(0)
 
 
+def _line_count(value: Any) -> Any:
+    # Counted before each line is validated, and with its own code, as adding lines is.
+    if isinstance(value, list) and len(value) > MAX_LINES_PER_INVOICE:
+        raise PydanticCustomError(
+            "too_many_lines",
+            "an invoice holds at most {limit} lines",
+            {"limit": MAX_LINES_PER_INVOICE},
+        )
+    return value
+
+
+Lines = Annotated[
+    list[LineCreate], BeforeValidator(_line_count), Field(max_length=MAX_LINES_PER_INVOICE)
+]
+
+
 class InvoiceCreate(Strict):
     customer: ObjectId
     collection_method: CollectionMethod = CollectionMethod.CHARGE_AUTOMATICALLY
@@ -222,7 +244,7 @@ class InvoiceCreate(Strict):
     due_date: date | None = Field(default=None, json_schema_extra={"format": "date"})
     description: Annotated[Memo, StringConstraints(max_length=5000)] | None = None
     metadata: Metadata = Field(default_factory=dict)
-    lines: Annotated[list[LineCreate], Field(max_length=500)] = Field(default_factory=list)
+    lines: Lines = Field(default_factory=list)
 
 
 class ListQuery(Strict):

@@ -28,6 +28,7 @@ from billing.services.errors import (
     InvalidStateTransition,
     InvoiceNotEditable,
     NotFound,
+    ServiceError,
 )
 from billing.services.pagination import Page, paginate
 from billing.services.unit_of_work import transaction
@@ -92,7 +93,16 @@ def list_invoices(
     return paginate(query, Invoice.id, limit, starting_after)
 
 
+class TooManyLines(ServiceError):
+    code = "too_many_lines"
+    status = 400
+
+
 def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
+    if len(invoice.lines) >= rules.MAX_LINES_PER_INVOICE:
+        raise TooManyLines(
+            f"an invoice holds at most {rules.MAX_LINES_PER_INVOICE} lines", param="lines"
+        )
     try:
         amounts = rules.line_amounts(fields.quantity, fields.unit_amount, fields.tax_rate)
     except rules.AmountTooLarge as exc:

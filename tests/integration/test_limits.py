@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import func, select
+
+from billing.domain.invoices import MAX_LINES_PER_INVOICE
+from billing.extensions import db
+from billing.models import Invoice, InvoiceLine
+
 
 def _error(response: Any, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.get_json()
@@ -28,3 +34,36 @@ def test_metadata_that_deletes_as_many_keys_as_it_adds_stays_within_the_limit(ad
     response = admin.patch(f"/v1/customers/{customer['id']}", json={"metadata": changes})
     assert response.status_code == 200, response.get_json()
     assert len(response.get_json()["metadata"]) == 50
+
+
+def _lines(count: int) -> list[dict[str, Any]]:
+    return [{"description": f"Seat {i + 1}", "unit_amount": 100} for i in range(count)]
+
+
+def _line_count() -> int:
+    db.session.expire_all()
+    return db.session.scalar(select(func.count()).select_from(InvoiceLine)) or 0
+
+
+def test_an_invoice_created_with_more_lines_than_the_cap_is_refused(admin, make_customer):
+    customer = make_customer()
+    body = {"customer": customer["id"], "lines": _lines(MAX_LINES_PER_INVOICE + 1)}
+    error = _error(admin.post("/v1/invoices", json=body), 400)
+    assert (error["code"], error["param"]) == ("too_many_lines", "lines")
+    assert db.session.scalar(select(func.count()).select_from(Invoice)) == 0
+    assert _line_count() == 0
+
+
+def test_a_line_added_beyond_the_cap_is_refused_and_the_invoice_keeps_its_lines(
+    admin, make_customer
+):
+    customer = make_customer()
+    body = {"customer": customer["id"], "lines": _lines(MAX_LINES_PER_INVOICE)}
+    created = admin.post("/v1/invoices", json=body)
+    assert created.status_code == 200, created.get_json()
+    invoice = created.get_json()
+    extra = {"description": "One seat too many", "unit_amount": 100}
+    error = _error(admin.post(f"/v1/invoices/{invoice['id']}/lines", json=extra), 400)
+    assert (error["code"], error["param"]) == ("too_many_lines", "lines")
+    assert _line_count() == MAX_LINES_PER_INVOICE
+    assert admin.get(f"/v1/invoices/{invoice['id']}").get_json()["total"] == invoice["total"]
