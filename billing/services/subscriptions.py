@@ -345,6 +345,15 @@ def update_subscription(
             raise InvalidRequest(str(exc), param="quantity") from exc
         if (new_price.id, new_quantity) == (old_price.id, subscription.quantity):
             return subscription
+        # The next invoice holds the period's line, every pending adjustment and perhaps a
+        # carried credit: a change it could not hold waits until that invoice is issued.
+        room = invoice_rules.MAX_LINES_PER_INVOICE - len(subscription.pending_adjustments)
+        if room < 2 + 2:
+            raise invoices.TooManyLines(
+                "the next invoice cannot hold another change of this subscription this "
+                "period; change it once the period's invoice is issued",
+                param="quantity" if quantity is not None else "price",
+            )
         now = clock.now()
         proration = rules.prorate_change(
             old_unit_amount=old_price.unit_amount,

@@ -3,6 +3,7 @@ what a customer has, and lines added to an invoice one request at a time."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -67,3 +68,42 @@ def test_a_line_added_beyond_the_cap_is_refused_and_the_invoice_keeps_its_lines(
     assert (error["code"], error["param"]) == ("too_many_lines", "lines")
     assert _line_count() == MAX_LINES_PER_INVOICE
     assert admin.get(f"/v1/invoices/{invoice['id']}").get_json()["total"] == invoice["total"]
+
+
+def test_a_subscription_changed_as_often_as_its_next_invoice_can_hold_is_still_invoiced(
+    admin, make_customer
+):
+    from billing import clock
+    from billing.services import subscriptions
+
+    clock.set_now(datetime(2026, 1, 31, 9, 0, tzinfo=UTC))
+    try:
+        price = admin.post(
+            "/v1/prices",
+            json={"product": "Seat", "unit_amount": 3100, "currency": "eur", "interval": "month"},
+        ).get_json()
+        subscription = admin.post(
+            "/v1/subscriptions",
+            json={
+                "customer": make_customer()["id"],
+                "price": price["id"],
+                "collection_method": "send_invoice",
+            },
+        ).get_json()
+        clock.set_now(datetime(2026, 2, 10, 9, 0, tzinfo=UTC))
+        for change in range(MAX_LINES_PER_INVOICE):
+            quantity = 2 + change % 2
+            response = admin.patch(
+                f"/v1/subscriptions/{subscription['id']}", json={"quantity": quantity}
+            )
+            if response.status_code != 200:
+                break
+        error = _error(response, 400)
+        assert (error["code"], error["param"]) == ("too_many_lines", "quantity")
+        clock.set_now(datetime(2026, 2, 28, 9, 30, tzinfo=UTC))
+        assert subscriptions.run_billing().invoices_created == 1
+    finally:
+        clock.reset()
+    latest = admin.get(f"/v1/subscriptions/{subscription['id']}").get_json()["latest_invoice"]
+    lines = admin.get(f"/v1/invoices/{latest}").get_json()["lines"]["data"]
+    assert MAX_LINES_PER_INVOICE - 3 <= len(lines) <= MAX_LINES_PER_INVOICE
