@@ -470,7 +470,13 @@ class JobOut(BaseModel):
     queue: str
     state: Literal["pending", "sent", "running", "succeeded", "failed", "dead_lettered"]
     attempts: int
-    last_error: str | None
+    error_code: Literal["retrying", "failed", "dead_lettered"] | None = Field(
+        description="Why the job is not done, as a stable code: its last try failed and it "
+        "will run again (retrying), or it failed for good (failed, dead_lettered)."
+    )
+    last_error: str | None = Field(
+        description="The last try's error as recorded, for admin keys only (null otherwise)."
+    )
     args: dict[str, Any]
     request_id: str | None
     created: int
