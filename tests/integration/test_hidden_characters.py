@@ -100,16 +100,20 @@ def test_a_hidden_character_is_refused_in_every_text_a_document_or_email_shows(
     }
 
 
-def test_names_in_any_script_with_accents_and_plain_spaces_are_welcome(admin):
-    body = {**GOOD_CUSTOMER, "name": "Zoë Ünal-Åberg 株式会社 \u00a0شركة"}
-    response = admin.post("/v1/customers", json=body)
+def test_names_in_any_script_are_welcome_where_a_hidden_character_is_not(admin):
+    name = "Zoë Ünal-Åberg 株式会社\u00a0شركة"
+    response = admin.post("/v1/customers", json={**GOOD_CUSTOMER, "name": name})
     assert response.status_code == 200, response.get_json()
-    assert response.get_json()["name"] == body["name"]
+    assert response.get_json()["name"] == name
+    hidden = admin.post("/v1/customers", json={**GOOD_CUSTOMER, "name": "Zoë\u200b Ünal"})
+    _refused(hidden, "name")
 
 
-def test_an_invoice_memo_may_run_over_several_lines(admin, make_customer):
+def test_an_invoice_memo_may_run_over_several_lines_but_hide_nothing(admin, make_customer):
     customer = make_customer()
     memo = "Thank you for your order.\r\nPlease quote the PO number.\n\tPO 4711"
     response = admin.post("/v1/invoices", json={"customer": customer["id"], "description": memo})
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["description"] == memo
+    hidden = {"customer": customer["id"], "description": "Pay to\u202e 4711"}
+    _refused(admin.post("/v1/invoices", json=hidden), "description")
