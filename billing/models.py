@@ -120,6 +120,11 @@ class Invoice(db.Model):  # type: ignore[name-defined]
     disputed_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # The day (service clock) the first automatic charge failed: dunning counts from it.
     dunning_started_on: Mapped[date | None] = mapped_column(Date)
+    # Who issued the invoice and to whom, as they stood when it was finalized: an issued
+    # invoice keeps its parties whatever the customer or the settings say later. Null on
+    # drafts, and on invoices finalized before these were kept (they show current values).
+    seller_party: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    buyer_party: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     customer: Mapped[Customer] = relationship(back_populates="invoices")
     charge_attempts: Mapped[list[ChargeAttempt]] = relationship(

@@ -52,6 +52,9 @@ _PYDANTIC_CODES = {
     "json_invalid": "invalid_json",
     "json_type": "invalid_json",
     "currency_not_supported": "currency_not_supported",
+    # Our own validators' refusals, each with its own code.
+    "invalid_characters": "invalid_characters",
+    "too_many_lines": "too_many_lines",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from billing.api import schemas
-from billing.api.endpoint import ViewResult, customer_scope, endpoint
+from billing.api.endpoint import ViewResult, customer_scope, endpoint, principal
 from billing.api.serializers import job_out
 from billing.services import outbox
 from billing.services.errors import NotFound
@@ -25,4 +25,4 @@ def get_job(job_id: str) -> ViewResult:
     job = outbox.get_job(job_id, customer_scope=customer_scope())
     if job is None:
         raise NotFound(f"No such job: '{job_id}'", param="id")
-    return job_out(job), 200
+    return job_out(job, error_detail=principal().is_admin), 200

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
@@ -19,7 +19,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from billing.domain.invoices import MAX_TAX_RATE, TAX_RATE_QUANTUM, CollectionMethod, InvoiceStatus
+from billing.domain.invoices import (
+    MAX_LINES_PER_INVOICE,
+    MAX_TAX_RATE,
+    TAX_RATE_QUANTUM,
+    CollectionMethod,
+    InvoiceStatus,
+)
 from billing.domain.money import (
     UnknownCurrency,
     UnsupportedCurrency,
@@ -35,11 +41,34 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
 
 
-def _no_control_characters(value: str) -> str:
-    # CR/LF in a name or address would let it forge an email header later on.
-    if re.search(r"[\x00-\x1f\x7f]", value):
-        raise ValueError("must not contain control characters such as line breaks")
+# Text that reaches an invoice or an email must read as it is: control characters (CR/LF
+# would forge an email header), format characters (U+202E turns what follows around, zero
+# widths hide a difference), line and paragraph separators, and lone surrogates.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _refuse_hidden_characters(value: str, allowed: str = "") -> str:
+    if value.isprintable():  # no character of those categories; the common case
+        return value
+    for character in value:
+        if unicodedata.category(character) in _HIDDEN_CATEGORIES and character not in allowed:
+            name = unicodedata.name(character, unicodedata.category(character))
+            raise PydanticCustomError(
+                "invalid_characters",
+                "must not contain {character}: control, invisible formatting and line "
+                "separator characters are refused",
+                {"character": f"U+{ord(character):04X} ({name})"},
+            )
     return value
+
+
+def _plain_text(value: str) -> str:
+    return _refuse_hidden_characters(value)
+
+
+def _memo_text(value: str) -> str:
+    # A memo may run over several lines; the other characters are refused as in a name.
+    return _refuse_hidden_characters(value, allowed="\n\r\t")
 
 
 def _currency(value: str) -> str:
@@ -78,15 +107,20 @@ def _no_nul(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_control_characters)]
+# One line of text shown on a document or in an email (a name, an address line...).
+Text = Annotated[str, AfterValidator(_plain_text)]
+# Text kept but never shown on a document or in an email (metadata values).
 LongText = Annotated[str, AfterValidator(_no_nul)]
+# Free text of several lines shown on the invoice (its description, or memo).
+Memo = Annotated[str, AfterValidator(_memo_text)]
 Name = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 Email = Annotated[
     str,
     StringConstraints(
         min_length=3, max_length=320, pattern=r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$"
     ),
-    AfterValidator(_no_control_characters),
+    # Before the pattern, which would refuse a line break with a vaguer code.
+    BeforeValidator(lambda value: _plain_text(value) if isinstance(value, str) else value),
 ]
 Currency = Annotated[
     str,
@@ -200,15 +234,31 @@ class LineCreate(Strict):
     tax_rate: TaxRate = Decimal(0)
 
 
+def _line_count(value: Any) -> Any:
+    # Counted before each line is validated, and with its own code, as adding lines is.
+    if isinstance(value, list) and len(value) > MAX_LINES_PER_INVOICE:
+        raise PydanticCustomError(
+            "too_many_lines",
+            "an invoice holds at most {limit} lines",
+            {"limit": MAX_LINES_PER_INVOICE},
+        )
+    return value
+
+
+Lines = Annotated[
+    list[LineCreate], BeforeValidator(_line_count), Field(max_length=MAX_LINES_PER_INVOICE)
+]
+
+
 class InvoiceCreate(Strict):
     customer: ObjectId
     collection_method: CollectionMethod = CollectionMethod.CHARGE_AUTOMATICALLY
     currency: Currency | None = None
     days_until_due: Annotated[int, Field(ge=0, le=365)] | None = None
     due_date: date | None = Field(default=None, json_schema_extra={"format": "date"})
-    description: Annotated[LongText, StringConstraints(max_length=5000)] | None = None
+    description: Annotated[Memo, StringConstraints(max_length=5000)] | None = None
     metadata: Metadata = Field(default_factory=dict)
-    lines: Annotated[list[LineCreate], Field(max_length=500)] = Field(default_factory=list)
+    lines: Lines = Field(default_factory=list)
 
 
 class ListQuery(Strict):
@@ -434,7 +484,13 @@ class JobOut(BaseModel):
     queue: str
     state: Literal["pending", "sent", "running", "succeeded", "failed", "dead_lettered"]
     attempts: int
-    last_error: str | None
+    error_code: Literal["retrying", "failed", "dead_lettered"] | None = Field(
+        description="Why the job is not done, as a stable code: its last try failed and it "
+        "will run again (retrying), or it failed for good (failed, dead_lettered)."
+    )
+    last_error: str | None = Field(
+        description="The last try's error as recorded, for admin keys only (null otherwise)."
+    )
     args: dict[str, Any]
     request_id: str | None
     created: int

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from billing.api import schemas
 from billing.domain.dunning import DunningStep
@@ -184,14 +184,27 @@ def invoice_out(invoice: Invoice, *, just_finalized: bool = False) -> schemas.In
     )
 
 
-def job_out(job: OutboxJob) -> schemas.JobOut:
+def _job_error_code(job: OutboxJob) -> Literal["retrying", "failed", "dead_lettered"] | None:
+    if job.state == "failed":
+        return "failed"
+    if job.state == "dead_lettered":
+        return "dead_lettered"
+    if job.last_error and job.state != "succeeded":
+        return "retrying"
+    return None
+
+
+def job_out(job: OutboxJob, *, error_detail: bool) -> schemas.JobOut:
+    """`error_detail`: the recorded error text, which may name hosts, addresses and other
+    customers' ids; an admin key's to read, never a customer key's."""
     return schemas.JobOut(
         id=job.id,
         name=job.name,
         queue=job.queue,
         state=job.state,  # type: ignore[arg-type]
         attempts=job.attempts,
-        last_error=job.last_error,
+        error_code=_job_error_code(job),
+        last_error=job.last_error if error_detail else None,
         args=job.args,
         request_id=job.request_id,
         created=_ts(job.created_at) or 0,

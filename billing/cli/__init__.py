@@ -150,7 +150,7 @@ def dead_letters_show(job_id: str) -> None:
     job = get_job(job_id)
     if job is None:
         raise click.ClickException(f"no job {job_id}")
-    click.echo(job_out(job).model_dump_json(indent=2))
+    click.echo(job_out(job, error_detail=True).model_dump_json(indent=2))
 
 
 @dead_letters_group.command(

@@ -1,8 +1,10 @@
 """The invoice as the template sees it: plain, already formatted strings, no ORM objects.
 
 Built from a `billing.models.Invoice` (with `.customer` and `.lines` loaded) and the
-seller's details; every amount and date is formatted here for the reader's locale with
-Babel, so the template only places text. Nothing here touches a database session.
+seller's details; a finalized invoice shows the parties it was issued with (its
+snapshot), a draft the current ones. Every amount and date is formatted here for the
+reader's locale with Babel, so the template only places text. Nothing here touches a
+database session.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from babel import Locale
 from babel.dates import format_date
 from babel.numbers import format_currency, format_decimal, format_percent
 
+from billing.domain import parties
 from billing.domain.money import Money
 
 if TYPE_CHECKING:
@@ -214,12 +217,32 @@ def totals(invoice: Invoice, formatter: Formatter) -> tuple[TotalRowView, ...]:
     return tuple(rows)
 
 
-def buyer(customer: Customer, formatter: Formatter) -> PartyView:
+def seller_view(invoice: Invoice, seller: Seller) -> PartyView:
+    """The seller as the invoice was issued by, else as configured now (a draft)."""
+    party = parties.shown(
+        invoice.seller_party,
+        parties.seller_party(seller.name, seller.address_lines, seller.tax_id, seller.email),
+    )
     return PartyView(
-        name=str(customer.name),
-        address_lines=address_lines(customer.address, formatter),
-        tax_id=_text(customer.tax_id),
-        email=_text(customer.email),
+        name=str(party.get("name") or ""),
+        address_lines=tuple(str(line) for line in party.get("address_lines") or ()),
+        tax_id=_text(party.get("tax_id")),
+        email=_text(party.get("email")),
+    )
+
+
+def current_buyer(customer: Customer) -> dict[str, Any]:
+    return parties.buyer_party(customer.name, customer.email, customer.address, customer.tax_id)
+
+
+def buyer(invoice: Invoice, formatter: Formatter) -> PartyView:
+    """The buyer as the invoice was issued to, else the customer as it is now (a draft)."""
+    party = parties.shown(invoice.buyer_party, current_buyer(invoice.customer))
+    return PartyView(
+        name=str(party.get("name") or ""),
+        address_lines=address_lines(party.get("address"), formatter),
+        tax_id=_text(party.get("tax_id")),
+        email=_text(party.get("email")),
     )
 
 
@@ -236,14 +259,9 @@ def invoice_view(
         lang=str(formatter.locale).replace("_", "-"),
         issue_date=formatter.date(issued),
         due_date=formatter.date(invoice.due_date),
-        seller=PartyView(
-            name=seller.name,
-            address_lines=tuple(seller.address_lines),
-            tax_id=seller.tax_id,
-            email=seller.email,
-        ),
+        seller=seller_view(invoice, seller),
         logo_uri=logo_uri,
-        buyer=buyer(invoice.customer, formatter),
+        buyer=buyer(invoice, formatter),
         description=_text(invoice.description),
         currency=invoice.currency.upper(),
         lines=tuple(

@@ -25,6 +25,9 @@ MAX_TAX_RATE = Decimal(100)
 # Far above any real invoice (ten billion euros), far below PostgreSQL's bigint, so that
 # no sum of lines can overflow a column.
 MAX_AMOUNT = 999_999_999_999
+# Stripe's own limit on an invoice's items: an invoice stays readable on paper, renders
+# in bounded time, and could be mirrored on Stripe as it is.
+MAX_LINES_PER_INVOICE = 250
 
 
 class AmountTooLarge(ValueError):

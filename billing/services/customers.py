@@ -9,6 +9,7 @@ from sqlalchemy import exists, select
 
 from billing import jobs
 from billing.adapters.stripe_gateway import StripeRateLimited, StripeRejected, StripeUnavailable
+from billing.domain import metadata
 from billing.domain.money import normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
@@ -47,6 +48,11 @@ class CustomerFields:
     metadata: dict[str, str] | None = None
     locale: str = "en_US"
     billing_emails: list[str] | None = None
+
+
+class MetadataLimitExceeded(ServiceError):
+    code = "metadata_limit_exceeded"
+    status = 400
 
 
 def _visible(customer_id: str, customer_scope: str | None) -> bool:
@@ -118,9 +124,11 @@ def update_customer(
             if field in changes:
                 setattr(customer, field, changes[field])
         if "metadata" in changes:
-            # Stripe's semantics: keys are merged; an empty value deletes a key.
-            merged = {**customer.metadata_, **(changes["metadata"] or {})}
-            customer.metadata_ = {k: v for k, v in merged.items() if v != ""}
+            try:
+                customer.metadata_ = metadata.merge(customer.metadata_, changes["metadata"] or {})
+            except metadata.MetadataTooLarge as exc:
+                # Raised inside the transaction: the other fields' changes roll back too.
+                raise MetadataLimitExceeded(str(exc), param=exc.param) from exc
     log.info("customer.updated", customer_id=customer_id, fields=sorted(changes))
     return customer
 

@@ -91,9 +91,14 @@ def seller() -> Seller:
 def source_fingerprint(invoice: Invoice, template_version: str) -> str:
     """Everything the document shows, hashed: equal fingerprints render equal documents."""
     customer = invoice.customer
+    current = seller()
     source = {
         "template": template_version,
-        "seller": repr(seller()),
+        # An issued invoice shows its own parties: only what still comes from the settings
+        # (the logo, the payment instructions) and its snapshots count.
+        "seller": repr(current)
+        if invoice.seller_party is None
+        else [invoice.seller_party, current.logo_path, current.payment_instructions],
         "invoice": [
             invoice.id,
             invoice.number,
@@ -117,7 +122,9 @@ def source_fingerprint(invoice: Invoice, template_version: str) -> str:
             customer.address,
             customer.tax_id,
             customer.locale,
-        ],
+        ]
+        if invoice.buyer_party is None
+        else [invoice.buyer_party, customer.locale],
         "lines": [
             [
                 line.id,

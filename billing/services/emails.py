@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from billing import jobs
 from billing.adapters.mailer import MailRejected, MailTransientError
 from billing.adapters.storage import content_in_sql
+from billing.domain import parties
 from billing.domain.declines import explain_decline
 from billing.domain.money import format_money
 from billing.extensions import db
@@ -230,6 +231,10 @@ class Outgoing:
     paid_at: datetime | None
     customer_name: str
     locale: str
+    # The parties the invoice was issued with (None: a draft, or finalized before these
+    # were kept): its emails name them as its document does.
+    seller_party: dict[str, Any] | None
+    buyer_party: dict[str, Any] | None
     document_key: str | None  # the newest PDF's storage key
     # Its bytes, when the take read them too (documents stored in PostgreSQL).
     document_content: bytes | None = None
@@ -274,6 +279,8 @@ def _to_send(delivery_id: Any) -> Select[Any]:
             _invoices.c.paid_at,
             _customers.c.name.label("customer_name"),
             _customers.c.locale,
+            _invoices.c.seller_party,
+            _invoices.c.buyer_party,
             _NEWEST_DOCUMENT.label("document_key"),
         )
         .select_from(
@@ -356,19 +363,24 @@ _RECORD_SENT = Prebuilt(
 )
 
 
+def _buyer_name(mail: Outgoing) -> str:
+    return str(parties.shown(mail.buyer_party, {"name": mail.customer_name}).get("name") or "")
+
+
 def _view(session: Session, mail: Outgoing) -> dict[str, Any]:
     settings = context.settings()
     locale = mail.locale or "en_US"
+    seller = parties.shown(mail.seller_party, parties.configured_seller(settings))
 
     def money(amount: int) -> str:
         return format_money(amount, mail.currency, locale)
 
     view: dict[str, Any] = {
-        "seller_name": settings.seller_name,
-        "seller_email": settings.seller_email,
+        "seller_name": seller.get("name") or "",
+        "seller_email": seller.get("email"),
         "portal_url": settings.customer_portal_url,
         "payment_instructions": settings.seller_payment_instructions,
-        "customer_name": mail.customer_name,
+        "customer_name": _buyer_name(mail),
         "invoice_number": mail.number or mail.invoice_id,
         "status": mail.invoice_status,
         "collection_method": mail.collection_method,
@@ -407,7 +419,7 @@ def build_message(session: Session, mail: Outgoing) -> Message:
     # the To header and start another, whatever the database holds.
     message = Message(
         subject=composed.subject,
-        recipients=[(single_line(mail.customer_name), mail.recipient)],
+        recipients=[(single_line(_buyer_name(mail)), mail.recipient)],
         body=composed.text,
         html=composed.html,
         extra_headers={"Auto-Submitted": "auto-generated"},

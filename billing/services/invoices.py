@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from itertools import chain
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session, joinedload
 
 from billing import clock
 from billing.domain import invoices as rules
+from billing.domain import parties
 from billing.domain.invoices import CollectionMethod, InvoiceStatus
 from billing.domain.money import AmountNotChargeable, charge_step, normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
-from billing.models import CHARGE_IN_FLIGHT, Invoice, InvoiceLine
+from billing.models import CHARGE_IN_FLIGHT, Customer, Invoice, InvoiceLine
 from billing.services import charges, context, documents
 from billing.services.customers import get_customer
 from billing.services.errors import (
@@ -24,6 +28,7 @@ from billing.services.errors import (
     InvalidStateTransition,
     InvoiceNotEditable,
     NotFound,
+    ServiceError,
     UnchargeableAmount,
 )
 from billing.services.pagination import Page, paginate
@@ -89,7 +94,16 @@ def list_invoices(
     return paginate(query, Invoice.id, limit, starting_after)
 
 
+class TooManyLines(ServiceError):
+    code = "too_many_lines"
+    status = 400
+
+
 def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
+    if len(invoice.lines) >= rules.MAX_LINES_PER_INVOICE:
+        raise TooManyLines(
+            f"an invoice holds at most {rules.MAX_LINES_PER_INVOICE} lines", param="lines"
+        )
     try:
         amounts = rules.line_amounts(
             fields.quantity, fields.unit_amount, fields.tax_rate, step=charge_step(invoice.currency)
@@ -215,6 +229,39 @@ def _next_invoice_number(session: Session, year: int) -> str:
     return rules.format_invoice_number(year, take_invoice_numbers(session, year, 1))
 
 
+_invoices = Invoice.__table__
+_customers = Customer.__table__
+# One statement for one invoice or a billing run's chunk: the buyer from the customer's
+# row as it is now, the seller from the settings.
+_SNAPSHOT_PARTIES = (
+    update(_invoices)
+    .where(
+        _invoices.c.id == func.any(bindparam("b_invoice_ids", type_=ARRAY(_invoices.c.id.type))),
+        _customers.c.id == _invoices.c.customer_id,
+    )
+    .values(
+        seller_party=bindparam("b_seller_party", type_=JSONB),
+        buyer_party=func.jsonb_build_object(
+            *chain.from_iterable(
+                (literal_column(f"'{key}'"), _customers.c[key]) for key in parties.BUYER_KEYS
+            )
+        ),
+    )
+)
+
+
+def snapshot_parties(session: Session, invoice_ids: Sequence[str]) -> None:
+    """Keep on each invoice being finalized its seller and buyer as they stand now: an
+    issued invoice shows these ever after (`billing.domain.parties`)."""
+    session.execute(
+        _SNAPSHOT_PARTIES,
+        {
+            "b_invoice_ids": list(invoice_ids),
+            "b_seller_party": parties.configured_seller(context.settings()),
+        },
+    )
+
+
 def finalize_invoice(invoice_id: str) -> Invoice:
     with transaction() as session:
         # The lines (checked here, and shown in the response) in the same statement as the
@@ -249,6 +296,8 @@ def finalize_invoice(invoice_id: str) -> Invoice:
         # Written before the number is taken: the counter's lock is then held only for the
         # invoice's own update and the commit.
         session.flush()
+        snapshot_parties(session, [invoice.id])
+        session.expire(invoice, ["seller_party", "buyer_party"])
         number = _next_invoice_number(session, now.year)
         invoice.number = number
         invoice.status = InvoiceStatus.OPEN.value

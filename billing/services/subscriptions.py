@@ -346,6 +346,15 @@ def update_subscription(
             raise InvalidRequest(str(exc), param="quantity") from exc
         if (new_price.id, new_quantity) == (old_price.id, subscription.quantity):
             return subscription
+        # The next invoice holds the period's line, every pending adjustment and perhaps a
+        # carried credit: a change it could not hold waits until that invoice is issued.
+        room = invoice_rules.MAX_LINES_PER_INVOICE - len(subscription.pending_adjustments)
+        if room < 2 + 2:
+            raise invoices.TooManyLines(
+                "the next invoice cannot hold another change of this subscription this "
+                "period; change it once the period's invoice is issued",
+                param="quantity" if quantity is not None else "price",
+            )
         now = clock.now()
         proration = rules.prorate_change(
             old_unit_amount=old_price.unit_amount,
@@ -560,9 +569,9 @@ class _ChunkOutcome:
 def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
     """One period for each due subscription among `ids`, in one transaction: the same rows
     `_invoice_period` and `finalize_invoice` write one by one (a finalized invoice with its
-    number, its lines, the period's row, the charge or the due date, the PDF job), written
-    a table at a time. The subscriptions' row locks and the period key guard it exactly as
-    they guard the one-by-one path."""
+    number, its parties, its lines, the period's row, the charge or the due date, the PDF
+    job), written a table at a time. The subscriptions' row locks and the period key guard
+    it exactly as they guard the one-by-one path."""
     settings = context.settings()
     invoiced: list[str] = []
     one_by_one: list[str] = []
@@ -682,6 +691,7 @@ def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
                 for offset, row in enumerate(invoice_rows):
                     row["number"] = invoice_rules.format_invoice_number(now.year, first + offset)
                 session.execute(insert(Invoice.__table__), invoice_rows)
+                invoices.snapshot_parties(session, invoiced)
                 session.execute(insert(InvoiceLine.__table__), line_rows)
                 session.execute(insert(SubscriptionPeriod.__table__), period_rows)
                 charges.start_attempts(session, charged, source="automatic")

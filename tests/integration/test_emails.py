@@ -213,7 +213,7 @@ def test_a_line_break_in_a_name_is_refused_by_the_api(admin):
         json={"name": "Evil\r\nBcc: victim@example.com", "email": "a@b.example", "currency": "eur"},
     )
     assert response.status_code == 400
-    assert response.get_json()["error"]["code"] == "parameter_invalid"
+    assert response.get_json()["error"]["code"] == "invalid_characters"
 
 
 def test_a_line_break_that_reached_the_database_never_becomes_a_header(

@@ -101,6 +101,56 @@ def test_the_pdf_shows_both_parties_dates_and_a_tax_summary_per_rate():
         assert expected in text, expected
 
 
+ISSUED_BY = {
+    "name": "Former Billing GmbH",
+    "address_lines": ["Altweg 1", "Vienna 1010"],
+    "tax_id": "ATU12345678",
+    "email": "old-billing@example.com",
+}
+ISSUED_TO = {
+    "name": "Southwind Traders AG",
+    "email": "old-accounts@southwind.example",
+    "address": {"line1": "Ringstrasse 7", "postal_code": "8001", "city": "Zurich", "country": "CH"},
+    "tax_id": "CHE-123.456.789",
+}
+
+
+def test_an_issued_invoice_shows_the_parties_it_was_issued_with_and_a_draft_the_current_ones():
+    issued = make_invoice(seller_party=ISSUED_BY, buyer_party=ISSUED_TO)
+    content = render_invoice_pdf(issued, SELLER).content
+    assert contains(
+        content,
+        "Former Billing GmbH",
+        "Altweg 1",
+        "Tax ID: ATU12345678",
+        "old-billing@example.com",
+        "Southwind Traders AG",
+        "Ringstrasse 7",
+        "8001 Zurich",
+        "Switzerland",
+        "Tax ID: CHE-123.456.789",
+        "old-accounts@southwind.example",
+    )
+    text = squeezed(text_of(content))
+    for current in (
+        "Example Billing Ltd",
+        "GB123456789",
+        "Northwind",
+        "Hauptstraße",
+        "DE123456789",
+    ):
+        assert squeezed(current) not in text, current
+
+    draft = make_invoice(status="draft", number=None, finalized_at=None)
+    assert contains(
+        render_invoice_pdf(draft, SELLER).content,
+        "Example Billing Ltd",
+        "GB123456789",
+        "Northwind Traders GmbH",
+        "DE123456789",
+    )
+
+
 def test_a_200_line_invoice_runs_over_several_pages_each_with_its_page_number_and_header_row():
     invoice = make_invoice(line_count=200)
     texts = pages(render_invoice_pdf(invoice, SELLER).content)

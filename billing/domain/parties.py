@@ -1,0 +1,55 @@
+"""The parties of an invoice: the seller's block and the buyer's, as plain JSON objects.
+
+An issued invoice keeps both as they stood when it was finalized (`invoices.seller_party`
+and `buyer_party`): what it says about who sold to whom must not change when the customer
+moves or the company renames itself. A draft, and an invoice finalized before these were
+kept, has none and shows the current values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from billing.config import Settings
+
+# The buyer's snapshot: these keys, from the customer's columns of the same names.
+BUYER_KEYS = ("name", "email", "address", "tax_id")
+
+
+def seller_party(
+    name: str, address_lines: Sequence[str], tax_id: str | None, email: str | None
+) -> dict[str, Any]:
+    """The seller's block. The logo and the payment instructions are not part of it: they
+    say how to pay today, not who issued the invoice."""
+    return {
+        "name": name,
+        "address_lines": list(address_lines),
+        "tax_id": tax_id,
+        "email": email,
+    }
+
+
+def configured_seller(settings: Settings) -> dict[str, Any]:
+    """The seller's block as the settings (SELLER_*) give it now."""
+    return seller_party(
+        settings.seller_name, settings.seller_address, settings.seller_tax_id, settings.seller_email
+    )
+
+
+def buyer_party(
+    name: str, email: str | None, address: Mapping[str, Any] | None, tax_id: str | None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "email": email,
+        "address": dict(address) if address is not None else None,
+        "tax_id": tax_id,
+    }
+
+
+def shown(snapshot: Mapping[str, Any] | None, current: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a document or an email shows of a party: the invoice's snapshot when it has
+    one, else the current values."""
+    return snapshot if isinstance(snapshot, Mapping) else current
