@@ -18,7 +18,7 @@ RECORDED = (
 @pytest.mark.parametrize(
     ("outcome", "state", "code"),
     [
-        ("will_retry", "sent", "retrying"),
+        ("will_retry", "pending", "retrying"),
         ("failed", "failed", "failed"),
         ("dead_lettered", "dead_lettered", "dead_lettered"),
     ],
