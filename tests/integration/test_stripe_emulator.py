@@ -287,3 +287,22 @@ def test_a_list_parameter_stripe_refuses_is_answered_400_naming_it(emulator, par
         emulator.v1.payment_intents.list(params=params)
     assert refused.value.http_status == 400
     assert refused.value.param == param
+
+
+def test_the_gateway_searches_an_exact_key_even_with_a_quote_for_one_customer_only(
+    emulator, localstripe
+):
+    from billing.adapters.stripe_gateway import StripeSdkGateway
+
+    gateway = StripeSdkGateway("sk_test_local", localstripe.url)
+    acme, other = _customer(emulator), _customer(emulator)
+    mine = _intent(emulator, acme, ledger_key="charge:it's")
+    _intent(emulator, other, ledger_key="charge:it's")
+    _intent(emulator, acme, ledger_key="CHARGE:IT'S")  # Stripe's match ignores case; ours not
+
+    found = gateway.find_payment_intents_by_metadata(
+        "ledger_key", "charge:it's", stripe_customer_id=acme.id
+    )
+
+    assert [intent.id for intent in found] == [mine.id]
+    assert len(gateway.find_payment_intents_by_metadata("ledger_key", "charge:it's")) == 2

@@ -28,6 +28,7 @@ class StripeProxy:
         self.drop_ratio_path = "/v1/payment_intents"
         self.dropped = 0
         self.forwarded = 0
+        self.received: list[tuple[str, str]] = []  # (method, path with its query), in order
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +40,8 @@ class StripeProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                with proxy._lock:
+                    proxy.received.append((self.command, self.path))
                 failure = proxy._take_failure(self.path)
                 if failure is not None:
                     payload = b'{"error": {"type": "api_error", "message": "injected"}}'
