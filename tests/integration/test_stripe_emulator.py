@@ -234,7 +234,9 @@ def test_the_list_filters_by_created_with_each_bound_and_an_exact_second(emulato
     assert listed({"gte": middle_second + 3600}) == []
 
 
-def test_the_created_filter_pages_with_starting_after_and_expands_the_charge(emulator, localstripe):
+def test_the_created_filter_pages_with_starting_after_and_expands_the_charge_and_its_refunds(
+    emulator,
+):
     customer = _customer(emulator)
     card = emulator.v1.payment_methods.create(
         params={
@@ -269,6 +271,16 @@ def test_the_created_filter_pages_with_starting_after_and_expands_the_charge(emu
     assert [i.id for i in page.data] == [paid[1]]
     assert page.data[0].latest_charge.amount == 701
     assert _ids(page) == [paid[1], paid[0]]
+    # A charge's refunds, as the reconciler reads them on the expanded charge.
+    for amount in (300, 401):
+        emulator.v1.refunds.create(params={"payment_intent": paid[1], "amount": amount})
+    page = emulator.v1.payment_intents.list(
+        params={"created": {"gte": since}, "expand": ["data.latest_charge"]}
+    )
+    charges = {intent.id: intent.latest_charge for intent in page.data}
+    assert (charges[paid[1]].amount_refunded, charges[paid[1]].refunded) == (701, True)
+    assert sorted(r.amount for r in charges[paid[1]].refunds.data) == [300, 401]
+    assert (charges[paid[0]].amount_refunded, charges[paid[0]].refunded) == (0, False)
 
 
 @pytest.mark.parametrize(
