@@ -310,7 +310,7 @@ class Collection:
         self.timeline = Timeline()
         self.by_metadata: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.by_customer: dict[str, Timeline] = defaultdict(Timeline)
-        self._customer_of: dict[str, str | None] = {}
+        self._in_customer_timeline: set[tuple[str, str]] = set()  # (customer, id)
 
     def get(self, object_id: str) -> Any:
         return self._store.get(f"{self.cls.object}:{object_id}")
@@ -332,11 +332,11 @@ class Collection:
             return
         for name, value in (getattr(obj, "metadata", None) or {}).items():
             self.by_metadata[(str(name), _fold(value))].add(obj.id)
-        if self._by_customer_enabled:
-            customer = getattr(obj, "customer", None)
-            if isinstance(customer, str) and self._customer_of.get(obj.id) != customer:
+        customer = getattr(obj, "customer", None)
+        if self._by_customer_enabled and isinstance(customer, str):
+            if (customer, obj.id) not in self._in_customer_timeline:
+                self._in_customer_timeline.add((customer, obj.id))
                 self.by_customer[customer].add(key, obj.id)
-            self._customer_of[obj.id] = customer if isinstance(customer, str) else None
 
     def rebuild(self) -> None:
         """From the store itself (loaded from disk), in its order of insertion."""

@@ -195,6 +195,15 @@ def test_the_list_filters_by_customer_newest_first(emulator):
     assert _ids(page) == [mine[2], mine[0]]
     assert emulator.v1.payment_intents.list(params={"customer": "cus_nobody"}).data == []
 
+    def listed(customer: Any) -> list[str]:
+        return _ids(emulator.v1.payment_intents.list(params={"customer": customer.id}))
+
+    # Moved to another customer and back: listed once, under the customer it names now.
+    emulator.v1.payment_intents.update(mine[0], params={"customer": other.id})
+    assert (listed(acme), listed(other)) == ([mine[2]], [mine[1], mine[0]])
+    emulator.v1.payment_intents.update(mine[0], params={"customer": acme.id})
+    assert (listed(acme), listed(other)) == ([mine[2], mine[0]], [mine[1]])
+
 
 def test_the_list_is_newest_first_with_starting_after_and_ending_before(emulator):
     created = [_intent(emulator).id for _ in range(5)]
