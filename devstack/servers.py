@@ -490,10 +490,10 @@ class EmbeddedRedis:
 # Stripe (localstripe)
 # --------------------------------------------------------------------------------------------
 
-# localstripe pickles its whole store to the fixed file /tmp/localstripe.pickle after every
-# write, which is shared by every instance on the machine and only ever read back without
-# --from-scratch. Run it with that persistence disabled, so instances are independent.
-_LOCALSTRIPE_BOOTSTRAP = (
+# localstripe runs with what Stripe answers on our reconciliation path (search, the list's
+# `customer` and `created` filters): see devstack/localstripe_shim.py.
+_LOCALSTRIPE_SHIM = "devstack.localstripe_shim"
+_LOCALSTRIPE_UNSHIMMED = (
     "import localstripe.resources as r; "
     "r.Store.dump_to_disk = lambda self: None; "
     "import localstripe.server as s; "
@@ -503,17 +503,21 @@ _STRIPE_PROBE_KEY = "sk_test_devstack"
 
 
 class LocalStripe:
-    """A fake Stripe API (``localstripe``) with an empty store.
+    """A fake Stripe API (``localstripe``) with an empty store, and with Stripe's search and
+    PaymentIntent list filters added by :mod:`devstack.localstripe_shim`.
 
     Note that localstripe listens on all interfaces (``[::]``, dual stack), not just loopback.
     """
 
-    def __init__(self, log_dir: Path, *, as_shipped: bool = False) -> None:
-        """``as_shipped``: run localstripe exactly as released, which pickles its whole
-        store to /tmp/localstripe.pickle on every write (slower, and one per machine);
-        by default that dump is switched off, so instances are fast and independent."""
+    def __init__(self, log_dir: Path, *, as_shipped: bool = False, with_shim: bool = True) -> None:
+        """``as_shipped``: keep localstripe's pickling of its whole store to the one file
+        /tmp/localstripe.pickle on every write (slower, and one per machine); by default
+        that dump is switched off, so instances are fast and independent.
+        ``with_shim=False``: localstripe's own routes only, without search or the list's
+        filters (the service needs them; only a bench comparing with them wants this)."""
         self.log_dir = Path(log_dir).expanduser().resolve()
         self.as_shipped = as_shipped
+        self.with_shim = with_shim
         self._proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
 
@@ -543,10 +547,14 @@ class LocalStripe:
     def _start_on(self, port: int, timeout: float) -> None:
         if port_open(_LOOPBACK, port):
             raise RuntimeError(f"cannot start localstripe: 127.0.0.1:{port} is already in use")
-        if self.as_shipped:
+        if self.with_shim:
+            cmd = [sys.executable, "-m", _LOCALSTRIPE_SHIM, "--port", str(port), "--from-scratch"]
+            if self.as_shipped:
+                cmd.append("--dump-to-disk")
+        elif self.as_shipped:
             cmd = [str(script_path("localstripe")), "--port", str(port), "--from-scratch"]
         else:
-            cmd = [sys.executable, "-c", _LOCALSTRIPE_BOOTSTRAP, "--port", str(port)]
+            cmd = [sys.executable, "-c", _LOCALSTRIPE_UNSHIMMED, "--port", str(port)]
             cmd.append("--from-scratch")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc, offset = _spawn(cmd, self.log_path, env=env)

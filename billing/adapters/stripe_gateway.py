@@ -167,10 +167,6 @@ class StripeSdkGateway:
                 timeout=timeout, pacer=pacer, rate_limited_budget=timeout
             ),
         )
-        # Stripe's search API exists on Stripe itself, not on the local emulator.
-        self._has_search = api_base is None
-        # The emulator answers 400 to list filters it does not know, `created` among them.
-        self._filters_by_created = api_base is None
 
     def create_customer(
         self, *, name: str, email: str, metadata: dict[str, str], idempotency_key: str
@@ -184,17 +180,12 @@ class StripeSdkGateway:
 
     def find_customer_by_metadata(self, key: str, value: str) -> str | None:
         with _translated_errors():
-            if self._has_search:
-                found = self._client.v1.customers.search(
-                    params={"query": f"metadata['{key}']:'{value}'", "limit": 1}
-                )
-                return str(found.data[0].id) if found.data else None
-            page = self._client.v1.customers.list(params={"limit": 100})
-            for customer in page.auto_paging_iter():
-                metadata: dict[str, Any] = customer.to_dict().get("metadata") or {}
-                if metadata.get(key) == value:
-                    return str(customer.id)
-        return None
+            found = self._client.v1.customers.search(
+                params={"query": _metadata_query(key, value), "limit": 10}
+            )
+        # Search matches a value whatever its case; our keys are exact.
+        exact = (c for c in found.data if (c.to_dict().get("metadata") or {}).get(key) == value)
+        return next((str(customer.id) for customer in exact), None)
 
     def attach_default_payment_method(
         self, *, stripe_customer_id: str, payment_method: str, idempotency_key: str
@@ -263,16 +254,13 @@ class StripeSdkGateway:
     def find_payment_intents_by_metadata(
         self, key: str, value: str, *, stripe_customer_id: str | None = None
     ) -> list[PaymentIntentResult]:
+        query = _metadata_query(key, value)
+        if stripe_customer_id is not None:
+            query += f" AND customer:{_quoted(stripe_customer_id)}"
         with _translated_errors():
-            if self._has_search:
-                found = self._client.v1.payment_intents.search(
-                    params={"query": f"metadata['{key}']:'{value}'", "limit": 100}
-                )
-                intents = [i.to_dict() for i in found.data]
-            else:
-                # The emulator has no search and refuses the customer filter: scan it all.
-                page = self._client.v1.payment_intents.list(params={"limit": 100})
-                intents = [i.to_dict() for i in page.auto_paging_iter()]
+            found = self._client.v1.payment_intents.search(params={"query": query, "limit": 100})
+            intents = [i.to_dict() for i in found.auto_paging_iter()]
+        # Search matches a value whatever its case; our keys are exact.
         return [
             _intent_result(intent)
             for intent in intents
@@ -286,17 +274,13 @@ class StripeSdkGateway:
         with its charge expanded (for what was refunded)."""
         params: stripe.params.PaymentIntentListParams = {
             "limit": 100,
+            "created": {"gte": created_from, "lt": created_until},
             "expand": ["data.latest_charge"],
         }
-        if self._filters_by_created:
-            params["created"] = {"gte": created_from, "lt": created_until}
         with _translated_errors():
             page = self._client.v1.payment_intents.list(params=params)
             for item in page.auto_paging_iter():
-                intent = item.to_dict()
-                created = int(intent.get("created") or 0)
-                if created_from <= created < created_until:
-                    yield _listed_intent(intent)
+                yield _listed_intent(item.to_dict())
 
     def create_refund(
         self,
@@ -337,6 +321,15 @@ def _refund_result(refund: dict[str, Any]) -> RefundResult:
         status=str(refund["status"]),
         amount=from_stripe_amount(int(refund.get("amount") or 0), currency),
     )
+
+
+def _quoted(value: str) -> str:
+    """A string in Stripe's search query language: quoted, its quotes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _metadata_query(key: str, value: str) -> str:
+    return f"metadata[{_quoted(key)}]:{_quoted(value)}"
 
 
 def _intent_result(intent: dict[str, Any]) -> PaymentIntentResult:

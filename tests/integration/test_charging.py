@@ -2,6 +2,7 @@
 double-charge, counted on the emulator's own list of PaymentIntents."""
 
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import func, select, update
@@ -214,6 +215,30 @@ def test_an_unknown_outcome_is_visible_until_reconciled(
 
     assert charges.execute_charge(attempt_id) == "succeeded"
     assert len(intents_for_invoice(stripe_client, invoice["id"])) == 1
+
+
+def test_a_lost_answer_is_found_by_searching_its_ledger_key_not_by_listing_every_intent(
+    admin, paying_customer, open_invoice, proxied_app, stripe_client
+):
+    invoice = open_invoice(paying_customer())
+    proxied, proxy = proxied_app
+    proxy.drop_responses(1)
+    attempt_id = _invoice(admin, invoice["id"])["payment_attempts"][0]["id"]
+    with proxied.app_context():
+        from billing.services import charges
+        from billing.services.errors import TransientJobError
+
+        with pytest.raises(TransientJobError):
+            charges.execute_charge(attempt_id)
+        assert charges.execute_charge(attempt_id) == "succeeded"
+        db.session.remove()
+    [intent] = intents_for_invoice(stripe_client, invoice["id"])
+    assert _invoice(admin, invoice["id"])["payment_attempts"][0]["payment_intent"] == intent.id
+    # Asked the way production asks Stripe: one search by our key in the intent's metadata.
+    asked = [urlsplit(path) for method, path in proxy.received if method == "GET"]
+    assert [(url.path, parse_qs(url.query)["query"]) for url in asked] == [
+        ("/v1/payment_intents/search", [f"metadata['ledger_key']:'charge:{attempt_id}'"])
+    ]
 
 
 def test_when_stripe_never_got_the_request_the_same_attempt_is_sent_again(

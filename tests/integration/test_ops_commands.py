@@ -9,6 +9,7 @@ import shutil
 import types
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from prometheus_client import REGISTRY
@@ -274,6 +275,26 @@ def test_reconcile_ignores_payment_intents_without_our_metadata_but_counts_them(
     result = _run(app, "reconcile")
     assert result.exit_code == 0, result.output
     assert "1 seen, 1 without our metadata (ignored)" in result.output
+
+
+def test_reconcile_asks_stripe_only_for_the_payment_intents_created_in_its_range(
+    admin, paying_customer, open_invoice, run_jobs, proxied_app
+):
+    _paid_invoice(admin, paying_customer, open_invoice, run_jobs)
+    proxied, proxy = proxied_app
+    with proxied.app_context():
+        runner = proxied.test_cli_runner()
+        now = runner.invoke(args=["reconcile", "--since", "1h"])
+        past = runner.invoke(args=["reconcile", "--since", "2025-06-01", "--until", "2025-06-02"])
+        db.session.remove()
+    assert now.exit_code == 0, now.output
+    assert "1 seen, 0 without our metadata" in now.output
+    assert past.exit_code == 0, past.output
+    assert "0 seen, 0 without our metadata" in past.output
+    asked = [parse_qs(urlsplit(path).query) for method, path in proxy.received if method == "GET"]
+    [recent, june] = [(int(q["created[gte]"][0]), int(q["created[lt]"][0])) for q in asked]
+    assert recent[1] - recent[0] in (3600, 3601)  # whole seconds around the hour
+    assert june == (1748736000, 1748822400)  # 2025-06-01 and 2025-06-02, 00:00 UTC
 
 
 def test_when_stripe_does_not_answer_reconcile_exits_3_and_the_nightly_run_logs_an_error(

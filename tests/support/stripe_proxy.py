@@ -41,6 +41,7 @@ class StripeProxy:
         self.over_rate = 0
         self.arrived_at: list[float] = []
         self._recent: deque[float] = deque()
+        self.received: list[tuple[str, str]] = []  # (method, path with its query), in order
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,6 +53,8 @@ class StripeProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                with proxy._lock:
+                    proxy.received.append((self.command, self.path))
                 failure = proxy._take_failure(self.path)
                 if failure is None and proxy._rate_limits():
                     failure = 429
