@@ -31,11 +31,23 @@ def _days(env: Mapping[str, str], name: str, default: str) -> tuple[int, ...]:
     return days
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    # A typo must not read as false: MAIL_USE_TLS=ture would send passwords in plain text.
+    raise ConfigError(
+        f"{name} must be one of true/false, 1/0, yes/no, on/off (any case), got {raw!r}"
+    )
 
 
 def _hour(env: Mapping[str, str], name: str, default: int) -> int:

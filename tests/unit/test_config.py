@@ -38,3 +38,21 @@ def test_secrets_never_appear_in_the_redacted_view():
     )
     shown = repr(settings.redacted())
     assert "sk_live_secret" not in shown and "hunter2" not in shown
+
+
+def test_a_boolean_setting_reads_every_usual_spelling_and_nothing_else():
+    spellings = {
+        **dict.fromkeys(["true", "TRUE", " Yes ", "on", "1"], True),
+        **dict.fromkeys(["false", "No", "OFF", "0"], False),
+    }
+    for raw, expected in spellings.items():
+        assert Settings.from_env({"MAIL_SUPPRESS_SEND": raw}).mail["MAIL_SUPPRESS_SEND"] is expected
+    for raw in ("ture", "y", "enabled", "2"):
+        with pytest.raises(ConfigError, match="MAIL_SUPPRESS_SEND"):
+            Settings.from_env({"MAIL_SUPPRESS_SEND": raw})
+
+
+@pytest.mark.parametrize("name", ["MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_SUPPRESS_SEND"])
+def test_a_misspelt_boolean_stops_the_start_instead_of_reading_as_false(name):
+    with pytest.raises(ConfigError, match=f"{name} must be one of true/false.*'ture'"):
+        Settings.from_env({name: "ture"})
