@@ -51,7 +51,9 @@ def create_app(
     from billing.adapters.storage import build_storage
 
     mail_state = Mail(app).init_app(app)
-    app.extensions["billing.mailer"] = SmtpMailer(mail_state, settings.mail["MAIL_TIMEOUT"])
+    app.extensions["billing.mailer"] = SmtpMailer(
+        mail_state, settings.mail["MAIL_TIMEOUT"], ca_file=settings.mail["MAIL_CA_FILE"]
+    )
     app.extensions["billing.storage"] = build_storage(settings)
     if not serve_http:
         return app

@@ -50,6 +50,38 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     )
 
 
+def _mail(env: Mapping[str, str]) -> dict[str, Any]:
+    mail: dict[str, Any] = {
+        "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
+        "MAIL_PORT": _int(env, "MAIL_PORT", 25),
+        "MAIL_USE_TLS": _bool(env, "MAIL_USE_TLS", False),
+        "MAIL_USE_SSL": _bool(env, "MAIL_USE_SSL", False),
+        "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,
+        "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
+        "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "billing@example.com"),
+        "MAIL_SUPPRESS_SEND": _bool(env, "MAIL_SUPPRESS_SEND", False),
+        # Without one, a stuck SMTP server would hold a mail worker forever.
+        "MAIL_TIMEOUT": _int(env, "MAIL_TIMEOUT", 30),
+        # Certificates of a private CA that signs the SMTP server's; unset, the system's.
+        "MAIL_CA_FILE": env.get("MAIL_CA_FILE") or None,
+    }
+    if mail["MAIL_USE_TLS"] and mail["MAIL_USE_SSL"]:
+        raise ConfigError(
+            "MAIL_USE_TLS (STARTTLS, port 587) and MAIL_USE_SSL (implicit TLS, port 465) "
+            "exclude each other: set one"
+        )
+    encrypted = mail["MAIL_USE_TLS"] or mail["MAIL_USE_SSL"]
+    if (mail["MAIL_USERNAME"] or mail["MAIL_PASSWORD"]) and not encrypted:
+        raise ConfigError(
+            "MAIL_USERNAME/MAIL_PASSWORD are set but neither MAIL_USE_TLS nor MAIL_USE_SSL: "
+            "the SMTP password would cross the network in plain text"
+        )
+    ca_file = mail["MAIL_CA_FILE"]
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise ConfigError(f"MAIL_CA_FILE {ca_file!r} is not a file")
+    return mail
+
+
 def _hour(env: Mapping[str, str], name: str, default: int) -> int:
     hour = _int(env, name, default)
     if not 0 <= hour <= 23:
@@ -121,18 +153,7 @@ class Settings:
         )
         if database_url.startswith("postgresql://"):
             database_url = "postgresql+psycopg2://" + database_url.removeprefix("postgresql://")
-        mail = {
-            "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
-            "MAIL_PORT": _int(env, "MAIL_PORT", 25),
-            "MAIL_USE_TLS": _bool(env, "MAIL_USE_TLS", False),
-            "MAIL_USE_SSL": _bool(env, "MAIL_USE_SSL", False),
-            "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,
-            "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
-            "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "billing@example.com"),
-            "MAIL_SUPPRESS_SEND": _bool(env, "MAIL_SUPPRESS_SEND", False),
-            # Without one, a stuck SMTP server would hold a mail worker forever.
-            "MAIL_TIMEOUT": _int(env, "MAIL_TIMEOUT", 30),
-        }
+        mail = _mail(env)
         storage = env.get("DOCUMENT_STORAGE", "postgres").strip().lower()
         if storage not in ("postgres", "s3"):
             raise ConfigError(f"DOCUMENT_STORAGE must be postgres or s3, got {storage!r}")

@@ -33,6 +33,7 @@ def test_secrets_never_appear_in_the_redacted_view():
         {
             "STRIPE_API_KEY": "sk_live_secret",
             "MAIL_PASSWORD": "hunter2",
+            "MAIL_USE_TLS": "true",
             "STRIPE_WEBHOOK_SECRET": "w",
         }
     )
@@ -56,3 +57,26 @@ def test_a_boolean_setting_reads_every_usual_spelling_and_nothing_else():
 def test_a_misspelt_boolean_stops_the_start_instead_of_reading_as_false(name):
     with pytest.raises(ConfigError, match=f"{name} must be one of true/false.*'ture'"):
         Settings.from_env({name: "ture"})
+
+
+@pytest.mark.parametrize("credential", ["MAIL_USERNAME", "MAIL_PASSWORD"])
+def test_smtp_credentials_are_accepted_only_with_starttls_or_implicit_tls(credential):
+    with pytest.raises(ConfigError, match="plain text"):
+        Settings.from_env({credential: "x"})
+    with pytest.raises(ConfigError, match="plain text"):
+        Settings.from_env({credential: "x", "MAIL_USE_TLS": "false"})
+    for flag in ("MAIL_USE_TLS", "MAIL_USE_SSL"):
+        assert Settings.from_env({credential: "x", flag: "on"}).mail[credential] == "x"
+
+
+def test_starttls_and_implicit_tls_together_are_refused():
+    with pytest.raises(ConfigError, match="exclude each other"):
+        Settings.from_env({"MAIL_USE_TLS": "true", "MAIL_USE_SSL": "true"})
+
+
+def test_a_missing_mail_ca_file_is_a_configuration_error(tmp_path):
+    with pytest.raises(ConfigError, match="MAIL_CA_FILE"):
+        Settings.from_env({"MAIL_CA_FILE": str(tmp_path / "nope.pem")})
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert Settings.from_env({"MAIL_CA_FILE": str(ca_file)}).mail["MAIL_CA_FILE"] == str(ca_file)
