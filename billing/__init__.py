@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
 from billing.adapters.stripe_gateway import StripeGateway, StripeSdkGateway
 from billing.adapters.task_queue import CeleryJobPublisher, JobPublisher
-from billing.config import Settings
+from billing.config import ConfigError, Settings
 from billing.extensions import db, ping_when_idle
 from billing.logging import configure_logging
 
 # One mebibyte: far above any honest request (500 lines of 500 characters), far below harm.
 MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class _NoStripeKey:
+    """Stripe for a production process started without STRIPE_API_KEY (beat, the PDF and
+    mail workers hold none): any call is a configuration error, not a request sent with an
+    empty key."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ConfigError(f"STRIPE_API_KEY is not set: this process cannot call Stripe ({name})")
 
 
 def create_app(
@@ -35,15 +45,18 @@ def create_app(
     app.config.update(settings.flask_config())
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    db.init_app(app)
-    with app.app_context():
-        for engine in db.engines.values():
-            ping_when_idle(engine)
+    if settings.database_url:  # empty only for a production beat, which never reads it
+        db.init_app(app)
+        with app.app_context():
+            for engine in db.engines.values():
+                ping_when_idle(engine)
 
     app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(settings.redis_url)
-    app.extensions["billing.stripe"] = stripe_gateway or StripeSdkGateway(
-        settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout_seconds
-    )
+    if stripe_gateway is None and settings.stripe_api_key:
+        stripe_gateway = StripeSdkGateway(
+            settings.stripe_api_key, settings.stripe_api_base, settings.stripe_timeout_seconds
+        )
+    app.extensions["billing.stripe"] = stripe_gateway or _NoStripeKey()
 
     from flask_mail import Mail
 

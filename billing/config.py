@@ -50,6 +50,47 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     )
 
 
+# BILLING_ENV: "production" (deploy/ecs sets it) takes away the local defaults below; any
+# other process (make run, the tests, a developer's shell) is "development".
+ENVIRONMENTS = ("development", "production")
+DEVELOPMENT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/billing"
+DEVELOPMENT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEVELOPMENT_STRIPE_API_KEY = "sk_test_local"
+# What each role of the image (BILLING_ROLE, which every task definition sets and the image
+# defaults to web) cannot run without in production. Beat only sends messages; only web
+# serves /metrics on the public listener; Stripe's key is checked where it is used, since
+# the PDF and mail workers share the worker role without holding it.
+PRODUCTION_REQUIRED = {
+    "web": ("DATABASE_URL", "REDIS_URL", "STRIPE_API_KEY", "METRICS_TOKEN"),
+    "worker": ("DATABASE_URL", "REDIS_URL"),
+    "beat": ("REDIS_URL",),
+    "migrate": ("DATABASE_URL",),
+}
+
+
+def _environment(env: Mapping[str, str]) -> str:
+    environment = (env.get("BILLING_ENV") or "development").strip().lower()
+    if environment not in ENVIRONMENTS:
+        raise ConfigError(
+            f"BILLING_ENV must be one of {', '.join(ENVIRONMENTS)}, got {environment!r}"
+        )
+    return environment
+
+
+def _check_production(env: Mapping[str, str]) -> None:
+    role = (env.get("BILLING_ROLE") or "web").strip().lower()
+    if role not in PRODUCTION_REQUIRED:
+        raise ConfigError(
+            f"BILLING_ROLE must be one of {', '.join(PRODUCTION_REQUIRED)}, got {role!r}"
+        )
+    missing = [name for name in PRODUCTION_REQUIRED[role] if not (env.get(name) or "").strip()]
+    if missing:
+        raise ConfigError(
+            f"BILLING_ENV=production needs {', '.join(missing)} for BILLING_ROLE={role}: "
+            "the local defaults are for development only"
+        )
+
+
 def _mail(env: Mapping[str, str]) -> dict[str, Any]:
     mail: dict[str, Any] = {
         "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
@@ -144,13 +185,23 @@ class Settings:
     # The nightly reconciliation with Stripe runs at half past this hour (UTC): after
     # dunning's retries, so that it checks them too.
     reconcile_hour: int = 4
+    # "production" or "development" (BILLING_ENV): production has no local defaults.
+    environment: str = "development"
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        database_url = env.get(
-            "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/billing"
-        )
+        environment = _environment(env)
+        production = environment == "production"
+        if production:
+            _check_production(env)
+        # In production an unset value stays empty (beat needs no database, the PDF worker
+        # no Stripe key): _check_production stopped every role that needs one.
+        database_url = env.get("DATABASE_URL") or ("" if production else DEVELOPMENT_DATABASE_URL)
         if database_url.startswith("postgresql://"):
             database_url = "postgresql+psycopg2://" + database_url.removeprefix("postgresql://")
         mail = _mail(env)
@@ -161,8 +212,9 @@ class Settings:
             raise ConfigError("DOCUMENT_STORAGE=s3 needs S3_BUCKET")
         return cls(
             database_url=database_url,
-            redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            stripe_api_key=env.get("STRIPE_API_KEY", "sk_test_local"),
+            redis_url=env.get("REDIS_URL", DEVELOPMENT_REDIS_URL),
+            stripe_api_key=env.get("STRIPE_API_KEY")
+            or ("" if production else DEVELOPMENT_STRIPE_API_KEY),
             stripe_api_base=env.get("STRIPE_API_BASE") or None,
             stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET", ""),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
@@ -197,6 +249,7 @@ class Settings:
             cloudwatch_namespace=env.get("CLOUDWATCH_NAMESPACE") or None,
             heartbeat_file=env.get("HEARTBEAT_FILE") or None,
             reconcile_hour=_hour(env, "RECONCILE_HOUR", 4),
+            environment=environment,
         )
 
     def flask_config(self) -> dict[str, Any]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from billing import create_app
+from billing.config import ConfigError
 
 ADAPTERS = {"billing.publisher", "billing.stripe", "billing.mailer", "billing.storage"}
 
@@ -43,3 +46,14 @@ def test_a_worker_with_every_task_loaded_never_imports_the_api_or_the_commands(s
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_production_beat_starts_without_a_database_or_a_stripe_key(redis_url):
+    beat = create_app(
+        {"BILLING_ENV": "production", "BILLING_ROLE": "beat", "REDIS_URL": redis_url},
+        serve_http=False,
+    )
+
+    assert "sqlalchemy" not in beat.extensions  # nothing to connect to, nothing pretended
+    with pytest.raises(ConfigError, match="STRIPE_API_KEY is not set"):
+        beat.extensions["billing.stripe"].retrieve_payment_intent("pi_123")
