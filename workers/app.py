@@ -10,7 +10,7 @@ from flask import Flask
 
 from billing import create_app
 from billing.adapters.beat_lock import REDBEAT_KEY_PREFIX
-from billing.adapters.task_queue import celery_settings
+from billing.adapters.task_queue import celery_settings, task_time_limits
 from billing.config import Settings
 from billing.extensions import db
 from billing.logging import bind_context, clear_context, configure_logging
@@ -46,6 +46,7 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
 
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
     celery.conf.update(celery_settings(settings.redis_url))
+    celery.conf.task_annotations = task_time_limits(settings)
     celery.conf.update(
         task_routes=(route_by_name,),
         beat_schedule=beat_schedule(settings),

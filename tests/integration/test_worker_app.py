@@ -57,3 +57,27 @@ def test_a_production_beat_starts_without_a_database_or_a_stripe_key(redis_url):
     assert "sqlalchemy" not in beat.extensions  # nothing to connect to, nothing pretended
     with pytest.raises(ConfigError, match="STRIPE_API_KEY is not set"):
         beat.extensions["billing.stripe"].retrieve_payment_intent("pi_123")
+
+
+def test_every_task_has_a_soft_and_a_hard_time_limit_on_the_celery_app(celery_app, app):
+    from billing import jobs
+    from billing.config import Settings
+
+    settings: Settings = app.config["BILLING_SETTINGS"]
+    ours = {name: task for name, task in celery_app.tasks.items() if not name.startswith("celery.")}
+    assert jobs.RUN_DUNNING in ours and jobs.SEND_EMAIL in ours and jobs.RENDER_INVOICE_PDF in ours
+
+    for name, task in ours.items():
+        assert 0 < task.soft_time_limit < task.time_limit, name
+    # A charge: two Stripe calls at most, each within the Stripe timeout.
+    charge = ours[jobs.CHARGE_INVOICE]
+    assert charge.soft_time_limit >= 2 * settings.stripe_timeout_seconds
+    assert ours[jobs.SEND_EMAIL].soft_time_limit >= 3 * settings.mail["MAIL_TIMEOUT"]
+    # A recorded job is never swept and sent again while it may still be running.
+    outbox_jobs = (jobs.SYNC_CUSTOMER, jobs.CHARGE_INVOICE, jobs.REFUND_INVOICE)
+    outbox_jobs += (jobs.PROCESS_STRIPE_EVENT, jobs.RENDER_INVOICE_PDF, jobs.SEND_EMAIL)
+    for name in outbox_jobs:
+        assert ours[name].time_limit < settings.outbox_lease_seconds, name
+    # The long runs end before Redis hands their message to a second worker.
+    visibility = celery_app.conf.broker_transport_options["visibility_timeout"]
+    assert max(task.time_limit for task in ours.values()) < visibility
