@@ -86,6 +86,10 @@ def _classify(exc: BaseException) -> Exception:
         if exc.smtp_code >= 500 and not isinstance(exc, smtplib.SMTPConnectError):
             return MailRejected(f"refused by the mail server: {text}")
         return MailTransientError(f"deferred by the mail server: {text}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # Retried, like an outage: the server's certificate or MAIL_CA_FILE may be fixed
+        # meanwhile, and a dead-lettered email can be replayed once they are.
+        return MailTransientError(f"the mail server's certificate did not verify: {exc}")
     if isinstance(exc, smtplib.SMTPServerDisconnected | OSError | socket.timeout):
         return MailTransientError(f"mail server unreachable: {type(exc).__name__}: {exc}")
     if isinstance(exc, smtplib.SMTPException):
