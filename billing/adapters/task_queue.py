@@ -75,8 +75,8 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         jobs.CHARGE_INVOICE: stripe_job,
         jobs.REFUND_INVOICE: stripe_job,
         jobs.PROCESS_STRIPE_EVENT: stripe_job,
-        # A 100-line invoice renders in under a second; the rest is one storage put,
-        # which botocore bounds at a minute per try. Rendering again is harmless.
+        # Rendering even a long invoice takes a small share of this; the rest is one
+        # storage put, bounded by botocore's own timeouts. Rendering again is harmless.
         jobs.RENDER_INVOICE_PDF: 120,
         # A kept connection found dead (the NOOP), a reconnect and the send: three
         # MAIL_TIMEOUTs, plus the job's statements.

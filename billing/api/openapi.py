@@ -132,7 +132,7 @@ def build_openapi() -> dict[str, Any]:
 @dataclass(frozen=True)
 class PublishedDocument:
     """The document and both its renderings, made once per app: they depend only on the
-    code, and building them costs a request a hundred times what serving them does."""
+    code, and building them costs far more CPU than serving them."""
 
     document: dict[str, Any]
     json_body: bytes
