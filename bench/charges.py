@@ -185,7 +185,7 @@ def main() -> int:
         )
         key = json.loads(
             subprocess.run(
-                [str(script_path("billing")), "api-keys", "create", "--name", "bench"],
+                [str(script_path("billing")), "api-keys", "create", "--admin", "--name", "bench"],
                 env=env,
                 check=True,
                 capture_output=True,

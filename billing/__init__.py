@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
@@ -10,12 +11,21 @@ from billing.adapters.broker import BrokerView
 from billing.adapters.stripe_gateway import StripeGateway, StripeSdkGateway
 from billing.adapters.stripe_pacing import StripePacer
 from billing.adapters.task_queue import CeleryJobPublisher, JobPublisher
-from billing.config import Settings
+from billing.config import ConfigError, Settings
 from billing.extensions import db, ping_when_idle
 from billing.logging import configure_logging
 
 # One mebibyte: far above any honest request (500 lines of 500 characters), far below harm.
 MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class _NoStripeKey:
+    """Stripe for a production process started without STRIPE_API_KEY (beat, the PDF and
+    mail workers hold none): any call is a configuration error, not a request sent with an
+    empty key."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ConfigError(f"STRIPE_API_KEY is not set: this process cannot call Stripe ({name})")
 
 
 def create_app(
@@ -37,23 +47,26 @@ def create_app(
     app.config.update(settings.flask_config())
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    db.init_app(app)
-    with app.app_context():
-        for engine in db.engines.values():
-            ping_when_idle(engine)
+    if settings.database_url:  # empty only for a production beat, which never reads it
+        db.init_app(app)
+        with app.app_context():
+            for engine in db.engines.values():
+                ping_when_idle(engine)
 
     app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(settings.redis_url)
     app.extensions["billing.broker_view"] = BrokerView(settings.redis_url)
-    app.extensions["billing.stripe"] = stripe_gateway or StripeSdkGateway(
-        settings.stripe_api_key,
-        settings.stripe_api_base,
-        settings.stripe_timeout_seconds,
-        pacer=(
-            StripePacer(settings.redis_url, settings.stripe_max_requests_per_second)
-            if settings.stripe_max_requests_per_second > 0
-            else None
-        ),
-    )
+    if stripe_gateway is None and settings.stripe_api_key:
+        stripe_gateway = StripeSdkGateway(
+            settings.stripe_api_key,
+            settings.stripe_api_base,
+            settings.stripe_timeout_seconds,
+            pacer=(
+                StripePacer(settings.redis_url, settings.stripe_max_requests_per_second)
+                if settings.stripe_max_requests_per_second > 0
+                else None
+            ),
+        )
+    app.extensions["billing.stripe"] = stripe_gateway or _NoStripeKey()
 
     from flask_mail import Mail
 
@@ -61,7 +74,9 @@ def create_app(
     from billing.adapters.storage import build_storage
 
     mail_state = Mail(app).init_app(app)
-    app.extensions["billing.mailer"] = SmtpMailer(mail_state, settings.mail["MAIL_TIMEOUT"])
+    app.extensions["billing.mailer"] = SmtpMailer(
+        mail_state, settings.mail["MAIL_TIMEOUT"], ca_file=settings.mail["MAIL_CA_FILE"]
+    )
     app.extensions["billing.storage"] = build_storage(settings)
     if not serve_http:
         return app

@@ -31,11 +31,96 @@ def _days(env: Mapping[str, str], name: str, default: str) -> tuple[int, ...]:
     return days
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    # A typo must not read as false: MAIL_USE_TLS=ture would send passwords in plain text.
+    raise ConfigError(
+        f"{name} must be one of true/false, 1/0, yes/no, on/off (any case), got {raw!r}"
+    )
+
+
+# BILLING_ENV: "production" (deploy/ecs sets it) takes away the local defaults below; any
+# other process (make run, the tests, a developer's shell) is "development".
+ENVIRONMENTS = ("development", "production")
+DEVELOPMENT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/billing"
+DEVELOPMENT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEVELOPMENT_STRIPE_API_KEY = "sk_test_local"
+# What each role of the image (BILLING_ROLE, which every task definition sets and the image
+# defaults to web) cannot run without in production. Beat only sends messages; only web
+# serves /metrics on the public listener; Stripe's key is checked where it is used, since
+# the PDF and mail workers share the worker role without holding it.
+PRODUCTION_REQUIRED = {
+    "web": ("DATABASE_URL", "REDIS_URL", "STRIPE_API_KEY", "METRICS_TOKEN"),
+    "worker": ("DATABASE_URL", "REDIS_URL"),
+    "beat": ("REDIS_URL",),
+    "migrate": ("DATABASE_URL",),
+}
+
+
+def _environment(env: Mapping[str, str]) -> str:
+    environment = (env.get("BILLING_ENV") or "development").strip().lower()
+    if environment not in ENVIRONMENTS:
+        raise ConfigError(
+            f"BILLING_ENV must be one of {', '.join(ENVIRONMENTS)}, got {environment!r}"
+        )
+    return environment
+
+
+def _check_production(env: Mapping[str, str]) -> None:
+    role = (env.get("BILLING_ROLE") or "web").strip().lower()
+    if role not in PRODUCTION_REQUIRED:
+        raise ConfigError(
+            f"BILLING_ROLE must be one of {', '.join(PRODUCTION_REQUIRED)}, got {role!r}"
+        )
+    missing = [name for name in PRODUCTION_REQUIRED[role] if not (env.get(name) or "").strip()]
+    if missing:
+        raise ConfigError(
+            f"BILLING_ENV=production needs {', '.join(missing)} for BILLING_ROLE={role}: "
+            "the local defaults are for development only"
+        )
+
+
+def _mail(env: Mapping[str, str]) -> dict[str, Any]:
+    mail: dict[str, Any] = {
+        "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
+        "MAIL_PORT": _int(env, "MAIL_PORT", 25),
+        "MAIL_USE_TLS": _bool(env, "MAIL_USE_TLS", False),
+        "MAIL_USE_SSL": _bool(env, "MAIL_USE_SSL", False),
+        "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,
+        "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
+        "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "billing@example.com"),
+        "MAIL_SUPPRESS_SEND": _bool(env, "MAIL_SUPPRESS_SEND", False),
+        # Without one, a stuck SMTP server would hold a mail worker forever.
+        "MAIL_TIMEOUT": _int(env, "MAIL_TIMEOUT", 30),
+        # Certificates of a private CA that signs the SMTP server's; unset, the system's.
+        "MAIL_CA_FILE": env.get("MAIL_CA_FILE") or None,
+    }
+    if mail["MAIL_USE_TLS"] and mail["MAIL_USE_SSL"]:
+        raise ConfigError(
+            "MAIL_USE_TLS (STARTTLS, port 587) and MAIL_USE_SSL (implicit TLS, port 465) "
+            "exclude each other: set one"
+        )
+    encrypted = mail["MAIL_USE_TLS"] or mail["MAIL_USE_SSL"]
+    if (mail["MAIL_USERNAME"] or mail["MAIL_PASSWORD"]) and not encrypted:
+        raise ConfigError(
+            "MAIL_USERNAME/MAIL_PASSWORD are set but neither MAIL_USE_TLS nor MAIL_USE_SSL: "
+            "the SMTP password would cross the network in plain text"
+        )
+    ca_file = mail["MAIL_CA_FILE"]
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise ConfigError(f"MAIL_CA_FILE {ca_file!r} is not a file")
+    return mail
 
 
 def _stripe_rate(env: Mapping[str, str]) -> float:
@@ -148,27 +233,26 @@ class Settings:
     # card networks penalise merchants that retry one card too often, and every failed
     # attempt mails the customer.
     pay_attempts_per_invoice_per_day: int = 5
+    # "production" or "development" (BILLING_ENV): production has no local defaults.
+    environment: str = "development"
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        database_url = env.get(
-            "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/billing"
-        )
+        environment = _environment(env)
+        production = environment == "production"
+        if production:
+            _check_production(env)
+        # In production an unset value stays empty (beat needs no database, the PDF worker
+        # no Stripe key): _check_production stopped every role that needs one.
+        database_url = env.get("DATABASE_URL") or ("" if production else DEVELOPMENT_DATABASE_URL)
         if database_url.startswith("postgresql://"):
             database_url = "postgresql+psycopg2://" + database_url.removeprefix("postgresql://")
-        mail = {
-            "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
-            "MAIL_PORT": _int(env, "MAIL_PORT", 25),
-            "MAIL_USE_TLS": _bool(env, "MAIL_USE_TLS", False),
-            "MAIL_USE_SSL": _bool(env, "MAIL_USE_SSL", False),
-            "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,
-            "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
-            "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "billing@example.com"),
-            "MAIL_SUPPRESS_SEND": _bool(env, "MAIL_SUPPRESS_SEND", False),
-            # Without one, a stuck SMTP server would hold a mail worker forever.
-            "MAIL_TIMEOUT": _int(env, "MAIL_TIMEOUT", 30),
-        }
+        mail = _mail(env)
         storage = env.get("DOCUMENT_STORAGE", "postgres").strip().lower()
         if storage not in ("postgres", "s3"):
             raise ConfigError(f"DOCUMENT_STORAGE must be postgres or s3, got {storage!r}")
@@ -176,8 +260,9 @@ class Settings:
             raise ConfigError("DOCUMENT_STORAGE=s3 needs S3_BUCKET")
         return cls(
             database_url=database_url,
-            redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            stripe_api_key=env.get("STRIPE_API_KEY", "sk_test_local"),
+            redis_url=env.get("REDIS_URL", DEVELOPMENT_REDIS_URL),
+            stripe_api_key=env.get("STRIPE_API_KEY")
+            or ("" if production else DEVELOPMENT_STRIPE_API_KEY),
             stripe_api_base=env.get("STRIPE_API_BASE") or None,
             stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET", ""),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
@@ -221,6 +306,7 @@ class Settings:
             pay_attempts_per_invoice_per_day=max(
                 1, _int(env, "PAY_ATTEMPTS_PER_INVOICE_PER_DAY", 5)
             ),
+            environment=environment,
         )
 
     def flask_config(self) -> dict[str, Any]:

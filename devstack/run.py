@@ -368,7 +368,9 @@ def main() -> int:
         sup.run_command("db upgrade", [str(billing), "db", "upgrade"], env)
         key = _parse_api_key(
             sup.run_command(
-                "api-keys", [str(billing), "api-keys", "create", "--name", ADMIN_KEY_NAME], env
+                "api-keys",
+                [str(billing), "api-keys", "create", "--admin", "--name", ADMIN_KEY_NAME],
+                env,
             )
         )
 

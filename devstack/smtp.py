@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import itertools
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -72,16 +73,40 @@ class SinkHandler:
 
 
 class SmtpSink:
-    def __init__(self, handler: SinkHandler | None = None, port: int | None = None) -> None:
+    """`starttls` (a server context) offers STARTTLS and requires it before any mail;
+    `implicit_tls` speaks TLS from the first byte (port 465's way). `authenticator`, an
+    aiosmtpd authenticator, enables AUTH (only over TLS)."""
+
+    def __init__(
+        self,
+        handler: SinkHandler | None = None,
+        port: int | None = None,
+        *,
+        starttls: ssl.SSLContext | None = None,
+        implicit_tls: ssl.SSLContext | None = None,
+        authenticator: Any = None,
+    ) -> None:
         self.handler = handler or SinkHandler()
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self._controller: Controller | None = None
+        self._smtp_options: dict[str, Any] = {}
+        if starttls is not None:
+            self._smtp_options.update(tls_context=starttls, require_starttls=True)
+        if implicit_tls is not None:
+            # aiosmtpd knows TLS only from STARTTLS; this connection is TLS from the start.
+            self._smtp_options.update(ssl_context=implicit_tls, auth_require_tls=False)
+        if authenticator is not None:
+            self._smtp_options.update(authenticator=authenticator)
 
     def start(self) -> SmtpSink:
         # decode_data=False keeps the bytes exactly as sent, attachments included.
         self._controller = Controller(
-            self.handler, hostname=self.host, port=self.port, data_size_limit=50 * 1024 * 1024
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            data_size_limit=50 * 1024 * 1024,
+            **self._smtp_options,
         )
         self._controller.start()
         return self

@@ -184,7 +184,7 @@ def main() -> int:
         subprocess.run([billing, "db", "upgrade"], env=env, check=True, capture_output=True)
         key = json.loads(
             subprocess.run(
-                [billing, "api-keys", "create", "--name", "roundtrips"],
+                [billing, "api-keys", "create", "--admin", "--name", "roundtrips"],
                 env=env,
                 check=True,
                 capture_output=True,

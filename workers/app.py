@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -10,7 +11,7 @@ from flask import Flask
 
 from billing import create_app
 from billing.adapters.beat_lock import REDBEAT_KEY_PREFIX
-from billing.adapters.task_queue import celery_settings
+from billing.adapters.task_queue import celery_settings, task_time_limits
 from billing.config import Settings
 from billing.extensions import db
 from billing.logging import bind_context, clear_context, configure_logging
@@ -19,9 +20,20 @@ from workers import metrics as _metrics  # noqa: F401 - its signal handlers serv
 from workers.liveness import WORKER_ID
 from workers.routing import route_by_name
 from workers.schedule import beat_schedule
+from workers.time_limits import SoftTimeLimits
 
 TASK_MODULES = ["workers.billing", "workers.pdf", "workers.mail"]
 _flask_apps: list[Flask] = []
+
+
+# Celery's thread pool (the billing worker) ignores time limits; these raise the soft one.
+_thread_soft_limits = SoftTimeLimits()
+
+
+def _in_thread_pool() -> bool:
+    # The thread pool runs tasks in its own threads; prefork's children (which enforce
+    # limits themselves) and a task applied in place run them in the main thread.
+    return threading.current_thread() is not threading.main_thread()
 
 
 def make_celery(flask_app: Flask | None = None) -> Celery:
@@ -40,6 +52,9 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
                     or headers.get("request_id"),
                 )
                 try:
+                    if self.soft_time_limit and _in_thread_pool():
+                        with _thread_soft_limits.limit(self.soft_time_limit):
+                            return self.run(*args, **kwargs)
                     return self.run(*args, **kwargs)
                 finally:
                     db.session.remove()
@@ -47,6 +62,7 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
 
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
     celery.conf.update(celery_settings(settings.redis_url))
+    celery.conf.task_annotations = task_time_limits(settings)
     celery.conf.update(
         task_routes=(route_by_name,),
         beat_schedule=beat_schedule(settings),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask_mail import BadHeaderError, Connection, Message
@@ -27,23 +29,44 @@ class MailRejected(Exception):
     """Refused for good (5xx, a malformed header): sending again would fail again."""
 
 
-class _TimedConnection(Connection):
-    """Flask-Mail's connection with a timeout: without one a stuck server holds a worker."""
+def smtp_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """Verifies the server's certificate and its name, as a browser would: against the
+    system's certificate authorities, or only those in `ca_file` (a private CA)."""
+    return ssl.create_default_context(cafile=ca_file)
 
-    def __init__(self, mail: Any, timeout: float) -> None:
+
+class _TimedConnection(Connection):
+    """Flask-Mail's connection with a timeout (without one a stuck server holds a worker)
+    and with TLS that checks whom it talks to: Flask-Mail's starttls() and SMTP_SSL take
+    no context, so they accept any certificate, and a password sent after them is one a
+    man in the middle reads."""
+
+    def __init__(
+        self, mail: Any, timeout: float, tls_context: Callable[[], ssl.SSLContext]
+    ) -> None:
         super().__init__(mail)
         self.timeout = timeout
+        self.tls_context = tls_context
 
     def configure_host(self) -> smtplib.SMTP | smtplib.SMTP_SSL:
         host: smtplib.SMTP
         if self.mail.use_ssl:
-            host = smtplib.SMTP_SSL(self.mail.server, self.mail.port, timeout=self.timeout)
+            host = smtplib.SMTP_SSL(
+                self.mail.server, self.mail.port, timeout=self.timeout, context=self.tls_context()
+            )
         else:
             host = smtplib.SMTP(self.mail.server, self.mail.port, timeout=self.timeout)
-        if self.mail.use_tls:
-            host.starttls()
-        if self.mail.username and self.mail.password:
-            host.login(self.mail.username, self.mail.password)
+        try:
+            if self.mail.use_tls:
+                # Raises when the server offers no STARTTLS: never falls back to plain text.
+                host.starttls(context=self.tls_context())
+            if self.mail.username and self.mail.password:
+                if not (self.mail.use_tls or self.mail.use_ssl):  # Settings refuse it too
+                    raise MailRejected("SMTP credentials are never sent without TLS")
+                host.login(self.mail.username, self.mail.password)
+        except BaseException:
+            host.close()
+            raise
         return host
 
 
@@ -63,6 +86,10 @@ def _classify(exc: BaseException) -> Exception:
         if exc.smtp_code >= 500 and not isinstance(exc, smtplib.SMTPConnectError):
             return MailRejected(f"refused by the mail server: {text}")
         return MailTransientError(f"deferred by the mail server: {text}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # Retried, like an outage: the server's certificate or MAIL_CA_FILE may be fixed
+        # meanwhile, and a dead-lettered email can be replayed once they are.
+        return MailTransientError(f"the mail server's certificate did not verify: {exc}")
     if isinstance(exc, smtplib.SMTPServerDisconnected | OSError | socket.timeout):
         return MailTransientError(f"mail server unreachable: {type(exc).__name__}: {exc}")
     if isinstance(exc, smtplib.SMTPException):
@@ -71,10 +98,20 @@ def _classify(exc: BaseException) -> Exception:
 
 
 class SmtpMailer:
-    def __init__(self, mail_state: Any, timeout: float) -> None:
+    def __init__(self, mail_state: Any, timeout: float, ca_file: str | None = None) -> None:
         self._mail = mail_state
         self._timeout = timeout
+        self._ca_file = ca_file
+        self._tls: ssl.SSLContext | None = None
         self._local = threading.local()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # Built at the first TLS connection, not at every process's start: loading the
+        # certificate authorities is work only the mail worker needs. One context serves
+        # every thread.
+        if self._tls is None:
+            self._tls = smtp_tls_context(self._ca_file)
+        return self._tls
 
     def _connection(self) -> Connection:
         connection: _TimedConnection | None = getattr(self._local, "connection", None)
@@ -88,7 +125,7 @@ class SmtpMailer:
             except (smtplib.SMTPException, OSError):
                 pass
             self.close()
-        connection = _TimedConnection(self._mail, self._timeout)
+        connection = _TimedConnection(self._mail, self._timeout, self._tls_context)
         connection.__enter__()
         self._local.connection = connection
         self._local.used_at = time.monotonic()

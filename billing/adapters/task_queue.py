@@ -8,7 +8,9 @@ from urllib.parse import urlparse
 
 from celery import Celery
 
+from billing import jobs
 from billing.adapters import redis_transport
+from billing.config import Settings
 from billing.jobs import JOB_PRIORITY, queue_for
 
 
@@ -46,6 +48,54 @@ def celery_settings(broker_url: str) -> dict[str, Any]:
     if urlparse(broker_url).scheme in ("redis", "rediss"):
         settings["broker_transport"] = redis_transport.TRANSPORT
     return settings
+
+
+# After the soft limit raises SoftTimeLimitExceeded inside a job, this long to record its
+# outcome (a retry, through the runner) before the hard limit kills the pool process.
+HARD_LIMIT_GRACE_SECONDS = 30
+# The nightly and hourly runs commit item by item and the next run carries on, so cutting
+# one short loses nothing; they end before the broker's one-hour visibility timeout would
+# hand their message to a second worker.
+LONG_RUN_SOFT_LIMIT_SECONDS = 50 * 60
+
+
+def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
+    """Celery's soft and hard time limits per task, as `task_annotations`.
+
+    Celery enforces both in the prefork pool (the pdf and mail workers); in its thread
+    pool (the billing worker) workers/ raises the soft one itself, and no hard one exists.
+    A job's hard limit stays under OUTBOX_LEASE_SECONDS, so the sweeper never re-sends a
+    job that may still be running."""
+    stripe_job = 2 * settings.stripe_timeout_seconds + 20
+    soft = {
+        # At most two Stripe calls (a look-up by ledger key, then the create) of up to
+        # STRIPE_TIMEOUT_SECONDS each, plus the PostgreSQL phases around them.
+        jobs.SYNC_CUSTOMER: stripe_job,
+        jobs.CHARGE_INVOICE: stripe_job,
+        jobs.REFUND_INVOICE: stripe_job,
+        jobs.PROCESS_STRIPE_EVENT: stripe_job,
+        # Rendering even a long invoice takes a small share of this; the rest is one
+        # storage put, bounded by botocore's own timeouts. Rendering again is harmless.
+        jobs.RENDER_INVOICE_PDF: 120,
+        # A kept connection found dead (the NOOP), a reconnect and the send: three
+        # MAIL_TIMEOUTs, plus the job's statements.
+        jobs.SEND_EMAIL: 3 * settings.mail["MAIL_TIMEOUT"] + 15,
+        # Beat's every-minute tasks: one transaction or one CloudWatch put each, worthless
+        # once the next run has started.
+        jobs.RECONCILE_CHARGES: 50,
+        jobs.PUBLISH_QUEUE_METRICS: 50,
+        # Re-publishes what ran out of lease; whatever is left, the next sweep takes.
+        jobs.SWEEP_OUTBOX: 120,
+        # One DELETE of expired keys, hourly.
+        jobs.PURGE_IDEMPOTENCY_KEYS: 600,
+        jobs.RUN_BILLING: LONG_RUN_SOFT_LIMIT_SECONDS,
+        jobs.RUN_DUNNING: LONG_RUN_SOFT_LIMIT_SECONDS,
+        jobs.RECONCILE_LEDGER: LONG_RUN_SOFT_LIMIT_SECONDS,
+    }
+    return {
+        name: {"soft_time_limit": limit, "time_limit": limit + HARD_LIMIT_GRACE_SECONDS}
+        for name, limit in soft.items()
+    }
 
 
 class BrokerUnavailable(RuntimeError):

@@ -6,7 +6,9 @@ the broker's depth and oldest message per queue, the outbox's unfinished jobs an
 charge attempts in unknown, dead letters. A scrape never fails for a missing source: what
 could not be read is left out and `billing_scrape_errors{source}` says which.
 
-Public unless METRICS_TOKEN is set; then `Authorization: Bearer <METRICS_TOKEN>`.
+With METRICS_TOKEN set, `Authorization: Bearer <METRICS_TOKEN>` is required. Without one
+it is open in development and closed in production (BILLING_ENV=production), where the web
+refuses to start without a token anyway.
 """
 
 from __future__ import annotations
@@ -144,8 +146,13 @@ def _event_registry() -> CollectorRegistry:
 
 
 def _check_token() -> None:
-    token = context.settings().metrics_token
+    settings = context.settings()
+    token = settings.metrics_token
     if not token:
+        if settings.production:
+            # The web's listener is public: a production web without a token never starts
+            # (config.PRODUCTION_REQUIRED); anything else serving it keeps it closed.
+            raise ApiError(403, "permission_denied", "/metrics needs METRICS_TOKEN in production")
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 from apispec import APISpec
-from flask import Blueprint, Response, jsonify, render_template
+from flask import Blueprint, Response, current_app, render_template
 from pydantic import BaseModel
 
 from billing.api.endpoint import ENDPOINTS, EndpointSpec
@@ -149,12 +151,44 @@ def build_openapi() -> dict[str, Any]:
     return document
 
 
+@dataclass(frozen=True)
+class PublishedDocument:
+    """The document and both its renderings, made once per app: they depend only on the
+    code, and building them costs far more CPU than serving them."""
+
+    document: dict[str, Any]
+    json_body: bytes
+    docs_html: str
+
+
+_EXTENSION = "billing.openapi"
+_building = threading.Lock()
+
+
+def published_document() -> PublishedDocument:
+    """Built by the first request that asks (not at start: most processes never serve it),
+    then kept on the app; concurrent first requests build it once."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    published: PublishedDocument | None = app.extensions.get(_EXTENSION)
+    if published is None:
+        with _building:
+            published = app.extensions.get(_EXTENSION)
+            if published is None:
+                document = build_openapi()
+                published = PublishedDocument(
+                    document=document,
+                    json_body=app.json.dumps(document).encode() + b"\n",
+                    docs_html=render_template("docs.html", document=document),
+                )
+                app.extensions[_EXTENSION] = published
+    return published
+
+
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
-    return jsonify(build_openapi())
+    return Response(published_document().json_body, mimetype="application/json")
 
 
 @bp.get("/docs")
 def docs() -> str:
-    document = build_openapi()
-    return render_template("docs.html", document=document)
+    return published_document().docs_html

@@ -63,13 +63,29 @@ def api_keys_group() -> None:
     pass
 
 
-@api_keys_group.command("create", help="Create a key; its secret is printed once, as JSON.")
+@api_keys_group.command(
+    "create",
+    help=(
+        "Create a key; its secret is printed once, as JSON. Say whom it is for: --customer "
+        "ID (that customer's data only) or --admin (every customer's). Exit status 2 "
+        "without either, or with both."
+    ),
+)
 @click.option("--customer", "customer_id", default=None, help="Limit the key to this customer.")
+@click.option("--admin", is_flag=True, help="A key that reads and changes every customer.")
 @click.option("--name", default="unnamed", show_default=True, help="A label for the key.")
-def api_keys_create(customer_id: str | None, name: str) -> None:
+def api_keys_create(customer_id: str | None, admin: bool, name: str) -> None:
     from billing.services.api_keys import create_api_key
     from billing.services.errors import NotFound
 
+    # An admin key sees every customer: it is never what a forgotten option gives.
+    if admin and customer_id is not None:
+        raise click.UsageError("--admin and --customer exclude each other: give one")
+    if not admin and customer_id is None:
+        raise click.UsageError(
+            "say whom the key is for: --customer ID (one customer's data) or --admin "
+            "(every customer's)"
+        )
     try:
         key, secret = create_api_key(name, customer_id)
     except NotFound as exc:

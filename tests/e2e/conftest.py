@@ -169,7 +169,7 @@ def stack(
 @pytest.fixture(scope="module")
 def admin_key(stack: Stack) -> str:
     output = subprocess.run(
-        [str(script_path("billing")), "api-keys", "create", "--name", "e2e-admin"],
+        [str(script_path("billing")), "api-keys", "create", "--admin", "--name", "e2e-admin"],
         env=stack.env,
         check=True,
         capture_output=True,

@@ -105,7 +105,7 @@ def api(faulty_stack: Stack) -> requests.Session:
     from devstack.servers import script_path
 
     output = subprocess.run(
-        [str(script_path("billing")), "api-keys", "create", "--name", "faults"],
+        [str(script_path("billing")), "api-keys", "create", "--admin", "--name", "faults"],
         env=faulty_stack.env,
         check=True,
         capture_output=True,

@@ -117,7 +117,7 @@ def test_the_counts_of_every_gunicorn_worker_add_up_in_each_scrape(web):
 
 def _admin_key(stack: Stack) -> str:
     output = subprocess.run(
-        [str(script_path("billing")), "api-keys", "create", "--name", "metrics-e2e"],
+        [str(script_path("billing")), "api-keys", "create", "--admin", "--name", "metrics-e2e"],
         env=stack.env,
         check=True,
         capture_output=True,

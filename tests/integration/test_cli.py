@@ -6,7 +6,7 @@ from billing.models import ApiKey
 
 
 def test_an_api_key_is_created_printed_once_and_stored_only_as_a_hash(app):
-    result = app.test_cli_runner().invoke(args=["api-keys", "create", "--name", "ops"])
+    result = app.test_cli_runner().invoke(args=["api-keys", "create", "--admin", "--name", "ops"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
     assert printed["name"] == "ops" and printed["customer"] is None
@@ -27,6 +27,25 @@ def test_a_customer_key_needs_an_existing_customer(app, make_customer):
     assert json.loads(made.output)["customer"] == customer["id"]
 
 
+def test_a_key_without_admin_or_customer_is_refused_with_a_usage_error(app):
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["api-keys", "create", "--name", "ops"])
+    assert result.exit_code == 2
+    assert "--customer ID" in result.output and "--admin" in result.output
+    assert db.session.query(ApiKey).count() == 0
+
+
+def test_a_key_for_both_admin_and_a_customer_is_refused(app, make_customer):
+    customer = make_customer()
+    before = db.session.query(ApiKey).count()
+    result = app.test_cli_runner().invoke(
+        args=["api-keys", "create", "--admin", "--customer", customer["id"]]
+    )
+    assert result.exit_code == 2
+    assert "exclude each other" in result.output
+    assert db.session.query(ApiKey).count() == before
+
+
 def test_revoking_an_unknown_key_fails_with_a_clear_message(app):
     result = app.test_cli_runner().invoke(args=["api-keys", "revoke", "key_nope"])
     assert result.exit_code == 1
@@ -35,7 +54,7 @@ def test_revoking_an_unknown_key_fails_with_a_clear_message(app):
 
 def test_a_revoked_key_is_refused_by_the_api(app, client):
     runner = app.test_cli_runner()
-    created = json.loads(runner.invoke(args=["api-keys", "create"]).output)
+    created = json.loads(runner.invoke(args=["api-keys", "create", "--admin"]).output)
     assert runner.invoke(args=["api-keys", "revoke", created["id"]]).exit_code == 0
     response = client.get("/v1/customers", headers={"Authorization": f"Bearer {created['secret']}"})
     assert response.status_code == 401

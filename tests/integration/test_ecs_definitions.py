@@ -22,7 +22,7 @@ from botocore.validate import ParamValidator
 from moto import mock_aws
 
 from billing.adapters.cloudwatch import OLDEST_MESSAGE_AGE, QUEUE_DEPTH, QUEUE_DIMENSION
-from billing.config import Settings
+from billing.config import PRODUCTION_REQUIRED, ConfigError, Settings
 from billing.jobs import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +35,18 @@ SECRET_NAMES = {
     "STRIPE_WEBHOOK_SECRET",
     "MAIL_USERNAME",
     "MAIL_PASSWORD",
+    "METRICS_TOKEN",
 }
 # Each role holds only the secrets it uses: the PDF worker, which renders customer input,
 # never holds the Stripe key; beat only sends messages.
 SECRETS_BY_ROLE = {
-    "web": {"DATABASE_URL", "REDIS_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"},
+    "web": {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "STRIPE_API_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "METRICS_TOKEN",
+    },
     "worker-billing": {"DATABASE_URL", "REDIS_URL", "STRIPE_API_KEY"},
     "worker-pdf": {"DATABASE_URL", "REDIS_URL"},
     "worker-mail": {"DATABASE_URL", "REDIS_URL", "MAIL_USERNAME", "MAIL_PASSWORD"},
@@ -442,6 +449,24 @@ def test_every_role_gets_the_same_shared_configuration_and_the_service_accepts_i
         assert settings.document_storage == "s3" and settings.s3_bucket
         assert settings.cloudwatch_namespace == "BillingService"
         assert settings.stripe_api_base is None  # real Stripe in production
+        assert settings.production
+
+
+def test_every_role_runs_in_production_and_stops_without_a_secret_it_needs(rendered):
+    for name, task in documents(rendered, "task-definitions").items():
+        env = {**environment(task), **{secret: "x" for secret in SECRETS_BY_ROLE[name]}}
+        assert env["BILLING_ENV"] == "production", name
+        for needed in set(PRODUCTION_REQUIRED[env["BILLING_ROLE"]]):
+            assert needed in SECRETS_BY_ROLE[name], (name, needed)
+            without = {k: v for k, v in env.items() if k != needed}
+            with pytest.raises(ConfigError, match=needed):
+                Settings.from_env(without)
+
+
+def test_the_public_web_requires_a_metrics_token_from_a_secret(rendered):
+    web = container(documents(rendered, "task-definitions")["web"])
+    assert "METRICS_TOKEN" in {secret["name"] for secret in web["secrets"]}
+    assert "METRICS_TOKEN" in PRODUCTION_REQUIRED["web"]
 
 
 def test_the_deploy_readme_gives_the_order_migrate_web_workers_beat():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select, update
 
 from billing.adapters.broker import queue_keys
@@ -214,6 +215,25 @@ def test_with_a_metrics_token_set_a_scrape_must_bring_it(service_env, app):
     assert refused.status_code == 401 and wrong.status_code == 401
     assert refused.get_json()["error"]["code"] == "authentication_required"
     assert value(samples, "billing_scrape_errors", source="database") == 0
+
+
+def test_in_production_the_web_does_not_start_without_a_metrics_token(service_env, app):
+    from billing import create_app
+    from billing.config import ConfigError
+
+    production = {**service_env, "BILLING_ENV": "production"}
+    with pytest.raises(ConfigError, match="needs METRICS_TOKEN for BILLING_ROLE=web"):
+        create_app(production)
+
+    # Were some other role's app to serve HTTP, /metrics stays closed without a token.
+    other = create_app({**production, "BILLING_ROLE": "worker"})
+    try:
+        answer = other.test_client().get("/metrics")
+    finally:
+        with other.app_context():
+            db.engine.dispose()
+    assert answer.status_code == 403
+    assert answer.get_json()["error"]["code"] == "permission_denied"
 
 
 def test_an_outcome_counted_on_commit_is_dropped_when_its_transaction_rolls_back(app):

@@ -69,3 +69,31 @@ def test_the_docs_page_renders_the_routes(client):
     page = client.get("/docs")
     assert page.status_code == 200
     assert "/v1/invoices/{invoice_id}/finalize" in page.get_data(as_text=True)
+
+
+def test_the_document_is_built_once_and_then_served_from_the_app(app, client):
+    import sys
+
+    from billing.api import openapi
+
+    builds = 0
+
+    def count_builds(frame, event, _arg):  # the interpreter's profiler hook, not a mock
+        nonlocal builds
+        if event == "call" and frame.f_code is openapi.build_openapi.__code__:
+            builds += 1
+
+    sys.setprofile(count_builds)
+    try:
+        first = client.get("/openapi.json")
+        page = client.get("/docs")
+        second = client.get("/openapi.json")
+    finally:
+        sys.setprofile(None)
+
+    assert builds == 1
+    assert first.status_code == second.status_code == page.status_code == 200
+    assert first.get_data() == second.get_data()
+    assert first.content_type == "application/json"
+    assert first.get_json() == app.extensions["billing.openapi"].document
+    assert "/v1/invoices/{invoice_id}/pay" in page.get_data(as_text=True)
