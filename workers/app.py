@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import threading
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -20,20 +19,9 @@ from workers import metrics as _metrics  # noqa: F401 - its signal handlers serv
 from workers.liveness import WORKER_ID
 from workers.routing import route_by_name
 from workers.schedule import beat_schedule
-from workers.time_limits import SoftTimeLimits
 
 TASK_MODULES = ["workers.billing", "workers.pdf", "workers.mail"]
 _flask_apps: list[Flask] = []
-
-
-# Celery's thread pool (the billing worker) ignores time limits; these raise the soft one.
-_thread_soft_limits = SoftTimeLimits()
-
-
-def _in_thread_pool() -> bool:
-    # The thread pool runs tasks in its own threads; prefork's children (which enforce
-    # limits themselves) and a task applied in place run them in the main thread.
-    return threading.current_thread() is not threading.main_thread()
 
 
 def make_celery(flask_app: Flask | None = None) -> Celery:
@@ -52,9 +40,6 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
                     or headers.get("request_id"),
                 )
                 try:
-                    if self.soft_time_limit and _in_thread_pool():
-                        with _thread_soft_limits.limit(self.soft_time_limit):
-                            return self.run(*args, **kwargs)
                     return self.run(*args, **kwargs)
                 finally:
                     db.session.remove()

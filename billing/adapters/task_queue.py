@@ -62,10 +62,11 @@ LONG_RUN_SOFT_LIMIT_SECONDS = 50 * 60
 def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     """Celery's soft and hard time limits per task, as `task_annotations`.
 
-    Celery enforces both in the prefork pool (the pdf and mail workers); in its thread
-    pool (the billing worker) workers/ raises the soft one itself, and no hard one exists.
-    A job's hard limit stays under OUTBOX_LEASE_SECONDS, so the sweeper never re-sends a
-    job that may still be running."""
+    Celery enforces them in the prefork pool (the pdf and mail workers); its thread pool,
+    which the billing worker runs, ignores them: there a job is bounded by its own
+    timeouts (STRIPE_TIMEOUT_SECONDS per call, the runs' per-item commits). A job's hard
+    limit stays under OUTBOX_LEASE_SECONDS, so the sweeper never re-sends a job that may
+    still be running."""
     stripe_job = 2 * settings.stripe_timeout_seconds + 20
     soft = {
         # At most two Stripe calls (a look-up by ledger key, then the create) of up to

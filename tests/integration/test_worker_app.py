@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
-from celery.exceptions import SoftTimeLimitExceeded
 
 from billing import create_app
 from billing.config import ConfigError
@@ -84,61 +81,3 @@ def test_every_task_has_a_soft_and_a_hard_time_limit_on_the_celery_app(celery_ap
     # The long runs end before Redis hands their message to a second worker.
     visibility = celery_app.conf.broker_transport_options["visibility_timeout"]
     assert max(task.time_limit for task in ours.values()) < visibility
-
-
-def _in_a_pool_thread(work):
-    """Runs `work` in a thread of its own, as Celery's thread pool runs tasks; returns what
-    it returned or raised, anything raised outside a task included."""
-    outcome: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            outcome["returned"] = work()
-        except BaseException as exc:  # noqa: BLE001 - the test looks at whatever escaped
-            outcome["raised"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
-    return outcome
-
-
-def test_a_task_in_the_thread_pool_is_stopped_at_its_soft_time_limit(celery_app):
-    @celery_app.task(name="test.endless_loop", soft_time_limit=0.2)
-    def endless_loop() -> str:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-        return "ran to the end"
-
-    started = time.monotonic()
-    outcome = _in_a_pool_thread(lambda: endless_loop.apply())
-
-    assert isinstance(outcome["returned"].result, SoftTimeLimitExceeded)
-    assert time.monotonic() - started < 5
-
-
-def test_a_soft_time_limit_never_fires_after_its_task_has_ended(celery_app):
-    # Tasks that end around their limit, some just before, some just after: each exception
-    # must land inside its own task or not at all, never in what the thread runs next.
-    @celery_app.task(name="test.busy_for", soft_time_limit=0.01)
-    def busy_for(seconds: float) -> str:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            pass
-        return "done"
-
-    def many_tasks_then_other_work() -> list[object]:
-        durations = [0.005, 0.009, 0.01, 0.011, 0.015, 0.1] * 40
-        results = [busy_for.apply(args=(seconds,)).result for seconds in durations]
-        quiet_until = time.monotonic() + 0.3
-        while time.monotonic() < quiet_until:
-            pass
-        return results
-
-    outcome = _in_a_pool_thread(many_tasks_then_other_work)
-
-    assert "raised" not in outcome, outcome
-    results = outcome["returned"]
-    assert set(map(type, results)) == {str, SoftTimeLimitExceeded}
