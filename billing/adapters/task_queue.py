@@ -81,8 +81,8 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         # A kept connection found dead (the NOOP), a reconnect and the send: three
         # MAIL_TIMEOUTs, plus the job's statements.
         jobs.SEND_EMAIL: 3 * settings.mail["MAIL_TIMEOUT"] + 15,
-        # Beat's every-minute tasks: one transaction or one CloudWatch put each, worthless
-        # once the next run has started.
+        # Beat's frequent tasks (every 15 s to every minute): one transaction or one
+        # CloudWatch put each, worthless once a later run has started.
         jobs.RECONCILE_CHARGES: 50,
         jobs.PUBLISH_QUEUE_METRICS: 50,
         # Re-publishes what ran out of lease; whatever is left, the next sweep takes.
