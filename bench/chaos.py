@@ -3,6 +3,7 @@ every second (--kill-every), 10% of Stripe's answers are lost, every task is del
 twice and Redis is flushed once (tests/e2e/test_charging_under_faults.py, with more invoices).
 
     python bench/chaos.py [--invoices 10000] [--kill-every 1] [--fault-seconds 0]
+                          [--429-share 0]
 
 The faults go on while every invoice is created and for --fault-seconds in all at least
 (0: just while they are created), so this measures liveness *under* continuous faults:
@@ -32,6 +33,9 @@ def main() -> int:
     parser.add_argument("--invoices", type=int, default=10_000)
     parser.add_argument("--kill-every", type=float, default=1.0, help="seconds, about")
     parser.add_argument("--fault-seconds", type=float, default=0.0, help="window, at least")
+    parser.add_argument(
+        "--429-share", dest="share_429", type=float, default=0.0, help="of Stripe requests"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     result = subprocess.run(
@@ -53,6 +57,7 @@ def main() -> int:
             "BILLING_CHAOS_INVOICES": str(args.invoices),
             "BILLING_CHAOS_KILL_EVERY": str(args.kill_every),
             "BILLING_CHAOS_FAULT_SECONDS": str(args.fault_seconds),
+            "BILLING_CHAOS_429_SHARE": str(args.share_429),
             # Measured here, not asserted: a run this size takes what it takes.
             "BILLING_CHAOS_HEAL_BOUND": "7200",
         },

@@ -63,6 +63,8 @@ def heal_bound(invoices: int) -> float:
 
 # The fault window's fixed length (seconds), counted from the first invoice's creation.
 CHAOS_FAULT_SECONDS = float(os.environ.get("BILLING_CHAOS_FAULT_SECONDS", "45"))
+# A share of Stripe requests answered 429 during the window (bench/chaos.py --429-share).
+CHAOS_429_SHARE = float(os.environ.get("BILLING_CHAOS_429_SHARE", "0"))
 HEAL_BOUND = float(os.environ.get("BILLING_CHAOS_HEAL_BOUND", "0")) or heal_bound(CHAOS_INVOICES)
 
 
@@ -435,6 +437,7 @@ def test_chaos_every_invoice_is_paid_exactly_once(
     stack = faulty_stack
     customers = [_paying_customer(stack, api, emulator) for _ in range(4)]
     proxy.drop_ratio = 0.10  # one create in ten: Stripe acts, the answer is lost
+    proxy.rate_limited_ratio = CHAOS_429_SHARE
     try:
         with Chaos(stack, database_url) as chaos:
             with ThreadPoolExecutor(max_workers=8) as pool:
@@ -449,7 +452,7 @@ def test_chaos_every_invoice_is_paid_exactly_once(
             # within it keeps the faults going until the last one is created.
             chaos.sleep_until(max(CHAOS_FAULT_SECONDS, created_after + 1))
         heal = time.monotonic()
-        proxy.drop_ratio = 0.0
+        proxy.drop_ratio = proxy.rate_limited_ratio = 0.0
         kills, dropped, mail_kills = chaos.kills, proxy.dropped, chaos.mail_kills
         paid_at_heal = len(invoices) - _open_count(database_url)
 
@@ -493,7 +496,7 @@ def test_chaos_every_invoice_is_paid_exactly_once(
             ) from None
         delivered_after_heal = time.monotonic() - heal
     finally:
-        proxy.drop_ratio = 0.0
+        proxy.drop_ratio = proxy.rate_limited_ratio = 0.0
     assert kills >= 5 and dropped >= 1 and chaos.flushed
     # A mail worker killed between the server's "250" and our commit may send one message
     # again (SMTP has no idempotency): at most one duplicate per kill, same Message-ID.
@@ -510,7 +513,8 @@ def test_chaos_every_invoice_is_paid_exactly_once(
     print(
         f"chaos: {len(invoices)} invoices created in {created_after:.0f} s under faults; "
         f"fault window {chaos.window:.0f} s: {kills} worker kills, {dropped} answers dropped, "
-        f"{len(chaos.doubled)} tasks doubled, broker flushed once; "
+        f"{len(chaos.doubled)} tasks doubled, {proxy.rate_limited} answered 429, "
+        f"broker flushed once; "
         f"{paid_at_heal} paid by the heal; all paid {paid_after_heal:.0f} s and all PDFs and "
         f"emails delivered {delivered_after_heal:.0f} s after the heal (bound {HEAL_BOUND:.0f} s); "
         f"{sum(len(v) for v in grouped.values())} PaymentIntents in all, "
