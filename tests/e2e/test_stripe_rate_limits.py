@@ -63,7 +63,7 @@ def limited_stack(
 
 def _admin(stack: Stack) -> requests.Session:
     output = subprocess.run(
-        [str(script_path("billing")), "api-keys", "create", "--name", "rate-limits"],
+        [str(script_path("billing")), "api-keys", "create", "--admin", "--name", "rate-limits"],
         env=stack.env,
         check=True,
         capture_output=True,
