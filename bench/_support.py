@@ -74,3 +74,26 @@ class NoBroker:
 
     def ping(self) -> None:
         return None
+
+
+def run_e2e_test(root: Path, test_file: str, env: dict[str, str]) -> tuple[int, str, float]:
+    """Run one end-to-end test file as `make test` would, with `env` on top of this
+    process's; returns its exit code, the line it printed that starts with the file's
+    summary prefix (or the tail of its output), and the wall time."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", test_file],
+        cwd=root,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - started
+    summary = re.search(r"^(chaos|rate limits): .*$", result.stdout, re.MULTILINE)
+    return result.returncode, summary.group(0) if summary else result.stdout[-3000:], elapsed

@@ -18,14 +18,14 @@ seconds from the heal until every invoice was paid and every PDF and email deliv
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._support import run_e2e_test  # noqa: E402
 
 
 def main() -> int:
@@ -37,23 +37,10 @@ def main() -> int:
         "--429-share", dest="share_429", type=float, default=0.0, help="of Stripe requests"
     )
     args = parser.parse_args()
-    started = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-s",
-            "-p",
-            "no:cacheprovider",
-            "tests/e2e/test_charging_under_faults.py",
-            "-k",
-            "chaos",
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
+    returncode, summary, elapsed = run_e2e_test(
+        ROOT,
+        "tests/e2e/test_charging_under_faults.py::test_chaos_every_invoice_is_paid_exactly_once",
+        {
             "BILLING_CHAOS_INVOICES": str(args.invoices),
             "BILLING_CHAOS_KILL_EVERY": str(args.kill_every),
             "BILLING_CHAOS_FAULT_SECONDS": str(args.fault_seconds),
@@ -61,20 +48,16 @@ def main() -> int:
             # Measured here, not asserted: a run this size takes what it takes.
             "BILLING_CHAOS_HEAL_BOUND": "7200",
         },
-        capture_output=True,
-        text=True,
     )
-    elapsed = time.perf_counter() - started
-    summary = re.search(r"chaos: .*", result.stdout)
-    print(summary.group(0) if summary else result.stdout[-3000:])
+    print(summary)
     print(f"wall time: {elapsed:.0f} s")
-    charged_once = args.invoices if result.returncode == 0 else 0
-    settled = re.search(r"delivered (\d+) s after the heal", summary.group(0) if summary else "")
+    charged_once = args.invoices if returncode == 0 else 0
+    settled = re.search(r"delivered (\d+) s after the heal", summary)
     print(
         f"invoices charged exactly once / invoices: {charged_once / args.invoices:.2f}; "
         f"settled {settled.group(1) if settled else '?'} s after healing"
     )
-    return result.returncode
+    return returncode
 
 
 if __name__ == "__main__":

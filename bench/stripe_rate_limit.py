@@ -13,14 +13,15 @@ pace).
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._support import run_e2e_test  # noqa: E402
+
 CAP, PACE = 25, 20  # as in the test
 
 
@@ -28,32 +29,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--subscriptions", type=int, default=5_000)
     args = parser.parse_args()
-    started = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-s",
-            "-p",
-            "no:cacheprovider",
-            "tests/e2e/test_stripe_rate_limits.py",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "BILLING_RATE_LIMIT_SUBSCRIPTIONS": str(args.subscriptions)},
-        capture_output=True,
-        text=True,
+    returncode, summary, elapsed = run_e2e_test(
+        ROOT,
+        "tests/e2e/test_stripe_rate_limits.py",
+        {"BILLING_RATE_LIMIT_SUBSCRIPTIONS": str(args.subscriptions)},
     )
-    elapsed = time.perf_counter() - started
-    summary = re.search(r"rate limits: .*", result.stdout)
-    print(summary.group(0) if summary else result.stdout[-3000:])
-    print(f"wall time: {elapsed:.0f} s (exit {result.returncode})")
-    busiest = re.search(r"at most (\d+) in one second", summary.group(0) if summary else "")
-    took = re.search(r"charged once in (\d+) s", summary.group(0) if summary else "")
-    if result.returncode or not busiest or not took:
+    print(summary)
+    print(f"wall time: {elapsed:.0f} s (exit {returncode})")
+    busiest = re.search(r"at most (\d+) in one second", summary)
+    took = re.search(r"charged once in (\d+) s", summary)
+    if returncode or not busiest or not took:
         print("busiest second / cap: failed")
-        return result.returncode or 1
+        return returncode or 1
     floor = args.subscriptions / PACE
     print(
         f"busiest second / cap: {int(busiest.group(1)) / CAP:.2f}; "

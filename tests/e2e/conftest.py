@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from sqlalchemy import create_engine, text
 from devstack.commands import QUEUES, beat_command, web_command, worker_command
 from devstack.servers import LocalStripe, free_port, script_path
 from devstack.smtp import SmtpSink
-from tests.conftest import STATE, TABLES
+from tests.conftest import CARD_OK, STATE, TABLES
 
 LOGS = STATE / "e2e"
 # Sweeps every second, so that a lost job is found again as soon as that is knowable; the
@@ -166,18 +167,49 @@ def stack(
         stack.stop_all()
 
 
-@pytest.fixture(scope="module")
-def admin_key(stack: Stack) -> str:
+def create_admin_key(stack: Stack, name: str) -> str:
+    """An admin key made as an operator makes one, with the `billing` command."""
     output = subprocess.run(
-        [str(script_path("billing")), "api-keys", "create", "--admin", "--name", "e2e-admin"],
+        [str(script_path("billing")), "api-keys", "create", "--admin", "--name", name],
         env=stack.env,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    import json
-
     return str(json.loads(output.strip().splitlines()[-1])["secret"])
+
+
+def paying_customer(stack: Stack, api: requests.Session, emulator: Any) -> dict[str, Any]:
+    """A customer synced to Stripe with a working card as its default payment method."""
+    customer = api.post(
+        f"{stack.url}/v1/customers",
+        json={"name": "Acme", "email": "billing@acme.example", "currency": "eur"},
+        timeout=30,
+    ).json()
+    wait_for(
+        lambda: api.get(f"{stack.url}/v1/customers/{customer['id']}", timeout=10).json()[
+            "stripe_customer_id"
+        ],
+        timeout=60,
+    )
+    pm = emulator.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": CARD_OK, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    response = api.post(
+        f"{stack.url}/v1/customers/{customer['id']}/payment_method",
+        json={"payment_method": pm.id},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def admin_key(stack: Stack) -> str:
+    return create_admin_key(stack, "e2e-admin")
 
 
 @pytest.fixture(scope="module")

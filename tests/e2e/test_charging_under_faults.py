@@ -27,8 +27,14 @@ from billing.services.charges import RECONCILE_AFTER
 from billing.services.outbox import LIVENESS_WINDOW, SENT_GRACE
 from devstack.servers import LocalStripe
 from devstack.smtp import SmtpSink
-from tests.conftest import CARD_OK
-from tests.e2e.conftest import Stack, retrying_client, start_stack, wait_for
+from tests.e2e.conftest import (
+    Stack,
+    create_admin_key,
+    paying_customer,
+    retrying_client,
+    start_stack,
+    wait_for,
+)
 from tests.support.stripe_proxy import StripeProxy
 from workers.runner import BACKOFF_MAX_SECONDS
 
@@ -101,19 +107,7 @@ def faulty_stack(
 
 @pytest.fixture(scope="module")
 def api(faulty_stack: Stack) -> requests.Session:
-    import json
-    import subprocess
-
-    from devstack.servers import script_path
-
-    output = subprocess.run(
-        [str(script_path("billing")), "api-keys", "create", "--admin", "--name", "faults"],
-        env=faulty_stack.env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return retrying_client(json.loads(output)["secret"])
+    return retrying_client(create_admin_key(faulty_stack, "faults"))
 
 
 @pytest.fixture(scope="module")
@@ -121,33 +115,6 @@ def emulator(localstripe: LocalStripe) -> Any:
     return stripe.StripeClient(
         "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
     )
-
-
-def _paying_customer(stack: Stack, api: requests.Session, emulator: Any) -> dict[str, Any]:
-    customer = api.post(
-        f"{stack.url}/v1/customers",
-        json={"name": "Acme", "email": "billing@acme.example", "currency": "eur"},
-        timeout=10,
-    ).json()
-    wait_for(
-        lambda: api.get(f"{stack.url}/v1/customers/{customer['id']}", timeout=10).json()[
-            "stripe_customer_id"
-        ],
-        timeout=60,
-    )
-    pm = emulator.v1.payment_methods.create(
-        params={
-            "type": "card",
-            "card": {"number": CARD_OK, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
-        }
-    )
-    response = api.post(
-        f"{stack.url}/v1/customers/{customer['id']}/payment_method",
-        json={"payment_method": pm.id},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
 
 
 def _invoice(
@@ -200,7 +167,7 @@ def _status(stack, api, invoice_id):
 
 def test_fifty_parallel_pay_requests_make_one_payment(faulty_stack, api, emulator):
     stack = faulty_stack
-    customer = _paying_customer(stack, api, emulator)
+    customer = paying_customer(stack, api, emulator)
     invoice = _invoice(stack, api, customer, collection="send_invoice", amount=2500)
     shared_key = f"pay-{uuid.uuid4().hex}"
 
@@ -225,7 +192,7 @@ def test_fifty_parallel_pay_requests_make_one_payment(faulty_stack, api, emulato
 
 def test_a_worker_killed_while_charging_leaves_one_payment(faulty_stack, api, emulator, proxy):
     stack = faulty_stack
-    customer = _paying_customer(stack, api, emulator)
+    customer = paying_customer(stack, api, emulator)
     proxy.delay_seconds = 2.0  # Stripe acts, then its answer takes a while
     try:
         invoice = _invoice(stack, api, customer)
@@ -435,7 +402,7 @@ def test_chaos_every_invoice_is_paid_exactly_once(
     HEAL_BOUND. bench/chaos.py runs the same test longer and bigger, and prints how long
     everything took to settle during and after the faults."""
     stack = faulty_stack
-    customers = [_paying_customer(stack, api, emulator) for _ in range(4)]
+    customers = [paying_customer(stack, api, emulator) for _ in range(4)]
     proxy.drop_ratio = 0.10  # one create in ten: Stripe acts, the answer is lost
     proxy.rate_limited_ratio = CHAOS_429_SHARE
     try:

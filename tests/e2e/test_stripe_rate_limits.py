@@ -7,23 +7,25 @@ bench/stripe_rate_limit.py runs the same test with 5,000 subscriptions."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import requests
 import stripe
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from devstack.servers import LocalStripe, script_path
+from devstack.servers import LocalStripe
 from devstack.smtp import SmtpSink
-from tests.conftest import CARD_OK
-from tests.e2e.conftest import Stack, retrying_client, start_stack, wait_for
+from tests.e2e.conftest import (
+    Stack,
+    create_admin_key,
+    paying_customer,
+    retrying_client,
+    start_stack,
+    wait_for,
+)
 from tests.support.stripe_proxy import StripeProxy
 
 pytestmark = pytest.mark.e2e
@@ -59,44 +61,6 @@ def limited_stack(
         yield stack
     finally:
         stack.stop_all()
-
-
-def _admin(stack: Stack) -> requests.Session:
-    output = subprocess.run(
-        [str(script_path("billing")), "api-keys", "create", "--admin", "--name", "rate-limits"],
-        env=stack.env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return retrying_client(json.loads(output.strip().splitlines()[-1])["secret"])
-
-
-def _paying_customer(stack: Stack, api: requests.Session, emulator: Any) -> str:
-    customer = api.post(
-        f"{stack.url}/v1/customers",
-        json={"name": "Acme", "email": "billing@acme.example", "currency": "eur"},
-        timeout=30,
-    ).json()
-    wait_for(
-        lambda: api.get(f"{stack.url}/v1/customers/{customer['id']}", timeout=10).json()[
-            "stripe_customer_id"
-        ],
-        timeout=60,
-    )
-    pm = emulator.v1.payment_methods.create(
-        params={
-            "type": "card",
-            "card": {"number": CARD_OK, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
-        }
-    )
-    response = api.post(
-        f"{stack.url}/v1/customers/{customer['id']}/payment_method",
-        json={"payment_method": pm.id},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    return str(customer["id"])
 
 
 def _seed_due_subscriptions(database_url: str, customer_ids: list[str], count: int) -> None:
@@ -159,8 +123,8 @@ def test_a_billing_run_under_stripes_rate_limit_charges_every_invoice_once(
     emulator = stripe.StripeClient(
         "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
     )
-    api = _admin(stack)
-    customers = [_paying_customer(stack, api, emulator) for _ in range(3)]
+    api = retrying_client(create_admin_key(stack, "rate-limits"))
+    customers = [paying_customer(stack, api, emulator)["id"] for _ in range(3)]
     _seed_due_subscriptions(database_url, customers, SUBSCRIPTIONS)
 
     proxy.arrived_at.clear()
