@@ -19,14 +19,22 @@ def _ahead_of_jobs(*, expires: float) -> dict[str, Any]:
     return {"expires": expires, "priority": jobs.MAINTENANCE_PRIORITY}
 
 
+# Seconds a sweep may wait for a worker thread before a later one supersedes it.
+SWEEP_EXPIRES_AT_LEAST = 15.0
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     sweep_every = timedelta(seconds=settings.outbox_sweep_interval_seconds)
     return {
         "sweep-outbox": {
             "task": jobs.SWEEP_OUTBOX,
             "schedule": sweep_every,
-            # A sweep that waited longer than its interval is superseded by the next one.
-            "options": _ahead_of_jobs(expires=sweep_every.total_seconds()),
+            # A sweep that waited long is superseded by a later one, but not after a single
+            # interval: with every worker thread busy (a backlog, workers restarting) a
+            # sweep expiring that soon never runs, and lost jobs are never found.
+            "options": _ahead_of_jobs(
+                expires=max(SWEEP_EXPIRES_AT_LEAST, 3 * sweep_every.total_seconds())
+            ),
         },
         # Every quarter minute: an attempt whose job gave up waits at most this long past
         # charges.RECONCILE_AFTER; a pass with nothing to do is one indexed query.

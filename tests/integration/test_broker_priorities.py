@@ -6,6 +6,7 @@ from kombu import Queue
 from billing import jobs
 from billing.adapters.broker import inspect_queues
 from billing.adapters.task_queue import CeleryJobPublisher
+from billing.config import Settings
 from workers.schedule import beat_schedule
 
 
@@ -39,3 +40,9 @@ def test_a_beat_task_is_taken_before_the_jobs_already_waiting(app, celery_app, r
 def test_every_scheduled_task_goes_ahead_of_recorded_jobs(app):
     for name, entry in beat_schedule(app.config["BILLING_SETTINGS"]).items():
         assert entry["options"]["priority"] < jobs.JOB_PRIORITY, name
+
+
+def test_a_sweep_every_second_still_waits_for_a_busy_worker_before_it_expires():
+    settings = Settings.from_env({"OUTBOX_SWEEP_INTERVAL_SECONDS": "1"})
+    sweep = beat_schedule(settings)["sweep-outbox"]
+    assert sweep["options"]["expires"] >= 15
