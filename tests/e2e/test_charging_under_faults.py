@@ -23,6 +23,7 @@ import stripe
 from celery import Celery
 from sqlalchemy import create_engine, text
 
+from billing.jobs import JOB_PRIORITY
 from billing.services.charges import RECONCILE_AFTER
 from billing.services.outbox import LIVENESS_WINDOW, SENT_GRACE
 from devstack.servers import LocalStripe
@@ -315,7 +316,12 @@ class Chaos:
                 ).all()
             for job_id, name, queue in rows:
                 if job_id not in self.doubled:
-                    self.producer.send_task(name, kwargs={"job_id": job_id}, queue=queue)
+                    # At the jobs' own priority, as a redelivered message keeps it: sent
+                    # without one, thousands of copies would sit in the maintenance list
+                    # in front of beat's sweeps and make them expire unrun.
+                    self.producer.send_task(
+                        name, kwargs={"job_id": job_id}, queue=queue, priority=JOB_PRIORITY
+                    )
                     self.doubled.add(job_id)
 
 
