@@ -272,7 +272,7 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
         found=len(rows),
         lost_messages=len(set(evidence.lost) & published),
         due=states.count("pending"),
-        dead_workers=evidence.dead_worker_jobs(rows, published),
+        running_resent=sum(1 for r in rows if r.state == "running" and r.id in published),
     )
     return len(published)
 
@@ -286,9 +286,6 @@ class _BrokerEvidence:
     lost: tuple[str, ...] = ()
     queued: tuple[str, ...] = ()
     live_workers: LiveWorkers | None = None
-
-    def dead_worker_jobs(self, rows: Sequence[Any], published: set[str]) -> int:
-        return sum(1 for r in rows if r.state == "running" and r.id in published)
 
 
 def _broker_evidence(session: Session) -> _BrokerEvidence:

@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 import redis
 import requests
+import stripe
 from sqlalchemy import create_engine, text
 
 from devstack.commands import QUEUES, beat_command, web_command, worker_command
 from devstack.servers import LocalStripe, free_port, script_path
 from devstack.smtp import SmtpSink
 from tests.conftest import CARD_OK, STATE, TABLES
+from tests.support.stripe_proxy import StripeProxy
 
 LOGS = STATE / "e2e"
 # Sweeps every second, so that a lost job is found again as soon as that is knowable; the
@@ -165,6 +167,24 @@ def stack(
         yield stack
     finally:
         stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def proxy(localstripe: LocalStripe) -> Iterator[StripeProxy]:
+    """A proxy in front of an emptied emulator, for a module whose stack talks to Stripe
+    through it (to lose, delay or refuse Stripe's answers)."""
+    localstripe.reset()
+    proxy = StripeProxy(localstripe.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def emulator(localstripe: LocalStripe) -> Any:
+    """The emulator itself, asked directly: the independent truth of what was charged."""
+    return stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
 
 
 def create_admin_key(stack: Stack, name: str) -> str:

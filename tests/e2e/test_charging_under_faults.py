@@ -19,14 +19,12 @@ from typing import Any
 
 import pytest
 import requests
-import stripe
 from celery import Celery
 from sqlalchemy import create_engine, text
 
 from billing.jobs import JOB_PRIORITY
 from billing.services.charges import RECONCILE_AFTER
 from billing.services.outbox import LIVENESS_WINDOW, SENT_GRACE
-from devstack.servers import LocalStripe
 from devstack.smtp import SmtpSink
 from tests.e2e.conftest import (
     Stack,
@@ -76,14 +74,6 @@ HEAL_BOUND = float(os.environ.get("BILLING_CHAOS_HEAL_BOUND", "0")) or heal_boun
 
 
 @pytest.fixture(scope="module")
-def proxy(localstripe: LocalStripe) -> Iterator[StripeProxy]:
-    localstripe.reset()
-    proxy = StripeProxy(localstripe.url).start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture(scope="module")
 def faulty_stack(
     database_url: str, redis_url: str, proxy: StripeProxy, smtp_server: SmtpSink
 ) -> Iterator[Stack]:
@@ -109,13 +99,6 @@ def faulty_stack(
 @pytest.fixture(scope="module")
 def api(faulty_stack: Stack) -> requests.Session:
     return retrying_client(create_admin_key(faulty_stack, "faults"))
-
-
-@pytest.fixture(scope="module")
-def emulator(localstripe: LocalStripe) -> Any:
-    return stripe.StripeClient(
-        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
-    )
 
 
 def _invoice(

@@ -12,11 +12,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import stripe
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from devstack.servers import LocalStripe
 from devstack.smtp import SmtpSink
 from tests.e2e.conftest import (
     Stack,
@@ -34,14 +32,6 @@ SUBSCRIPTIONS = int(os.environ.get("BILLING_RATE_LIMIT_SUBSCRIPTIONS", "300"))
 # Stripe's test mode allows about 25 operations a second; the service paces itself at 20.
 STRIPE_CAP = 25
 PACE = 20
-
-
-@pytest.fixture(scope="module")
-def proxy(localstripe: LocalStripe) -> Iterator[StripeProxy]:
-    localstripe.reset()
-    proxy = StripeProxy(localstripe.url).start()
-    yield proxy
-    proxy.stop()
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +107,9 @@ def _run_counts(database_url: str) -> dict[str, int]:
 
 
 def test_a_billing_run_under_stripes_rate_limit_charges_every_invoice_once(
-    limited_stack, proxy, localstripe, database_url
+    limited_stack, proxy, emulator, database_url
 ):
     stack = limited_stack
-    emulator = stripe.StripeClient(
-        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
-    )
     api = retrying_client(create_admin_key(stack, "rate-limits"))
     customers = [paying_customer(stack, api, emulator)["id"] for _ in range(3)]
     _seed_due_subscriptions(database_url, customers, SUBSCRIPTIONS)
