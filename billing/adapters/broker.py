@@ -25,6 +25,9 @@ import redis
 
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
+SCAN_REST_KEY = "billing:broker:scan-rest"
+SCAN_REST_FROM_SECONDS = 0.05
+SCAN_REST_FACTOR = 9
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,25 @@ class BrokerView:
         # Short timeouts: the sweeper falls back to leases when Redis does not answer.
         self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
 
-    def queued_job_ids(self, queues: Iterable[str]) -> set[str]:
-        """The ids of the outbox jobs whose message waits in one of these queues."""
+    def queued_job_ids(self, queues: Iterable[str]) -> set[str] | None:
+        """The ids of the outbox jobs whose message waits in one of these queues, or None
+        while the last scan's rest lasts.
+
+        A scan reads every message of the queues: with a backlog of thousands it takes a
+        good part of a second of Redis and of a billing thread. So a scan that took long
+        rests the next ones for SCAN_REST_FACTOR times its length (kept in Redis, as sweeps
+        run on any worker), and scanning never costs more than a small share of the time
+        however long the queues grow. Short queues are scanned every sweep."""
+        if self._redis.exists(SCAN_REST_KEY):
+            return None
+        started = time.monotonic()
+        found = self._scan(queues)
+        took = time.monotonic() - started
+        if took >= SCAN_REST_FROM_SECONDS:
+            self._redis.set(SCAN_REST_KEY, 1, px=max(1, int(took * SCAN_REST_FACTOR * 1000)))
+        return found
+
+    def _scan(self, queues: Iterable[str]) -> set[str]:
         pipe = self._redis.pipeline(transaction=False)
         for queue in queues:
             for key in queue_keys(queue):

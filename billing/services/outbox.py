@@ -299,13 +299,17 @@ def _broker_evidence(session: Session) -> _BrokerEvidence:
     session.commit()
     broker = context.broker_view()
     try:
-        queued: set[str] = set()
+        queued: set[str] | None = set()
         if sent:
             queued = broker.queued_job_ids({row.queue for row in sent})
         live = broker.live_workers(LIVENESS_WINDOW.total_seconds())
     except Exception as exc:  # noqa: BLE001 - without the broker's word, leases decide
         log.warning("outbox.broker_unreadable", error=str(exc))
         return _BrokerEvidence()
+    if queued is None:
+        # The queues were not read this sweep: no sent job is taken for lost, and none is
+        # resent for its lease alone, until the next scan says where each one is.
+        return _BrokerEvidence(True, (), tuple(row.id for row in sent), live)
     lost = tuple(row.id for row in sent if row.id not in queued)
     return _BrokerEvidence(True, lost, tuple(queued), live)
 

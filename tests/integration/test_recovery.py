@@ -72,6 +72,26 @@ def test_a_job_whose_message_the_broker_lost_is_sent_again_once_past_the_grace(
     assert outbox.sweep() == 0  # found in its queue again
 
 
+def test_after_a_long_scan_of_the_queues_the_next_sweeps_rest_and_take_nothing_for_lost(
+    make_customer, redis_client, monkeypatch
+):
+    from billing.adapters import broker
+
+    monkeypatch.setattr(broker, "SCAN_REST_FROM_SECONDS", 0.0)  # every scan counts as long
+    monkeypatch.setattr(broker, "SCAN_REST_FACTOR", 1_000_000)
+    job_id = make_customer()["sync_job"]
+    _sent_ago(job_id, SENT_GRACE.total_seconds() + 1)
+    assert outbox.sweep() == 0  # scanned: the message waits in its queue
+    assert redis_client.pttl(broker.SCAN_REST_KEY) > 0
+    redis_client.delete(*broker.queue_keys("billing"))  # now the broker loses it
+    db.session.execute(update(OutboxJob).values(lease_expires_at=func.now() - timedelta(seconds=1)))
+    db.session.commit()
+    assert outbox.sweep() == 0  # resting: neither lost nor expired while unread
+    redis_client.delete(broker.SCAN_REST_KEY)
+    assert outbox.sweep() == 1  # the next scan finds it gone
+    assert _job(job_id).state == "sent"
+
+
 def test_a_running_job_whose_worker_stopped_beating_is_sent_again_and_its_old_run_fenced(
     app, make_customer, redis_client
 ):
