@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, insert, or_, select, update
+from sqlalchemy import exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -45,11 +45,9 @@ from billing.models import (
     ChargeAttempt,
     Customer,
     Invoice,
-    LedgerEntry,
     OutboxJob,
 )
 from billing.services import (
-    charge_statements,
     context,
     delinquency,
     documents,
@@ -64,16 +62,12 @@ from billing.services.outbox import (
     has_unfinished_job,
     record_job,
     record_jobs,
-    relay_jobs,
-    running_job_succeeded,
-    single_statements,
 )
-from billing.services.outbox import lease as outbox_lease
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
 
-LEDGER_SCOPE = charge_statements.LEDGER_SCOPE
+LEDGER_SCOPE = "stripe.payment_intent"
 # An attempt unknown or started this long ago, with no job left to finish it (its job gave
 # up, say, after runs killed one after another), is picked up by the reconciliation
 # sweep: soon, since an unknown charge must settle by itself once faults stop.
@@ -82,7 +76,7 @@ RECONCILE_AFTER = timedelta(seconds=30)
 # lost), and given up after the deadline (Stripe's own links last about a day).
 AUTHENTICATION_POLL = timedelta(minutes=10)
 AUTHENTICATION_DEADLINE = timedelta(hours=23)
-PAYABLE = charge_statements.PAYABLE
+PAYABLE = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
 FINAL = ("succeeded", "failed", "canceled")
 AMOUNT_MISMATCH = "amount_mismatch"
 
@@ -288,30 +282,6 @@ class _Prepared:
     ledger_key: str
     invoice_id: str
     known_intent: str | None
-    # Set when the attempt was taken by the prebuilt statement: its success may then be
-    # recorded by the prebuilt statement too.
-    taken: charge_statements.Taken | None = None
-
-
-def _take(attempt_id: str) -> _Prepared | None:
-    """Phase 1 for the plain case (a pending attempt, first claimed now) in one statement;
-    None leaves every other case to `_prepare`."""
-    with single_statements() as connection:
-        taken = charge_statements.take(connection, attempt_id, context.stripe_call_lease())
-    if taken is None:
-        return None
-    return _Prepared(
-        claimed=ClaimResult(Claim.NEW, taken.entry_id, 1, "started"),
-        stripe_customer_id=taken.stripe_customer_id,
-        payment_method=taken.payment_method,
-        may_create=True,
-        amount=taken.amount,
-        currency=taken.currency,
-        ledger_key=taken.ledger_key,
-        invoice_id=taken.invoice_id,
-        known_intent=None,
-        taken=taken,
-    )
 
 
 def _locked(session: Session, attempt_id: str) -> tuple[ChargeAttempt, Invoice, Customer] | None:
@@ -375,7 +345,7 @@ def _prepare(attempt_id: str) -> _Prepared | str:
 def execute_charge(attempt_id: str) -> str:
     """The `billing.charge_invoice` job. Returns the attempt's status afterwards."""
     # Committed either way: nothing is held open across the network.
-    prepared = _take(attempt_id) or _prepare(attempt_id)
+    prepared = _prepare(attempt_id)
     if prepared == "requires_action":
         return _follow_up_authentication(attempt_id)
     if isinstance(prepared, str):
@@ -443,14 +413,11 @@ def _record_answer(
     attempt_id: str, claimed: ClaimResult, prepared: _Prepared, intent: PaymentIntentResult
 ) -> str:
     """Phase 3: what Stripe answered about this attempt (the intent created, or the one found
-    when reconciling) becomes its outcome, by the prebuilt statement or the ORM phase. Both
-    record only a PaymentIntent for the attempt's own amount and currency."""
+    when reconciling) becomes its outcome. Only a PaymentIntent for the attempt's own amount
+    and currency is recorded as what it says."""
     mismatch = amount_mismatch(prepared.amount, prepared.currency, intent)
     if mismatch is not None:
         return _record_mismatch(attempt_id, claimed, intent, mismatch, prepared.ledger_key)
-    if prepared.taken is not None and intent.status == "succeeded" and intent.id:
-        if _record_success_at_once(attempt_id, prepared.taken, intent.id, prepared.amount):
-            return "succeeded"
     return _record_intent(attempt_id, claimed, intent)
 
 
@@ -515,46 +482,6 @@ def _record_mismatch(
         # Not a payment yet: make sure it never becomes one.
         _cancel_leftover_intent(ledger_key, intent.id)
     return status
-
-
-def _record_success_at_once(
-    attempt_id: str, taken: charge_statements.Taken, intent_id: str, amount: int
-) -> bool:
-    """Phase 3 for a plain success, in one statement (as `_record` with `_apply_success`
-    and `_notify` would write it); False when it recorded nothing and `_record` must.
-
-    The receipt goes to the addresses the customer had when the attempt was taken, a moment
-    ago: `_record` reads them again at this point, this path does not."""
-    request_id = context.current_request_id()
-    receipts = [
-        {**delivery, "job_id": new_id("job")}
-        for delivery in emails.new_deliveries(
-            charge_statements.RECEIPT,
-            taken.invoice_id,
-            attempt_id,
-            emails.recipients(taken.email, taken.billing_emails),
-        )
-    ]
-    with single_statements() as connection:
-        recorded = charge_statements.record_success(
-            connection,
-            attempt_id,
-            taken,
-            intent_id,
-            amount,
-            receipts=receipts,
-            render_job_id=new_id("job"),
-            request_id=request_id,
-            job_lease=outbox_lease(),
-        )
-    if recorded is None:
-        return False
-    running_job_succeeded()
-    CHARGES.labels(outcome="succeeded").inc()
-    log.info("invoice.paid", invoice_id=taken.invoice_id, amount=amount)
-    log.info("charge.recorded", attempt_id=attempt_id, status="succeeded")
-    relay_jobs([(job_id, name, request_id) for job_id, name in recorded.jobs])
-    return True
 
 
 def _cancel_leftover_intent(ledger_key: str, intent_id: str | None) -> None:
@@ -630,40 +557,54 @@ def _record_unknown(attempt_id: str, claimed: ClaimResult, error: str) -> None:
     log.warning("charge.outcome_unknown", attempt_id=attempt_id, error=error[:300])
 
 
-def _record_failure(
-    attempt_id: str, claimed: ClaimResult, code: str, message: str, intent_id: str | None
-) -> str:
-    def apply(attempt: ChargeAttempt, invoice: Invoice) -> None:
+def _failed(code: str, message: str, intent_id: str | None) -> Apply:
+    def failed(attempt: ChargeAttempt, invoice: Invoice) -> None:
         attempt.decline_code = code
         attempt.failure_message = message
         attempt.stripe_payment_intent_id = intent_id or attempt.stripe_payment_intent_id
         _finish_attempt(attempt, "failed")
 
-    return _record(attempt_id, claimed, "failed", apply)
+    return failed
+
+
+def _record_failure(
+    attempt_id: str, claimed: ClaimResult, code: str, message: str, intent_id: str | None
+) -> str:
+    return _record(attempt_id, claimed, "failed", _failed(code, message, intent_id))
+
+
+def _needs_action(intent: PaymentIntentResult) -> Apply:
+    def needs_action(attempt: ChargeAttempt, invoice: Invoice) -> None:
+        attempt.stripe_payment_intent_id = intent.id
+        attempt.next_action = intent.next_action
+        attempt.client_secret = intent.client_secret
+        attempt.failure_message = "The customer must authenticate this payment."
+        _finish_attempt(attempt, "requires_action")
+
+    return needs_action
+
+
+def _outcome(intent: PaymentIntentResult) -> tuple[str, Apply] | None:
+    """What Stripe's word on an attempt's PaymentIntent makes of the attempt, for the charge
+    job and the webhook alike: its new status and the change that records it; None while
+    the intent is not final (processing, requires_confirmation...)."""
+    if intent.status == "succeeded":
+        return "succeeded", _apply_success(intent)
+    if intent.status == "requires_action":
+        return "requires_action", _needs_action(intent)
+    if intent.status in ("requires_payment_method", "canceled"):
+        code = intent.decline_code or intent.status
+        message = intent.failure_message or f"the payment ended {intent.status}"
+        return "failed", _failed(code, message, intent.id)
+    return None
 
 
 def _record_intent(attempt_id: str, claimed: ClaimResult, intent: PaymentIntentResult) -> str:
-    if intent.status == "succeeded":
-        return _record(attempt_id, claimed, "succeeded", _apply_success(intent))
-    if intent.status == "requires_action":
-
-        def needs_action(attempt: ChargeAttempt, invoice: Invoice) -> None:
-            attempt.stripe_payment_intent_id = intent.id
-            attempt.next_action = intent.next_action
-            attempt.client_secret = intent.client_secret
-            attempt.failure_message = "The customer must authenticate this payment."
-            _finish_attempt(attempt, "requires_action")
-
-        return _record(attempt_id, claimed, "requires_action", needs_action)
-    if intent.status in ("requires_payment_method", "canceled"):
-        return _record_failure(
-            attempt_id,
-            claimed,
-            intent.decline_code or intent.status,
-            intent.failure_message or f"the payment ended {intent.status}",
-            intent.id,
-        )
-    # processing, requires_confirmation...: not final yet; ask again later.
+    outcome = _outcome(intent)
+    if outcome is not None:
+        status, apply = outcome
+        return _record(attempt_id, claimed, status, apply)
+    # Not final yet: ask again later.
     with transaction() as session:
         attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
         assert attempt is not None
@@ -723,27 +664,18 @@ def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: App
 
 # --- what Stripe tells us by webhook -------------------------------------------------------
 
-_EVENT_OUTCOME = {
-    "succeeded": "succeeded",
-    "requires_action": "requires_action",
-    "requires_payment_method": "failed",
-    "canceled": "failed",
-}
-
 
 def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> str:
     """Apply what Stripe says about an attempt's PaymentIntent (a webhook), through the same
-    ledger entry as the charge path, and never backwards: a succeeded attempt stays so, and
-    a failed one moves only if money did arrive after all.
-
-    The ledger entry's attempt counter is raised here, so a charge worker that still holds
-    the claim can no longer record its own (older) view afterwards; it finds the outcome
-    recorded when it runs again."""
-    outcome = _EVENT_OUTCOME.get(intent.status)
+    outcome as the charge job records and the same ledger entry (overruling whoever holds
+    it), and never backwards: a succeeded attempt stays so, and a failed one moves only if
+    money did arrive after all."""
+    found = _outcome(intent)
     with transaction() as session:
         attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
-        if attempt is None or outcome is None:
+        if attempt is None or found is None:
             return "ignored"
+        outcome, apply = found
         invoice = session.get(Invoice, attempt.invoice_id, with_for_update=True)
         assert invoice is not None
         current = attempt.status
@@ -768,32 +700,18 @@ def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> st
                 return "ignored"  # recorded already, by the charge job or an earlier event
             _mismatched(intent, mismatch, "webhook")(attempt, invoice)
             outcome = "failed"
-        elif outcome == "succeeded":
-            _apply_success(intent)(attempt, invoice)
-        elif outcome == "requires_action":
-            attempt.stripe_payment_intent_id = intent.id
-            attempt.next_action = intent.next_action
-            attempt.client_secret = intent.client_secret
-            _finish_attempt(attempt, "requires_action")
         else:
-            attempt.stripe_payment_intent_id = intent.id
-            attempt.decline_code = intent.decline_code or intent.status
-            attempt.failure_message = intent.failure_message or "the payment failed"
-            _finish_attempt(attempt, "failed")
-        session.execute(
-            update(LedgerEntry)
-            .where(LedgerEntry.scope == LEDGER_SCOPE, LedgerEntry.key == attempt.ledger_key)
-            .values(
-                state="failed" if outcome == "failed" else "succeeded",
-                attempt=LedgerEntry.attempt + 1,
-                locked_until=None,
-                outcome={
-                    "status": outcome,
-                    "payment_intent": intent.id,
-                    "via": "webhook",
-                    **({"reason": AMOUNT_MISMATCH} if mismatch is not None else {}),
-                },
-            )
+            apply(attempt, invoice)
+        ledger.overrule(
+            LEDGER_SCOPE,
+            attempt.ledger_key,
+            "failed" if outcome == "failed" else "succeeded",
+            {
+                "status": outcome,
+                "payment_intent": intent.id,
+                "via": "webhook",
+                **({"reason": AMOUNT_MISMATCH} if mismatch is not None else {}),
+            },
         )
     log.info("charge.updated_by_stripe", attempt_id=attempt_id, was=current, now=outcome)
     return AMOUNT_MISMATCH if mismatch is not None else outcome

@@ -262,6 +262,18 @@ def complete(
     _check_own_attempt(claimed, result)
 
 
+def overrule(scope: str, key: str, state: str, outcome: dict[str, Any]) -> None:
+    """Record an outcome learnt from outside the claim (Stripe's webhook) in the caller's
+    transaction, whoever holds the entry. Its attempt counter is raised, so a process that
+    still holds the claim can no longer record its own, older, view: it finds this outcome
+    when it runs again."""
+    db.session.execute(
+        update(LedgerEntry)
+        .where(LedgerEntry.scope == scope, LedgerEntry.key == key)
+        .values(state=state, attempt=LedgerEntry.attempt + 1, locked_until=None, outcome=outcome)
+    )
+
+
 def mark_unknown(
     claimed: ClaimResult, outcome: dict[str, Any] | None = None, *, commit: bool = True
 ) -> bool:
