@@ -132,41 +132,26 @@ def _latest_job_for(session: Session, attempt_id: str) -> str | None:
 
 
 def start_attempt(session: Session, invoice: Invoice, *, source: str) -> tuple[ChargeAttempt, str]:
-    """Record a new attempt and its job in the caller's transaction (invoice row locked).
-
-    Inserted at once, with its row read back, rather than added for the session's flush:
-    the unit of work's bookkeeping for one object cost a finalize request more CPU than
-    the insert itself."""
-    attempt_id = new_id("ca")
-    attempt = session.scalars(
-        insert(ChargeAttempt).returning(ChargeAttempt),
-        [
-            {
-                "id": attempt_id,
-                "invoice_id": invoice.id,
-                "ledger_key": f"charge:{attempt_id}",
-                "status": "pending",
-                "source": source,
-                "amount": invoice.amount_due,
-                "currency": invoice.currency,
-            }
-        ],
-    ).one()
+    """One invoice's `start_attempts` (row locked by the caller), with the attempt read
+    back and its job's id."""
+    [(attempt_id, job_id)] = start_attempts(
+        session, [(invoice.id, invoice.amount_due, invoice.currency)], source=source
+    ).values()
+    attempt = session.get(ChargeAttempt, attempt_id)
+    assert attempt is not None
     if "charge_attempts" in invoice.__dict__:
         # A loaded collection shows the new attempt without being read again (an
         # unloaded one is not loaded for this).
         set_committed_value(invoice, "charge_attempts", [*invoice.charge_attempts, attempt])
-    job_id = record_job(session, jobs.CHARGE_INVOICE, attempt_id=attempt_id)
-    log.info("charge.requested", invoice_id=invoice.id, attempt_id=attempt_id, source=source)
     return attempt, job_id
 
 
 def start_attempts(
     session: Session, dues: Sequence[tuple[str, int, str]], *, source: str
-) -> dict[str, str]:
-    """`start_attempt` for many invoices at once, each given as (id, amount due, currency)
-    and locked (or just created) by the caller, in two multi-row inserts. Returns each
-    invoice's new attempt id."""
+) -> dict[str, tuple[str, str]]:
+    """Record a new attempt and its job for each invoice, given as (id, amount due,
+    currency) and locked (or just created) by the caller, in the caller's transaction: two
+    multi-row inserts however many. Returns each invoice's (attempt id, job id)."""
     rows: list[dict[str, Any]] = []
     for invoice_id, amount, currency in dues:
         attempt_id = new_id("ca")
@@ -184,9 +169,19 @@ def start_attempts(
     if not rows:
         return {}
     session.execute(insert(ChargeAttempt.__table__), rows)
-    record_jobs(session, jobs.CHARGE_INVOICE, [{"attempt_id": row["id"]} for row in rows])
-    log.info("charge.requested", source=source, attempts=len(rows))
-    return {row["invoice_id"]: row["id"] for row in rows}
+    job_ids = record_jobs(session, jobs.CHARGE_INVOICE, [{"attempt_id": row["id"]} for row in rows])
+    if len(rows) == 1:
+        log.info(
+            "charge.requested",
+            invoice_id=rows[0]["invoice_id"],
+            attempt_id=rows[0]["id"],
+            source=source,
+        )
+    else:
+        log.info("charge.requested", source=source, attempts=len(rows))
+    return {
+        row["invoice_id"]: (row["id"], job_id) for row, job_id in zip(rows, job_ids, strict=True)
+    }
 
 
 def _refuse_past_daily_cap(session: Session, invoice_id: str, cap: int) -> None:

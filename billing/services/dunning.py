@@ -177,7 +177,7 @@ def _take_steps(invoice_ids: Sequence[str], today: date) -> Counter[str]:
             source="dunning",
         )
         for record, invoice in retries:
-            record["charge_attempt_id"] = attempts[invoice.id]
+            record["charge_attempt_id"] = attempts[invoice.id][0]
         emails.queue_emails(session, reminders)
         if records:
             session.execute(insert(DunningStepRecord.__table__), records)

@@ -20,7 +20,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    literal,
     or_,
     select,
     update,
@@ -58,80 +57,19 @@ LIVENESS_WINDOW = timedelta(seconds=10)
 
 
 def record_job(session: Session, name: str, **args: Any) -> str:
-    """Record a follow-up job in the caller's transaction; it is published after commit.
-    Returns its id.
-
-    It is recorded as already `sent`, with a full lease: publishing right after commit
-    almost always works, and writing "sent" afterwards would cost every request another
-    round trip and commit. A failed publish turns it back to `pending` below; a process
-    that dies between commit and publish leaves it to the sweeper once the lease ends."""
-    job_id = new_id("job")
-    request_id = context.current_request_id()
-    _RECORD_ONE.execute(
-        session.connection(),
-        {
-            "b_id": job_id,
-            "b_name": name,
-            "b_queue": queue_for(name),
-            "b_args": args,
-            "b_request_id": request_id,
-            "b_job_lease": lease(),
-        },
-    )
-    session.info.setdefault(RECORDED_JOBS, []).append((job_id, name, request_id))
+    """One job of `record_jobs`; returns its id."""
+    [job_id] = record_jobs(session, name, [args])
     return job_id
 
 
-RECORDED_JOB_COLUMNS = [
-    "id",
-    "name",
-    "queue",
-    "args",
-    "state",
-    "attempts",
-    "request_id",
-    "sent_at",
-    "lease_expires_at",
-]
-
-
-def recorded_job_values(job_id: Any, name: Any, queue: Any, args: Any) -> list[Any]:
-    """A job's row as record_job writes it (sent, with a full lease), as SQL expressions for
-    RECORDED_JOB_COLUMNS of an INSERT ... SELECT; parameters b_request_id and b_job_lease."""
-    return [
-        job_id,
-        name,
-        queue,
-        args,
-        literal("sent"),
-        literal(0),
-        bindparam("b_request_id", type_=String()),
-        func.now(),
-        func.now() + bindparam("b_job_lease", type_=Interval()),
-    ]
-
-
-# Built once: most requests and many jobs record one follow-up job, and building the insert
-# per call cost a finalize request more CPU than sending it.
-_RECORD_ONE = Prebuilt(
-    insert(OutboxJob.__table__).from_select(
-        RECORDED_JOB_COLUMNS,
-        select(
-            *recorded_job_values(
-                bindparam("b_id", type_=String()),
-                bindparam("b_name", type_=String()),
-                bindparam("b_queue", type_=String()),
-                bindparam("b_args", type_=OutboxJob.__table__.c.args.type),
-            )
-        ),
-        include_defaults=False,
-    )
-)
-
-
 def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, Any]]) -> list[str]:
-    """Many jobs of one name in the caller's transaction, as `record_job` records one, in
-    one multi-row insert: a batch run's page of work is a few statements, not hundreds."""
+    """Record follow-up jobs of one name in the caller's transaction, one multi-row insert
+    however many; they are published after commit. Returns their ids.
+
+    Each is recorded as already `sent`, with a full lease: publishing right after commit
+    almost always works, and writing "sent" afterwards would cost every request another
+    round trip and commit. A failed publish turns it back to `pending` (relay_recorded_jobs);
+    a process that dies between commit and publish leaves it to the sweeper."""
     if not args_of_each:
         return []
     queue = queue_for(name)
@@ -147,7 +85,6 @@ def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, An
         }
         for args in args_of_each
     ]
-    # Core, not ORM objects: one compiled statement sent as a multi-row VALUES.
     session.execute(
         insert(OutboxJob.__table__).values(
             sent_at=func.now(), lease_expires_at=func.now() + lease()
@@ -211,19 +148,6 @@ def relay_recorded_jobs(session: Session) -> None:
         session.commit()
     except Exception as exc:  # noqa: BLE001 - the sweeper publishes it after the lease anyway
         session.rollback()
-        log.warning("outbox.mark_pending_failed", job_ids=unpublished, error=str(exc))
-
-
-def relay_jobs(jobs: list[tuple[str, str, str | None]]) -> None:
-    """`relay_recorded_jobs` for jobs a single committed statement recorded, as record_job
-    records them (sent, with a full lease), outside any ORM transaction."""
-    unpublished = _unpublished(jobs)
-    if not unpublished:
-        return
-    try:
-        with single_statements() as connection:
-            connection.execute(_back_to_pending(unpublished))
-    except Exception as exc:  # noqa: BLE001 - the sweeper publishes it after the lease anyway
         log.warning("outbox.mark_pending_failed", job_ids=unpublished, error=str(exc))
 
 
