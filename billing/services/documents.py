@@ -25,7 +25,7 @@ from billing.metrics import PDF_RENDER_SECONDS
 from billing.models import Invoice, InvoiceDocument
 from billing.services import context, emails
 from billing.services.errors import Conflict, NotFound, PermanentJobError
-from billing.services.outbox import has_unfinished_job, record_job, record_jobs
+from billing.services.outbox import has_unfinished_job, record_jobs
 from billing.services.unit_of_work import transaction
 
 if TYPE_CHECKING:
@@ -47,11 +47,11 @@ class InvoiceNotFinalized(Conflict):
 
 def request_render(session: Session, invoice: Invoice) -> None:
     """Record a render of `invoice` in the caller's transaction (after its change)."""
-    record_job(session, jobs.RENDER_INVOICE_PDF, invoice_id=invoice.id)
+    request_renders(session, [invoice.id])
 
 
 def request_renders(session: Session, invoice_ids: Sequence[str]) -> None:
-    """`request_render` for many invoices, in one insert."""
+    """Record a render of each invoice in the caller's transaction, in one insert."""
     record_jobs(session, jobs.RENDER_INVOICE_PDF, [{"invoice_id": i} for i in invoice_ids])
 
 

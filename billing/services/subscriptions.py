@@ -10,6 +10,7 @@ and then find nothing due, and the key is the last wall behind it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -33,7 +34,7 @@ from billing.models import (
     SubscriptionAdjustment,
     SubscriptionPeriod,
 )
-from billing.services import charges, context, documents, invoices, locks
+from billing.services import invoices, locks
 from billing.services.customers import get_customer
 from billing.services.errors import Conflict, InvalidRequest, NotFound
 from billing.services.pagination import Page, paginate
@@ -169,7 +170,7 @@ def create_subscription(fields: SubscriptionFields) -> Subscription:
         )
         session.add(subscription)
         session.flush()
-        _invoice_period(session, subscription, first, adjustments=[])
+        _invoice_periods(session, [(subscription, first)], clock.now())
     log.info(
         "subscription.created",
         subscription_id=subscription.id,
@@ -214,69 +215,122 @@ def _period_metadata(subscription: Subscription, period: rules.Period) -> dict[s
     }
 
 
-def _invoice_period(
-    session: Session,
-    subscription: Subscription,
-    period: rules.Period,
-    adjustments: list[SubscriptionAdjustment],
-) -> Invoice:
-    """Invoice `period` in the caller's transaction: the period's line and every pending
-    adjustment, created and finalized through the invoice use cases (which record the
-    charge or the due date, the PDF and the emails), and the period's row that makes it
-    the only invoice of this period."""
-    price = subscription.price
-    lines = _period_lines(subscription, period, adjustments)
-    total = sum(line.quantity * line.unit_amount for line in lines)
-    carried: SubscriptionAdjustment | None = None
-    if total < 0:
-        # More credit than this period costs (a downgrade early in a period): the invoice
-        # comes to zero and the rest of the credit waits for the next one.
-        lines.append(
-            invoices.LineFields(
-                description="Credit carried forward to the next invoice",
-                quantity=1,
-                unit_amount=-total,
+def _invoice_periods(
+    session: Session, due: Sequence[tuple[Subscription, rules.Period]], now: datetime
+) -> list[str]:
+    """Invoice each subscription's `period` in the caller's transaction, for a new
+    subscription, one catching up, or a billing run's chunk alike: the period's line and
+    every pending adjustment (proration) on a new invoice, finalized with the others by
+    `invoices.finalize_many` (which records the charge or the due date, the PDF and the
+    emails), and the period's row that makes it the only invoice of this period. A credit
+    larger than the period's price brings the invoice to zero and waits, as an adjustment
+    of its own, for the next one. The subscriptions are row-locked by the caller (or just
+    created); each moves on to the period invoiced. Returns the invoices' ids, a table at
+    a time whatever their number."""
+    today = clock.today()
+    invoice_rows: list[dict[str, Any]] = []
+    line_rows: list[dict[str, Any]] = []
+    period_rows: list[dict[str, Any]] = []
+    carried_rows: list[dict[str, Any]] = []
+    for subscription, period in due:
+        currency = subscription.price.currency
+        lines = _period_lines(subscription, period)
+        step = charge_step(currency)
+        totals = invoice_rules.invoice_totals(
+            ((line.quantity, line.unit_amount, line.tax_rate) for line in lines), step=step
+        )
+        invoice_id = new_id("in")
+        if totals.total < 0:
+            lines.append(
+                invoices.LineFields(
+                    description="Credit carried forward to the next invoice",
+                    quantity=1,
+                    unit_amount=-totals.total,
+                )
             )
+            carried_rows.append(
+                {
+                    "id": new_id("adj"),
+                    "subscription_id": subscription.id,
+                    "description": "Credit carried forward from the previous invoice",
+                    "amount": totals.total,
+                    "currency": currency,
+                }
+            )
+            totals = invoice_rules.invoice_totals(
+                ((line.quantity, line.unit_amount, line.tax_rate) for line in lines), step=step
+            )
+        send_invoice = subscription.collection_method == CollectionMethod.SEND_INVOICE
+        days = subscription.days_until_due
+        invoice_rows.append(
+            {
+                "id": invoice_id,
+                "customer_id": subscription.customer_id,
+                "status": InvoiceStatus.DRAFT.value,
+                "currency": currency,
+                "collection_method": subscription.collection_method,
+                # Counted from the day the invoice is issued, on the service's clock.
+                "due_date": today + timedelta(days=days)
+                if send_invoice and days is not None
+                else None,
+                "description": _period_description(subscription, period),
+                "metadata": _period_metadata(subscription, period),
+                "subtotal": totals.subtotal,
+                "tax": totals.tax,
+                "total": totals.total,
+            }
         )
-        carried = SubscriptionAdjustment(
-            subscription_id=subscription.id,
-            description="Credit carried forward from the previous invoice",
-            amount=total,
-            currency=price.currency,
+        for line in lines:
+            amounts = invoice_rules.line_amounts(
+                line.quantity, line.unit_amount, line.tax_rate, step=step
+            )
+            line_rows.append(
+                {
+                    "id": new_id("il"),
+                    "invoice_id": invoice_id,
+                    "description": line.description,
+                    "quantity": line.quantity,
+                    "unit_amount": line.unit_amount,
+                    "tax_rate": line.tax_rate,
+                    "amount": amounts.amount,
+                    "tax": amounts.tax,
+                }
+            )
+        period_rows.append(
+            {
+                "subscription_id": subscription.id,
+                "period_start": period.start,
+                "period_end": period.end,
+                "period_index": period.index,
+                "invoice_id": invoice_id,
+            }
         )
-    send_invoice = subscription.collection_method == CollectionMethod.SEND_INVOICE
-    invoice = invoices.create_invoice(
-        invoices.InvoiceFields(
-            customer_id=subscription.customer_id,
-            collection_method=CollectionMethod(subscription.collection_method),
-            currency=price.currency,
-            # Due counted from the day the invoice is issued, on the service's clock.
-            due_date=(
-                clock.today() + timedelta(days=subscription.days_until_due)
-                if send_invoice and subscription.days_until_due is not None
-                else None
-            ),
-            description=_period_description(subscription, period),
-            metadata=_period_metadata(subscription, period),
-            lines=lines,
+        for adjustment in subscription.pending_adjustments:
+            adjustment.invoice_id = invoice_id
+        subscription.latest_invoice_id = invoice_id
+        subscription.current_period_index = period.index
+        subscription.current_period_start = period.start
+        subscription.current_period_end = period.end
+    if not invoice_rows:
+        return []
+    ids = [row["id"] for row in invoice_rows]
+    # The subscriptions' and adjustments' changes point at these invoices: they are flushed
+    # at commit, after the inserts, not before the first of them.
+    with session.no_autoflush:
+        session.execute(insert(Invoice.__table__), invoice_rows)
+        session.execute(insert(InvoiceLine.__table__), line_rows)
+        session.execute(insert(SubscriptionPeriod.__table__), period_rows)
+        if carried_rows:
+            session.execute(insert(SubscriptionAdjustment.__table__), carried_rows)
+        invoices.finalize_many(session, ids, now)
+    for row in period_rows:
+        log.info(
+            "subscription.period_invoiced",
+            subscription_id=row["subscription_id"],
+            invoice_id=row["invoice_id"],
+            period_start=row["period_start"].isoformat(),
         )
-    )
-    session.add(
-        SubscriptionPeriod(
-            subscription_id=subscription.id,
-            period_start=period.start,
-            period_end=period.end,
-            period_index=period.index,
-            invoice_id=invoice.id,
-        )
-    )
-    for adjustment in adjustments:
-        adjustment.invoice_id = invoice.id
-    if carried is not None:
-        session.add(carried)
-    invoices.finalize_invoice(invoice.id)
-    subscription.latest_invoice_id = invoice.id
-    return invoice
+    return ids
 
 
 def _invoice_last_adjustments(session: Session, subscription: Subscription) -> str | None:
@@ -454,22 +508,7 @@ def bill_next_period(subscription_id: str, now: datetime) -> str | None:
             Interval(subscription.price.interval),
             subscription.current_period_index + 1,
         )
-        invoice = _invoice_period(
-            session,
-            subscription,
-            following,
-            adjustments=list(subscription.pending_adjustments),
-        )
-        invoice_id = invoice.id
-        subscription.current_period_index = following.index
-        subscription.current_period_start = following.start
-        subscription.current_period_end = following.end
-    log.info(
-        "subscription.period_invoiced",
-        subscription_id=subscription_id,
-        invoice_id=invoice_id,
-        period_start=following.start.isoformat(),
-    )
+        _invoice_periods(session, [(subscription, following)], now)
     return "invoiced"
 
 
@@ -563,19 +602,15 @@ def _bill_one(subscription_id: str, now: datetime, run: _RunCount) -> None:
 class _ChunkOutcome:
     invoiced: int
     still_due: list[str]  # a further period has also begun (catching up)
-    one_by_one: list[str]  # not for the chunk path: ending, or a credit to carry
+    one_by_one: list[str]  # ending: billed alone, with its final invoice
 
 
 def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
-    """One period for each due subscription among `ids`, in one transaction: the same rows
-    `_invoice_period` and `finalize_invoice` write one by one (a finalized invoice with its
-    number, its parties, its lines, the period's row, the charge or the due date, the PDF
-    job), written a table at a time. The subscriptions' row locks and the period key guard
-    it exactly as they guard the one-by-one path."""
-    settings = context.settings()
-    invoiced: list[str] = []
+    """One period for each due subscription among `ids`, in one transaction of a fixed
+    number of statements (`_invoice_periods`). The subscriptions' row locks and the period
+    key guard it exactly as they guard one subscription billed alone."""
     one_by_one: list[str] = []
-    still_due: list[str] = []
+    due: list[tuple[Subscription, rules.Period]] = []
     with transaction() as session:
         subscriptions = (
             session.scalars(
@@ -596,113 +631,18 @@ def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
             .unique()
             .all()
         )
-        invoice_rows: list[dict[str, Any]] = []
-        line_rows: list[dict[str, Any]] = []
-        period_rows: list[dict[str, Any]] = []
-        charged: list[tuple[str, int, str]] = []
-        today = clock.today()
         for subscription in subscriptions:
+            if subscription.cancel_at_period_end:
+                one_by_one.append(subscription.id)  # it ends, with a final invoice
+                continue
             following = rules.period(
                 subscription.billing_cycle_anchor,
                 Interval(subscription.price.interval),
                 subscription.current_period_index + 1,
             )
-            lines = _period_lines(subscription, following)
-            step = charge_step(subscription.price.currency)
-            totals = invoice_rules.invoice_totals(
-                ((line.quantity, line.unit_amount, line.tax_rate) for line in lines), step=step
-            )
-            if subscription.cancel_at_period_end or totals.total < 0:
-                one_by_one.append(subscription.id)
-                continue
-            invoice_id = new_id("in")
-            send_invoice = subscription.collection_method == CollectionMethod.SEND_INVOICE
-            due_date = None
-            if send_invoice:
-                days = subscription.days_until_due
-                due_date = (
-                    today + timedelta(days=days)
-                    if days is not None
-                    else (now + timedelta(days=settings.default_days_until_due)).date()
-                )
-            invoice_rows.append(
-                {
-                    "id": invoice_id,
-                    "customer_id": subscription.customer_id,
-                    "status": (
-                        InvoiceStatus.PAID.value if totals.total == 0 else InvoiceStatus.OPEN.value
-                    ),
-                    "currency": subscription.price.currency,
-                    "collection_method": subscription.collection_method,
-                    "due_date": due_date,
-                    "description": _period_description(subscription, following),
-                    "metadata": _period_metadata(subscription, following),
-                    "subtotal": totals.subtotal,
-                    "tax": totals.tax,
-                    "total": totals.total,
-                    "finalized_at": now,
-                    "paid_at": now if totals.total == 0 else None,
-                }
-            )
-            for line in lines:
-                amounts = invoice_rules.line_amounts(
-                    line.quantity, line.unit_amount, line.tax_rate, step=step
-                )
-                line_rows.append(
-                    {
-                        "id": new_id("il"),
-                        "invoice_id": invoice_id,
-                        "description": line.description,
-                        "quantity": line.quantity,
-                        "unit_amount": line.unit_amount,
-                        "tax_rate": line.tax_rate,
-                        "amount": amounts.amount,
-                        "tax": amounts.tax,
-                    }
-                )
-            period_rows.append(
-                {
-                    "subscription_id": subscription.id,
-                    "period_start": following.start,
-                    "period_end": following.end,
-                    "period_index": following.index,
-                    "invoice_id": invoice_id,
-                }
-            )
-            if totals.total > 0 and not send_invoice:
-                charged.append((invoice_id, totals.total, subscription.price.currency))
-            for adjustment in subscription.pending_adjustments:
-                adjustment.invoice_id = invoice_id
-            subscription.latest_invoice_id = invoice_id
-            subscription.current_period_index = following.index
-            subscription.current_period_start = following.start
-            subscription.current_period_end = following.end
-            if following.end <= now:
-                still_due.append(subscription.id)
-            invoiced.append(invoice_id)
-        if invoice_rows:
-            # The subscriptions' and adjustments' changes point at these invoices: they are
-            # flushed at commit, after the inserts, not before the first of them.
-            with session.no_autoflush:
-                # Numbers first here (finalize takes them last): the counter stays locked
-                # for this transaction, a chunk's few statements; a rollback gives the
-                # whole range back.
-                first = invoices.take_invoice_numbers(session, now.year, len(invoice_rows))
-                for offset, row in enumerate(invoice_rows):
-                    row["number"] = invoice_rules.format_invoice_number(now.year, first + offset)
-                session.execute(insert(Invoice.__table__), invoice_rows)
-                invoices.snapshot_parties(session, invoiced)
-                session.execute(insert(InvoiceLine.__table__), line_rows)
-                session.execute(insert(SubscriptionPeriod.__table__), period_rows)
-                charges.start_attempts(session, charged, source="automatic")
-                documents.request_renders(session, invoiced)
-    for row in period_rows:
-        log.info(
-            "subscription.period_invoiced",
-            subscription_id=row["subscription_id"],
-            invoice_id=row["invoice_id"],
-            period_start=row["period_start"].isoformat(),
-        )
+            due.append((subscription, following))
+        invoiced = _invoice_periods(session, due, now)
+    still_due = [s.id for s, period in due if period.end <= now]
     return _ChunkOutcome(len(invoiced), still_due, one_by_one)
 
 
