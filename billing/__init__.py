@@ -37,9 +37,9 @@ def create_app(
 ) -> Flask:
     """Build the app from the environment (or `env`); adapters may be swapped for tests.
 
-    Workers and beat pass `serve_http=False`: they run services only, so they skip the API's
-    routes, schemas and the operators' commands: some 70 ms of a worker's boot (1.1 s here),
-    which every killed or scaled-out worker pays before it takes a job."""
+    Workers and beat pass `serve_http=False`: they run services only, so they skip building
+    the API's routes, schemas and the operators' commands, boot work that every killed or
+    scaled-out worker would otherwise pay before it takes a job."""
     settings = Settings.from_env(env)
     configure_logging(settings.log_level)
 

@@ -2,8 +2,8 @@
 
 SQLAlchemy's work per execution of even a cached statement (its cache key looked up,
 every parameter constructed and processed, the result's types adapted) costs more CPU
-than the round trip itself for the statements a mail or charge job runs a handful of:
-about half a millisecond each on these machines. A `Prebuilt` statement is compiled for
+than the round trip itself for the statements a mail or charge job runs a handful of,
+a cost every job would pay again. A `Prebuilt` statement is compiled for
 the connection's dialect on first use and then executed with `exec_driver_sql`, so that
 what remains per execution is psycopg2's own work. The statement is still built with
 SQLAlchemy's expression language, so it is checked and quoted as any other; connection

@@ -113,11 +113,11 @@ class BrokerView:
         """The ids of the outbox jobs whose message waits in one of these queues, or None
         while the last scan's rest lasts.
 
-        A scan reads every message of the queues: with a backlog of thousands it takes a
-        good part of a second of Redis and of a billing thread. So a scan that took long
-        rests the next ones for SCAN_REST_FACTOR times its length (kept in Redis, as sweeps
-        run on any worker), and scanning never costs more than a small share of the time
-        however long the queues grow. Short queues are scanned every sweep."""
+        A scan reads every message of the queues, so what it costs Redis and a billing
+        thread grows with the backlog. So a scan that took long rests the next ones for
+        SCAN_REST_FACTOR times its length (kept in Redis, as sweeps run on any worker), and
+        scanning never costs more than a small share of the time however long the queues
+        grow. Short queues are scanned every sweep."""
         if self._redis.exists(SCAN_REST_KEY):
             return None
         started = time.monotonic()

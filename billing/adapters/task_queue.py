@@ -29,7 +29,7 @@ def celery_settings(broker_url: str) -> dict[str, Any]:
         "result_backend": None,
         # The disabled backend has no state, so one instance serves every thread. Otherwise
         # Celery builds one per thread, each time scanning every installed package's entry
-        # points: tens of milliseconds on each gunicorn thread's and worker thread's first job.
+        # points, which delays each gunicorn thread's and worker thread's first job.
         "result_backend_thread_safe": True,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -137,12 +137,12 @@ class CeleryJobPublisher:
                 priority=JOB_PRIORITY,
                 retry=False,
                 # What Celery would write itself (for logs and Flower), without running its
-                # general-purpose saferepr on every publish: a tenth of a publish's CPU.
+                # general-purpose saferepr, a needless cost on every publish.
                 argsrepr="()",
                 kwargsrepr=repr({"job_id": job_id}),
                 # The message goes to the default exchange, straight onto the queue's list:
                 # no binding is read, so declaring one on every publish (kombu's default,
-                # cached per connection yet still a tenth of the CPU) buys nothing. The
+                # cached per connection yet still costly on every publish) buys nothing. The
                 # workers declare the queues they consume.
                 declare=[],
             )

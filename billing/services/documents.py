@@ -193,7 +193,8 @@ def render_invoice(invoice_id: str, force: bool = False) -> str:
             session.rollback()
             _make_sure_issued(invoice_id)
             return "unchanged"
-        # No transaction stays open while rendering (a second or so for a long invoice).
+        # No transaction stays open while rendering: rendering a long invoice is slow, and
+        # its locks and pooled connection would be held all that time.
         session.rollback()
         rendered = _render(invoice)
         key = f"{invoice_id}/{rendered.sha256}.pdf"

@@ -47,7 +47,8 @@ log = get_logger(__name__)
 LEDGER_SCOPE = "dunning.step"
 LOCK_NAME = "dunning"
 # A page: big enough that a night of 100,000 open invoices is a few hundred round trips,
-# small enough that the invoice locks of a page are held for a fraction of a second.
+# small enough that a page holds its invoices' locks only briefly, so a payment or an
+# API change on one of them never waits long behind the run.
 PAGE_SIZE = 500
 
 
