@@ -51,7 +51,7 @@ MAX_BACKDATE = timedelta(days=366)
 RUN_BATCH = 500
 # Subscriptions invoiced per transaction by the run: a few statements per chunk instead of a
 # dozen per invoice; small enough that the invoice-number counter, locked until the chunk
-# commits, makes concurrent finalizations wait only a fraction of a second.
+# commits, never holds a concurrent finalization back for long.
 RUN_CHUNK = 100
 # Periods one subscription may catch up in one run (36 months: three years of downtime);
 # any further ones are left to the next run.
