@@ -55,7 +55,7 @@ db = SQLAlchemy(model_class=Base)
 mail = Mail()
 
 
-class Customer(db.Model):  # type: ignore[name-defined,misc]
+class Customer(db.Model):  # type: ignore[name-defined]
     __tablename__ = "customers"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -64,7 +64,7 @@ class Customer(db.Model):  # type: ignore[name-defined,misc]
     payment_method: Mapped[str | None] = mapped_column(String(64))
 
 
-class Invoice(db.Model):  # type: ignore[name-defined,misc]
+class Invoice(db.Model):  # type: ignore[name-defined]
     __tablename__ = "invoices"
     id: Mapped[int] = mapped_column(primary_key=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
@@ -79,7 +79,7 @@ class Invoice(db.Model):  # type: ignore[name-defined,misc]
     pdf: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
-class Email(db.Model):  # type: ignore[name-defined,misc]
+class Email(db.Model):  # type: ignore[name-defined]
     __tablename__ = "emails"
     id: Mapped[int] = mapped_column(primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"))
@@ -89,7 +89,7 @@ class Email(db.Model):  # type: ignore[name-defined,misc]
     sent_at: Mapped[datetime | None]
 
 
-class ProcessedKey(db.Model):  # type: ignore[name-defined,misc]
+class ProcessedKey(db.Model):  # type: ignore[name-defined]
     """Keys of the tasks that ran: a key found here is a task that must not run again."""
 
     __tablename__ = "processed_keys"
@@ -100,7 +100,7 @@ class ProcessedKey(db.Model):  # type: ignore[name-defined,misc]
 def celery_init_app(app: Flask) -> Celery:
     """As in Flask's "Background Tasks with Celery" guide."""
 
-    class FlaskTask(Task):  # type: ignore[misc]
+    class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:
             with app.app_context():
                 return self.run(*args, **kwargs)
@@ -167,12 +167,17 @@ def charge_invoice(invoice_id: int) -> None:
         db.session.rollback()
         return
     invoice = db.session.get_one(Invoice, invoice_id)
+    customer = invoice.customer
+    if customer.stripe_customer_id is None or customer.payment_method is None:
+        invoice.status = "requires_payment_method"
+        db.session.commit()
+        return
     try:
         intent = stripe.PaymentIntent.create(
             amount=invoice.amount,
             currency=invoice.currency,
-            customer=invoice.customer.stripe_customer_id,
-            payment_method=invoice.customer.payment_method,
+            customer=customer.stripe_customer_id,
+            payment_method=customer.payment_method,
             confirm=True,
             off_session=True,
             metadata={"invoice_id": str(invoice.id)},
@@ -180,7 +185,8 @@ def charge_invoice(invoice_id: int) -> None:
         )
     except stripe.CardError as exc:
         invoice.status = "failed"
-        invoice.payment_intent_id = exc.error.payment_intent.id if exc.error else None
+        intent_failed = exc.error.payment_intent if exc.error else None
+        invoice.payment_intent_id = intent_failed.id if intent_failed else None
     else:
         invoice.payment_intent_id = intent.id
         invoice.status = "paid" if intent.status == "succeeded" else intent.status

@@ -230,6 +230,8 @@ def main() -> int:
                     event.remove(engines[which], name, counters[which])
                 return seconds
 
+            baseline_seconds = service_seconds = guide_seconds = 0.0
+
             def service_round(start: int, size: int) -> None:
                 nonlocal service_seconds
                 service_seconds += timed(
@@ -246,7 +248,6 @@ def main() -> int:
                     guide_emails[start : start + size],
                 )
 
-            baseline_seconds = service_seconds = guide_seconds = 0.0
             per_round = -(-(len(jobs) - 1) // ROUNDS)
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
                 for number, start in enumerate(range(1, len(jobs), per_round)):
