@@ -1,17 +1,27 @@
-"""Charges per second end to end (finalize over HTTP -> paid in PostgreSQL), against the
-emulator's own rate for the same PaymentIntent calls made straight with the SDK, at the same
-concurrency, measured in the same run. Last line: the ratio (target: at least 0.7).
+"""Charges per second end to end (finalize over HTTP -> paid in PostgreSQL), against two
+baselines measured in the same run at the same concurrency:
+  * the same use case written the simple way the Flask and Celery guides teach
+    (bench/_guide_app.py): a Flask view inserts an invoice row and calls `.delay()`, a
+    Celery task checks an idempotency key in a table, creates the confirmed PaymentIntent
+    with the SDK and commits the status. Same PostgreSQL server, same Redis, same emulator,
+    a gunicorn like ours and a Celery worker with our billing worker's pool and concurrency;
+  * the raw floor: the emulator's own rate for the same PaymentIntent calls made straight
+    with the SDK.
+Last line: ours over the guide-style version (target: at least 0.5), and ours over the raw
+floor (the earlier target: at least 0.7).
 
     python bench/charges.py [--invoices 300] [--concurrency 8] [--rounds 4]
 
-The two alternate in rounds (SDK, service, SDK, service...), each on an emptied emulator
-(it slows as its store grows), and each rate is its charges over its summed time: on a
-shared machine a slow spell then slows both, instead of deciding the ratio by falling on
-one of them. A service round starts with a new customer and card (the emptied emulator
-forgot the last ones); only its finalize requests and the wait for "paid" are timed.
+The three alternate in rounds (SDK, service, guide-style, then SDK, guide-style, service...),
+each on an emptied emulator (it slows as its store grows), and each rate is its charges over
+its summed time: on a shared machine a slow spell then slows all of them, instead of
+deciding a ratio by falling on one. A service round starts with a new customer and card (the
+emptied emulator forgot the last ones); only its finalize requests and the wait for "paid"
+are timed. A guide-style round likewise starts with a new customer and card; its invoice
+requests (the insert and `.delay()`) and the wait for "paid" are timed.
 
 Uses DATABASE_URL / REDIS_URL or the machine's servers, else embedded ones (as the tests do);
-always starts its own Stripe emulator, web server and billing workers.
+always starts its own Stripe emulator, web servers and workers.
 """
 
 from __future__ import annotations
@@ -26,17 +36,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from pathlib import Path
+from typing import Any
 
-import psycopg2
 import requests
 import stripe
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._support import scratch_database  # noqa: E402
-from devstack.commands import web_command, worker_command  # noqa: E402
+from bench._support import connect, scratch_database  # noqa: E402
+from devstack.commands import (  # noqa: E402
+    DEFAULT_POOLS,
+    WORKER_FLAGS,
+    web_command,
+    worker_command,
+)
 from devstack.servers import (  # noqa: E402
     LocalStripe,
     free_port,
@@ -142,12 +156,86 @@ def draft_invoices(api: requests.Session, url: str, customer_id: str, count: int
     ]
 
 
+def guide_commands(port: int, concurrency: int, pool: str | None) -> tuple[list[str], list[str]]:
+    """The guide-style app's web server and Celery worker, run as ours are: gunicorn with
+    the same workers and threads, a worker with our billing worker's pool and concurrency
+    (and the same start flags, which only spare startup and broker chatter)."""
+    from bench._guide_app import QUEUE
+
+    web = web_command(port, STATE / "guide-gunicorn.ctl", workers=2, threads=concurrency)
+    web[-1] = "bench._guide_app:create_app()"
+    pool = pool or DEFAULT_POOLS.get("billing")
+    worker = [
+        str(script_path("celery")),
+        "-A",
+        "bench._guide_worker",
+        "worker",
+        "-Q",
+        QUEUE,
+        "-n",
+        f"guide-{os.getpid()}@%h",
+        "--concurrency",
+        str(concurrency),
+        *(["--pool", pool] if pool else []),
+        *WORKER_FLAGS,
+    ]
+    return web, worker
+
+
+def guide_customer(client: stripe.StripeClient, guide_app: Any) -> int:
+    """A Stripe customer with a card, and its row in the guide-style app's database."""
+    from bench._guide_app import Customer, db
+
+    customer = client.v1.customers.create(params={"name": "bench", "email": "b@bench.example"})
+    pm = client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    client.v1.payment_methods.attach(pm.id, params={"customer": customer.id})
+    with guide_app.app_context():
+        row = Customer(
+            name="bench",
+            email="b@bench.example",
+            stripe_customer_id=customer.id,
+            payment_method=pm.id,
+        )
+        db.session.add(row)
+        db.session.commit()
+        return int(row.id)
+
+
+def guide_invoice(api: requests.Session, url: str, customer_id: int, amount: int) -> None:
+    """One invoice for the guide-style app: inserted, its charge task queued."""
+    response = api.post(f"{url}/invoices", json={"customer_id": customer_id, "amount": amount})
+    response.raise_for_status()
+
+
+def wait_for_paid(db: Any, target: int, what: str, stall_seconds: float = 600.0) -> None:
+    """Until `target` invoices are paid; raises when none more were paid for a while."""
+    seen, since = -1, time.monotonic()
+    while True:
+        cursor = db.cursor()
+        cursor.execute("SELECT count(*) FROM invoices WHERE status = 'paid'")
+        paid = cursor.fetchone()[0]
+        if paid >= target:
+            return
+        if paid != seen:
+            seen, since = paid, time.monotonic()
+        elif time.monotonic() - since > stall_seconds:
+            raise RuntimeError(f"{what}: {paid} of {target} invoices paid, none more for a while")
+        time.sleep(0.05)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--invoices", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--pool", default=None, help="the billing worker's Celery pool")
+    parser.add_argument(
+        "--pool", default=None, help="the billing worker's Celery pool (the guide-style one's too)"
+    )
     parser.add_argument(
         "--fast-emulator",
         action="store_true",
@@ -165,9 +253,10 @@ def main() -> int:
         redis_url = redis_url.rsplit("/", 1)[0] + "/9"
     scratch = ExitStack()
     database_url = scratch.enter_context(scratch_database(server_url))
+    guide_database_url = scratch.enter_context(scratch_database(server_url))
     emulator = LocalStripe(STATE, as_shipped=not args.fast_emulator)
     stripe_base = emulator.start()
-    port = free_port()
+    port, guide_port = free_port(), free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -178,7 +267,13 @@ def main() -> int:
         # The benchmark measures the service, not the per-key rate limit its one key has.
         "API_RATE_LIMIT": "100000 per second",
     }
+    guide_env = {
+        **env,
+        "DATABASE_URL": guide_database_url,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     processes: list[subprocess.Popen[bytes]] = []
+    guide_processes: list[subprocess.Popen[bytes]] = []
     try:
         subprocess.run(
             [str(script_path("billing")), "db", "upgrade"], env=env, check=True, capture_output=True
@@ -192,6 +287,12 @@ def main() -> int:
                 text=True,
             ).stdout
         )["secret"]
+        from bench._guide_app import create_app as create_guide_app
+        from bench._guide_app import db as guide_db
+
+        guide_app = create_guide_app(guide_env)
+        with guide_app.app_context():
+            guide_db.create_all()
         logs = (STATE / "processes.log").open("ab")
         for command in (
             web_command(port, STATE / "gunicorn.ctl", workers=2, threads=args.concurrency),
@@ -204,9 +305,25 @@ def main() -> int:
                     command, env=env, stdout=logs, stderr=logs, start_new_session=True, cwd=ROOT
                 )
             )
+        # Started outside the repository: gunicorn would read our gunicorn.conf.py (JSON
+        # access logs, metrics files) from its working directory; the guide-style app runs
+        # with gunicorn's defaults.
+        for command in guide_commands(guide_port, args.concurrency, args.pool):
+            guide_processes.append(
+                subprocess.Popen(
+                    command,
+                    env=guide_env,
+                    stdout=logs,
+                    stderr=logs,
+                    start_new_session=True,
+                    cwd=STATE,
+                )
+            )
         api = requests.Session()
         api.headers["Authorization"] = f"Bearer {key}"
         url = f"http://127.0.0.1:{port}"
+        guide_api = requests.Session()
+        guide_url = f"http://127.0.0.1:{guide_port}"
         for _ in range(120):
             try:
                 if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
@@ -214,6 +331,12 @@ def main() -> int:
             except requests.RequestException:
                 pass
             time.sleep(0.5)
+        for _ in range(120):  # the guide-style app has no health route: any answer will do
+            try:
+                requests.get(f"{guide_url}/", timeout=1)
+                break
+            except requests.RequestException:
+                time.sleep(0.5)
 
         client = stripe.StripeClient(
             "sk_test_local", base_addresses={"api": stripe_base}, max_network_retries=0
@@ -221,20 +344,17 @@ def main() -> int:
         rounds = max(1, min(args.rounds, args.invoices))
         sizes = [args.invoices // rounds + (r < args.invoices % rounds) for r in range(rounds)]
         direct_seconds = service_seconds = finalize_seconds = 0.0
-        cpu = {"web": 0.0, "worker": 0.0, "emulator": 0.0, "machine": 0.0}
-        paid_so_far = 0
-        with closing(
-            psycopg2.connect(
-                make_url(database_url)
-                .render_as_string(hide_password=False)
-                .replace("postgresql+psycopg2", "postgresql")
-            )
-        ) as db:
-            db.autocommit = True
-            for size in sizes:
-                emulator.reset()  # the emulator slows as its store grows: each round starts empty
-                direct_seconds += _pay_directly(client, size, args.concurrency)
+        guide_seconds = guide_requests_seconds = 0.0
+        zero = {"web": 0.0, "worker": 0.0, "emulator": 0.0, "machine": 0.0}
+        cpu, guide_cpu = dict(zero), dict(zero)
+        paid_so_far = guide_paid_so_far = 0
+        with (
+            closing(connect(database_url)) as db,
+            closing(connect(guide_database_url)) as guide_pg,
+        ):
 
+            def service_round(size: int) -> None:
+                nonlocal service_seconds, finalize_seconds, paid_so_far
                 emulator.reset()
                 customer_id = paying_customer(api, url, client)
                 drafts = draft_invoices(api, url, customer_id, size)
@@ -244,31 +364,68 @@ def main() -> int:
                     list(pool.map(lambda i: api.post(f"{url}/v1/invoices/{i}/finalize"), drafts))
                 finalize_seconds += time.perf_counter() - started
                 paid_so_far += size
-                while True:
-                    cursor = db.cursor()
-                    cursor.execute("SELECT count(*) FROM invoices WHERE status = 'paid'")
-                    if cursor.fetchone()[0] >= paid_so_far:
-                        break
-                    time.sleep(0.05)
+                wait_for_paid(db, paid_so_far, "service")
                 service_seconds += time.perf_counter() - started
                 for k, v in _cpu_seconds(processes, emulator).items():
                     cpu[k] += v - cpu_before[k]
+
+            def guide_round(size: int, *, timed: bool = True) -> None:
+                nonlocal guide_seconds, guide_requests_seconds, guide_paid_so_far
+                emulator.reset()
+                customer_id = guide_customer(client, guide_app)
+                cpu_before = _cpu_seconds(guide_processes, emulator)
+                started = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+                    list(
+                        pool.map(
+                            lambda i: guide_invoice(guide_api, guide_url, customer_id, 1000 + i),
+                            range(size),
+                        )
+                    )
+                requests_seconds = time.perf_counter() - started
+                guide_paid_so_far += size
+                wait_for_paid(guide_pg, guide_paid_so_far, "guide-style version")
+                if timed:
+                    guide_requests_seconds += requests_seconds
+                    guide_seconds += time.perf_counter() - started
+                    for k, v in _cpu_seconds(guide_processes, emulator).items():
+                        guide_cpu[k] += v - cpu_before[k]
+
+            # Untimed: the guide-style worker is up and its first task's imports are done
+            # (ours is warmed by its customer's sync, before each of its rounds).
+            guide_round(2, timed=False)
+            for number, size in enumerate(sizes):
+                emulator.reset()  # the emulator slows as its store grows: each round starts empty
+                direct_seconds += _pay_directly(client, size, args.concurrency)
+                for run in (service_round, guide_round)[:: -1 if number % 2 else 1]:
+                    run(size)
         baseline = args.invoices / direct_seconds
         service = args.invoices / service_seconds
+        guide = args.invoices / guide_seconds
         print(
             f"emulator, direct SDK calls: {baseline:.1f} PaymentIntents/s "
             f"({args.invoices} at concurrency {args.concurrency}, in {rounds} rounds)"
         )
         print(
+            f"guide-style Flask/Celery version, invoice request to paid in PostgreSQL: "
+            f"{guide:.1f} charges/s (its {args.invoices} requests alone took "
+            f"{guide_requests_seconds:.2f} s)"
+        )
+        print(
             f"service, finalize over HTTP to paid in PostgreSQL: {service:.1f} charges/s "
             f"(the {args.invoices} finalize requests alone took {finalize_seconds:.2f} s)"
         )
-        per_charge = ", ".join(f"{k} {1000 * v / args.invoices:.1f}" for k, v in cpu.items())
-        print(f"CPU ms per charge in the service run: {per_charge}")
-        print(f"ratio service/emulator: {service / baseline:.2f}")
+        for name, spent in (("service", cpu), ("guide-style", guide_cpu)):
+            per_charge = ", ".join(f"{k} {1000 * v / args.invoices:.1f}" for k, v in spent.items())
+            print(f"CPU ms per charge in the {name} run: {per_charge}")
+        print(
+            f"ours/simple guide version: {service / guide:.2f} "
+            f"(ours {service:.1f}/s, simple {guide:.1f}/s); "
+            f"ours/raw floor: {service / baseline:.2f}"
+        )
         return 0
     finally:
-        stop_process_groups(processes)
+        stop_process_groups(processes + guide_processes)
         emulator.stop()
         scratch.close()
         if embedded_redis is not None:
