@@ -199,7 +199,7 @@ def delete_line(invoice_id: str, line_id: str) -> Invoice:
 
 def _check_transition(invoice: Invoice, target: InvoiceStatus) -> None:
     try:
-        rules.check_transition(InvoiceStatus(invoice.status), target)
+        rules.require_transition(invoice.status, target)
     except rules.InvalidStateTransition as exc:
         raise InvalidStateTransition(str(exc), param="status") from exc
 
