@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
@@ -28,32 +29,34 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from billing.domain import charges as charge_rules
+from billing.domain.charges import ChargeStatus
+from billing.domain.emails import DeliveryStatus
+from billing.domain.invoices import CollectionMethod, InvoiceStatus
+from billing.domain.jobs import REPLAYABLE, UNFINISHED, JobState
+from billing.domain.ledger import LedgerState
+from billing.domain.refunds import RefundStatus
+from billing.domain.subscriptions import SubscriptionStatus
+from billing.domain.webhooks import EventStatus
 from billing.extensions import db
 from billing.ids import new_id
 
 Timestamp = DateTime(timezone=True)
 
 
-def _in(column: str, values: list[str]) -> str:
+def _in(column: str, values: Iterable[str]) -> str:
     quoted = ", ".join(f"'{v}'" for v in values)
     return f"{column} IN ({quoted})"
 
 
-INVOICE_STATUSES = ["draft", "open", "paid", "void", "uncollectible"]
-COLLECTION_METHODS = ["charge_automatically", "send_invoice"]
-LEDGER_STATES = ["started", "succeeded", "failed", "unknown"]
-JOB_STATES = ["pending", "sent", "running", "succeeded", "failed", "dead_lettered"]
-CHARGE_STATUSES = [
-    "pending",  # recorded, its job not yet run
-    "started",  # the PaymentIntent is being created right now
-    "unknown",  # Stripe's answer was lost: to be reconciled, never retried blindly
-    "requires_action",  # the customer must authenticate (3-D Secure)
-    "succeeded",
-    "failed",
-    "canceled",  # the invoice was paid or voided before this attempt ran
-]
+# The states each table's CHECK constraint admits, in the order the migrations wrote them.
+INVOICE_STATUSES = list(InvoiceStatus)
+COLLECTION_METHODS = list(CollectionMethod)
+LEDGER_STATES = list(LedgerState)
+JOB_STATES = list(JobState)
+CHARGE_STATUSES = list(ChargeStatus)
 # An attempt in one of these may still move money: at most one per invoice at a time.
-CHARGE_IN_FLIGHT = ["pending", "started", "unknown", "requires_action"]
+CHARGE_IN_FLIGHT = charge_rules.IN_FLIGHT
 
 
 class Customer(db.Model):  # type: ignore[name-defined]
@@ -93,7 +96,9 @@ class Invoice(db.Model):  # type: ignore[name-defined]
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "in"))
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
-    status: Mapped[str] = mapped_column(String(16), default="draft", server_default="draft")
+    status: Mapped[str] = mapped_column(
+        String(16), default=InvoiceStatus.DRAFT.value, server_default=InvoiceStatus.DRAFT.value
+    )
     number: Mapped[str | None] = mapped_column(String(32), unique=True)
     currency: Mapped[str] = mapped_column(String(3))
     collection_method: Mapped[str] = mapped_column(String(32))
@@ -140,7 +145,9 @@ class Invoice(db.Model):  # type: ignore[name-defined]
         CheckConstraint(_in("status", INVOICE_STATUSES), name="status_known"),
         CheckConstraint(_in("collection_method", COLLECTION_METHODS), name="collection_known"),
         # A finalized invoice always carries its number; a draft never does.
-        CheckConstraint("(status = 'draft') = (number IS NULL)", name="number_iff_finalized"),
+        CheckConstraint(
+            f"(status = '{InvoiceStatus.DRAFT}') = (number IS NULL)", name="number_iff_finalized"
+        ),
         CheckConstraint("total = subtotal + tax", name="total_is_sum"),
         CheckConstraint("amount_paid >= 0 AND amount_paid <= total", name="amount_paid_bounded"),
         CheckConstraint(
@@ -148,7 +155,11 @@ class Invoice(db.Model):  # type: ignore[name-defined]
         ),
         Index("ix_invoices_customer_status", "customer_id", "status"),
         # The nightly dunning run walks open invoices in id order.
-        Index("ix_invoices_open_by_id", "id", postgresql_where=text("status = 'open'")),
+        Index(
+            "ix_invoices_open_by_id",
+            "id",
+            postgresql_where=text(f"status = '{InvoiceStatus.OPEN}'"),
+        ),
     )
 
     @property
@@ -239,7 +250,9 @@ class OutboxJob(db.Model):  # type: ignore[name-defined]
     name: Mapped[str] = mapped_column(String(128))
     queue: Mapped[str] = mapped_column(String(32))
     args: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    state: Mapped[str] = mapped_column(
+        String(16), default=JobState.PENDING.value, server_default=JobState.PENDING.value
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(64))
@@ -262,14 +275,14 @@ class OutboxJob(db.Model):  # type: ignore[name-defined]
         Index(
             "ix_outbox_jobs_unfinished",
             "lease_expires_at",
-            postgresql_where=text("state IN ('pending', 'sent', 'running')"),
+            postgresql_where=text(_in("state", UNFINISHED)),
         ),
         # Jobs that gave up are few among millions finished: operators list them and every
         # metrics scrape counts them, neither by scanning the whole table.
         Index(
             "ix_outbox_jobs_given_up",
             "finished_at",
-            postgresql_where=text("state IN ('dead_lettered', 'failed')"),
+            postgresql_where=text(_in("state", REPLAYABLE)),
         ),
     )
 
@@ -283,7 +296,9 @@ class ChargeAttempt(db.Model):  # type: ignore[name-defined]
     invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
     # Our idempotency key toward Stripe, also written into the PaymentIntent's metadata.
     ledger_key: Mapped[str] = mapped_column(String(255), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    status: Mapped[str] = mapped_column(
+        String(20), default=ChargeStatus.PENDING.value, server_default=ChargeStatus.PENDING.value
+    )
     source: Mapped[str] = mapped_column(String(20))
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
@@ -309,19 +324,19 @@ class ChargeAttempt(db.Model):  # type: ignore[name-defined]
             "uq_charge_attempts_one_success_per_invoice",
             "invoice_id",
             unique=True,
-            postgresql_where=text("status = 'succeeded'"),
+            postgresql_where=text(f"status = '{ChargeStatus.SUCCEEDED}'"),
         ),
         # ...and never two attempts that may move money at the same time.
         Index(
             "uq_charge_attempts_one_in_flight_per_invoice",
             "invoice_id",
             unique=True,
-            postgresql_where=text("status IN ('pending', 'started', 'unknown', 'requires_action')"),
+            postgresql_where=text(_in("status", CHARGE_IN_FLIGHT)),
         ),
     )
 
 
-REFUND_STATUSES = ["pending", "started", "unknown", "succeeded", "failed"]
+REFUND_STATUSES = list(RefundStatus)
 
 
 class Refund(db.Model):  # type: ignore[name-defined]
@@ -333,7 +348,9 @@ class Refund(db.Model):  # type: ignore[name-defined]
     invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
     charge_attempt_id: Mapped[str] = mapped_column(ForeignKey("charge_attempts.id"))
     ledger_key: Mapped[str] = mapped_column(String(255), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    status: Mapped[str] = mapped_column(
+        String(20), default=RefundStatus.PENDING.value, server_default=RefundStatus.PENDING.value
+    )
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     reason: Mapped[str | None] = mapped_column(String(500))
@@ -351,7 +368,7 @@ class Refund(db.Model):  # type: ignore[name-defined]
     )
 
 
-EVENT_STATUSES = ["received", "processed", "ignored", "failed"]
+EVENT_STATUSES = list(EventStatus)
 
 
 class StripeEvent(db.Model):  # type: ignore[name-defined]
@@ -362,7 +379,9 @@ class StripeEvent(db.Model):  # type: ignore[name-defined]
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     type: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    status: Mapped[str] = mapped_column(String(16), default="received", server_default="received")
+    status: Mapped[str] = mapped_column(
+        String(16), default=EventStatus.RECEIVED.value, server_default=EventStatus.RECEIVED.value
+    )
     error: Mapped[str | None] = mapped_column(Text)
     # When Stripe created the event: how out-of-order deliveries are recognised.
     stripe_created_at: Mapped[datetime] = mapped_column(Timestamp)
@@ -420,7 +439,7 @@ EMAIL_KINDS = [
     "payment_reminder",
     "final_notice",
 ]
-EMAIL_STATUSES = ["pending", "sent", "failed"]
+EMAIL_STATUSES = list(DeliveryStatus)
 
 
 class EmailDelivery(db.Model):  # type: ignore[name-defined]
@@ -441,7 +460,11 @@ class EmailDelivery(db.Model):  # type: ignore[name-defined]
     context: Mapped[dict[str, Any]] = mapped_column(
         JSONB, default=dict, server_default=text("'{}'::jsonb")
     )
-    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    status: Mapped[str] = mapped_column(
+        String(16),
+        default=DeliveryStatus.PENDING.value,
+        server_default=DeliveryStatus.PENDING.value,
+    )
     message_id: Mapped[str] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -460,7 +483,7 @@ class EmailDelivery(db.Model):  # type: ignore[name-defined]
 
 
 PRICE_INTERVALS = ["month", "year"]
-SUBSCRIPTION_STATUSES = ["active", "canceled"]
+SUBSCRIPTION_STATUSES = list(SubscriptionStatus)
 
 
 class Price(db.Model):  # type: ignore[name-defined]
@@ -494,7 +517,11 @@ class Subscription(db.Model):  # type: ignore[name-defined]
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
     price_id: Mapped[str] = mapped_column(ForeignKey("prices.id"))
     quantity: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    status: Mapped[str] = mapped_column(
+        String(16),
+        default=SubscriptionStatus.ACTIVE.value,
+        server_default=SubscriptionStatus.ACTIVE.value,
+    )
     collection_method: Mapped[str] = mapped_column(String(32))
     days_until_due: Mapped[int | None] = mapped_column(Integer)
     # Periods are computed from the anchor, never from the previous period, so that an
@@ -532,7 +559,7 @@ class Subscription(db.Model):  # type: ignore[name-defined]
         Index(
             "ix_subscriptions_active_period_end",
             "current_period_end",
-            postgresql_where=text("status = 'active'"),
+            postgresql_where=text(f"status = '{SubscriptionStatus.ACTIVE}'"),
         ),
     )
 

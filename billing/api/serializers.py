@@ -6,8 +6,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from billing.api import schemas
+from billing.domain.charges import ChargeStatus
 from billing.domain.dunning import DunningStep
 from billing.domain.invoices import InvoiceStatus
+from billing.domain.jobs import JobState
 from billing.extensions import db
 from billing.models import (
     ChargeAttempt,
@@ -54,6 +56,8 @@ def charge_attempt_out(attempt: ChargeAttempt) -> schemas.ChargeAttemptOut:
 
 
 def _attempt_fields(attempt: ChargeAttempt) -> dict[str, Any]:
+    # What the customer needs to authenticate, shown only while it is needed.
+    waiting = attempt.status == ChargeStatus.REQUIRES_ACTION
     return {
         "id": attempt.id,
         "invoice": attempt.invoice_id,
@@ -65,8 +69,8 @@ def _attempt_fields(attempt: ChargeAttempt) -> dict[str, Any]:
         "payment_intent": attempt.stripe_payment_intent_id,
         "decline_code": attempt.decline_code,
         "failure_message": attempt.failure_message,
-        "next_action": attempt.next_action if attempt.status == "requires_action" else None,
-        "client_secret": attempt.client_secret if attempt.status == "requires_action" else None,
+        "next_action": attempt.next_action if waiting else None,
+        "client_secret": attempt.client_secret if waiting else None,
         "created": _ts(attempt.created_at) or 0,
         "finished_at": _ts(attempt.finished_at),
     }
@@ -185,11 +189,11 @@ def invoice_out(invoice: Invoice, *, just_finalized: bool = False) -> schemas.In
 
 
 def _job_error_code(job: OutboxJob) -> Literal["retrying", "failed", "dead_lettered"] | None:
-    if job.state == "failed":
+    if job.state == JobState.FAILED:
         return "failed"
-    if job.state == "dead_lettered":
+    if job.state == JobState.DEAD_LETTERED:
         return "dead_lettered"
-    if job.last_error and job.state != "succeeded":
+    if job.last_error and job.state != JobState.SUCCEEDED:
         return "retrying"
     return None
 

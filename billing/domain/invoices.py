@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from billing.domain.money import AmountNotChargeable, round_to_step
+from billing.domain.states import IllegalTransition, StateMachine
 
 # Rates are percentages with at most four decimals (19, 7.7, 8.875).
 TAX_RATE_QUANTUM = Decimal("0.0001")
@@ -59,16 +60,21 @@ ALLOWED_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
 }
 
 
-class InvalidStateTransition(Exception):
-    def __init__(self, current: InvoiceStatus, target: InvoiceStatus) -> None:
-        super().__init__(f"an invoice in status '{current}' cannot become '{target}'")
-        self.current = current
-        self.target = target
+class InvalidStateTransition(IllegalTransition):
+    subject = "an invoice"
 
 
-def check_transition(current: InvoiceStatus, target: InvoiceStatus) -> None:
-    if target not in ALLOWED_TRANSITIONS[current]:
-        raise InvalidStateTransition(current, target)
+MACHINE = StateMachine(InvoiceStatus, ALLOWED_TRANSITIONS, InvalidStateTransition)
+
+
+def require_transition(current: str, target: InvoiceStatus) -> InvoiceStatus:
+    """`target`, if an invoice in `current` may become it; InvalidStateTransition if not."""
+    return MACHINE.require(current, target)
+
+
+# What a payment may settle: the states that may become paid. A charge is only started, and
+# a payment only recorded as the invoice's, on one of these.
+PAYABLE = (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE)
 
 
 def lines_are_editable(status: InvoiceStatus) -> bool:

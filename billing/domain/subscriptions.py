@@ -27,6 +27,7 @@ from datetime import date, datetime
 
 # The largest amount one line may carry (the invoice rules' bound).
 from billing.domain.invoices import MAX_AMOUNT, AmountTooLarge
+from billing.domain.states import IllegalTransition, StateMachine
 
 
 class Interval(enum.StrEnum):
@@ -41,6 +42,26 @@ class Interval(enum.StrEnum):
 class SubscriptionStatus(enum.StrEnum):
     ACTIVE = "active"
     CANCELED = "canceled"
+
+
+# Canceled at once, or at the end of the period it was set to end with; never resumed.
+TRANSITIONS: dict[SubscriptionStatus, frozenset[SubscriptionStatus]] = {
+    SubscriptionStatus.ACTIVE: frozenset({SubscriptionStatus.CANCELED}),
+    SubscriptionStatus.CANCELED: frozenset(),
+}
+
+
+class IllegalSubscriptionTransition(IllegalTransition):
+    subject = "a subscription"
+
+
+MACHINE = StateMachine(SubscriptionStatus, TRANSITIONS, IllegalSubscriptionTransition)
+
+
+def require_transition(current: str, target: SubscriptionStatus) -> SubscriptionStatus:
+    """`target`, if a subscription in `current` may become it; IllegalSubscriptionTransition
+    if not."""
+    return MACHINE.require(current, target)
 
 
 def add_months(anchor: datetime, months: int) -> datetime:

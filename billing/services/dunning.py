@@ -24,12 +24,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
 from billing import clock
+from billing.domain import charges as charge_rules
+from billing.domain.charges import ChargeStatus
 from billing.domain.declines import is_hard_decline
 from billing.domain.dunning import AUTOMATIC, DunningStep, StepAction, StepStatus, schedule
 from billing.domain.invoices import InvoiceStatus
+from billing.domain.ledger import LedgerState
 from billing.extensions import db
 from billing.logging import get_logger
-from billing.models import CHARGE_IN_FLIGHT, ChargeAttempt, DunningStepRecord, Invoice, LedgerEntry
+from billing.models import ChargeAttempt, DunningStepRecord, Invoice, LedgerEntry
 from billing.services import charges, context, emails, locks
 from billing.services.dunning_schedule import (
     facts_from_row,
@@ -124,7 +127,7 @@ def _take_steps(invoice_ids: Sequence[str], today: date) -> Counter[str]:
         plans = {
             invoice_id: [step for step in schedule(f, rules, today) if step.due]
             for invoice_id, f in facts.items()
-            if f.status == "open"
+            if f.status == InvoiceStatus.OPEN
         }
         wanted = [(i, step) for i, steps in plans.items() for step in steps]
         if not wanted:
@@ -205,7 +208,7 @@ def _claim(session: Session, wanted: list[tuple[str, DunningStep]], today: date)
             "scope": LEDGER_SCOPE,
             "key": ledger_key(invoice_id, step.key),
             "fingerprint": invoice_id,
-            "state": "succeeded",
+            "state": LedgerState.SUCCEEDED.value,
             "attempt": 1,
             "outcome": {"action": step.action.value, "status": step.status.value, "on": str(today)},
         }
@@ -224,8 +227,12 @@ def _claim(session: Session, wanted: list[tuple[str, DunningStep]], today: date)
 
 
 def _mark_uncollectible(invoice: Invoice) -> None:
-    invoice.status = InvoiceStatus.UNCOLLECTIBLE.value
-    invoice.marked_uncollectible_at = clock.now()
+    # Imported here: the invoice use cases import customers, which imports this module.
+    from billing.services.invoices import record_uncollectible
+
+    # The invoice use case's own change (and its state machine's rule), in this page's
+    # transaction: the invoice is locked already.
+    record_uncollectible(invoice)
     invoice.customer.delinquent = True
     log.info("dunning.marked_uncollectible", invoice_id=invoice.id)
 
@@ -244,7 +251,7 @@ def retry_after_new_payment_method(customer_id: str, payment_method: str) -> lis
                 select(Invoice)
                 .where(
                     Invoice.customer_id == customer_id,
-                    Invoice.status == "open",
+                    Invoice.status == InvoiceStatus.OPEN.value,
                     Invoice.collection_method == AUTOMATIC,
                     Invoice.dunning_started_on.is_not(None),
                 )
@@ -293,9 +300,9 @@ def _held_by_hard_decline(session: Session, invoice_id: str, payment_method: str
         .where(ChargeAttempt.invoice_id == invoice_id)
         .order_by(ChargeAttempt.created_at.desc(), ChargeAttempt.id.desc())
     ).all()
-    if any(a.status in CHARGE_IN_FLIGHT for a in attempts):
+    if any(a.status in charge_rules.IN_FLIGHT for a in attempts):
         return False
-    last_failed = next((a for a in attempts if a.status == "failed"), None)
+    last_failed = next((a for a in attempts if a.status == ChargeStatus.FAILED), None)
     return (
         last_failed is not None
         and is_hard_decline(last_failed.decline_code)

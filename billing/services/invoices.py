@@ -14,13 +14,15 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session, joinedload
 
 from billing import clock
+from billing.domain import charges as charge_rules
 from billing.domain import invoices as rules
 from billing.domain import parties
+from billing.domain.charges import ChargeStatus
 from billing.domain.invoices import CollectionMethod, InvoiceStatus
 from billing.domain.money import AmountNotChargeable, charge_step, normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
-from billing.models import CHARGE_IN_FLIGHT, Customer, Invoice, InvoiceLine
+from billing.models import ChargeAttempt, Customer, Invoice, InvoiceLine
 from billing.services import charges, context, documents
 from billing.services.customers import get_customer
 from billing.services.errors import (
@@ -200,12 +202,13 @@ def delete_line(invoice_id: str, line_id: str) -> Invoice:
 
 def _check_transition(invoice: Invoice, target: InvoiceStatus) -> None:
     try:
-        rules.check_transition(InvoiceStatus(invoice.status), target)
+        rules.require_transition(invoice.status, target)
     except rules.InvalidStateTransition as exc:
         raise InvalidStateTransition(str(exc), param="status") from exc
 
 
 def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
+    """Every change of an invoice's status: what the state machine allows, or a 409."""
     _check_transition(invoice, target)
     invoice.status = target.value
 
@@ -327,8 +330,11 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
     finalized: list[dict[str, Any]] = []
     charged: list[tuple[str, int, str]] = []
     for draft in drafts:
+        status = rules.require_transition(draft.status, InvoiceStatus.OPEN)
         paid = draft.total == 0
-        rules.check_transition(InvoiceStatus(draft.status), InvoiceStatus.OPEN)
+        if paid:
+            # Nothing to collect: Stripe marks a zero invoice paid at finalization.
+            status = rules.require_transition(status, InvoiceStatus.PAID)
         due_date = draft.due_date
         if draft.collection_method == CollectionMethod.SEND_INVOICE and due_date is None:
             days = draft.days_until_due if draft.days_until_due is not None else default_days
@@ -338,7 +344,7 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
         finalized.append(
             {
                 "b_id": draft.id,
-                "b_status": (InvoiceStatus.PAID if paid else InvoiceStatus.OPEN).value,
+                "b_status": status.value,
                 "b_due_date": due_date,
                 "b_now": now,
                 "b_paid_at": now if paid else None,
@@ -365,9 +371,9 @@ def void_invoice(invoice_id: str) -> Invoice:
         invoice = _locked_invoice(session, invoice_id, None)
         _transition(invoice, InvoiceStatus.VOID)
         for attempt in invoice.charge_attempts:
-            if attempt.status == "pending":
-                attempt.status = "canceled"  # never sent: simply called off
-            elif attempt.status in CHARGE_IN_FLIGHT:
+            if attempt.status == ChargeStatus.PENDING:
+                _cancel_attempt(attempt)  # never sent: simply called off
+            elif attempt.status in charge_rules.IN_FLIGHT:
                 # Money may be moving (or the customer may still authenticate): voiding
                 # now could leave a paid charge on a void invoice.
                 raise PaymentInProgress(
@@ -379,10 +385,21 @@ def void_invoice(invoice_id: str) -> Invoice:
     return invoice
 
 
+def _cancel_attempt(attempt: ChargeAttempt) -> None:
+    attempt.status = charge_rules.require_transition(attempt.status, ChargeStatus.CANCELED).value
+
+
 def mark_uncollectible(invoice_id: str) -> Invoice:
     with transaction() as session:
         invoice = _locked_invoice(session, invoice_id, None)
-        _transition(invoice, InvoiceStatus.UNCOLLECTIBLE)
-        invoice.marked_uncollectible_at = func.now()
+        record_uncollectible(invoice)
     log.info("invoice.marked_uncollectible", invoice_id=invoice_id)
     return invoice
+
+
+def record_uncollectible(invoice: Invoice) -> None:
+    """The change to uncollectible, in the caller's transaction with the invoice locked:
+    an operator's mark and dunning's last step both make it here. Timed by the service's
+    clock, which dunning's tests move."""
+    _transition(invoice, InvoiceStatus.UNCOLLECTIBLE)
+    invoice.marked_uncollectible_at = _now()

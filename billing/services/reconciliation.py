@@ -37,6 +37,8 @@ from billing.adapters.stripe_gateway import (
     StripeRateLimited,
     StripeUnavailable,
 )
+from billing.domain import charges as charge_rules
+from billing.domain.charges import ChargeStatus
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.metrics import DUPLICATE_CHARGES
@@ -185,7 +187,8 @@ def _payment_findings(ours: list[ListedPaymentIntent]) -> list[Finding]:
             (attempt.invoice_id, attempt)
             for attempt in session.scalars(
                 select(ChargeAttempt).where(
-                    ChargeAttempt.invoice_id.in_(batch), ChargeAttempt.status == "succeeded"
+                    ChargeAttempt.invoice_id.in_(batch),
+                    ChargeAttempt.status == ChargeStatus.SUCCEEDED.value,
                 )
             )
         )
@@ -287,7 +290,7 @@ def _unknown_attempt_findings(
     attempts = db.session.scalars(
         select(ChargeAttempt)
         .where(
-            ChargeAttempt.status == "unknown",
+            ChargeAttempt.status == ChargeStatus.UNKNOWN.value,
             ChargeAttempt.created_at >= since,
             ChargeAttempt.created_at < until,
         )
@@ -363,7 +366,7 @@ def _fix(finding: Finding) -> None:
     db.session.commit()
     attempt = db.session.get(ChargeAttempt, finding.attempt_id, populate_existing=True)
     status = attempt.status if attempt is not None else "missing"
-    if status in ("succeeded", "failed", "requires_action", "canceled"):
+    if status in charge_rules.ANSWERED:
         finding.resolved = True
         finding.resolution = f"adopted Stripe's {adopted.status}: the attempt is now {status}"
         log.warning(

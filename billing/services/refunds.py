@@ -9,7 +9,11 @@ from sqlalchemy import func, select
 
 from billing import jobs
 from billing.adapters.stripe_gateway import RefundResult, StripeRejected, StripeUnavailable
+from billing.domain import refunds as rules
+from billing.domain.charges import ChargeStatus
+from billing.domain.ledger import LedgerState
 from billing.domain.money import AmountNotChargeable, UnknownCurrency, charge_step
+from billing.domain.refunds import RefundStatus
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
@@ -28,7 +32,6 @@ from billing.services.unit_of_work import transaction
 log = get_logger(__name__)
 
 LEDGER_SCOPE = "stripe.refund"
-OPEN_REFUND = ("pending", "started", "unknown")
 
 
 class RefundExceedsPayment(InvalidRequest):
@@ -49,7 +52,8 @@ def request_refund(invoice_id: str, amount: int | None, reason: str | None) -> R
             raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
         payment = session.scalars(
             select(ChargeAttempt).where(
-                ChargeAttempt.invoice_id == invoice_id, ChargeAttempt.status == "succeeded"
+                ChargeAttempt.invoice_id == invoice_id,
+                ChargeAttempt.status == ChargeStatus.SUCCEEDED.value,
             )
         ).first()
         if payment is None or not payment.stripe_payment_intent_id:
@@ -58,7 +62,7 @@ def request_refund(invoice_id: str, amount: int | None, reason: str | None) -> R
         # cannot together refund more than was paid.
         in_progress = session.scalar(
             select(func.coalesce(func.sum(Refund.amount), 0)).where(
-                Refund.invoice_id == invoice_id, Refund.status.in_(OPEN_REFUND)
+                Refund.invoice_id == invoice_id, Refund.status.in_(rules.IN_PROGRESS)
             )
         )
         refundable = invoice.amount_paid - invoice.amount_refunded - int(in_progress or 0)
@@ -82,6 +86,7 @@ def request_refund(invoice_id: str, amount: int | None, reason: str | None) -> R
             invoice_id=invoice_id,
             charge_attempt_id=payment.id,
             ledger_key=f"refund:{refund_id}",
+            status=RefundStatus.PENDING.value,
             amount=wanted,
             currency=invoice.currency,
             reason=reason,
@@ -92,11 +97,16 @@ def request_refund(invoice_id: str, amount: int | None, reason: str | None) -> R
     return RefundRequest(refund, job_id)
 
 
+def _move(refund: Refund, target: RefundStatus) -> None:
+    """Every change of a refund's status: what its state machine allows, or an error."""
+    refund.status = rules.require_transition(refund.status, target).value
+
+
 def execute_refund(refund_id: str) -> str:
     """The `billing.refund_invoice` job."""
     with transaction() as session:
         refund = session.get(Refund, refund_id, with_for_update=True)
-        if refund is None or refund.status in ("succeeded", "failed"):
+        if refund is None or refund.status in rules.FINAL:
             return refund.status if refund else "missing"
         payment = session.get(ChargeAttempt, refund.charge_attempt_id)
         assert payment is not None and payment.stripe_payment_intent_id
@@ -105,7 +115,7 @@ def execute_refund(refund_id: str) -> str:
         )
         if claimed.claim is Claim.DONE:
             return refund.status
-        refund.status = "started"
+        _move(refund, RefundStatus.STARTED)
         intent_id, amount, currency, ledger_key = (
             payment.stripe_payment_intent_id,
             refund.amount,
@@ -136,7 +146,7 @@ def execute_refund(refund_id: str) -> str:
             if ledger.mark_unknown(claimed, {"error": str(exc)[:500]}, commit=False):
                 refund = session.get(Refund, refund_id, with_for_update=True)
                 assert refund is not None
-                refund.status = "unknown"
+                _move(refund, RefundStatus.UNKNOWN)
         raise TransientJobError(f"Stripe's answer to refund {refund_id} was lost: {exc}") from exc
     return _record_success(refund_id, claimed, result)
 
@@ -148,7 +158,10 @@ def _record_success(refund_id: str, claimed: ClaimResult, result: RefundResult) 
             assert refund is not None
             invoice = session.get(Invoice, refund.invoice_id, with_for_update=True)
             assert invoice is not None
-            refund.status = "succeeded"
+            # The fencing token first: a run that was taken over (and maybe finished by
+            # its successor) must learn so before its refund is asked to change.
+            ledger.complete(claimed, LedgerState.SUCCEEDED, outcome={"refund": result.id})
+            _move(refund, RefundStatus.SUCCEEDED)
             refund.stripe_refund_id = result.id
             refund.finished_at = func.now()
             session.flush()
@@ -157,19 +170,19 @@ def _record_success(refund_id: str, claimed: ClaimResult, result: RefundResult) 
             # Stripe last reported; both only grow, neither counts a refund twice.
             ours = session.scalar(
                 select(func.coalesce(func.sum(Refund.amount), 0)).where(
-                    Refund.invoice_id == invoice.id, Refund.status == "succeeded"
+                    Refund.invoice_id == invoice.id,
+                    Refund.status == RefundStatus.SUCCEEDED.value,
                 )
             )
             invoice.amount_refunded = min(
                 invoice.amount_paid, max(invoice.amount_refunded, int(ours or 0))
             )
-            ledger.complete(claimed, "succeeded", outcome={"refund": result.id})
             emails.queue_email(session, "refund_issued", invoice, occasion=refund_id)
             documents.request_render(session, invoice)  # the document shows the refund
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"refund {refund_id} was taken over") from exc
     log.info("refund.succeeded", refund_id=refund_id, stripe_refund_id=result.id)
-    return "succeeded"
+    return RefundStatus.SUCCEEDED.value
 
 
 def _record_failure(refund_id: str, claimed: ClaimResult, message: str) -> str:
@@ -177,14 +190,14 @@ def _record_failure(refund_id: str, claimed: ClaimResult, message: str) -> str:
         with transaction() as session:
             refund = session.get(Refund, refund_id, with_for_update=True)
             assert refund is not None
-            refund.status = "failed"
+            ledger.complete(claimed, LedgerState.FAILED, outcome={"error": message})
+            _move(refund, RefundStatus.FAILED)
             refund.failure_message = message
             refund.finished_at = func.now()
-            ledger.complete(claimed, "failed", outcome={"error": message})
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"refund {refund_id} was taken over") from exc
     log.error("refund.failed", refund_id=refund_id, error=message)
-    return "failed"
+    return RefundStatus.FAILED.value
 
 
 def refunds_of(invoice_id: str) -> list[Refund]:
@@ -207,7 +220,7 @@ def reconcile_stuck_refunds(limit: int = 200) -> int:
             session.scalars(
                 select(Refund.id)
                 .where(
-                    Refund.status.in_(OPEN_REFUND),
+                    Refund.status.in_(rules.IN_PROGRESS),
                     Refund.updated_at < func.now() - RECONCILE_AFTER,
                     ~unfinished_job,
                 )

@@ -15,7 +15,10 @@ from sqlalchemy.dialects.postgresql import insert
 
 from billing import jobs
 from billing.adapters.stripe_gateway import intent_from_payload, verify_webhook
+from billing.domain import webhooks as rules
+from billing.domain.charges import ChargeStatus
 from billing.domain.money import from_stripe_amount
+from billing.domain.webhooks import EventStatus
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.metrics import WEBHOOK_EVENTS
@@ -91,7 +94,7 @@ def process_event(event_id: str) -> str:
     event = db.session.get(StripeEvent, event_id)
     if event is None:
         raise PermanentJobError(f"no stored event {event_id}")
-    if event.status in ("processed", "ignored"):
+    if event.status in rules.APPLIED:
         return event.status
     payload: dict[str, Any] = event.payload
     event_type = event.type
@@ -100,21 +103,30 @@ def process_event(event_id: str) -> str:
     try:
         result = handler((payload.get("data") or {}).get("object") or {}) if handler else "ignored"
     except Exception as exc:
-        _finish(event_id, "failed", f"{type(exc).__name__}: {exc}")
-        WEBHOOK_EVENTS.labels(type=event_type, outcome="failed").inc()
+        _finish(event_id, EventStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        WEBHOOK_EVENTS.labels(type=event_type, outcome=EventStatus.FAILED).inc()
         raise
-    outcome = "ignored" if result == "ignored" else "processed"
+    outcome = EventStatus.IGNORED if result == "ignored" else EventStatus.PROCESSED
     _finish(event_id, outcome, None)
     WEBHOOK_EVENTS.labels(type=event_type, outcome=outcome).inc()
     log.info("webhook.processed", event_id=event_id, type=event_type, result=result)
     return result
 
 
-def _finish(event_id: str, status: str, error: str | None) -> None:
+def _move(event: StripeEvent, target: EventStatus) -> None:
+    """Every change of an event's status: what its state machine allows, or an error."""
+    event.status = rules.require_transition(event.status, target).value
+
+
+def _finish(event_id: str, status: EventStatus, error: str | None) -> None:
     with transaction() as session:
         event = session.get(StripeEvent, event_id, with_for_update=True)
         assert event is not None
-        event.status = status
+        if event.status in rules.APPLIED:
+            # Another run of it (an operator's replay, say) applied it first: it stands.
+            log.info("webhook.applied_by_another_run", event_id=event_id, status=event.status)
+            return
+        _move(event, status)
         event.error = error[:4000] if error else None
         event.processed_at = func.now()
 
@@ -136,7 +148,7 @@ def _invoice_for_intent(
         ChargeAttempt.stripe_payment_intent_id == intent_id
     )
     if paid_by_it:
-        query = query.where(ChargeAttempt.status == "succeeded")
+        query = query.where(ChargeAttempt.status == ChargeStatus.SUCCEEDED.value)
     invoice_id = session.scalar(query)
     return session.get(Invoice, invoice_id, with_for_update=True) if invoice_id else None
 
@@ -189,7 +201,7 @@ def replay_event(event_id: str) -> str:
         event = session.get(StripeEvent, event_id, with_for_update=True)
         if event is None:
             raise PermanentJobError(f"no stored event {event_id}")
-        event.status = "received"
+        _move(event, EventStatus.RECEIVED)
         event.error = None
         job_id = record_job(session, jobs.PROCESS_STRIPE_EVENT, event_id=event_id)
     return job_id

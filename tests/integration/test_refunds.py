@@ -1,3 +1,4 @@
+import pytest
 from sqlalchemy import select
 
 from billing.extensions import db
@@ -82,4 +83,33 @@ def test_a_customer_key_cannot_refund(paying_customer, open_invoice, customer_ap
     assert (
         db.session.scalar(select(OutboxJob.id).where(OutboxJob.name == "billing.refund_invoice"))
         is None
+    )
+
+
+def test_a_refund_whose_answer_was_lost_is_found_on_stripe_not_sent_again(
+    admin, paying_customer, open_invoice, run_jobs, proxied_app, stripe_client
+):
+    invoice = _paid_invoice(admin, paying_customer, open_invoice, run_jobs)
+    refund_id = admin.post(f"/v1/invoices/{invoice['id']}/refund", json={}).get_json()["id"]
+    proxied, proxy = proxied_app
+    proxy.drop_responses(1, path="/v1/refunds")
+    with proxied.app_context():
+        from billing.services import refunds
+        from billing.services.errors import TransientJobError
+
+        with pytest.raises(TransientJobError):
+            refunds.execute_refund(refund_id)
+        db.session.remove()
+    lost = admin.get(f"/v1/invoices/{invoice['id']}").get_json()
+    assert [r["status"] for r in lost["refunds"]] == ["unknown"]
+    # Started again, it asks Stripe first, and adopts the refund made the first time.
+    with proxied.app_context():
+        assert refunds.execute_refund(refund_id) == "succeeded"
+        db.session.remove()
+    intent = invoice["payment_attempts"][0]["payment_intent"]
+    assert len(_stripe_refunds(stripe_client, intent)) == 1
+    after = admin.get(f"/v1/invoices/{invoice['id']}").get_json()
+    assert ([r["status"] for r in after["refunds"]], after["amount_refunded"]) == (
+        ["succeeded"],
+        5000,
     )

@@ -206,6 +206,29 @@ def test_an_event_can_be_replayed_by_an_operator(app, client, run_jobs):
     assert missing.exit_code == 1
 
 
+def test_an_outcome_another_run_recorded_first_stands(client, monkeypatch):
+    """Two runs of one event (the original job and a replay's): the one that finishes
+    second does not overwrite the first's outcome, even with a failure of its own."""
+    from billing.services import stripe_events
+
+    def applied_meanwhile(_: object) -> str:
+        db.session.execute(
+            StripeEvent.__table__.update()
+            .where(StripeEvent.id == "evt_twice")
+            .values(status="processed")
+        )
+        db.session.commit()
+        raise RuntimeError("this run failed late")
+
+    monkeypatch.setitem(stripe_events._HANDLERS, "customer.updated", applied_meanwhile)
+    _deliver(client, event("customer.updated", {"id": "cus_1"}, id_="evt_twice"))
+    with pytest.raises(RuntimeError):
+        stripe_events.process_event("evt_twice")
+    db.session.expire_all()
+    stored = db.session.get(StripeEvent, "evt_twice")
+    assert (stored.status, stored.error) == ("processed", None)
+
+
 def test_the_stored_event_is_the_raw_signed_one(client):
     payload = event("invoice.created", {"id": "in_x", "amount_due": 5}, id_="evt_raw")
     _deliver(client, payload)

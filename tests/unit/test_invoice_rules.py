@@ -5,11 +5,11 @@ import pytest
 from billing.domain.invoices import (
     InvalidStateTransition,
     InvoiceStatus,
-    check_transition,
     format_invoice_number,
     invoice_totals,
     line_amounts,
     lines_are_editable,
+    require_transition,
 )
 
 S = InvoiceStatus
@@ -63,7 +63,7 @@ def test_negative_quantities_are_refused():
     ],
 )
 def test_stripe_billing_transitions_are_allowed(current, target):
-    check_transition(current, target)
+    assert require_transition(current, target) is target
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_stripe_billing_transitions_are_allowed(current, target):
 )
 def test_other_transitions_are_refused(current, target):
     with pytest.raises(InvalidStateTransition):
-        check_transition(current, target)
+        require_transition(current, target)
 
 
 def test_only_drafts_have_editable_lines():
