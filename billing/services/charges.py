@@ -34,6 +34,9 @@ from billing.adapters.stripe_gateway import (
     StripeRejected,
     StripeUnavailable,
 )
+from billing.domain import charges as charge_rules
+from billing.domain import invoices as invoice_rules
+from billing.domain.charges import ChargeStatus
 from billing.domain.invoices import InvoiceStatus
 from billing.domain.money import AmountNotChargeable, UnknownCurrency, to_stripe_amount
 from billing.extensions import db
@@ -76,8 +79,7 @@ RECONCILE_AFTER = timedelta(seconds=30)
 # lost), and given up after the deadline (Stripe's own links last about a day).
 AUTHENTICATION_POLL = timedelta(minutes=10)
 AUTHENTICATION_DEADLINE = timedelta(hours=23)
-PAYABLE = (InvoiceStatus.OPEN.value, InvoiceStatus.UNCOLLECTIBLE.value)
-FINAL = ("succeeded", "failed", "canceled")
+PAYABLE = invoice_rules.PAYABLE
 AMOUNT_MISMATCH = "amount_mismatch"
 
 
@@ -160,7 +162,7 @@ def start_attempts(
                 "id": attempt_id,
                 "invoice_id": invoice_id,
                 "ledger_key": f"charge:{attempt_id}",
-                "status": "pending",
+                "status": ChargeStatus.PENDING.value,
                 "source": source,
                 "amount": amount,
                 "currency": currency,
@@ -237,8 +239,10 @@ def request_charge(
 
 
 def _finish_attempt(attempt: ChargeAttempt, status: str) -> None:
-    attempt.status = status
-    if status in FINAL or status == "requires_action":
+    """The one change of an attempt's status once it was sent (or called off): through the
+    attempt's transition table, with what the customer hears of it."""
+    attempt.status = charge_rules.require_transition(attempt.status, ChargeStatus(status)).value
+    if attempt.status in charge_rules.ANSWERED:
         attempt.finished_at = func.now()
     _notify(attempt)
     count_on_commit(db.session(), CHARGES.labels(outcome=status))
@@ -248,10 +252,10 @@ def _notify(attempt: ChargeAttempt) -> None:
     """What the customer hears of an attempt's end, recorded with the outcome itself."""
     session = db.session()
     invoice = attempt.invoice
-    if attempt.status == "succeeded":
+    if attempt.status == ChargeStatus.SUCCEEDED:
         emails.queue_email(session, "payment_receipt", invoice, occasion=attempt.id)
         documents.request_render(session, invoice)  # the document now shows it paid
-    elif attempt.status == "failed":
+    elif attempt.status == ChargeStatus.FAILED:
         # One email per failed attempt (its occasion), naming dunning's next retry.
         emails.queue_email(
             session,
@@ -260,7 +264,7 @@ def _notify(attempt: ChargeAttempt) -> None:
             occasion=attempt.id,
             context_=dunning_schedule.payment_failed_context(session, attempt),
         )
-    elif attempt.status == "requires_action":
+    elif attempt.status == ChargeStatus.REQUIRES_ACTION:
         emails.queue_email(session, "authentication_required", invoice, occasion=attempt.id)
 
 
@@ -300,16 +304,16 @@ def _prepare(attempt_id: str) -> _Prepared | str:
         if locked is None:
             return "missing"
         attempt, invoice, customer = locked
-        if attempt.status in (*FINAL, "requires_action"):
+        if attempt.status in charge_rules.ANSWERED:
             return attempt.status
-        if invoice.status not in PAYABLE and attempt.status == "pending":
+        if invoice.status not in PAYABLE and attempt.status == ChargeStatus.PENDING:
             # Nothing was sent for this attempt yet: it can simply be called off.
-            _finish_attempt(attempt, "canceled")
+            _finish_attempt(attempt, ChargeStatus.CANCELED)
             log.info("charge.canceled", attempt_id=attempt_id, invoice_status=invoice.status)
             return "canceled"
         if not customer.stripe_customer_id:
             raise TransientJobError(f"customer {customer.id} is not on Stripe yet")
-        if not customer.default_payment_method and attempt.status == "pending":
+        if not customer.default_payment_method and attempt.status == ChargeStatus.PENDING:
             attempt.decline_code = "no_payment_method"
             attempt.failure_message = "The customer has no default payment method."
             _finish_attempt(attempt, "failed")
@@ -319,8 +323,10 @@ def _prepare(attempt_id: str) -> _Prepared | str:
         )
         if claimed.claim is Claim.DONE:
             return attempt.status  # recorded already, in the same commit as the attempt
-        if attempt.status == "pending":
-            attempt.status = "started"
+        if attempt.status == ChargeStatus.PENDING:
+            attempt.status = charge_rules.require_transition(
+                attempt.status, ChargeStatus.STARTED
+            ).value
             attempt.payment_method = customer.default_payment_method
         payment_method = attempt.payment_method or customer.default_payment_method
         assert payment_method is not None
@@ -546,7 +552,7 @@ def _record_unknown(attempt_id: str, claimed: ClaimResult, error: str) -> None:
             return
         attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
         assert attempt is not None
-        attempt.status = "unknown"
+        attempt.status = charge_rules.require_transition(attempt.status, ChargeStatus.UNKNOWN).value
         attempt.failure_message = f"outcome unknown, reconciling: {error[:300]}"
     CHARGES.labels(outcome="unknown").inc()
     log.warning("charge.outcome_unknown", attempt_id=attempt_id, error=error[:300])
@@ -625,7 +631,7 @@ def mark_invoice_paid(invoice: Invoice, amount: int) -> None:
     void invoice is recorded on its attempt and logged for an operator to refund."""
     if invoice.status in PAYABLE:
         invoice.amount_paid = min(invoice.total, invoice.amount_paid + amount)
-        invoice.status = InvoiceStatus.PAID.value
+        invoice.status = invoice_rules.require_transition(invoice.status, InvoiceStatus.PAID).value
         invoice.paid_at = func.now()
         delinquency.clear_if_settled(db.session(), invoice)
         log.info("invoice.paid", invoice_id=invoice.id, amount=amount)
@@ -639,7 +645,14 @@ def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: App
             locked = _locked(session, attempt_id)
             assert locked is not None
             attempt, invoice, _ = locked
-            apply(attempt, invoice)
+            try:
+                apply(attempt, invoice)
+            except charge_rules.IllegalChargeTransition:
+                # Stripe's webhook recorded this attempt's outcome while this run held the
+                # claim, and overruled it: the ledger says so (LeaseLost). Anything else
+                # is a real refusal, and rolls back.
+                ledger.complete(claimed, "failed")
+                raise
             ledger.complete(
                 claimed,
                 "failed" if ledger_state in ("failed", "canceled") else "succeeded",
@@ -718,7 +731,7 @@ def _another_success(session: Session, attempt: ChargeAttempt) -> bool:
             select(
                 exists().where(
                     ChargeAttempt.invoice_id == attempt.invoice_id,
-                    ChargeAttempt.status == "succeeded",
+                    ChargeAttempt.status == ChargeStatus.SUCCEEDED,
                     ChargeAttempt.id != attempt.id,
                 )
             )
@@ -754,9 +767,11 @@ def reconcile_stuck_attempts(limit: int = 200) -> int:
                 select(ChargeAttempt.id)
                 .where(
                     or_(
-                        ChargeAttempt.status.in_(("pending", "started", "unknown"))
+                        ChargeAttempt.status.in_(
+                            (ChargeStatus.PENDING, ChargeStatus.STARTED, ChargeStatus.UNKNOWN)
+                        )
                         & (ChargeAttempt.updated_at < func.now() - RECONCILE_AFTER),
-                        (ChargeAttempt.status == "requires_action")
+                        (ChargeAttempt.status == ChargeStatus.REQUIRES_ACTION)
                         & (ChargeAttempt.updated_at < func.now() - AUTHENTICATION_POLL),
                     ),
                     ~unfinished_job,

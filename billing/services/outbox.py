@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from billing.adapters.broker import LiveWorkers
+from billing.domain import jobs as job_rules
+from billing.domain.jobs import JobState
 from billing.extensions import db
 from billing.ids import new_id
 from billing.jobs import queue_for
@@ -44,7 +46,7 @@ SWEEP_BATCH = 500
 # Ten tries over about eight minutes (with the runner's backoff): enough to ride out a
 # Stripe or SMTP blip; then an operator sees the job dead-lettered.
 MAX_ATTEMPTS = 10
-UNFINISHED = ("pending", "sent", "running")
+UNFINISHED = job_rules.UNFINISHED
 # The longest a job sent but never started waits before it is sent once more, in leases,
 # when the broker cannot be asked whether its message still waits (the last resort).
 MAX_RESEND_LEASES = 4
@@ -80,7 +82,7 @@ def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, An
             "name": name,
             "queue": queue,
             "args": args,
-            "state": "sent",
+            "state": JobState.SENT,
             "request_id": request_id,
         }
         for args in args_of_each
@@ -132,8 +134,8 @@ def _back_to_pending(unpublished: list[str]) -> Any:
     # Not sent after all: pending, and swept again soon rather than after a full lease.
     return (
         update(OutboxJob)
-        .where(OutboxJob.id.in_(unpublished), OutboxJob.state == "sent")
-        .values(state="pending", sent_at=None, lease_expires_at=func.now() + RELAY_GRACE)
+        .where(OutboxJob.id.in_(unpublished), OutboxJob.state == JobState.SENT)
+        .values(state=JobState.PENDING, sent_at=None, lease_expires_at=func.now() + RELAY_GRACE)
     )
 
 
@@ -177,7 +179,11 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
     published = set(_publish([(r.id, r.name, r.request_id) for r in rows]))
     waited = func.now() - func.coalesce(OutboxJob.sent_at, func.now())
     for resent_unstarted in (True, False):
-        ids = [r.id for r in rows if r.id in published and (r.state == "sent") is resent_unstarted]
+        ids = [
+            r.id
+            for r in rows
+            if r.id in published and (r.state == JobState.SENT) is resent_unstarted
+        ]
         if not ids:
             continue
         wait: Any = lease()
@@ -186,7 +192,7 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
         session.execute(
             update(OutboxJob)
             .where(OutboxJob.id.in_(ids))
-            .values(state="sent", sent_at=func.now(), lease_expires_at=func.now() + wait)
+            .values(state=JobState.SENT, sent_at=func.now(), lease_expires_at=func.now() + wait)
         )
     session.commit()
     states = [r.state for r in rows if r.id in published]
@@ -195,8 +201,8 @@ def sweep(limit: int = SWEEP_BATCH) -> int:
         republished=len(published),
         found=len(rows),
         lost_messages=len(set(evidence.lost) & published),
-        due=states.count("pending"),
-        running_resent=sum(1 for r in rows if r.state == "running" and r.id in published),
+        due=states.count(JobState.PENDING),
+        running_resent=sum(1 for r in rows if r.state == JobState.RUNNING and r.id in published),
     )
     return len(published)
 
@@ -217,7 +223,7 @@ def _broker_evidence(session: Session) -> _BrokerEvidence:
     the time the sweep locks it, and is not taken for lost."""
     sent = session.execute(
         select(OutboxJob.id, OutboxJob.queue).where(
-            OutboxJob.state == "sent", OutboxJob.sent_at < func.now() - SENT_GRACE
+            OutboxJob.state == JobState.SENT, OutboxJob.sent_at < func.now() - SENT_GRACE
         )
     ).all()
     session.commit()
@@ -250,8 +256,8 @@ def _due_or_lost(evidence: _BrokerEvidence) -> list[Any]:
         return [expired]
     conditions: list[Any] = [
         # A job waiting in its queue is not lost however long it waits: it is left alone.
-        expired & ~((OutboxJob.state == "sent") & _among(OutboxJob.id, evidence.queued)),
-        (OutboxJob.state == "sent")
+        expired & ~((OutboxJob.state == JobState.SENT) & _among(OutboxJob.id, evidence.queued)),
+        (OutboxJob.state == JobState.SENT)
         & _among(OutboxJob.id, evidence.lost)
         & (OutboxJob.sent_at < func.now() - SENT_GRACE),
     ]
@@ -259,7 +265,7 @@ def _due_or_lost(evidence: _BrokerEvidence) -> list[Any]:
     if live is not None and live.complete:
         # Started a full window ago: its worker has beaten since, if it lives.
         conditions.append(
-            (OutboxJob.state == "running")
+            (OutboxJob.state == JobState.RUNNING)
             & OutboxJob.worker.is_not(None)
             & ~_among(OutboxJob.worker, live.alive)
             & (OutboxJob.started_at < func.now() - LIVENESS_WINDOW)
@@ -332,8 +338,8 @@ def mark_finished_jobs(session: Session) -> None:
 
 def _claimable() -> Any:
     return or_(
-        OutboxJob.state.in_(("pending", "sent")),
-        (OutboxJob.state == "running") & (OutboxJob.lease_expires_at < func.now()),
+        OutboxJob.state.in_((JobState.PENDING, JobState.SENT)),
+        (OutboxJob.state == JobState.RUNNING) & (OutboxJob.lease_expires_at < func.now()),
     )
 
 
@@ -371,14 +377,14 @@ def single_statements() -> Iterator[Connection]:
 # The statements every job runs, built once with bind parameters: building them per call
 # (expressions, coercions, cache keys) cost more CPU than their round trips.
 _jobs = OutboxJob.__table__
-_running_now = (_jobs.c.state == "running") & (_jobs.c.lease_expires_at < func.now())
+_running_now = (_jobs.c.state == JobState.RUNNING) & (_jobs.c.lease_expires_at < func.now())
 # Equalities, not IN: a Prebuilt statement takes no expanding list parameter.
-_CLAIMABLE = or_(_jobs.c.state == "pending", _jobs.c.state == "sent", _running_now)
+_CLAIMABLE = or_(_jobs.c.state == JobState.PENDING, _jobs.c.state == JobState.SENT, _running_now)
 _START_STATEMENT = (
     update(_jobs)
     .where(_jobs.c.id == bindparam("b_job_id"), _CLAIMABLE, _jobs.c.attempts < MAX_ATTEMPTS)
     .values(
-        state="running",
+        state=JobState.RUNNING,
         attempts=_jobs.c.attempts + 1,
         started_at=func.now(),
         lease_expires_at=func.now() + bindparam("b_lease", type_=Interval()),
@@ -389,13 +395,13 @@ _START_STATEMENT = (
 _START = Prebuilt(_START_STATEMENT)
 _THIS_RUN = (
     (_jobs.c.id == bindparam("b_job_id"))
-    & (_jobs.c.state == "running")
+    & (_jobs.c.state == JobState.RUNNING)
     & (_jobs.c.attempts == bindparam("b_job_attempt"))
 )
 _SUCCEED = (
     update(_jobs)
     .where(_THIS_RUN)
-    .values(state="succeeded", finished_at=func.now(), last_error=None)
+    .values(state=JobState.SUCCEEDED, finished_at=func.now(), last_error=None)
 )
 _SUCCEEDED = Prebuilt(_SUCCEED)
 
@@ -430,7 +436,7 @@ def _give_up_if_spent(connection: Connection, job_id: str) -> None:
         update(OutboxJob)
         .where(OutboxJob.id == job_id, _claimable(), OutboxJob.attempts >= MAX_ATTEMPTS)
         .values(
-            state="dead_lettered",
+            state=JobState.DEAD_LETTERED,
             finished_at=func.now(),
             last_error=func.coalesce(OutboxJob.last_error, "")
             + f" (gave up: {MAX_ATTEMPTS} attempts started, none finished)",
@@ -476,7 +482,7 @@ def _finish(job: StartedJob, **values: Any) -> bool:
             update(OutboxJob)
             .where(
                 OutboxJob.id == job.id,
-                OutboxJob.state == "running",
+                OutboxJob.state == JobState.RUNNING,
                 OutboxJob.attempts == job.attempts,
             )
             .values(**values)
@@ -500,11 +506,13 @@ def job_succeeded(job: StartedJob) -> bool:
 
 
 def job_failed(job: StartedJob, error: str) -> bool:
-    return _finish(job, state="failed", finished_at=func.now(), last_error=error[:4000])
+    return _finish(job, state=JobState.FAILED, finished_at=func.now(), last_error=error[:4000])
 
 
 def job_dead_lettered(job: StartedJob, error: str) -> bool:
-    return _finish(job, state="dead_lettered", finished_at=func.now(), last_error=error[:4000])
+    return _finish(
+        job, state=JobState.DEAD_LETTERED, finished_at=func.now(), last_error=error[:4000]
+    )
 
 
 def job_will_retry(
@@ -521,7 +529,7 @@ def job_will_retry(
         values["attempts"] = OutboxJob.attempts - 1
     return _finish(
         job,
-        state="pending",
+        state=JobState.PENDING,
         sent_at=None,
         last_error=error[:4000],
         lease_expires_at=func.now() + timedelta(seconds=countdown),
@@ -545,7 +553,7 @@ def get_job(job_id: str, *, customer_scope: str | None = None) -> OutboxJob | No
     return None
 
 
-REPLAYABLE = ("dead_lettered", "failed")
+REPLAYABLE = job_rules.REPLAYABLE
 
 
 class NotReplayable(Exception):
@@ -575,7 +583,7 @@ def replay(job_id: str) -> OutboxJob:
         if job.state not in REPLAYABLE:
             raise NotReplayable(f"job {job_id} is {job.state}; only {', '.join(REPLAYABLE)} replay")
         # As a newly recorded job: sent with a full lease, pending again if the publish fails.
-        job.state = "sent"
+        job.state = job_rules.require_transition(job.state, JobState.SENT)
         job.attempts = 0
         job.finished_at = None
         job.sent_at = func.now()
