@@ -8,6 +8,7 @@ from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
 from billing.api.serializers import customer_out
 from billing.services import customers as service
+from billing.services import dunning
 
 bp = Blueprint("customers", __name__, url_prefix="/v1/customers")
 
@@ -97,4 +98,7 @@ def set_payment_method(customer_id: str, body: schemas.PaymentMethodAttach) -> V
     customer = service.set_default_payment_method(
         customer_id, body.payment_method, customer_scope=customer_scope()
     )
+    # Invoices held by a hard decline are retried at once. Should this process die first,
+    # the next scheduled retry runs anyway: the hold is lifted by the new method itself.
+    dunning.retry_after_new_payment_method(customer_id, body.payment_method)
     return customer_out(customer), 200

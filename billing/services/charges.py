@@ -30,6 +30,7 @@ from billing import jobs
 from billing.adapters.stripe_gateway import (
     CardDeclined,
     PaymentIntentResult,
+    StripeGateway,
     StripeRateLimited,
     StripeRejected,
     StripeUnavailable,
@@ -61,7 +62,7 @@ from billing.services import (
 from billing.services.errors import Conflict, NotFound, ServiceError, TransientJobError
 from billing.services.ledger import Claim, ClaimResult
 from billing.services.outbox import (
-    finish_running_job,
+    JobWork,
     has_unfinished_job,
     record_job,
     record_jobs,
@@ -343,36 +344,37 @@ def _prepare(attempt_id: str) -> _Prepared | str:
         )
 
 
-def execute_charge(attempt_id: str) -> str:
+def execute_charge(attempt_id: str, *, work: JobWork | None = None) -> str:
     """The `billing.charge_invoice` job. Returns the attempt's status afterwards."""
+    work = work or JobWork.outside_a_job()
     # Committed either way: nothing is held open across the network.
     prepared = _prepare(attempt_id)
     if prepared == "requires_action":
-        return _follow_up_authentication(attempt_id)
+        return _follow_up_authentication(work, attempt_id)
     if isinstance(prepared, str):
         return prepared
     claimed = prepared.claimed
     stripe_customer_id, payment_method = prepared.stripe_customer_id, prepared.payment_method
     amount, currency, ledger_key = prepared.amount, prepared.currency, prepared.ledger_key
     invoice_id, known_intent = prepared.invoice_id, prepared.known_intent
-    gateway = context.stripe_gateway()
+    gateway = work.gateways.stripe
 
     if claimed.claim is Claim.RESUMED:
         try:
-            found = find_intent_for_attempt(known_intent, ledger_key)
+            found = find_intent_for_attempt(gateway, known_intent, ledger_key)
         except StripeUnavailable as exc:
             _record_unknown(attempt_id, claimed, str(exc))
             raise TransientJobError(f"Stripe unavailable while reconciling: {exc}") from exc
         if found is not None:
             log.info("charge.reconciled", attempt_id=attempt_id, intent_status=found.status)
-            return _record_answer(attempt_id, claimed, prepared, found)
+            return _record_answer(work, attempt_id, claimed, prepared, found)
     if not prepared.may_create:
         # Stripe never got it, and the invoice is settled or void meanwhile: call it off.
         def called_off(attempt: ChargeAttempt, invoice: Invoice) -> None:
             attempt.failure_message = f"called off: the invoice became {invoice.status}"
             _finish_attempt(attempt, "canceled")
 
-        return _record(attempt_id, claimed, "canceled", called_off)
+        return _record(work, attempt_id, claimed, "canceled", called_off)
 
     try:
         intent = gateway.create_payment_intent(
@@ -385,18 +387,23 @@ def execute_charge(attempt_id: str) -> str:
         )
     except CardDeclined as exc:
         status = _record_failure(
-            attempt_id, claimed, exc.code or "card_declined", exc.message, exc.payment_intent_id
+            work,
+            attempt_id,
+            claimed,
+            exc.code or "card_declined",
+            exc.message,
+            exc.payment_intent_id,
         )
-        _cancel_leftover_intent(ledger_key, exc.payment_intent_id)
+        _cancel_leftover_intent(gateway, ledger_key, exc.payment_intent_id)
         return status
     except StripeRejected as exc:
-        return _record_failure(attempt_id, claimed, exc.code or "rejected", exc.message, None)
+        return _record_failure(work, attempt_id, claimed, exc.code or "rejected", exc.message, None)
     except AmountNotChargeable as exc:
         # Nothing was sent: an amount recorded before the charge step applied to it.
-        return _record_failure(attempt_id, claimed, "amount_not_chargeable", str(exc), None)
+        return _record_failure(work, attempt_id, claimed, "amount_not_chargeable", str(exc), None)
     except UnknownCurrency as exc:
         # Nothing was sent: a currency recorded before only Stripe's were accepted.
-        return _record_failure(attempt_id, claimed, "currency_not_supported", str(exc), None)
+        return _record_failure(work, attempt_id, claimed, "currency_not_supported", str(exc), None)
     except StripeUnavailable as exc:
         _record_unknown(attempt_id, claimed, str(exc))
         raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc
@@ -407,19 +414,23 @@ def execute_charge(attempt_id: str) -> str:
         if claimed.claim is Claim.NEW:
             ledger.release(claimed)
         raise
-    return _record_answer(attempt_id, claimed, prepared, intent)
+    return _record_answer(work, attempt_id, claimed, prepared, intent)
 
 
 def _record_answer(
-    attempt_id: str, claimed: ClaimResult, prepared: _Prepared, intent: PaymentIntentResult
+    work: JobWork,
+    attempt_id: str,
+    claimed: ClaimResult,
+    prepared: _Prepared,
+    intent: PaymentIntentResult,
 ) -> str:
     """Phase 3: what Stripe answered about this attempt (the intent created, or the one found
     when reconciling) becomes its outcome. Only a PaymentIntent for the attempt's own amount
     and currency is recorded as what it says."""
     mismatch = amount_mismatch(prepared.amount, prepared.currency, intent)
     if mismatch is not None:
-        return _record_mismatch(attempt_id, claimed, intent, mismatch, prepared.ledger_key)
-    return _record_intent(attempt_id, claimed, intent)
+        return _record_mismatch(work, attempt_id, claimed, intent, mismatch, prepared.ledger_key)
+    return _record_intent(work, attempt_id, claimed, intent)
 
 
 def amount_mismatch(amount: int, currency: str, intent: PaymentIntentResult) -> str | None:
@@ -472,24 +483,24 @@ def _mismatched(intent: PaymentIntentResult, message: str, source: str) -> Apply
 
 
 def _record_mismatch(
+    work: JobWork,
     attempt_id: str,
     claimed: ClaimResult,
     intent: PaymentIntentResult,
     message: str,
     ledger_key: str,
 ) -> str:
-    status = _record(attempt_id, claimed, "failed", _mismatched(intent, message, "charge"))
+    status = _record(work, attempt_id, claimed, "failed", _mismatched(intent, message, "charge"))
     if intent.status != "succeeded" and intent.id:
         # Not a payment yet: make sure it never becomes one.
-        _cancel_leftover_intent(ledger_key, intent.id)
+        _cancel_leftover_intent(work.gateways.stripe, ledger_key, intent.id)
     return status
 
 
-def _cancel_leftover_intent(ledger_key: str, intent_id: str | None) -> None:
+def _cancel_leftover_intent(gateway: StripeGateway, ledger_key: str, intent_id: str | None) -> None:
     """A declined PaymentIntent waits for a new payment method; the customer could still
     confirm it later, after another attempt succeeded. Cancel it: a failed attempt must
     never turn into a second payment. Best effort: the webhook path catches the rest."""
-    gateway = context.stripe_gateway()
     try:
         if intent_id is None:
             found = gateway.find_payment_intents_by_metadata("ledger_key", ledger_key)
@@ -500,7 +511,7 @@ def _cancel_leftover_intent(ledger_key: str, intent_id: str | None) -> None:
         log.warning("charge.cancel_declined_intent_failed", ledger_key=ledger_key, error=str(exc))
 
 
-def _follow_up_authentication(attempt_id: str) -> str:
+def _follow_up_authentication(work: JobWork, attempt_id: str) -> str:
     """An attempt waiting for 3-D Secure: ask Stripe whether the customer finished (in case
     the webhook was lost), and past the deadline cancel the intent and fail the attempt,
     so that the invoice can be charged again (dunning) instead of waiting forever."""
@@ -514,7 +525,7 @@ def _follow_up_authentication(attempt_id: str) -> str:
         attempt.updated_at = func.now()  # polled now: the sweep comes back in a while
     if intent_id is None:
         return "requires_action"
-    gateway = context.stripe_gateway()
+    gateway = work.gateways.stripe
     try:
         intent = gateway.retrieve_payment_intent(intent_id)
         if intent.status == "requires_action" and expired:
@@ -532,10 +543,11 @@ def _follow_up_authentication(attempt_id: str) -> str:
     return apply_intent_from_stripe(attempt_id, intent)
 
 
-def find_intent_for_attempt(intent_id: str | None, ledger_key: str) -> PaymentIntentResult | None:
+def find_intent_for_attempt(
+    gateway: StripeGateway, intent_id: str | None, ledger_key: str
+) -> PaymentIntentResult | None:
     """Stripe's own truth about this attempt: its intent if we know the id, else any intent
     carrying our ledger key. A succeeded one wins if, against all odds, there are several."""
-    gateway = context.stripe_gateway()
     if intent_id:
         return gateway.retrieve_payment_intent(intent_id)
     found = gateway.find_payment_intents_by_metadata("ledger_key", ledger_key)
@@ -569,9 +581,14 @@ def _failed(code: str, message: str, intent_id: str | None) -> Apply:
 
 
 def _record_failure(
-    attempt_id: str, claimed: ClaimResult, code: str, message: str, intent_id: str | None
+    work: JobWork,
+    attempt_id: str,
+    claimed: ClaimResult,
+    code: str,
+    message: str,
+    intent_id: str | None,
 ) -> str:
-    return _record(attempt_id, claimed, "failed", _failed(code, message, intent_id))
+    return _record(work, attempt_id, claimed, "failed", _failed(code, message, intent_id))
 
 
 def _needs_action(intent: PaymentIntentResult) -> Apply:
@@ -600,11 +617,13 @@ def _outcome(intent: PaymentIntentResult) -> tuple[str, Apply] | None:
     return None
 
 
-def _record_intent(attempt_id: str, claimed: ClaimResult, intent: PaymentIntentResult) -> str:
+def _record_intent(
+    work: JobWork, attempt_id: str, claimed: ClaimResult, intent: PaymentIntentResult
+) -> str:
     outcome = _outcome(intent)
     if outcome is not None:
         status, apply = outcome
-        return _record(attempt_id, claimed, status, apply)
+        return _record(work, attempt_id, claimed, status, apply)
     # Not final yet: ask again later.
     with transaction() as session:
         attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
@@ -639,7 +658,9 @@ def mark_invoice_paid(invoice: Invoice, amount: int) -> None:
         log.error("charge.succeeded_on_void_invoice", invoice_id=invoice.id, amount=amount)
 
 
-def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: Apply) -> str:
+def _record(
+    work: JobWork, attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: Apply
+) -> str:
     try:
         with transaction() as session:
             locked = _locked(session, attempt_id)
@@ -663,7 +684,7 @@ def _record(attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: App
             )
             # The charge job's last write (only the charge job records an outcome here):
             # the job ends in the same commit as its attempt.
-            finish_running_job(session)
+            work.finish_job(session)
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"attempt {attempt_id} was taken over; it records") from exc
     log.info("charge.recorded", attempt_id=attempt_id, status=ledger_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, cast
 
@@ -40,6 +41,20 @@ def mailer() -> SmtpMailer:
 
 def document_storage() -> DocumentStorage:
     return cast("DocumentStorage", current_app.extensions["billing.storage"])
+
+
+@dataclass(frozen=True)
+class Gateways:
+    """The outside world a use case talks to, handed in by its caller (the job runner);
+    a test hands in fakes."""
+
+    stripe: StripeGateway
+    mailer: SmtpMailer
+    storage: DocumentStorage
+
+
+def gateways() -> Gateways:
+    return Gateways(stripe_gateway(), mailer(), document_storage())
 
 
 def stripe_call_lease() -> timedelta:

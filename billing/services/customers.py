@@ -14,7 +14,7 @@ from billing.domain.money import normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
 from billing.models import Customer, Invoice
-from billing.services import context, dunning, ledger
+from billing.services import context, ledger
 from billing.services.errors import (
     Conflict,
     HeldElsewhere,
@@ -26,7 +26,7 @@ from billing.services.errors import (
     TransientJobError,
 )
 from billing.services.ledger import Claim
-from billing.services.outbox import record_job
+from billing.services.outbox import JobWork, record_job
 from billing.services.pagination import Page, paginate
 from billing.services.unit_of_work import transaction
 
@@ -133,7 +133,7 @@ def update_customer(
     return customer
 
 
-def sync_customer_to_stripe(customer_id: str) -> str:
+def sync_customer_to_stripe(customer_id: str, *, work: JobWork | None = None) -> str:
     """Create the customer on Stripe exactly once and store its id. Safe to run many times:
     our ledger claims the creation first, and an attempt whose answer was lost is
     reconciled by looking for our ledger key in Stripe customers' metadata."""
@@ -149,7 +149,7 @@ def sync_customer_to_stripe(customer_id: str) -> str:
     claimed = ledger.claim(
         LEDGER_SCOPE_STRIPE_CUSTOMER, ledger_key, customer_id, lease=context.stripe_call_lease()
     )
-    gateway = context.stripe_gateway()
+    gateway = (work or JobWork.outside_a_job()).gateways.stripe
     stripe_id: str | None = None
     if claimed.claim is Claim.IN_PROGRESS:
         raise HeldElsewhere(
@@ -243,7 +243,4 @@ def set_default_payment_method(
         session.refresh(customer, with_for_update=True)
         customer.default_payment_method = payment_method
     log.info("customer.payment_method_set", customer_id=customer_id)
-    # Invoices held by a hard decline are retried at once. Should this process die first,
-    # the next scheduled retry runs anyway: the hold is lifted by the new method itself.
-    dunning.retry_after_new_payment_method(customer_id, payment_method)
     return customer

@@ -25,7 +25,7 @@ from billing.metrics import PDF_RENDER_SECONDS
 from billing.models import Invoice, InvoiceDocument
 from billing.services import context, emails
 from billing.services.errors import Conflict, NotFound, PermanentJobError
-from billing.services.outbox import has_unfinished_job, record_jobs
+from billing.services.outbox import JobWork, has_unfinished_job, record_jobs
 from billing.services.unit_of_work import transaction
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _render(invoice: Invoice) -> RenderedPdf:
         return render_invoice_pdf(invoice, seller(), invoice.customer.locale or "en_US")
 
 
-def render_invoice(invoice_id: str, force: bool = False) -> str:
+def render_invoice(invoice_id: str, force: bool = False, *, work: JobWork | None = None) -> str:
     """The `pdf.render_invoice` job. Returns what it did: stored, unchanged or skipped.
 
     `force` (an operator's rerender) renders even when the invoice's fingerprint matches
@@ -178,7 +178,7 @@ def render_invoice(invoice_id: str, force: bool = False) -> str:
     not change the fingerprint. Identical bytes are still never stored twice."""
     from billing.documents.invoice_pdf import TEMPLATE_VERSION
 
-    storage = context.document_storage()
+    storage = (work or JobWork.outside_a_job()).gateways.storage
     session: Session = db.session()
     for _ in range(MAX_RENDER_ROUNDS):
         invoice = _load(session, invoice_id)

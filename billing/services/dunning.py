@@ -43,6 +43,7 @@ from billing.services.dunning_schedule import (
     recorded_steps,
 )
 from billing.services.errors import NotFound
+from billing.services.invoices import record_uncollectible
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -227,9 +228,6 @@ def _claim(session: Session, wanted: list[tuple[str, DunningStep]], today: date)
 
 
 def _mark_uncollectible(invoice: Invoice) -> None:
-    # Imported here: the invoice use cases import customers, which imports this module.
-    from billing.services.invoices import record_uncollectible
-
     # The invoice use case's own change (and its state machine's rule), in this page's
     # transaction: the invoice is locked already.
     record_uncollectible(invoice)

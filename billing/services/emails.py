@@ -18,7 +18,7 @@ from typing import Any
 
 from babel.dates import format_date
 from flask_mail import Message
-from sqlalchemy import CTE, Select, bindparam, case, exists, func, select, true, update
+from sqlalchemy import CTE, Connection, Select, bindparam, case, exists, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -348,7 +348,7 @@ _DELIVERY_SENT = (
     .returning(_deliveries.c.id)
     .cte("delivery_sent")
 )
-_JOB_SUCCEEDED = outbox.running_job_success(_STILL_HELD)
+_JOB_SUCCEEDED = outbox.job_success(_STILL_HELD)
 _RECORD_SENT = Prebuilt(
     select(
         *(
@@ -460,7 +460,7 @@ def _taken(row: Any) -> Taken:
 
 
 def start_sending(
-    job_id: str, *, worker: str | None = None
+    job_id: str, *, worker: str | None = None, connection: Connection | None = None
 ) -> tuple[outbox.StartedJob | None, dict[str, Any]]:
     """The mail job's start and its delivery's take, in one statement."""
     in_database = context.document_storage().in_database
@@ -469,18 +469,22 @@ def start_sending(
         _START_AND_TAKE_READING_PDF if in_database else _START_AND_TAKE,
         {"b_claim_lease": _mail_lease()},
         worker=worker,
+        connection=connection,
     )
     if job is None:
         return None, {}
     return job, {**job.args, "taken": _taken(row)}
 
 
-def send_email(delivery_id: str, taken: Taken | None = None) -> str:
+def send_email(
+    delivery_id: str, taken: Taken | None = None, *, work: outbox.JobWork | None = None
+) -> str:
     """The `mail.send_email` job: send one delivery, at most once. `taken` is its take
     when the job's start made it already (start_sending)."""
+    work = work or outbox.JobWork.outside_a_job()
     if taken is None:
-        in_database = context.document_storage().in_database
-        with outbox.single_statements() as connection:
+        in_database = work.gateways.storage.in_database
+        with work.statements() as connection:
             row = (
                 (_TAKE_READING_PDF if in_database else _TAKE)
                 .execute(connection, {"b_delivery_id": delivery_id, "b_claim_lease": _mail_lease()})
@@ -516,7 +520,7 @@ def send_email(delivery_id: str, taken: Taken | None = None) -> str:
         raise
 
     try:
-        context.mailer().send(message)
+        work.gateways.mailer.send(message)
     except (MailTransientError, MailRejected) as exc:
         # Not accepted: nothing went out, so the key is free for the next attempt
         # (the job's retry, or an operator's replay after fixing the address).
@@ -535,7 +539,7 @@ def send_email(delivery_id: str, taken: Taken | None = None) -> str:
             raise PermanentJobError(f"email to {mail.recipient} refused: {exc}") from exc
         raise TransientJobError(f"email to {mail.recipient} deferred: {exc}") from exc
 
-    with outbox.single_statements() as connection:
+    with work.statements() as connection:
         recorded = _RECORD_SENT.execute(
             connection,
             {
@@ -543,13 +547,13 @@ def send_email(delivery_id: str, taken: Taken | None = None) -> str:
                 "b_attempt": claimed.attempt,
                 "b_outcome": {"message_id": mail.message_id},
                 "b_delivery_id": delivery_id,
-                **outbox.running_job_params(),
+                **work.job_params(),
             },
         ).one()
     if not recorded.entries:
         raise TransientJobError(f"email {delivery_id} was taken over")
     if recorded.jobs:
-        outbox.running_job_succeeded()
+        work.job_finished()
     EMAILS.labels(kind=mail.kind, outcome="sent").inc()
     log.info("email.sent", delivery_id=delivery_id, kind=mail.kind, message_id=mail.message_id)
     return "sent"

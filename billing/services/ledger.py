@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from billing.extensions import db
 from billing.models import LedgerEntry
 from billing.prebuilt import Prebuilt
+from billing.services.errors import HeldElsewhere
 
 
 class Claim(enum.StrEnum):
@@ -139,8 +140,6 @@ def claim(
 def claim_in_transaction(scope: str, key: str, owner_id: str, *, lease: timedelta) -> ClaimResult:
     """A job's claim on one outside side effect, in the caller's transaction: NEW, RESUMED
     or DONE; another live holder is a reason to retry later, a foreign key a bug."""
-    from billing.services.errors import HeldElsewhere
-
     claimed = claim(scope, key, owner_id, lease=lease, commit=False)
     if claimed.claim is Claim.IN_PROGRESS:
         # Its holder finishes, or its lease ends, within what is left of its lease: come

@@ -18,9 +18,9 @@ from billing.models import ChargeAttempt, EmailDelivery, Invoice, InvoiceDocumen
 from billing.services import context
 from billing.services.emails import RESEND_MARK, queue_email
 from billing.services.errors import Conflict, InvalidRequest, NotFound
-from billing.services.outbox import REPLAYABLE, UNFINISHED, record_job
+from billing.services.outbox import REPLAYABLE, UNFINISHED, record_job, recorded_jobs
 from billing.services.queues import database_now
-from billing.services.unit_of_work import RECORDED_JOBS, transaction
+from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
 
@@ -212,11 +212,7 @@ def resend_invoice_email(invoice_id: str, kind: str) -> Resend:
         sent = session.scalars(
             select(EmailDelivery).where(EmailDelivery.id.in_(created)).order_by(EmailDelivery.id)
         ).all()
-        job_ids = [
-            job_id
-            for job_id, name, _ in session.info.get(RECORDED_JOBS, [])
-            if name == jobs.SEND_EMAIL
-        ]
+        job_ids = [job_id for job_id, name, _ in recorded_jobs(session) if name == jobs.SEND_EMAIL]
         recipients = [delivery.recipient for delivery in sent]
     log.info("email.resent", invoice_id=invoice_id, kind=kind, resend=number, deliveries=created)
     return Resend(invoice_id, kind, number, created, recipients, job_ids)

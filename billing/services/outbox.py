@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,7 +35,7 @@ from billing.logging import get_logger
 from billing.models import Invoice, OutboxJob
 from billing.prebuilt import Prebuilt
 from billing.services import context
-from billing.services.unit_of_work import FINISHED_JOBS, RECORDED_JOBS
+from billing.services.unit_of_work import after_commit, registered, transaction
 
 log = get_logger(__name__)
 
@@ -70,7 +69,7 @@ def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, An
 
     Each is recorded as already `sent`, with a full lease: publishing right after commit
     almost always works, and writing "sent" afterwards would cost every request another
-    round trip and commit. A failed publish turns it back to `pending` (relay_recorded_jobs);
+    round trip and commit. A failed publish turns it back to `pending` (_relay);
     a process that dies between commit and publish leaves it to the sweeper."""
     if not args_of_each:
         return []
@@ -93,8 +92,13 @@ def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, An
         ),
         rows,
     )
-    session.info.setdefault(RECORDED_JOBS, []).extend((row["id"], name, request_id) for row in rows)
+    after_commit(session, _relay, *((row["id"], name, request_id) for row in rows))
     return [row["id"] for row in rows]
+
+
+def recorded_jobs(session: Session) -> list[tuple[str, str, str | None]]:
+    """The jobs the transaction under way recorded so far: (id, name, request id)."""
+    return registered(session, _relay)
 
 
 def has_unfinished_job(job_name: str, arg_name: str, id_column: Any) -> Any:
@@ -139,9 +143,8 @@ def _back_to_pending(unpublished: list[str]) -> Any:
     )
 
 
-def relay_recorded_jobs(session: Session) -> None:
+def _relay(session: Session, jobs: list[tuple[str, str, str | None]]) -> None:
     """Publish what the just-committed transaction recorded. Failure here loses nothing."""
-    jobs = session.info.pop(RECORDED_JOBS, [])
     unpublished = _unpublished(jobs) if jobs else []
     if not unpublished:
         return
@@ -281,58 +284,61 @@ class StartedJob:
     attempts: int  # also the fencing token of this run: see _finish
     request_id: str | None
     # Set once a transaction that recorded the job's outcome also recorded its success
-    # (finish_running_job) and committed: the runner then has nothing left to write.
+    # (JobWork.finish_job) and committed: the runner then has nothing left to write.
     succeeded: bool = False
 
 
-_running: ContextVar[StartedJob | None] = ContextVar("billing_running_job", default=None)
+@dataclass
+class JobWork:
+    """A job's unit of work, built by the job runner and handed to its handler: the running
+    job (None when a handler is called outside a job, by a command or a test), the
+    gateways it talks to, and the connection its single statements share (None: each
+    takes one of its own)."""
+
+    job: StartedJob | None
+    gateways: context.Gateways
+    connection: Connection | None = None
+
+    @classmethod
+    def outside_a_job(cls) -> JobWork:
+        return cls(None, context.gateways())
+
+    def finish_job(self, session: Session) -> None:
+        """Record the job's success in the caller's transaction, the one that records the
+        job's outcome: the work and the job's end then commit together (one commit fewer
+        per job, and no moment where the work is done but the job looks unfinished).
+        Fenced like every other end of a run; outside a job it does nothing."""
+        if self.job is None:
+            return
+        _SUCCEEDED.execute(session.connection(), self.job_params())
+        after_commit(session, _mark_succeeded, self.job)
+
+    def job_params(self) -> dict[str, Any]:
+        """Outside a job both are NULL, and job_success() matches nothing."""
+        job = self.job
+        return {"b_job_id": job.id if job else None, "b_job_attempt": job.attempts if job else None}
+
+    def job_finished(self) -> None:
+        """A statement recording the job's success committed: nothing left to write."""
+        if self.job is not None:
+            self.job.succeeded = True
+
+    @contextmanager
+    def statements(self) -> Iterator[Connection]:
+        with single_statements(self.connection) as connection:
+            yield connection
 
 
-@contextmanager
-def running(job: StartedJob) -> Iterator[StartedJob]:
-    """While the runner runs `job`'s handler: the job a service may finish with its work."""
-    token = _running.set(job)
-    try:
-        yield job
-    finally:
-        _running.reset(token)
-
-
-def finish_running_job(session: Session) -> None:
-    """Record the running job's success in the caller's transaction, the one that records
-    the job's outcome: the work and the job's end then commit together (one commit fewer
-    per job, and no moment where the work is done but the job looks unfinished). Fenced
-    like every other end of a run; outside a job (an API call, a test) it does nothing."""
-    job = _running.get()
-    if job is None:
-        return
-    _SUCCEEDED.execute(session.connection(), {"b_job_id": job.id, "b_job_attempt": job.attempts})
-    session.info.setdefault(FINISHED_JOBS, []).append(job)
-
-
-def running_job_success(*guards: Any) -> CTE:
-    """The running job's success as a CTE, for a caller that records its outcome and the
-    job's end in one statement: the same fenced update as finish_running_job, further
-    limited by `guards`. Its parameters come from running_job_params()."""
+def job_success(*guards: Any) -> CTE:
+    """A job's success as a CTE, for a handler that records its outcome and the job's end
+    in one statement: the same fenced update as JobWork.finish_job, further limited by
+    `guards`; its parameters are JobWork.job_params()."""
     return _SUCCEED.where(*guards).returning(_jobs.c.id).cte("job_succeeded")
 
 
-def running_job_params() -> dict[str, Any]:
-    """Outside a job both are NULL, and running_job_success() matches nothing."""
-    job = _running.get()
-    return {"b_job_id": job.id if job else None, "b_job_attempt": job.attempts if job else None}
-
-
-def running_job_succeeded() -> None:
-    """The statement recording the running job's success committed: nothing left to write."""
-    job = _running.get()
-    if job is not None:
-        job.succeeded = True
-
-
-def mark_finished_jobs(session: Session) -> None:
+def _mark_succeeded(session: Session, finished: list[StartedJob]) -> None:
     """After a commit: the jobs whose success it recorded need no further write."""
-    for job in session.info.pop(FINISHED_JOBS, []):
+    for job in finished:
         job.succeeded = True
 
 
@@ -343,20 +349,14 @@ def _claimable() -> Any:
     )
 
 
-_statement_connection: ContextVar[Connection | None] = ContextVar(
-    "billing_single_statements", default=None
-)
-
-
 @contextmanager
-def single_statements() -> Iterator[Connection]:
+def single_statements(shared: Connection | None = None) -> Iterator[Connection]:
     """A connection on which each statement is a transaction of its own: a one-statement
     change is just as atomic without BEGIN and COMMIT around it, two round trips fewer.
 
-    Nested uses share the outermost one: the runner holds one for a whole job, so that
-    starting the job, the handler's own single statements and the job's end take one
-    connection from the pool rather than one each."""
-    shared = _statement_connection.get()
+    `shared`, when given, is used instead of a new one: the job runner holds one for a
+    whole job, so that starting it, the handler's own single statements and the job's end
+    take one connection from the pool rather than one each."""
     if shared is not None:
         yield shared
         return
@@ -365,11 +365,9 @@ def single_statements() -> Iterator[Connection]:
         # SET default_transaction_isolation each way, and BEGIN with an explicit level.
         dbapi_connection: Any = connection.connection.dbapi_connection
         dbapi_connection.autocommit = True
-        token = _statement_connection.set(connection)
         try:
             yield connection
         finally:
-            _statement_connection.reset(token)
             if not dbapi_connection.closed:  # a lost connection is the pool's to replace
                 dbapi_connection.autocommit = False
 
@@ -406,15 +404,17 @@ _SUCCEED = (
 _SUCCEEDED = Prebuilt(_SUCCEED)
 
 
-def start_job(job_id: str, *, worker: str | None = None) -> StartedJob | None:
+def start_job(
+    job_id: str, *, worker: str | None = None, connection: Connection | None = None
+) -> StartedJob | None:
     """Claim a job for `worker` (the id it beats under, see BrokerView); None when it is
     finished, held by a live worker, or out of attempts (then it is dead-lettered here: a
     job whose every run kills its worker never reaches the runner's own attempt check).
 
     Each statement commits on its own: the claim must be committed before the handler
     runs (it is the run's fencing token), and the dead-lettering is a change of its own."""
-    with single_statements() as connection:
-        return _start_job(connection, job_id, worker)
+    with single_statements(connection) as statements:
+        return _start_job(statements, job_id, worker)
 
 
 def _start_job(connection: Connection, job_id: str, worker: str | None) -> StartedJob | None:
@@ -458,27 +458,32 @@ def started_columns(started: CTE) -> list[Any]:
 
 
 def start_job_with(
-    job_id: str, statement: Prebuilt, params: dict[str, Any], *, worker: str | None = None
+    job_id: str,
+    statement: Prebuilt,
+    params: dict[str, Any],
+    *,
+    worker: str | None = None,
+    connection: Connection | None = None,
 ) -> tuple[StartedJob | None, Any]:
     """start_job and the handler's first statement in one: `statement` starts the job
     through start_cte() and selects started_columns() and its own, all committed together.
     Returns the started job (None as start_job does) and the statement's row."""
-    with single_statements() as connection:
+    with single_statements(connection) as statements:
         row = statement.execute(
-            connection, {"b_job_id": job_id, "b_lease": lease(), "b_worker": worker, **params}
+            statements, {"b_job_id": job_id, "b_lease": lease(), "b_worker": worker, **params}
         ).one_or_none()
         if row is None:
-            _give_up_if_spent(connection, job_id)
+            _give_up_if_spent(statements, job_id)
             return None, None
     return _started(job_id, row), row
 
 
-def _finish(job: StartedJob, **values: Any) -> bool:
+def _finish(job: StartedJob, connection: Connection | None, **values: Any) -> bool:
     """Record how this run ended, unless the job was swept and started again meanwhile:
     a run that outlived its lease must not overwrite the newer run's outcome."""
     db.session.rollback()  # whatever the handler left half-done is not ours to commit
-    with single_statements() as connection:
-        result = connection.execute(
+    with single_statements(connection) as statements:
+        result = statements.execute(
             update(OutboxJob)
             .where(
                 OutboxJob.id == job.id,
@@ -493,30 +498,41 @@ def _finish(job: StartedJob, **values: Any) -> bool:
     return recorded
 
 
-def job_succeeded(job: StartedJob) -> bool:
+def job_succeeded(job: StartedJob, connection: Connection | None = None) -> bool:
     if job.succeeded:
         return True  # recorded with the outcome, in the same transaction
     db.session.rollback()  # whatever the handler left half-done is not ours to commit
-    with single_statements() as connection:
-        result = _SUCCEEDED.execute(connection, {"b_job_id": job.id, "b_job_attempt": job.attempts})
+    with single_statements(connection) as statements:
+        result = _SUCCEEDED.execute(statements, {"b_job_id": job.id, "b_job_attempt": job.attempts})
     recorded = bool(getattr(result, "rowcount", 0))
     if not recorded:
         log.warning("job.outcome_superseded", job_id=job.id, attempt=job.attempts)
     return recorded
 
 
-def job_failed(job: StartedJob, error: str) -> bool:
-    return _finish(job, state=JobState.FAILED, finished_at=func.now(), last_error=error[:4000])
-
-
-def job_dead_lettered(job: StartedJob, error: str) -> bool:
+def job_failed(job: StartedJob, error: str, connection: Connection | None = None) -> bool:
     return _finish(
-        job, state=JobState.DEAD_LETTERED, finished_at=func.now(), last_error=error[:4000]
+        job, connection, state=JobState.FAILED, finished_at=func.now(), last_error=error[:4000]
+    )
+
+
+def job_dead_lettered(job: StartedJob, error: str, connection: Connection | None = None) -> bool:
+    return _finish(
+        job,
+        connection,
+        state=JobState.DEAD_LETTERED,
+        finished_at=func.now(),
+        last_error=error[:4000],
     )
 
 
 def job_will_retry(
-    job: StartedJob, error: str, countdown: float, *, spent_attempt: bool = True
+    job: StartedJob,
+    error: str,
+    countdown: float,
+    *,
+    spent_attempt: bool = True,
+    connection: Connection | None = None,
 ) -> bool:
     """Park the job until its retry: pending, due in `countdown` seconds, when the sweeper
     publishes it. Not a delayed message held by a worker: a worker killed while holding
@@ -529,6 +545,7 @@ def job_will_retry(
         values["attempts"] = OutboxJob.attempts - 1
     return _finish(
         job,
+        connection,
         state=JobState.PENDING,
         sent_at=None,
         last_error=error[:4000],
@@ -574,8 +591,6 @@ def list_dead_letters(limit: int = 100) -> list[OutboxJob]:
 def replay(job_id: str) -> OutboxJob:
     """Give a dead-lettered or failed job a fresh set of attempts; it is published after
     commit like any new job. Safe: every handler is idempotent through the ledger."""
-    from billing.services.unit_of_work import transaction
-
     with transaction() as session:
         job = session.get(OutboxJob, job_id, with_for_update=True)
         if job is None:
@@ -588,6 +603,6 @@ def replay(job_id: str) -> OutboxJob:
         job.finished_at = None
         job.sent_at = func.now()
         job.lease_expires_at = func.now() + lease()
-        session.info.setdefault(RECORDED_JOBS, []).append((job.id, job.name, job.request_id))
+        after_commit(session, _relay, (job.id, job.name, job.request_id))
     log.info("job.replayed", job_id=job_id, job_name=job.name)
     return job

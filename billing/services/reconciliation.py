@@ -346,7 +346,9 @@ def _stripe_view(
             return PaymentIntentResult(
                 id=intent.id, status=intent.status, amount=intent.amount, currency=intent.currency
             )
-    return charges.find_intent_for_attempt(attempt.stripe_payment_intent_id, attempt.ledger_key)
+    return charges.find_intent_for_attempt(
+        context.stripe_gateway(), attempt.stripe_payment_intent_id, attempt.ledger_key
+    )
 
 
 def _fix(finding: Finding) -> None:

@@ -26,7 +26,7 @@ from billing.services.errors import (
     UnchargeableAmount,
 )
 from billing.services.ledger import Claim, ClaimResult
-from billing.services.outbox import has_unfinished_job, record_job
+from billing.services.outbox import JobWork, has_unfinished_job, record_job
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -102,7 +102,7 @@ def _move(refund: Refund, target: RefundStatus) -> None:
     refund.status = rules.require_transition(refund.status, target).value
 
 
-def execute_refund(refund_id: str) -> str:
+def execute_refund(refund_id: str, *, work: JobWork | None = None) -> str:
     """The `billing.refund_invoice` job."""
     with transaction() as session:
         refund = session.get(Refund, refund_id, with_for_update=True)
@@ -123,7 +123,7 @@ def execute_refund(refund_id: str) -> str:
             refund.ledger_key,
         )
         invoice_id = refund.invoice_id
-    gateway = context.stripe_gateway()
+    gateway = (work or JobWork.outside_a_job()).gateways.stripe
     try:
         if claimed.claim is Claim.RESUMED:
             found = gateway.find_refunds_by_metadata(intent_id, "ledger_key", ledger_key)

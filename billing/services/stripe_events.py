@@ -25,7 +25,7 @@ from billing.metrics import WEBHOOK_EVENTS
 from billing.models import ChargeAttempt, Invoice, StripeEvent
 from billing.services import charges, context
 from billing.services.errors import PermanentJobError, ServiceError
-from billing.services.outbox import record_job
+from billing.services.outbox import JobWork, record_job
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -89,8 +89,9 @@ def _event_created(event: Any) -> datetime:
     return datetime.fromtimestamp(created, UTC)
 
 
-def process_event(event_id: str) -> str:
-    """The `billing.process_stripe_event` job: apply one stored event, once."""
+def process_event(event_id: str, *, work: JobWork | None = None) -> str:
+    """The `billing.process_stripe_event` job: apply one stored event, once. It calls no
+    gateway: the event carries what Stripe said."""
     event = db.session.get(StripeEvent, event_id)
     if event is None:
         raise PermanentJobError(f"no stored event {event_id}")

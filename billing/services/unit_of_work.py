@@ -1,17 +1,32 @@
-"""One transaction per use case; the jobs it recorded are published only after commit."""
+"""One transaction per use case, and what is done once it commits (jobs published, runs
+marked finished). Nothing here knows what those are: they register themselves."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from billing.extensions import db
 
 _DEPTH = "uow_depth"
-RECORDED_JOBS = "outbox_recorded_jobs"
-FINISHED_JOBS = "outbox_finished_jobs"
+_AFTER_COMMIT = "uow_after_commit"
+
+AfterCommit = Callable[[Session, list[Any]], None]
+
+
+def after_commit(session: Session, callback: AfterCommit, *items: Any) -> None:
+    """Have `callback(session, items)` called once the outermost transaction commits, with
+    every item registered for it meanwhile; forgotten if it rolls back."""
+    pending: dict[AfterCommit, list[Any]] = session.info.setdefault(_AFTER_COMMIT, {})
+    pending.setdefault(callback, []).extend(items)
+
+
+def registered(session: Session, callback: AfterCommit) -> list[Any]:
+    """The items registered for `callback` in the transaction under way."""
+    return list(session.info.get(_AFTER_COMMIT, {}).get(callback, []))
 
 
 @contextmanager
@@ -32,14 +47,10 @@ def transaction() -> Iterator[Session]:
     except BaseException:
         if depth == 0:
             session.rollback()
-            session.info.pop(RECORDED_JOBS, None)
-            session.info.pop(FINISHED_JOBS, None)
+            session.info.pop(_AFTER_COMMIT, None)
         raise
     finally:
         session.info[_DEPTH] = depth
     if depth == 0:
-        # Imported here: the outbox module uses this one for its own transactions.
-        from billing.services.outbox import mark_finished_jobs, relay_recorded_jobs
-
-        mark_finished_jobs(session)
-        relay_recorded_jobs(session)
+        for callback, items in session.info.pop(_AFTER_COMMIT, {}).items():
+            callback(session, items)

@@ -9,6 +9,7 @@ from billing.extensions import db
 from billing.models import ChargeAttempt, EmailDelivery, Invoice, LedgerEntry, OutboxJob
 from billing.services import charges
 from billing.services.errors import TransientJobError
+from billing.services.outbox import JobWork
 
 
 def _take(attempt_id: str) -> charges._Prepared | None:
@@ -62,7 +63,7 @@ def test_a_success_recorded_after_the_claim_was_taken_over_changes_nothing(
         id="pi_late", status="succeeded", amount=5000, currency="eur", stripe_amount=5000
     )
     with pytest.raises(TransientJobError, match="taken over"):
-        charges._record_intent(attempt["id"], taken.claimed, late)
+        charges._record_intent(JobWork.outside_a_job(), attempt["id"], taken.claimed, late)
     db.session.expire_all()
     assert db.session.get(ChargeAttempt, attempt["id"]).status == "started"
     assert db.session.get(Invoice, invoice["id"]).status == "open"

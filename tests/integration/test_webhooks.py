@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from billing.extensions import db
 from billing.models import OutboxJob, StripeEvent
+from billing.services.outbox import JobWork
 from tests.conftest import CARD_NEEDS_3DS
 from tests.support.webhooks import event, stripe_signature
 
@@ -157,7 +158,9 @@ def test_a_webhook_racing_the_charge_task_changes_the_invoice_once(
     # Stripe's webhook lands before the task records its own answer.
     assert charges.apply_intent_from_stripe(attempt_id, intent_from_payload(intent)) == "succeeded"
     with pytest.raises(TransientJobError):
-        charges._record_intent(attempt_id, claimed, intent_from_payload(intent))
+        charges._record_intent(
+            JobWork.outside_a_job(), attempt_id, claimed, intent_from_payload(intent)
+        )
     assert charges.execute_charge(attempt_id) == "succeeded"  # the retry sees it done
     after = admin.get(f"/v1/invoices/{invoice['id']}").get_json()
     assert (after["status"], after["amount_paid"]) == ("paid", invoice["total"])

@@ -1,0 +1,148 @@
+"""The charge job as a use case: handed a unit of work whose Stripe is a fake of the test's
+own, it decides every outcome from what that fake answers. Stripe's own behaviour (the
+emulator) is covered by the other charging tests; these pin the use case's decisions."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from billing.adapters.stripe_gateway import CardDeclined, PaymentIntentResult, StripeUnavailable
+from billing.extensions import db
+from billing.models import ChargeAttempt, Invoice
+from billing.services import charges, context
+from billing.services.errors import TransientJobError
+from billing.services.outbox import JobWork
+
+
+class FakeStripe:
+    """PaymentIntents in a dict, keyed by idempotency key as Stripe keys them; `lose_next`
+    drops the next answer after acting, as a cut connection does; `decline_next` refuses."""
+
+    def __init__(self) -> None:
+        self.intents: dict[str, PaymentIntentResult] = {}
+        self.metadata: dict[str, dict[str, str]] = {}
+        self.created = 0
+        self.canceled: list[str] = []
+        self.lose_next = False
+        self.decline_next: str | None = None
+
+    def create_payment_intent(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+        **_: Any,
+    ) -> PaymentIntentResult:
+        if idempotency_key not in self.intents:
+            self.created += 1
+            intent_id = f"pi_fake_{self.created}"
+            status = "requires_payment_method" if self.decline_next else "succeeded"
+            self.intents[idempotency_key] = PaymentIntentResult(
+                intent_id, status, amount, currency, stripe_amount=amount
+            )
+            self.metadata[intent_id] = metadata
+        intent = self.intents[idempotency_key]
+        if self.decline_next:
+            code, self.decline_next = self.decline_next, None
+            raise CardDeclined("Your card was declined.", code=code, payment_intent_id=intent.id)
+        if self.lose_next:
+            self.lose_next = False
+            raise StripeUnavailable("connection reset")
+        return intent
+
+    def find_payment_intents_by_metadata(
+        self, key: str, value: str, **_: Any
+    ) -> list[PaymentIntentResult]:
+        return [
+            intent
+            for intent in self.intents.values()
+            if self.metadata[str(intent.id)].get(key) == value
+        ]
+
+    def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntentResult:
+        return next(i for i in self.intents.values() if i.id == payment_intent_id)
+
+    def cancel_payment_intent(self, payment_intent_id: str) -> PaymentIntentResult:
+        self.canceled.append(payment_intent_id)
+        intent = self.retrieve_payment_intent(payment_intent_id)
+        return dataclasses.replace(intent, status="canceled")
+
+
+@pytest.fixture
+def stripe() -> FakeStripe:
+    return FakeStripe()
+
+
+@pytest.fixture
+def work(app, stripe) -> JobWork:
+    real = context.gateways()
+    return JobWork(None, dataclasses.replace(real, stripe=stripe))  # type: ignore[arg-type]
+
+
+def _attempt_of(invoice: dict[str, Any]) -> str:
+    [attempt] = invoice["payment_attempts"]
+    return str(attempt["id"])
+
+
+def test_a_succeeded_answer_pays_the_invoice_through_one_payment_intent(
+    paying_customer, open_invoice, stripe, work
+):
+    invoice = open_invoice(paying_customer())
+    attempt_id = _attempt_of(invoice)
+    assert charges.execute_charge(attempt_id, work=work) == "succeeded"
+    assert charges.execute_charge(attempt_id, work=work) == "succeeded"  # a redelivery
+    assert stripe.created == 1
+    db.session.expire_all()
+    paid = db.session.get(Invoice, invoice["id"])
+    assert (paid.status, paid.amount_paid) == ("paid", 5000)
+    assert db.session.get(ChargeAttempt, attempt_id).stripe_payment_intent_id == "pi_fake_1"
+
+
+def test_a_lost_answer_is_adopted_from_stripe_on_the_next_run_never_sent_anew(
+    paying_customer, open_invoice, stripe, work
+):
+    invoice = open_invoice(paying_customer())
+    attempt_id = _attempt_of(invoice)
+    stripe.lose_next = True
+    with pytest.raises(TransientJobError):
+        charges.execute_charge(attempt_id, work=work)
+    db.session.expire_all()
+    assert db.session.get(ChargeAttempt, attempt_id).status == "unknown"
+    assert charges.execute_charge(attempt_id, work=work) == "succeeded"
+    assert stripe.created == 1
+    assert db.session.get(Invoice, invoice["id"]).status == "paid"
+
+
+def test_a_decline_fails_the_attempt_with_its_code_and_cancels_the_leftover_intent(
+    paying_customer, open_invoice, stripe, work
+):
+    invoice = open_invoice(paying_customer())
+    attempt_id = _attempt_of(invoice)
+    stripe.decline_next = "insufficient_funds"
+    assert charges.execute_charge(attempt_id, work=work) == "failed"
+    db.session.expire_all()
+    attempt = db.session.get(ChargeAttempt, attempt_id)
+    assert (attempt.status, attempt.decline_code) == ("failed", "insufficient_funds")
+    assert stripe.canceled == ["pi_fake_1"]
+    assert db.session.get(Invoice, invoice["id"]).status == "open"
+
+
+def test_an_answer_for_another_amount_is_never_recorded_as_a_payment(
+    paying_customer, open_invoice, stripe, work
+):
+    invoice = open_invoice(paying_customer())
+    attempt_id = _attempt_of(invoice)
+    key = f"charge:{attempt_id}"
+    stripe.intents[key] = PaymentIntentResult(
+        "pi_other", "succeeded", 4999, "eur", stripe_amount=4999
+    )
+    stripe.metadata["pi_other"] = {"ledger_key": key}
+    assert charges.execute_charge(attempt_id, work=work) == "failed"
+    db.session.expire_all()
+    assert db.session.get(ChargeAttempt, attempt_id).decline_code == charges.AMOUNT_MISMATCH
+    assert db.session.get(Invoice, invoice["id"]).status == "open"
