@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,6 +47,23 @@ class ConfigError(RuntimeError):
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.problems = tuple(problems) or (message,)
+
+
+# The exit status of a process stopped by its settings: the `billing` command's status for
+# a usage error, which a bad environment is.
+EXIT_BAD_SETTINGS = 2
+
+
+@contextmanager
+def stop_on_bad_settings() -> Iterator[None]:
+    """Around the start of a process (gunicorn's configuration, `celery -A workers`, the
+    `billing` command): bad settings end it with their one message, not with a traceback
+    that buries the message, or, under click, a "no such command" after it."""
+    try:
+        yield
+    except ConfigError as exc:
+        print(f"billing: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_SETTINGS) from None
 
 
 # BILLING_ENV: "production" (deploy/ecs sets it) takes away the local defaults below; any
