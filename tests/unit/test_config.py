@@ -1,10 +1,13 @@
 import io
 import logging
+import re
 import traceback
+from pathlib import Path
 from typing import get_args
 
 import pytest
 import structlog
+from dotenv import dotenv_values
 from pydantic import SecretStr
 
 from billing.config import ConfigError, Settings, variable
@@ -383,3 +386,29 @@ def test_secrets_never_appear_in_a_configuration_error_or_its_traceback():
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
     printed = "".join(traceback.format_exception(caught.value))
     assert "got 'smtp'" in printed and "hunter2" not in printed
+
+
+# .env.example lists every setting, with its default.
+
+ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
+
+
+def _listed(path: Path) -> list[str]:
+    return [
+        match.group(1)
+        for line in path.read_text().splitlines()
+        if (match := re.match(r"([A-Za-z_][A-Za-z0-9_]*)=", line))
+    ]
+
+
+def test_env_example_lists_exactly_the_settings_each_once():
+    listed = _listed(ENV_EXAMPLE)
+    settings = [variable(name) for name in Settings.model_fields]
+    assert sorted(name for name in set(listed) if listed.count(name) > 1) == []
+    assert sorted(set(settings) - set(listed)) == [], "settings missing from .env.example"
+    assert sorted(set(listed) - set(settings)) == [], "in .env.example but no setting"
+
+
+def test_env_example_gives_each_setting_its_default():
+    example = {name: value for name, value in dotenv_values(ENV_EXAMPLE).items() if value}
+    assert Settings.from_env(example) == Settings.from_env({})
