@@ -4,19 +4,24 @@ Every value can be overridden on the command line; the ECS task definition relie
 these defaults and on PORT / WEB_CONCURRENCY / WEB_THREADS from the environment.
 """
 
-import os
 from typing import Any
 
+from billing.config import Settings, stop_on_bad_settings
 from billing.metrics_multiprocess import ensure_multiprocess_dir, remove_stale_files
+
+# Every setting is checked here, in the master: bad ones stop gunicorn before it listens,
+# with one message, instead of each worker failing to boot in turn.
+with stop_on_bad_settings():
+    SETTINGS = Settings.from_env()
 
 # Before the app (and prometheus_client) is imported in any worker: every worker then keeps
 # its counters in a file of this directory, and /metrics sums them all. Re-reading this file
 # (HUP) finds the variable set and keeps the directory. One made here goes at exit.
 METRICS_DIR = ensure_multiprocess_dir("web")
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("WEB_THREADS", "4"))
+bind = f"0.0.0.0:{SETTINGS.port}"
+workers = SETTINGS.web_concurrency
+threads = SETTINGS.web_threads
 # Shorter than the idempotency lease (60 s): a request still holding its key is alive.
 timeout = 30
 graceful_timeout = 20

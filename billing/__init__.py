@@ -47,21 +47,23 @@ def create_app(
     app.config.update(settings.flask_config())
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    if settings.database_url:  # empty only for a production beat, which never reads it
+    if settings.database_url.get_secret_value():  # empty only for a production beat
         db.init_app(app)
         with app.app_context():
             for engine in db.engines.values():
                 ping_when_idle(engine)
 
-    app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(settings.redis_url)
-    app.extensions["billing.broker_view"] = BrokerView(settings.redis_url)
-    if stripe_gateway is None and settings.stripe_api_key:
+    redis_url = settings.redis_url.get_secret_value()
+    app.extensions["billing.publisher"] = publisher or CeleryJobPublisher(redis_url)
+    app.extensions["billing.broker_view"] = BrokerView(redis_url)
+    stripe_api_key = settings.stripe_api_key.get_secret_value()
+    if stripe_gateway is None and stripe_api_key:
         stripe_gateway = StripeSdkGateway(
-            settings.stripe_api_key,
+            stripe_api_key,
             settings.stripe_api_base,
             settings.stripe_timeout_seconds,
             pacer=(
-                StripePacer(settings.redis_url, settings.stripe_max_requests_per_second)
+                StripePacer(redis_url, settings.stripe_max_requests_per_second)
                 if settings.stripe_max_requests_per_second > 0
                 else None
             ),

@@ -1,53 +1,69 @@
-"""Settings read from the environment when the app is created, never at import time."""
+"""Settings read from the environment when the app is created, never at import time.
+
+Every setting is a field of `Settings`, read from the environment variable of the same name
+in capitals (`mail_use_tls` from MAIL_USE_TLS); .env.example lists them all. An empty or
+blank variable counts as unset, as `NAME=` in .env.example does. Every bad variable is
+reported at once, in one ConfigError, so that a start fails once, not once per typo.
+
+Secrets are SecretStr: they print as stars (repr, logs, errors) and only the code that
+hands one to its library (a Stripe client, the SMTP login) reads `.get_secret_value()`.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    AliasGenerator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class ConfigError(RuntimeError):
-    pass
+    """A setting is missing or malformed. Raised by Settings.from_env with every problem of
+    the environment in one message (and in `problems`, one line each)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems) or (message,)
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+# The exit status of a process stopped by its settings: the `billing` command's status for
+# a usage error, which a bad environment is.
+EXIT_BAD_SETTINGS = 2
+
+
+@contextmanager
+def stop_on_bad_settings() -> Iterator[None]:
+    """Around the start of a process (gunicorn's configuration, `celery -A workers`, the
+    `billing` command): bad settings end it with their one message, not with a traceback
+    that buries the message, or, under click, a "no such command" after it."""
     try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-
-
-def _days(env: Mapping[str, str], name: str, default: str) -> tuple[int, ...]:
-    raw = env.get(name) or default
-    try:
-        days = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be whole days separated by commas, got {raw!r}") from exc
-    return days
-
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    # A typo must not read as false: MAIL_USE_TLS=ture would send passwords in plain text.
-    raise ConfigError(
-        f"{name} must be one of true/false, 1/0, yes/no, on/off (any case), got {raw!r}"
-    )
+        yield
+    except ConfigError as exc:
+        print(f"billing: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_SETTINGS) from None
 
 
 # BILLING_ENV: "production" (deploy/ecs sets it) takes away the local defaults below; any
@@ -66,264 +82,458 @@ PRODUCTION_REQUIRED = {
     "beat": ("REDIS_URL",),
     "migrate": ("DATABASE_URL",),
 }
+ROLES = tuple(PRODUCTION_REQUIRED)
+# Variables whose empty value means something: an empty S3_PREFIX keeps documents at the
+# bucket's root, where unset keeps them under the default prefix.
+EMPTY_IS_A_VALUE = frozenset({"S3_PREFIX"})
 
 
-def _environment(env: Mapping[str, str]) -> str:
-    environment = (env.get("BILLING_ENV") or "development").strip().lower()
-    if environment not in ENVIRONMENTS:
-        raise ConfigError(
-            f"BILLING_ENV must be one of {', '.join(ENVIRONMENTS)}, got {environment!r}"
-        )
-    return environment
+def variable(field_name: str) -> str:
+    """The environment variable a field is read from, spelt as the user sets it."""
+    alias = Settings.model_fields[field_name].validation_alias
+    if isinstance(alias, AliasChoices):
+        alias = alias.choices[0]
+    return str(alias)
 
 
-def _check_production(env: Mapping[str, str]) -> None:
-    role = (env.get("BILLING_ROLE") or "web").strip().lower()
-    if role not in PRODUCTION_REQUIRED:
-        raise ConfigError(
-            f"BILLING_ROLE must be one of {', '.join(PRODUCTION_REQUIRED)}, got {role!r}"
-        )
-    missing = [name for name in PRODUCTION_REQUIRED[role] if not (env.get(name) or "").strip()]
-    if missing:
-        raise ConfigError(
-            f"BILLING_ENV=production needs {', '.join(missing)} for BILLING_ROLE={role}: "
-            "the local defaults are for development only"
-        )
+def _name(info: ValidationInfo) -> str:
+    assert info.field_name is not None
+    return variable(info.field_name)
 
 
-def _mail(env: Mapping[str, str]) -> dict[str, Any]:
-    mail: dict[str, Any] = {
-        "MAIL_SERVER": env.get("MAIL_SERVER", "localhost"),
-        "MAIL_PORT": _int(env, "MAIL_PORT", 25),
-        "MAIL_USE_TLS": _bool(env, "MAIL_USE_TLS", False),
-        "MAIL_USE_SSL": _bool(env, "MAIL_USE_SSL", False),
-        "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,
-        "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
-        "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "billing@example.com"),
-        "MAIL_SUPPRESS_SEND": _bool(env, "MAIL_SUPPRESS_SEND", False),
-        # Without one, a stuck SMTP server would hold a mail worker forever.
-        "MAIL_TIMEOUT": _int(env, "MAIL_TIMEOUT", 30),
-        # Certificates of a private CA that signs the SMTP server's; unset, the system's.
-        "MAIL_CA_FILE": env.get("MAIL_CA_FILE") or None,
-    }
-    if mail["MAIL_USE_TLS"] and mail["MAIL_USE_SSL"]:
-        raise ConfigError(
-            "MAIL_USE_TLS (STARTTLS, port 587) and MAIL_USE_SSL (implicit TLS, port 465) "
-            "exclude each other: set one"
-        )
-    encrypted = mail["MAIL_USE_TLS"] or mail["MAIL_USE_SSL"]
-    if (mail["MAIL_USERNAME"] or mail["MAIL_PASSWORD"]) and not encrypted:
-        raise ConfigError(
-            "MAIL_USERNAME/MAIL_PASSWORD are set but neither MAIL_USE_TLS nor MAIL_USE_SSL: "
-            "the SMTP password would cross the network in plain text"
-        )
-    ca_file = mail["MAIL_CA_FILE"]
-    if ca_file is not None and not os.path.isfile(ca_file):
-        raise ConfigError(f"MAIL_CA_FILE {ca_file!r} is not a file")
-    return mail
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def _stripe_rate(env: Mapping[str, str]) -> float:
-    """STRIPE_MAX_REQUESTS_PER_SECOND, else a fifth under Stripe's documented limit for the
-    key's mode (100 operations a second live, 25 in test mode), leaving room for the
-    dashboard and any other system on the account; an emulator has no limit."""
-    raw = env.get("STRIPE_MAX_REQUESTS_PER_SECOND")
-    if raw is not None and raw.strip() != "":
-        try:
-            rate = float(raw)
-        except ValueError as exc:
-            raise ConfigError(
-                f"STRIPE_MAX_REQUESTS_PER_SECOND must be a number, got {raw!r}"
-            ) from exc
-        if rate < 0:
-            raise ConfigError(f"STRIPE_MAX_REQUESTS_PER_SECOND must be 0 or more, got {raw!r}")
-        return rate
-    if env.get("STRIPE_API_BASE"):
-        return 0.0
-    key = env.get("STRIPE_API_KEY", "")
-    return 80.0 if key.startswith(("sk_live_", "rk_live_")) else 20.0
+def _switch(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    # A typo must not read as false: MAIL_USE_TLS=ture would send passwords in plain text.
+    raise ValueError(
+        f"{_name(info)} must be one of true/false, 1/0, yes/no, on/off (any case), got {value!r}"
+    )
 
 
-def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
-    """A Flask-Limiter limit string ("100 per second;3000 per minute"), checked now so that a
-    typo stops the app at boot rather than lifting the limit in the first request."""
-    from limits import parse_many
-
-    raw = (env.get(name) or "").strip() or default
+def _integer(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     try:
-        parse_many(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be limits like '10 per second;300 per minute'") from exc
-    return raw
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_name(info)} must be an integer, got {value!r}") from None
 
 
-def _hour(env: Mapping[str, str], name: str, default: int) -> int:
-    hour = _int(env, name, default)
+def _hour(hour: int, info: ValidationInfo) -> int:
     if not 0 <= hour <= 23:
-        raise ConfigError(f"{name} must be 0 to 23, got {hour}")
+        raise ValueError(f"{_name(info)} must be 0 to 23, got {hour}")
     return hour
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str
-    redis_url: str
-    stripe_api_key: str
-    stripe_api_base: str | None
-    stripe_webhook_secret: str
-    log_level: str
-    # How long a published job may stay unfinished before the sweeper sends it again.
-    # Five minutes: longer than any task's run, short enough that a lost job is noticed soon.
-    outbox_lease_seconds: int
-    outbox_sweep_interval_seconds: int
-    # Stripe keeps idempotency keys 24 hours; we keep ours at least as long.
-    idempotency_key_ttl_hours: int
-    # Stripe's default: invoices sent for manual payment are due after 30 days.
-    default_days_until_due: int
+def _port(port: int, info: ValidationInfo) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{_name(info)} must be a port number (1 to 65535), got {port}")
+    return port
+
+
+def _positive(count: int, info: ValidationInfo) -> int:
+    if count < 1:
+        raise ValueError(f"{_name(info)} must be 1 or more, got {count}")
+    return count
+
+
+def _days(value: Any, info: ValidationInfo) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return tuple(sorted({int(part) for part in value.split(",") if part.strip()}))
+    except ValueError:
+        raise ValueError(
+            f"{_name(info)} must be whole days separated by commas, got {value!r}"
+        ) from None
+
+
+def _lines(value: Any) -> Any:
+    # Lines separated by "|" or new lines, as an environment variable can hold them.
+    if not isinstance(value, str):
+        return value
+    return tuple(line.strip() for line in value.replace("|", "\n").splitlines() if line.strip())
+
+
+def _rate_limit(value: Any, info: ValidationInfo) -> Any:
+    """A Flask-Limiter limit string ("100 per second;3000 per minute"), checked now so that a
+    typo stops the app at start rather than lifting the limit in the first request."""
+    from limits import parse_many
+
+    limits = str(value).strip()
+    try:
+        parse_many(limits)
+    except ValueError:
+        raise ValueError(
+            f"{_name(info)} must be limits like '10 per second;300 per minute', got {value!r}"
+        ) from None
+    return limits
+
+
+def _one_of(*choices: str) -> BeforeValidator:
+    def check(value: Any, info: ValidationInfo) -> str:
+        choice = str(value).strip().lower()
+        if choice not in choices:
+            raise ValueError(f"{_name(info)} must be one of {', '.join(choices)}, got {choice!r}")
+        return choice
+
+    return BeforeValidator(check)
+
+
+def _log_level(value: Any, info: ValidationInfo) -> str:
+    level = str(value).strip().upper()
+    # Checked here: the logging module refuses an unknown name only once it is set up.
+    if level not in logging.getLevelNamesMapping():
+        raise ValueError(
+            f"{_name(info)} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {value!r}"
+        )
+    return level
+
+
+Switch = Annotated[bool, BeforeValidator(_switch)]
+Integer = Annotated[int, BeforeValidator(_integer)]
+Hour = Annotated[int, BeforeValidator(_integer), AfterValidator(_hour)]
+Port = Annotated[int, BeforeValidator(_integer), AfterValidator(_port)]
+Count = Annotated[int, BeforeValidator(_integer), AfterValidator(_positive)]
+# NoDecode: read as "3,5,7", not as the JSON pydantic-settings expects for a tuple.
+Days = Annotated[tuple[int, ...], NoDecode, BeforeValidator(_days)]
+Lines = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_lines)]
+RateLimit = Annotated[str, BeforeValidator(_rate_limit)]
+
+
+class _Environment(EnvSettingsSource):
+    """Environment variables from a given mapping (os.environ, or a test's dict), with blank
+    values dropped so that they count as unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            name: value
+            for name, value in self._environ.items()
+            if value.strip() or name in EMPTY_IS_A_VALUE
+        }
+
+
+class Settings(BaseSettings):
+    """The service's settings. Fields are validated in the order declared, and a check that
+    depends on another setting (`info.data`) comes after it; a check whose input was itself
+    bad is skipped, since that input is already reported."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True,
+        frozen=True,
+        alias_generator=AliasGenerator(validation_alias=str.upper),
+        # A secret's value never enters a validation error's text.
+        hide_input_in_errors=True,
+    )
+
+    # "production" or "development" (BILLING_ENV): production has no local defaults.
+    environment: Annotated[Literal["development", "production"], _one_of(*ENVIRONMENTS)] = Field(
+        "development", validation_alias="BILLING_ENV"
+    )
+    # The image's role (web, worker, beat, migrate): what production requires to start.
+    role: Annotated[Literal["web", "worker", "beat", "migrate"], _one_of(*ROLES)] = Field(
+        "web", validation_alias="BILLING_ROLE"
+    )
+    # Empty only in production, for a role that needs no database (beat).
+    database_url: SecretStr = Field(None, validate_default=True)
+    redis_url: SecretStr = Field(None, validate_default=True)
+    # Empty only in production, for a role that never calls Stripe.
+    stripe_api_key: SecretStr = Field(None, validate_default=True)
+    # Only for an emulator: the SDK's API base.
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: SecretStr = SecretStr("")
     # How long one Stripe call may take before its outcome counts as unknown.
-    stripe_timeout_seconds: int
+    stripe_timeout_seconds: Integer = 20
     # Stripe calls per second, from every process together (0: unpaced).
-    stripe_max_requests_per_second: float
-    mail: dict[str, Any] = field(default_factory=dict)
+    stripe_max_requests_per_second: float = Field(None, validate_default=True)
+
+    mail_server: str = "localhost"
+    mail_port: Port = 25
+    mail_use_tls: Switch = False
+    mail_use_ssl: Switch = False
+    mail_username: SecretStr | None = None
+    mail_password: SecretStr | None = None
+    mail_default_sender: str = "billing@example.com"
+    mail_suppress_send: Switch = False
+    # Without one, a stuck SMTP server would hold a mail worker forever.
+    mail_timeout: Integer = 30
+    # Certificates of a private CA that signs the SMTP server's; unset, the system's.
+    mail_ca_file: str | None = None
+
+    log_level: Annotated[str, BeforeValidator(_log_level)] = "INFO"
+    # How long a published job may stay unfinished before the sweeper sends it again: longer
+    # than any task's run, short enough that a lost job is noticed soon.
+    outbox_lease_seconds: Integer = 300
+    outbox_sweep_interval_seconds: Integer = 5
+    # Stripe keeps idempotency keys 24 hours; we keep ours at least as long.
+    idempotency_key_ttl_hours: Integer = 24
+    # Stripe's default: invoices sent for manual payment are due after 30 days.
+    default_days_until_due: Integer = 30
+
     # The seller block printed on every invoice and signed under every email.
     seller_name: str = "Example SaaS Ltd"
-    seller_address: tuple[str, ...] = ()
+    seller_address: Lines = ()
     seller_tax_id: str | None = None
     seller_email: str | None = None
     seller_logo_path: str | None = None
     seller_payment_instructions: str | None = None
     # Where customers manage their billing (finish 3-D Secure, change their card).
     customer_portal_url: str | None = None
+
     # Where rendered PDFs are kept: "postgres" (no other server needed) or "s3".
-    document_storage: str = "postgres"
-    s3_bucket: str | None = None
+    document_storage: Annotated[Literal["postgres", "s3"], _one_of("postgres", "s3")] = "postgres"
+    s3_bucket: str | None = Field(None, validate_default=True)
     s3_prefix: str = "invoices/"
     s3_endpoint_url: str | None = None
-    s3_region: str | None = None
+    # boto3's own AWS_REGION when S3_REGION is unset.
+    s3_region: str | None = Field(None, validation_alias=AliasChoices("S3_REGION", "AWS_REGION"))
+
     # Dunning runs once a night at this hour (UTC), when few customers pay by hand.
-    dunning_hour: int = 3
+    dunning_hour: Hour = 3
     # Retries of a failed automatic charge, in days after the first failure (Stripe's
     # Smart Retries spread a few tries over about a week).
-    dunning_retry_days: tuple[int, ...] = (3, 5, 7)
+    dunning_retry_days: Days = (3, 5, 7)
     # Reminders of a send_invoice invoice, in days relative to its due date.
-    dunning_reminder_days: tuple[int, ...] = (-3, 0, 3, 7)
+    dunning_reminder_days: Days = (-3, 0, 3, 7)
     # How long one beat holds the scheduler lock in Redis without renewing it: a killed
-    # beat is replaced by a waiting one within this time.
-    beat_lock_timeout_seconds: int = 30
-    # Bearer token /metrics asks for; unset, /metrics is open (to the internal network).
-    metrics_token: str | None = None
+    # beat is replaced by a waiting one within this time. Beat renews it a few times per
+    # period, so a shorter one is raised to where that still works.
+    beat_lock_timeout_seconds: Annotated[Integer, AfterValidator(lambda s: max(3, s))] = 30
+    # The nightly reconciliation with Stripe runs at half past this hour (UTC): after
+    # dunning's retries, so that it checks them too.
+    reconcile_hour: Hour = 4
+
+    # Bearer token /metrics asks for; empty, /metrics is open (to the internal network).
+    metrics_token: SecretStr = Field(None, validate_default=True)
+    # The port a worker or beat serves its own metrics on (workers/metrics.py); none unset.
+    metrics_port: Port | None = None
     # Where beat's job billing.publish_queue_metrics puts each queue's depth and oldest
     # message age in CloudWatch, for the workers' autoscaling. Unset: nothing is published.
     cloudwatch_namespace: str | None = None
     # A file workers and beat touch while their loop runs; the container health check
     # (deploy/healthcheck.py) reads its age. Unset: no file is written.
     heartbeat_file: str | None = None
-    # The nightly reconciliation with Stripe runs at half past this hour (UTC): after
-    # dunning's retries, so that it checks them too.
-    reconcile_hour: int = 4
+
+    # gunicorn (gunicorn.conf.py): the web's port, worker processes and threads in each.
+    port: Port = 8000
+    web_concurrency: Count = 2
+    web_threads: Count = 4
+
     # Requests per API key (Flask-Limiter strings, counted in Redis). Admin keys are the
     # company's app working for every customer; a customer key is one of many sharing the
     # service, so it gets a tenth: ample for a dashboard or a customer's own integration.
-    api_rate_limit: str = "100 per second;3000 per minute"
-    api_rate_limit_customer: str = "10 per second;300 per minute"
+    api_rate_limit: RateLimit = "100 per second;3000 per minute"
+    api_rate_limit_customer: RateLimit = "10 per second;300 per minute"
     # Card attaches per customer key: each one is a call to Stripe, and a leaked key must
     # not become a way to test stolen cards against our Stripe account.
-    card_attach_rate_limit: str = "10 per hour"
+    card_attach_rate_limit: RateLimit = "10 per hour"
     # Charge attempts per invoice in 24 hours after which the API refuses to start another:
     # card networks penalise merchants that retry one card too often, and every failed
-    # attempt mails the customer.
-    pay_attempts_per_invoice_per_day: int = 5
-    # "production" or "development" (BILLING_ENV): production has no local defaults.
-    environment: str = "development"
+    # attempt mails the customer. Below one, no invoice could be paid at all.
+    pay_attempts_per_invoice_per_day: Annotated[Integer, AfterValidator(lambda n: max(1, n))] = 5
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The process's environment only: `billing -e FILE` and Flask load a .env into it.
+        return init_settings, _Environment(settings_cls, os.environ)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings from `env` (default: the process's environment); a ConfigError that
+        names every bad variable if any is."""
+        environ = os.environ if env is None else env
+        try:
+            # BaseSettings' own keyword (mypy sees only the fields' __init__).
+            return cls(_build_sources=((_Environment(cls, environ),), {}))  # type: ignore[call-arg]
+        except ValidationError as exc:
+            # `from None`: pydantic's own report would print each value, secrets included.
+            raise _invalid(exc.errors()) from None
+
+    # Checks that read other settings; each runs after the settings it reads.
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: Any, info: ValidationInfo) -> str:
+        url = _unset_in_production(value, info, DEVELOPMENT_DATABASE_URL)
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+        return url
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: Any, info: ValidationInfo) -> str:
+        url = _unset_in_production(value, info, "")
+        # Unset, the local broker even in production: a migration builds the app but
+        # never sends a message, and every role that does needs REDIS_URL set.
+        return url or DEVELOPMENT_REDIS_URL
+
+    @field_validator("stripe_api_key", mode="before")
+    @classmethod
+    def _stripe_api_key(cls, value: Any, info: ValidationInfo) -> str:
+        return _unset_in_production(value, info, DEVELOPMENT_STRIPE_API_KEY)
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _metrics_token(cls, value: Any, info: ValidationInfo) -> str:
+        return _unset_in_production(value, info, "")
+
+    @field_validator("stripe_max_requests_per_second", mode="before")
+    @classmethod
+    def _stripe_pace(cls, value: Any, info: ValidationInfo) -> float:
+        """Set, any pace (0: none). Unset, a fifth under Stripe's documented limit for the
+        key's mode (100 operations a second live, 25 in test mode), leaving room for the
+        dashboard and any other system on the account; an emulator has no limit."""
+        if value is None:
+            if info.data.get("stripe_api_base"):
+                return 0.0
+            key = info.data.get("stripe_api_key") or SecretStr("")
+            return 80.0 if key.get_secret_value().startswith(("sk_live_", "rk_live_")) else 20.0
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            rate = math.nan
+        if math.isnan(rate):
+            raise ValueError(f"{_name(info)} must be a number, got {value!r}")
+        if rate < 0:
+            raise ValueError(f"{_name(info)} must be 0 or more, got {value!r}")
+        return rate
+
+    @field_validator("mail_use_ssl")
+    @classmethod
+    def _one_kind_of_tls(cls, use_ssl: bool, info: ValidationInfo) -> bool:
+        if use_ssl and info.data.get("mail_use_tls"):
+            raise ValueError(
+                "MAIL_USE_TLS (STARTTLS, port 587) and MAIL_USE_SSL (implicit TLS, port 465) "
+                "exclude each other: set one"
+            )
+        return use_ssl
+
+    @field_validator("mail_username", "mail_password")
+    @classmethod
+    def _credentials_only_over_tls(
+        cls, credential: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        flags = ("mail_use_tls", "mail_use_ssl")
+        if credential is None or not all(flag in info.data for flag in flags):
+            return credential  # unset, or a switch is bad and already reported
+        if not any(info.data[flag] for flag in flags):
+            raise ValueError(
+                f"{_name(info)} is set but neither MAIL_USE_TLS nor MAIL_USE_SSL: "
+                "the SMTP password would cross the network in plain text"
+            )
+        return credential
+
+    @field_validator("mail_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, ca_file: str | None) -> str | None:
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise ValueError(f"MAIL_CA_FILE {ca_file!r} is not a file")
+        return ca_file
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket_for_s3(cls, bucket: str | None, info: ValidationInfo) -> str | None:
+        if bucket is None and info.data.get("document_storage") == "s3":
+            raise ValueError("DOCUMENT_STORAGE=s3 needs S3_BUCKET")
+        return bucket
 
     @property
     def production(self) -> bool:
         return self.environment == "production"
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        environment = _environment(env)
-        production = environment == "production"
-        if production:
-            _check_production(env)
-        # In production an unset value stays empty (beat needs no database, the PDF worker
-        # no Stripe key): _check_production stopped every role that needs one.
-        database_url = env.get("DATABASE_URL") or ("" if production else DEVELOPMENT_DATABASE_URL)
-        if database_url.startswith("postgresql://"):
-            database_url = "postgresql+psycopg2://" + database_url.removeprefix("postgresql://")
-        mail = _mail(env)
-        storage = env.get("DOCUMENT_STORAGE", "postgres").strip().lower()
-        if storage not in ("postgres", "s3"):
-            raise ConfigError(f"DOCUMENT_STORAGE must be postgres or s3, got {storage!r}")
-        if storage == "s3" and not env.get("S3_BUCKET"):
-            raise ConfigError("DOCUMENT_STORAGE=s3 needs S3_BUCKET")
-        return cls(
-            database_url=database_url,
-            redis_url=env.get("REDIS_URL", DEVELOPMENT_REDIS_URL),
-            stripe_api_key=env.get("STRIPE_API_KEY")
-            or ("" if production else DEVELOPMENT_STRIPE_API_KEY),
-            stripe_api_base=env.get("STRIPE_API_BASE") or None,
-            stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET", ""),
-            log_level=env.get("LOG_LEVEL", "INFO").upper(),
-            outbox_lease_seconds=_int(env, "OUTBOX_LEASE_SECONDS", 300),
-            outbox_sweep_interval_seconds=_int(env, "OUTBOX_SWEEP_INTERVAL_SECONDS", 5),
-            idempotency_key_ttl_hours=_int(env, "IDEMPOTENCY_KEY_TTL_HOURS", 24),
-            default_days_until_due=_int(env, "DEFAULT_DAYS_UNTIL_DUE", 30),
-            stripe_timeout_seconds=_int(env, "STRIPE_TIMEOUT_SECONDS", 20),
-            stripe_max_requests_per_second=_stripe_rate(env),
-            mail=mail,
-            seller_name=env.get("SELLER_NAME") or "Example SaaS Ltd",
-            # Lines separated by "|" or new lines, as an environment variable can hold them.
-            seller_address=tuple(
-                line.strip()
-                for line in env.get("SELLER_ADDRESS", "").replace("|", "\n").splitlines()
-                if line.strip()
-            ),
-            seller_tax_id=env.get("SELLER_TAX_ID") or None,
-            seller_email=env.get("SELLER_EMAIL") or None,
-            seller_logo_path=env.get("SELLER_LOGO_PATH") or None,
-            seller_payment_instructions=env.get("SELLER_PAYMENT_INSTRUCTIONS") or None,
-            customer_portal_url=env.get("CUSTOMER_PORTAL_URL") or None,
-            document_storage=storage,
-            s3_bucket=env.get("S3_BUCKET") or None,
-            s3_prefix=env.get("S3_PREFIX", "invoices/"),
-            s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
-            s3_region=env.get("S3_REGION") or env.get("AWS_REGION") or None,
-            dunning_hour=_hour(env, "DUNNING_HOUR", 3),
-            dunning_retry_days=_days(env, "DUNNING_RETRY_DAYS", "3,5,7"),
-            dunning_reminder_days=_days(env, "DUNNING_REMINDER_DAYS", "-3,0,3,7"),
-            beat_lock_timeout_seconds=max(3, _int(env, "BEAT_LOCK_TIMEOUT_SECONDS", 30)),
-            metrics_token=env.get("METRICS_TOKEN") or None,
-            cloudwatch_namespace=env.get("CLOUDWATCH_NAMESPACE") or None,
-            heartbeat_file=env.get("HEARTBEAT_FILE") or None,
-            reconcile_hour=_hour(env, "RECONCILE_HOUR", 4),
-            api_rate_limit=_rate_limit(env, "API_RATE_LIMIT", "100 per second;3000 per minute"),
-            api_rate_limit_customer=_rate_limit(
-                env, "API_RATE_LIMIT_CUSTOMER", "10 per second;300 per minute"
-            ),
-            card_attach_rate_limit=_rate_limit(env, "CARD_ATTACH_RATE_LIMIT", "10 per hour"),
-            pay_attempts_per_invoice_per_day=max(
-                1, _int(env, "PAY_ATTEMPTS_PER_INVOICE_PER_DAY", 5)
-            ),
-            environment=environment,
-        )
+    @property
+    def mail(self) -> dict[str, Any]:
+        """Flask-Mail's settings, by its names; the credentials still SecretStr."""
+        return {
+            "MAIL_SERVER": self.mail_server,
+            "MAIL_PORT": self.mail_port,
+            "MAIL_USE_TLS": self.mail_use_tls,
+            "MAIL_USE_SSL": self.mail_use_ssl,
+            "MAIL_USERNAME": self.mail_username,
+            "MAIL_PASSWORD": self.mail_password,
+            "MAIL_DEFAULT_SENDER": self.mail_default_sender,
+            "MAIL_SUPPRESS_SEND": self.mail_suppress_send,
+            "MAIL_TIMEOUT": self.mail_timeout,
+            "MAIL_CA_FILE": self.mail_ca_file,
+        }
 
     def flask_config(self) -> dict[str, Any]:
+        """Flask's config: the one place secrets are unwrapped for libraries that read them
+        from it (Flask-SQLAlchemy the database URL, Flask-Mail the SMTP login)."""
         config: dict[str, Any] = {
-            "SQLALCHEMY_DATABASE_URI": self.database_url,
+            "SQLALCHEMY_DATABASE_URI": self.database_url.get_secret_value(),
             # No ping before every checkout: billing.extensions pings only connections
             # left idle long enough to have been cut.
             "SQLALCHEMY_ENGINE_OPTIONS": {},
             "BILLING_SETTINGS": self,
             "JSON_SORT_KEYS": False,
         }
-        config.update(self.mail)
+        for name, value in self.mail.items():
+            config[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
         return config
 
     def redacted(self) -> dict[str, Any]:
-        values = asdict(self)
-        for secret in ("stripe_api_key", "stripe_webhook_secret", "metrics_token"):
-            values[secret] = "***" if values[secret] else ""
-        values["mail"] = {k: ("***" if "PASSWORD" in k and v else v) for k, v in self.mail.items()}
+        values = self.model_dump()
+        for name, value in values.items():
+            if isinstance(value, SecretStr):
+                values[name] = "***" if value.get_secret_value() else ""
+        values["mail"] = {
+            name: ("***" if value else None) if isinstance(value, SecretStr) else value
+            for name, value in self.mail.items()
+        }
         return values
+
+
+def _unset_in_production(value: Any, info: ValidationInfo, development_default: str) -> str:
+    """A setting with a local default: that default in development when unset; in production
+    nothing, and an error when the process's role needs it."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if value:
+        return str(value)
+    if info.data.get("environment") != "production":
+        return development_default
+    name, role = _name(info), info.data.get("role")
+    if role is not None and name in PRODUCTION_REQUIRED[role]:
+        raise ValueError(
+            f"BILLING_ENV=production needs {name} for BILLING_ROLE={role}: "
+            "the local defaults are for development only"
+        )
+    return ""
+
+
+def _invalid(errors: list[ErrorDetails]) -> ConfigError:
+    problems = [_problem(error) for error in errors]
+    count = f"{len(problems)} bad setting{'s' if len(problems) > 1 else ''}"
+    lines = "\n".join(f"  {problem}" for problem in problems)
+    return ConfigError(f"{count} in the environment (see .env.example):\n{lines}", problems)
+
+
+def _problem(error: ErrorDetails) -> str:
+    # Our own checks say what is wrong in a sentence that names the variable.
+    cause = error.get("ctx", {}).get("error")
+    if error["type"] == "value_error" and cause is not None:
+        return str(cause)
+    # pydantic's own: its message, never the value (it may be a secret).
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    return f"{name}: {error['msg']}"

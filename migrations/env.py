@@ -21,7 +21,9 @@ target_metadata = db.metadata
 
 
 def _database_url() -> str:
-    return config.attributes.get("database_url") or Settings.from_env().database_url
+    return (
+        config.attributes.get("database_url") or Settings.from_env().database_url.get_secret_value()
+    )
 
 
 def run_migrations_offline() -> None:

@@ -31,7 +31,11 @@ def get_celery() -> Celery:
 
 
 def __getattr__(name: str) -> Any:
-    # `celery -A workers` looks for an attribute named `celery` (or `app`).
+    # `celery -A workers` looks for an attribute named `celery` (or `app`). Celery would
+    # show bad settings inside a traceback of its own; they stop the process plainly.
     if name in ("celery", "app"):
-        return get_celery()
+        from billing.config import stop_on_bad_settings
+
+        with stop_on_bad_settings():
+            return get_celery()
     raise AttributeError(name)

@@ -46,7 +46,8 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
                     clear_context()
 
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
-    celery.conf.update(celery_settings(settings.redis_url))
+    redis_url = settings.redis_url.get_secret_value()
+    celery.conf.update(celery_settings(redis_url))
     celery.conf.task_annotations = task_time_limits(settings)
     celery.conf.update(
         task_routes=(route_by_name,),
@@ -55,7 +56,7 @@ def make_celery(flask_app: Flask | None = None) -> Celery:
         # blocks on the lock until the holder stops renewing it. Beat wakes at least three
         # times per lock period to renew it.
         beat_scheduler="workers.beat:BillingRedBeatScheduler",
-        redbeat_redis_url=settings.redis_url,
+        redbeat_redis_url=redis_url,
         redbeat_key_prefix=REDBEAT_KEY_PREFIX,
         redbeat_lock_timeout=settings.beat_lock_timeout_seconds,
         # Its own client options (redbeat no longer borrows the broker's): a Redis that

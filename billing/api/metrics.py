@@ -147,7 +147,7 @@ def _event_registry() -> CollectorRegistry:
 
 def _check_token() -> None:
     settings = context.settings()
-    token = settings.metrics_token
+    token = settings.metrics_token.get_secret_value()
     if not token:
         if settings.production:
             # The web's listener is public: a production web without a token never starts

@@ -88,7 +88,7 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
                 exempt_when=not_a_customer_card_attach,
             ),
         ],
-        storage_uri=settings.redis_url,
+        storage_uri=settings.redis_url.get_secret_value(),
         storage_options=storage_options,
         # The window starts at a key's first request: cheapest (one Redis call per limit).
         strategy="fixed-window",

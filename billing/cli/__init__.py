@@ -268,8 +268,12 @@ def register_cli(app: Flask) -> None:
 
 def _create_app() -> Flask:
     from billing import create_app
+    from billing.config import stop_on_bad_settings
 
-    return create_app()
+    # Flask's command loader would answer bad settings with a traceback, or with "no such
+    # command" after their message.
+    with stop_on_bad_settings():
+        return create_app()
 
 
 main = FlaskGroup(

@@ -163,7 +163,7 @@ def beat_group() -> None:
 def beat_status(wait_seconds: float) -> None:
     from billing.adapters.beat_lock import LOCK_KEY, read_beat_state
 
-    redis_url = current_app.config["BILLING_SETTINGS"].redis_url
+    redis_url = current_app.config["BILLING_SETTINGS"].redis_url.get_secret_value()
     deadline = time.monotonic() + wait_seconds
     state = read_beat_state(redis_url)
     # A beat that just took the lock writes its report a moment later: wait for both.

@@ -30,8 +30,8 @@ class QueueState:
 
 
 def queue_states() -> list[QueueState]:
-    settings = current_app.config["BILLING_SETTINGS"]
-    broker = {queue.name: queue for queue in inspect_queues(settings.redis_url, QUEUES)}
+    redis_url = current_app.config["BILLING_SETTINGS"].redis_url.get_secret_value()
+    broker = {queue.name: queue for queue in inspect_queues(redis_url, QUEUES)}
     oldest_ids = [queue.oldest_job_id for queue in broker.values() if queue.oldest_job_id]
     sent_at = dict(
         db.session.execute(

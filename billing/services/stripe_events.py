@@ -47,7 +47,7 @@ class WebhookNotConfigured(ServiceError):
 
 def receive_event(payload: bytes, signature_header: str) -> tuple[str, bool]:
     """Verify and store one delivery. Returns the event id and whether it was new."""
-    secret = context.settings().stripe_webhook_secret
+    secret = context.settings().stripe_webhook_secret.get_secret_value()
     if not secret:
         raise WebhookNotConfigured("STRIPE_WEBHOOK_SECRET is not set; the event was not stored")
     event = verify_webhook(payload, signature_header, secret, SIGNATURE_TOLERANCE_SECONDS)

@@ -4,7 +4,6 @@ finalized says, on paper or in its emails."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,7 +73,7 @@ def _squeezed(text: str) -> str:
 
 def _set_seller(app, **fields: Any) -> None:
     settings = app.config["BILLING_SETTINGS"]
-    app.config["BILLING_SETTINGS"] = dataclasses.replace(settings, **fields)
+    app.config["BILLING_SETTINGS"] = settings.model_copy(update=fields)
 
 
 def _issue(admin, customer: dict[str, Any]) -> dict[str, Any]:
