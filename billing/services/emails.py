@@ -6,19 +6,35 @@ and the charge job, say) asks for one email. Sending claims that key in the ledg
 so a redelivered task does not send again. SMTP cannot be asked afterwards whether it took
 a message, so a worker killed between the server's "250 OK" and our commit is the one case
 where a message may go out twice; it then carries the same Message-ID (derived from the
-ledger key), which lets mail clients fold the two into one."""
+ledger key), which lets mail clients fold the two into one.
+
+What each kind shows, attaches and when it may be resent is declared in
+billing.notifications.kinds."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from babel.dates import format_date
 from flask_mail import Message
-from sqlalchemy import CTE, Select, bindparam, case, exists, func, select, true, update
+from sqlalchemy import (
+    CTE,
+    Connection,
+    Select,
+    bindparam,
+    case,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -26,14 +42,14 @@ from billing import jobs
 from billing.adapters.mailer import MailRejected, MailTransientError
 from billing.adapters.storage import content_in_sql
 from billing.domain import parties
-from billing.domain.declines import explain_decline
 from billing.domain.money import format_money
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
 from billing.metrics import EMAILS, count_on_commit
-from billing.models import ChargeAttempt, Customer, EmailDelivery, Invoice, InvoiceDocument, Refund
+from billing.models import Customer, EmailDelivery, Invoice, InvoiceDocument
 from billing.notifications.compose import compose, single_line
+from billing.notifications.kinds import KINDS, EmailKind, Facts
 from billing.prebuilt import Prebuilt
 from billing.services import context, ledger, outbox
 from billing.services.errors import NotFound, PermanentJobError, TransientJobError
@@ -154,6 +170,8 @@ def new_deliveries(
     resend: int | None = None,
 ) -> list[dict[str, str]]:
     """Each recipient's delivery id, address, ledger key and Message-ID, for an insert."""
+    if kind not in KINDS:
+        raise ValueError(f"no email kind {kind!r} is declared (billing/notifications/kinds.py)")
     deliveries = []
     for recipient in addresses:
         key = f"{kind}:{invoice_id}:{occasion}:{recipient.lower()}"
@@ -180,6 +198,15 @@ def emails_of(invoice_id: str) -> list[EmailDelivery]:
     )
 
 
+def occasion_of(connection: Connection | Session, kind: EmailKind, occasion: str) -> Any:
+    """The row `occasion` names in `kind`'s occasion table, as a mapping (None if it has
+    no such table, or the row is gone)."""
+    if kind.occasion is None:
+        return None
+    table = db.metadata.tables[kind.occasion]
+    return connection.execute(select(table).where(table.c.id == occasion)).mappings().first()
+
+
 # --- sending ----------------------------------------------------------------------------
 
 
@@ -197,13 +224,6 @@ def _date(value: date | datetime | None, locale: str) -> str:
         return ""
     day = value.date() if isinstance(value, datetime) else value
     return str(format_date(day, format="long", locale=locale))
-
-
-def _action_url(attempt: ChargeAttempt | None) -> str | None:
-    next_action = (attempt.next_action if attempt is not None else None) or {}
-    redirect = next_action.get("redirect_to_url") or {}
-    url = redirect.get("url") if isinstance(redirect, dict) else None
-    return str(url) if url else context.settings().customer_portal_url
 
 
 @dataclass(frozen=True)
@@ -236,7 +256,8 @@ class Outgoing:
     seller_party: dict[str, Any] | None
     buyer_party: dict[str, Any] | None
     document_key: str | None  # the newest PDF's storage key
-    # Its bytes, when the take read them too (documents stored in PostgreSQL).
+    # Its bytes, for a kind that attaches it, when the take read them too (documents
+    # stored in PostgreSQL).
     document_content: bytes | None = None
 
 
@@ -301,13 +322,20 @@ _MARK_SENT = (
 )
 
 
+def _is_any(column: Any, values: Sequence[str]) -> Any:
+    # Equalities, not IN: a prebuilt statement takes no expanding list parameter.
+    return or_(false(), *(column == value for value in values))
+
+
 def _take(taken: CTE, *job_columns: Any) -> tuple[Prebuilt, Prebuilt]:
     """Taking a delivery to send, in one statement and so one transaction: lock it, read
     what its message needs, and claim its ledger key, unless it went out already or its
     PDF is still to come. A key claimed before (a crash, a redelivery, an operator's
     resend) comes back unclaimed, for `ledger.claim` to sort out. Two forms: one also
     reading the PDF's bytes, for documents that live in PostgreSQL."""
-    needs_pdf = taken.c.kind == "invoice_issued"
+    needs_pdf = _is_any(
+        taken.c.kind, [kind.name for kind in KINDS.values() if kind.attaches_invoice_pdf]
+    )
     claim = ledger.new_claim(
         LEDGER_SCOPE,
         taken.c.ledger_key,
@@ -367,13 +395,17 @@ def _buyer_name(mail: Outgoing) -> str:
     return str(parties.shown(mail.buyer_party, {"name": mail.customer_name}).get("name") or "")
 
 
-def _view(session: Session, mail: Outgoing) -> dict[str, Any]:
+def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The invoice's fields every email shows, and those its kind adds."""
     settings = context.settings()
     locale = mail.locale or "en_US"
     seller = parties.shown(mail.seller_party, parties.configured_seller(settings))
 
     def money(amount: int) -> str:
         return format_money(amount, mail.currency, locale)
+
+    def day(value: date | datetime | None) -> str:
+        return _date(value, locale)
 
     view: dict[str, Any] = {
         "seller_name": seller.get("name") or "",
@@ -388,33 +420,25 @@ def _view(session: Session, mail: Outgoing) -> dict[str, Any]:
         "amount_paid": money(mail.amount_paid),
         "amount_due": money(max(mail.total - mail.amount_paid, 0)),
         "amount_refunded": money(mail.amount_refunded),
-        "issue_date": _date(mail.finalized_at, locale),
-        "due_date": _date(mail.due_date, locale),
-        "paid_date": _date(mail.paid_at, locale),
+        "issue_date": day(mail.finalized_at),
+        "due_date": day(mail.due_date),
+        "paid_date": day(mail.paid_at),
     }
-    extra = mail.context or {}
-    if mail.kind in ("payment_failed", "authentication_required"):
-        attempt = session.get(ChargeAttempt, mail.occasion)
-        if attempt is not None:
-            view["amount_due"] = money(attempt.amount)
-        explanation = explain_decline(attempt.decline_code if attempt is not None else None)
-        view["reason"] = explanation.reason
-        view["what_to_do"] = explanation.what_to_do
-        view["action_url"] = _action_url(attempt)
-        retry = extra.get("next_retry_date")
-        view["next_retry_date"] = _date(date.fromisoformat(retry), locale) if retry else ""
-    elif mail.kind == "refund_issued":
-        refund = session.get(Refund, mail.occasion)
-        view["refund_amount"] = money(refund.amount if refund is not None else 0)
-    elif mail.kind == "payment_reminder":
-        as_of = date.fromisoformat(extra["as_of"]) if extra.get("as_of") else date.today()
-        due = mail.due_date or as_of
-        view["days_overdue"] = (as_of - due).days
-    return view
+    facts = Facts(
+        occasion=occasion,
+        context=mail.context or {},
+        due_date=mail.due_date,
+        portal_url=settings.customer_portal_url,
+        money=money,
+        date=day,
+    )
+    return {**view, **kind.view(facts)}
 
 
 def build_message(session: Session, mail: Outgoing) -> Message:
-    composed = compose(mail.kind, _view(session, mail))
+    kind = KINDS[mail.kind]
+    occasion = occasion_of(session, kind, mail.occasion)
+    composed = compose(kind.template, _view(mail, kind, occasion))
     # The display name is the customer's own text: folded to one line, it can never end
     # the To header and start another, whatever the database holds.
     message = Message(
@@ -425,7 +449,7 @@ def build_message(session: Session, mail: Outgoing) -> Message:
         extra_headers={"Auto-Submitted": "auto-generated"},
     )
     message.msgId = mail.message_id
-    if mail.kind == "invoice_issued":
+    if kind.attaches_invoice_pdf:
         if mail.document_key is None:
             raise TransientJobError(f"invoice {mail.invoice_id} has no PDF yet", retry_after=10)
         content = mail.document_content
@@ -493,7 +517,7 @@ def send_email(delivery_id: str, taken: Taken | None = None) -> str:
     if mail.status == "sent":
         EMAILS.labels(kind=mail.kind, outcome="skipped").inc()
         return "sent"
-    if mail.kind == "invoice_issued" and mail.document_key is None:
+    if KINDS[mail.kind].attaches_invoice_pdf and mail.document_key is None:
         raise TransientJobError(f"invoice {mail.invoice_id} has no PDF yet", retry_after=10)
     if new_entry is not None:
         claimed = ledger.ClaimResult(Claim.NEW, new_entry, 1, "started")
