@@ -69,30 +69,6 @@ _CLAIM_NEW = Prebuilt(
 )
 
 
-def new_claim(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
-    """`claim`'s insert as a CTE taking its key and fingerprint from another part of the
-    caller's statement: a NEW claim on a key nobody claimed before, returning its id; a
-    key claimed before returns nothing and is left to `claim`. Leased for b_claim_lease,
-    named apart from b_lease of a job that may start in the same statement."""
-    return (
-        insert(_entries)
-        .from_select(
-            ["scope", "key", "fingerprint", "state", "attempt", "locked_until"],
-            select(
-                literal(scope),
-                key,
-                fingerprint,
-                literal("started"),
-                literal(1),
-                func.now() + bindparam("b_claim_lease", type_=Interval()),
-            ).where(*where),
-        )
-        .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")
-        .returning(_entries.c.id)
-        .cte("ledger_claim")
-    )
-
-
 # A claim whose holder died (its lease ran out) or whose outcome was left unknown: the next
 # attempt takes it over, as `claim` does (RESUMED).
 _TAKEN_OVER = (_entries.c.state == "unknown") | (
