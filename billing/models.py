@@ -40,6 +40,7 @@ from billing.domain.subscriptions import SubscriptionStatus
 from billing.domain.webhooks import EventStatus
 from billing.extensions import db
 from billing.ids import new_id
+from billing.notifications.kinds import KINDS
 
 Timestamp = DateTime(timezone=True)
 
@@ -430,15 +431,9 @@ class StoredBlob(db.Model):  # type: ignore[name-defined]
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
 
-EMAIL_KINDS = [
-    "invoice_issued",
-    "payment_receipt",
-    "payment_failed",
-    "authentication_required",
-    "refund_issued",
-    "payment_reminder",
-    "final_notice",
-]
+# From their declarations. The database's own CHECK constraints list them as migration 0005
+# created them: a kind or status added here needs a migration that replaces the constraint.
+EMAIL_KINDS = list(KINDS)
 EMAIL_STATUSES = list(DeliveryStatus)
 
 

@@ -13,7 +13,7 @@ from billing.cli.common import (
     MOMENT,
     reports_unreachable,
 )
-from billing.models import EMAIL_KINDS
+from billing.notifications.kinds import KINDS
 
 
 @click.group("invoices", help="Invoices' emails and PDFs, again on request.")
@@ -36,7 +36,7 @@ def invoices_group() -> None:
 @click.argument("invoice_id")
 @click.option(
     "--kind",
-    type=click.Choice(EMAIL_KINDS),
+    type=click.Choice(list(KINDS)),
     default="invoice_issued",
     show_default=True,
     help="Which email.",

@@ -6,19 +6,34 @@ and the charge job, say) asks for one email. Sending claims that key in the ledg
 so a redelivered task does not send again. SMTP cannot be asked afterwards whether it took
 a message, so a worker killed between the server's "250 OK" and our commit is the one case
 where a message may go out twice; it then carries the same Message-ID (derived from the
-ledger key), which lets mail clients fold the two into one."""
+ledger key), which lets mail clients fold the two into one.
+
+What each kind shows, attaches and when it may be resent is declared in
+billing.notifications.kinds; how a delivery's status may change, in billing.domain.emails."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from babel.dates import format_date
 from flask_mail import Message
-from sqlalchemy import CTE, Connection, Select, bindparam, case, exists, func, select, true, update
+from sqlalchemy import (
+    Connection,
+    String,
+    bindparam,
+    case,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -26,20 +41,20 @@ from billing import jobs
 from billing.adapters.mailer import MailRejected, MailTransientError
 from billing.adapters.storage import content_in_sql
 from billing.domain import parties
-from billing.domain.declines import explain_decline
+from billing.domain.emails import DeliveryStatus, SendOutcome, after_try, may_be_sent
 from billing.domain.money import format_money
 from billing.extensions import db
 from billing.ids import new_id
 from billing.logging import get_logger
-from billing.metrics import EMAILS, count_on_commit
-from billing.models import ChargeAttempt, Customer, EmailDelivery, Invoice, InvoiceDocument, Refund
+from billing.metrics import EMAILS
+from billing.models import Customer, EmailDelivery, Invoice, InvoiceDocument
 from billing.notifications.compose import compose, single_line
+from billing.notifications.kinds import KINDS, EmailKind, Facts
 from billing.prebuilt import Prebuilt
 from billing.services import context, ledger, outbox
 from billing.services.errors import NotFound, PermanentJobError, TransientJobError
-from billing.services.ledger import Claim
+from billing.services.ledger import Claim, ClaimResult
 from billing.services.outbox import record_jobs
-from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
 
@@ -154,6 +169,8 @@ def new_deliveries(
     resend: int | None = None,
 ) -> list[dict[str, str]]:
     """Each recipient's delivery id, address, ledger key and Message-ID, for an insert."""
+    if kind not in KINDS:
+        raise ValueError(f"no email kind {kind!r} is declared (billing/notifications/kinds.py)")
     deliveries = []
     for recipient in addresses:
         key = f"{kind}:{invoice_id}:{occasion}:{recipient.lower()}"
@@ -180,7 +197,24 @@ def emails_of(invoice_id: str) -> list[EmailDelivery]:
     )
 
 
+def occasion_of(connection: Connection | Session, kind: EmailKind, occasion: str) -> Any:
+    """The row `occasion` names in `kind`'s occasion table, as a mapping (None if it has
+    no such table, or the row is gone)."""
+    if kind.occasion is None:
+        return None
+    table = db.metadata.tables[kind.occasion]
+    return connection.execute(select(table).where(table.c.id == occasion)).mappings().first()
+
+
 # --- sending ----------------------------------------------------------------------------
+#
+# Every send goes one way, run by its job or called directly, a first try or one taking
+# over from a sender that died: three statements, each committed on its own and compiled
+# once (billing.prebuilt), since building and committing statements is most of what a
+# send costs besides SMTP. The take (the job's start, the delivery locked and read with
+# its PDF, the ledger claim), the SMTP send, then the record of how it ended (sent: the
+# ledger's outcome, the delivery's status and the job's end; not sent: the claim released
+# and the delivery's error).
 
 
 def _mail_lease() -> timedelta:
@@ -197,13 +231,6 @@ def _date(value: date | datetime | None, locale: str) -> str:
         return ""
     day = value.date() if isinstance(value, datetime) else value
     return str(format_date(day, format="long", locale=locale))
-
-
-def _action_url(attempt: ChargeAttempt | None) -> str | None:
-    next_action = (attempt.next_action if attempt is not None else None) or {}
-    redirect = next_action.get("redirect_to_url") or {}
-    url = redirect.get("url") if isinstance(redirect, dict) else None
-    return str(url) if url else context.settings().customer_portal_url
 
 
 @dataclass(frozen=True)
@@ -236,27 +263,42 @@ class Outgoing:
     seller_party: dict[str, Any] | None
     buyer_party: dict[str, Any] | None
     document_key: str | None  # the newest PDF's storage key
-    # Its bytes, when the take read them too (documents stored in PostgreSQL).
-    document_content: bytes | None = None
+    # Its bytes, for a kind that attaches it, when they live in PostgreSQL.
+    document_content: bytes | None
 
 
 _deliveries = EmailDelivery.__table__
 _invoices = Invoice.__table__
 _customers = Customer.__table__
 _documents = InvoiceDocument.__table__
-# The statements every send runs, built once: one join instead of three ORM loads, and no
-# statement building per email (its CPU cost more than the round trips).
-_NEWEST_DOCUMENT = (
-    select(_documents.c.storage_key)
-    .where(_documents.c.invoice_id == _invoices.c.id)
-    .order_by(_documents.c.version.desc())
-    .limit(1)
-    .scalar_subquery()
-)
 
 
-def _to_send(delivery_id: Any) -> Select[Any]:
-    return (
+def _is_any(column: Any, values: Sequence[str]) -> Any:
+    # Equalities, not IN: a prebuilt statement takes no expanding list parameter.
+    return or_(false(), *(column == value for value in values))
+
+
+def _take_statement() -> Prebuilt:
+    """Taking a delivery to send, in one statement and so one transaction: start its job
+    (when b_job_id names one), lock the delivery, read what its message needs, and claim
+    its ledger key, unless it went out already or its PDF is still to come.
+
+    Started through a job, the delivery is the one named in the job's arguments, so a job
+    that does not start takes nothing and the statement returns no row; without a job
+    (b_job_id NULL) it is b_delivery_id's."""
+    started = outbox.start_cte()
+    delivery_id = func.coalesce(
+        select(started.c.args["delivery_id"].astext).scalar_subquery(),
+        bindparam("b_delivery_id", type_=String()),
+    )
+    newest_document = (
+        select(_documents.c.storage_key)
+        .where(_documents.c.invoice_id == _invoices.c.id)
+        .order_by(_documents.c.version.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    taken = (
         select(
             _deliveries.c.id,
             _deliveries.c.kind,
@@ -281,7 +323,7 @@ def _to_send(delivery_id: Any) -> Select[Any]:
             _customers.c.locale,
             _invoices.c.seller_party,
             _invoices.c.buyer_party,
-            _NEWEST_DOCUMENT.label("document_key"),
+            newest_document.label("document_key"),
         )
         .select_from(
             _deliveries.join(_invoices, _invoices.c.id == _deliveries.c.invoice_id).join(
@@ -289,62 +331,105 @@ def _to_send(delivery_id: Any) -> Select[Any]:
             )
         )
         .where(_deliveries.c.id == delivery_id)
-        # Serializes the senders of one delivery with its failure bookkeeping below.
+        # Serializes the senders of one delivery.
         .with_for_update(of=_deliveries)
+        .cte("delivery")
     )
-
-
-_MARK_SENT = (
-    update(_deliveries)
-    .where(_deliveries.c.id == bindparam("b_delivery_id"))
-    .values(status="sent", error=None, sent_at=func.now())
-)
-
-
-def _take(taken: CTE, *job_columns: Any) -> tuple[Prebuilt, Prebuilt]:
-    """Taking a delivery to send, in one statement and so one transaction: lock it, read
-    what its message needs, and claim its ledger key, unless it went out already or its
-    PDF is still to come. A key claimed before (a crash, a redelivery, an operator's
-    resend) comes back unclaimed, for `ledger.claim` to sort out. Two forms: one also
-    reading the PDF's bytes, for documents that live in PostgreSQL."""
-    needs_pdf = taken.c.kind == "invoice_issued"
-    claim = ledger.new_claim(
+    attaches_pdf = _is_any(
+        taken.c.kind, [kind.name for kind in KINDS.values() if kind.attaches_invoice_pdf]
+    )
+    claim = ledger.claim_or_resume(
         LEDGER_SCOPE,
         taken.c.ledger_key,
         taken.c.id,
-        taken.c.status != "sent",
-        ~needs_pdf | taken.c.document_key.is_not(None),
+        _is_any(taken.c.status, [status for status in DeliveryStatus if may_be_sent(status)]),
+        ~attaches_pdf | taken.c.document_key.is_not(None),
     )
-    statement = select(
-        *job_columns, *taken.c, select(claim.c.id).scalar_subquery().label("claimed_entry")
+    return Prebuilt(
+        select(
+            *outbox.started_columns(started),
+            *taken.c,
+            # NULL for a PDF stored elsewhere (S3): the sender fetches it from there.
+            case((attaches_pdf, content_in_sql(taken.c.document_key))).label("document_content"),
+            select(claim.c.id).scalar_subquery().label("claimed_entry"),
+            select(claim.c.attempt).scalar_subquery().label("claimed_attempt"),
+            ledger.earlier_claim(LEDGER_SCOPE, taken.c.ledger_key).label("earlier_claim"),
+        )
+        # A row for the started job and one for the delivery, both, or none: a job whose
+        # delivery is gone still starts, to fail for an operator to see.
+        .select_from(started.join(taken, true(), full=True))
     )
-    if job_columns:  # the job's row, and the delivery's if it has one
-        statement = statement.select_from(job_columns[0].table.outerjoin(taken, true()))
-    reading_pdf = statement.add_columns(
-        case((needs_pdf, content_in_sql(taken.c.document_key))).label("document_content")
-    )
-    return Prebuilt(statement), Prebuilt(reading_pdf)
 
 
-_TAKE, _TAKE_READING_PDF = _take(_to_send(bindparam("b_delivery_id")).cte("delivery"))
-# The same, starting the job in it too: the job's start and the delivery's claim then
-# commit together, one commit and round trip fewer per email. Its delivery is the one
-# named in the started job's arguments, so a job that does not start takes nothing.
-_STARTED = outbox.start_cte()
-_START_AND_TAKE, _START_AND_TAKE_READING_PDF = _take(
-    _to_send(select(_STARTED.c.args["delivery_id"].astext).scalar_subquery()).cte("delivery"),
-    *outbox.started_columns(_STARTED),
+_TAKE = _take_statement()
+_TAKE_EXTRAS = ("claimed_entry", "claimed_attempt", "earlier_claim")
+_JOB_COLUMNS = tuple(column.name for column in outbox.started_columns(outbox.start_cte()))
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A take's answer: the delivery (None when there is no such delivery) and what its
+    ledger claim found (meaningless when none was tried: sent already, or no PDF yet)."""
+
+    mail: Outgoing | None
+    claimed: ClaimResult | None
+
+
+def _taken(row: Any) -> Taken:
+    fields = row._asdict() if row is not None else {"id": None}
+    if fields["id"] is None:
+        return Taken(None, None)
+    claimed = ledger.claim_found(
+        fields["id"],
+        fields["claimed_entry"],
+        fields["claimed_attempt"],
+        fields["earlier_claim"],
+    )
+    for column in (*_JOB_COLUMNS, *_TAKE_EXTRAS):
+        del fields[column]
+    return Taken(Outgoing(**fields), claimed)
+
+
+def start_sending(
+    job_id: str, *, worker: str | None = None, connection: Connection | None = None
+) -> tuple[outbox.StartedJob | None, dict[str, Any]]:
+    """The mail job's start and its delivery's take, in one statement."""
+    job, row = outbox.start_job_with(
+        job_id, _TAKE, {"b_claim_lease": _mail_lease()}, worker=worker, connection=connection
+    )
+    if job is None:
+        return None, {}
+    return job, {**job.args, "taken": _taken(row)}
+
+
+def _take(work: outbox.JobWork, delivery_id: str) -> Taken:
+    """The same take for a send outside a job (an operator's or a test's direct call)."""
+    with work.statements() as connection:
+        row = _TAKE.execute(
+            connection, {"b_delivery_id": delivery_id, "b_claim_lease": _mail_lease()}
+        ).one_or_none()
+    return _taken(row)
+
+
+# Recording a try, in one statement each way and so one transaction without BEGIN or
+# COMMIT; each changes the delivery only if this attempt still held its ledger entry, and
+# only from the status the take read (every change of it was checked against the rules of
+# billing.domain.emails before it is sent).
+_DELIVERY = (_deliveries.c.id == bindparam("b_delivery_id")) & (
+    _deliveries.c.status == bindparam("b_status_was", type_=String())
 )
-
-
-# Recording the send, in one statement and so one transaction without BEGIN or COMMIT:
-# the ledger's outcome, the delivery's status and the job's end, the latter two only if
-# this attempt still held the ledger entry.
+# Sent: the ledger's outcome, the delivery's status and the job's end.
 _ENTRY_SENT = ledger.completion("succeeded")
 _STILL_HELD = exists(select(_ENTRY_SENT.c.id))
 _DELIVERY_SENT = (
-    _MARK_SENT.where(_STILL_HELD)
-    .values(attempts=_deliveries.c.attempts + 1)
+    update(_deliveries)
+    .where(_DELIVERY, _STILL_HELD)
+    .values(
+        status=DeliveryStatus.SENT.value,
+        error=None,
+        sent_at=func.now(),
+        attempts=_deliveries.c.attempts + 1,
+    )
     .returning(_deliveries.c.id)
     .cte("delivery_sent")
 )
@@ -361,19 +446,78 @@ _RECORD_SENT = Prebuilt(
         )
     )
 )
+# Not sent: the claim released (nothing went out, so the next try may claim afresh) and
+# the delivery's error, and its status when the server refused it for good.
+_ENTRY_RELEASED = ledger.release_cte()
+_DELIVERY_NOT_SENT = (
+    update(_deliveries)
+    .where(_DELIVERY, exists(select(_ENTRY_RELEASED.c.id)))
+    .values(
+        status=bindparam("b_status", type_=String()),
+        error=bindparam("b_error", type_=String()),
+        attempts=_deliveries.c.attempts + 1,
+    )
+    .returning(_deliveries.c.id)
+    .cte("delivery_not_sent")
+)
+_RECORD_NOT_SENT = Prebuilt(
+    select(
+        *(
+            select(func.count()).select_from(cte).scalar_subquery().label(name)
+            for name, cte in (("entries", _ENTRY_RELEASED), ("deliveries", _DELIVERY_NOT_SENT))
+        )
+    )
+)
+
+
+def _record(
+    work: outbox.JobWork,
+    mail: Outgoing,
+    claimed: ClaimResult,
+    outcome: SendOutcome,
+    error: str | None,
+) -> Any:
+    """Record how this try ended; its `entries` count is 0 when the claim was taken over."""
+    status = after_try(mail.status, outcome)
+    params: dict[str, Any] = {
+        "b_entry_id": claimed.entry_id,
+        "b_attempt": claimed.attempt,
+        "b_delivery_id": mail.id,
+        "b_status_was": mail.status,
+    }
+    with work.statements() as connection:
+        if outcome is SendOutcome.SENT:
+            recorded = _RECORD_SENT.execute(
+                connection,
+                {
+                    **params,
+                    "b_outcome": {"message_id": mail.message_id},
+                    **work.job_params(),
+                },
+            ).one()
+            if recorded.jobs:
+                work.job_finished()
+            return recorded
+        return _RECORD_NOT_SENT.execute(
+            connection, {**params, "b_status": status.value, "b_error": (error or "")[:2000]}
+        ).one()
 
 
 def _buyer_name(mail: Outgoing) -> str:
     return str(parties.shown(mail.buyer_party, {"name": mail.customer_name}).get("name") or "")
 
 
-def _view(session: Session, mail: Outgoing) -> dict[str, Any]:
+def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The invoice's fields every email shows, and those its kind adds."""
     settings = context.settings()
     locale = mail.locale or "en_US"
     seller = parties.shown(mail.seller_party, parties.configured_seller(settings))
 
     def money(amount: int) -> str:
         return format_money(amount, mail.currency, locale)
+
+    def day(value: date | datetime | None) -> str:
+        return _date(value, locale)
 
     view: dict[str, Any] = {
         "seller_name": seller.get("name") or "",
@@ -388,33 +532,29 @@ def _view(session: Session, mail: Outgoing) -> dict[str, Any]:
         "amount_paid": money(mail.amount_paid),
         "amount_due": money(max(mail.total - mail.amount_paid, 0)),
         "amount_refunded": money(mail.amount_refunded),
-        "issue_date": _date(mail.finalized_at, locale),
-        "due_date": _date(mail.due_date, locale),
-        "paid_date": _date(mail.paid_at, locale),
+        "issue_date": day(mail.finalized_at),
+        "due_date": day(mail.due_date),
+        "paid_date": day(mail.paid_at),
     }
-    extra = mail.context or {}
-    if mail.kind in ("payment_failed", "authentication_required"):
-        attempt = session.get(ChargeAttempt, mail.occasion)
-        if attempt is not None:
-            view["amount_due"] = money(attempt.amount)
-        explanation = explain_decline(attempt.decline_code if attempt is not None else None)
-        view["reason"] = explanation.reason
-        view["what_to_do"] = explanation.what_to_do
-        view["action_url"] = _action_url(attempt)
-        retry = extra.get("next_retry_date")
-        view["next_retry_date"] = _date(date.fromisoformat(retry), locale) if retry else ""
-    elif mail.kind == "refund_issued":
-        refund = session.get(Refund, mail.occasion)
-        view["refund_amount"] = money(refund.amount if refund is not None else 0)
-    elif mail.kind == "payment_reminder":
-        as_of = date.fromisoformat(extra["as_of"]) if extra.get("as_of") else date.today()
-        due = mail.due_date or as_of
-        view["days_overdue"] = (as_of - due).days
-    return view
+    facts = Facts(
+        occasion=occasion,
+        context=mail.context or {},
+        due_date=mail.due_date,
+        portal_url=settings.customer_portal_url,
+        money=money,
+        date=day,
+    )
+    return {**view, **kind.view(facts)}
 
 
-def build_message(session: Session, mail: Outgoing) -> Message:
-    composed = compose(mail.kind, _view(session, mail))
+def build_message(mail: Outgoing, work: outbox.JobWork | None = None) -> Message:
+    work = work or outbox.JobWork.outside_a_job()
+    kind = KINDS[mail.kind]
+    occasion = None
+    if kind.occasion is not None:
+        with work.statements() as connection:
+            occasion = occasion_of(connection, kind, mail.occasion)
+    composed = compose(kind.template, _view(mail, kind, occasion))
     # The display name is the customer's own text: folded to one line, it can never end
     # the To header and start another, whatever the database holds.
     message = Message(
@@ -425,12 +565,11 @@ def build_message(session: Session, mail: Outgoing) -> Message:
         extra_headers={"Auto-Submitted": "auto-generated"},
     )
     message.msgId = mail.message_id
-    if mail.kind == "invoice_issued":
-        if mail.document_key is None:
-            raise TransientJobError(f"invoice {mail.invoice_id} has no PDF yet", retry_after=10)
+    if kind.attaches_invoice_pdf:
+        assert mail.document_key is not None  # send_email sends nothing without it
         content = mail.document_content
         if content is None:  # not read with the take: stored elsewhere (S3)
-            content = context.document_storage().get(mail.document_key)
+            content = work.gateways.storage.get(mail.document_key)
         message.attach(
             filename=f"invoice-{mail.number or mail.invoice_id}.pdf",
             content_type="application/pdf",
@@ -439,121 +578,56 @@ def build_message(session: Session, mail: Outgoing) -> Message:
     return message
 
 
-@dataclass(frozen=True)
-class Taken:
-    """A take's answer: the delivery (None when there is no such delivery) and the ledger
-    entry it claimed (None when its key was claimed before, or nothing was claimed)."""
-
-    mail: Outgoing | None
-    new_entry: int | None
-
-
-_JOB_COLUMNS = tuple(column.name for column in outbox.started_columns(_STARTED))
-
-
-def _taken(row: Any) -> Taken:
-    fields = row._asdict()
-    for column in _JOB_COLUMNS if "args" in fields else ():
-        del fields[column]
-    new_entry = fields.pop("claimed_entry")
-    return Taken(Outgoing(**fields) if fields["id"] is not None else None, new_entry)
-
-
-def start_sending(
-    job_id: str, *, worker: str | None = None, connection: Connection | None = None
-) -> tuple[outbox.StartedJob | None, dict[str, Any]]:
-    """The mail job's start and its delivery's take, in one statement."""
-    in_database = context.document_storage().in_database
-    job, row = outbox.start_job_with(
-        job_id,
-        _START_AND_TAKE_READING_PDF if in_database else _START_AND_TAKE,
-        {"b_claim_lease": _mail_lease()},
-        worker=worker,
-        connection=connection,
-    )
-    if job is None:
-        return None, {}
-    return job, {**job.args, "taken": _taken(row)}
-
-
 def send_email(
     delivery_id: str, taken: Taken | None = None, *, work: outbox.JobWork | None = None
 ) -> str:
     """The `mail.send_email` job: send one delivery, at most once. `taken` is its take
     when the job's start made it already (start_sending)."""
     work = work or outbox.JobWork.outside_a_job()
-    if taken is None:
-        in_database = work.gateways.storage.in_database
-        with work.statements() as connection:
-            row = (
-                (_TAKE_READING_PDF if in_database else _TAKE)
-                .execute(connection, {"b_delivery_id": delivery_id, "b_claim_lease": _mail_lease()})
-                .one_or_none()
-            )
-        taken = _taken(row) if row is not None else Taken(None, None)
-    mail, new_entry = taken.mail, taken.new_entry
-    if mail is None:
+    taken = taken or _take(work, delivery_id)
+    mail, claimed = taken.mail, taken.claimed
+    if mail is None or claimed is None:
         raise PermanentJobError(f"no email delivery {delivery_id}")
-    if mail.status == "sent":
+    if not may_be_sent(mail.status):
         EMAILS.labels(kind=mail.kind, outcome="skipped").inc()
         return "sent"
-    if mail.kind == "invoice_issued" and mail.document_key is None:
+    if KINDS[mail.kind].attaches_invoice_pdf and mail.document_key is None:
+        # The take claimed nothing: the key stays free until the PDF is there.
         raise TransientJobError(f"invoice {mail.invoice_id} has no PDF yet", retry_after=10)
-    if new_entry is not None:
-        claimed = ledger.ClaimResult(Claim.NEW, new_entry, 1, "started")
-    else:
-        with transaction() as session:
-            claimed = ledger.claim_in_transaction(
-                LEDGER_SCOPE, mail.ledger_key, mail.id, lease=_mail_lease()
-            )
-            if claimed.claim is Claim.DONE:
-                session.execute(_MARK_SENT, {"b_delivery_id": delivery_id})
-                count_on_commit(session, EMAILS.labels(kind=mail.kind, outcome="skipped"))
-                return "sent"
-        if claimed.claim is Claim.RESUMED:
-            log.warning("email.resumed_after_crash", delivery_id=delivery_id)
-    try:
-        with transaction() as session:
-            message = build_message(session, mail)
-    except BaseException:
-        ledger.release(claimed)  # nothing went out: the next attempt may claim afresh
-        raise
+    if claimed.claim is Claim.DONE:
+        # The ledger's success is recorded with the delivery's, in one statement: an entry
+        # done for a delivery still to send was changed by hand, and sending could repeat it.
+        raise PermanentJobError(
+            f"email {delivery_id} is {mail.status} but its ledger key {mail.ledger_key} is "
+            f"{claimed.state}: not sent, for an operator to look into"
+        )
+    claimed = ledger.usable(claimed, LEDGER_SCOPE, mail.ledger_key, mail.id, _mail_lease())
+    if claimed.claim is Claim.RESUMED:
+        log.warning("email.resumed_after_crash", delivery_id=delivery_id)
 
+    try:
+        message = build_message(mail, work)
+    except BaseException as exc:
+        # Nothing went out: the claim is released, so the next attempt may claim afresh.
+        _record(work, mail, claimed, SendOutcome.NOT_SENT, f"{type(exc).__name__}: {exc}")
+        raise
     try:
         work.gateways.mailer.send(message)
     except (MailTransientError, MailRejected) as exc:
         # Not accepted: nothing went out, so the key is free for the next attempt
         # (the job's retry, or an operator's replay after fixing the address).
-        ledger.release(claimed)
         permanent = isinstance(exc, MailRejected)
-        with transaction() as session:
-            failed = session.get(EmailDelivery, delivery_id, with_for_update=True)
-            assert failed is not None
-            failed.error = str(exc)[:2000]
-            failed.attempts += 1
-            if permanent:
-                failed.status = "failed"
+        outcome = SendOutcome.REJECTED if permanent else SendOutcome.NOT_SENT
+        if not _record(work, mail, claimed, outcome, str(exc)).entries:
+            raise TransientJobError(f"email {delivery_id} was taken over") from exc
         EMAILS.labels(kind=mail.kind, outcome="rejected" if permanent else "retry").inc()
         if permanent:
             log.error("email.rejected", delivery_id=delivery_id, kind=mail.kind, error=str(exc))
             raise PermanentJobError(f"email to {mail.recipient} refused: {exc}") from exc
         raise TransientJobError(f"email to {mail.recipient} deferred: {exc}") from exc
 
-    with work.statements() as connection:
-        recorded = _RECORD_SENT.execute(
-            connection,
-            {
-                "b_entry_id": claimed.entry_id,
-                "b_attempt": claimed.attempt,
-                "b_outcome": {"message_id": mail.message_id},
-                "b_delivery_id": delivery_id,
-                **work.job_params(),
-            },
-        ).one()
-    if not recorded.entries:
+    if not _record(work, mail, claimed, SendOutcome.SENT, None).entries:
         raise TransientJobError(f"email {delivery_id} was taken over")
-    if recorded.jobs:
-        work.job_finished()
     EMAILS.labels(kind=mail.kind, outcome="sent").inc()
     log.info("email.sent", delivery_id=delivery_id, kind=mail.kind, message_id=mail.message_id)
     return "sent"

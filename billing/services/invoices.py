@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from itertools import chain
-from typing import Any
 
-from sqlalchemy import bindparam, func, literal_column, select, text, update
+from sqlalchemy import Date, String, bindparam, case, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session, joinedload
 
@@ -289,15 +288,29 @@ def finalize_invoice(invoice_id: str) -> Invoice:
     return invoice
 
 
+# Every invoice of a finalization in one statement, whatever their number: the values come
+# as arrays, unnested in step.
+_FINALIZING = (
+    func.unnest(
+        bindparam("b_ids", type_=ARRAY(String())),
+        bindparam("b_numbers", type_=ARRAY(String())),
+        bindparam("b_statuses", type_=ARRAY(String())),
+        bindparam("b_due_dates", type_=ARRAY(Date())),
+    )
+    .table_valued("id", "number", "status", "due_date")
+    .render_derived(name="finalizing")
+)
 _FINALIZED = (
     update(_invoices)
-    .where(_invoices.c.id == bindparam("b_id"))
+    .where(_invoices.c.id == _FINALIZING.c.id)
     .values(
-        number=bindparam("b_number"),
-        status=bindparam("b_status"),
-        due_date=bindparam("b_due_date"),
+        number=_FINALIZING.c.number,
+        status=_FINALIZING.c.status,
+        due_date=_FINALIZING.c.due_date,
         finalized_at=bindparam("b_now"),
-        paid_at=bindparam("b_paid_at"),
+        paid_at=case(
+            (_FINALIZING.c.status == InvoiceStatus.PAID.value, bindparam("b_now")), else_=None
+        ),
     )
 )
 
@@ -327,12 +340,11 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
         {"b_ids": list(invoice_ids)},
     ).all()
     default_days = context.settings().default_days_until_due
-    finalized: list[dict[str, Any]] = []
+    finalized: list[tuple[str, InvoiceStatus, date | None]] = []
     charged: list[tuple[str, int, str]] = []
     for draft in drafts:
         status = rules.require_transition(draft.status, InvoiceStatus.OPEN)
-        paid = draft.total == 0
-        if paid:
+        if draft.total == 0:
             # Nothing to collect: Stripe marks a zero invoice paid at finalization.
             status = rules.require_transition(status, InvoiceStatus.PAID)
         due_date = draft.due_date
@@ -341,25 +353,26 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
             due_date = (now + timedelta(days=days)).date()
         if draft.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY and draft.total > 0:
             charged.append((draft.id, draft.total, draft.currency))
-        finalized.append(
-            {
-                "b_id": draft.id,
-                "b_status": status.value,
-                "b_due_date": due_date,
-                "b_now": now,
-                "b_paid_at": now if paid else None,
-            }
-        )
-    ids: list[str] = [row["b_id"] for row in finalized]
+        finalized.append((draft.id, status, due_date))
+    ids = [invoice_id for invoice_id, _, _ in finalized]
     charges.start_attempts(session, charged, source="automatic")
     documents.request_renders(session, ids)
     snapshot_parties(session, ids)
     # The numbers last: the counter's row lock, which makes them gapless, is then held
     # only for the invoices' own update and the commit.
     first = take_invoice_numbers(session, now.year, len(finalized))
-    for offset, row in enumerate(finalized):
-        row["b_number"] = rules.format_invoice_number(now.year, first + offset)
-    session.execute(_FINALIZED, finalized)
+    session.execute(
+        _FINALIZED,
+        {
+            "b_ids": ids,
+            "b_numbers": [
+                rules.format_invoice_number(now.year, first + n) for n in range(len(finalized))
+            ],
+            "b_statuses": [status.value for _, status, _ in finalized],
+            "b_due_dates": [due_date for _, _, due_date in finalized],
+            "b_now": now,
+        },
+    )
 
 
 class PaymentInProgress(Conflict):

@@ -70,28 +70,97 @@ _CLAIM_NEW = Prebuilt(
 )
 
 
-def new_claim(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
-    """`claim`'s insert as a CTE taking its key and fingerprint from another part of the
-    caller's statement: a NEW claim on a key nobody claimed before, returning its id; a
-    key claimed before returns nothing and is left to `claim`. Leased for b_claim_lease,
-    named apart from b_lease of a job that may start in the same statement."""
+# A claim whose holder died (its lease ran out) or whose outcome was left unknown: the next
+# attempt takes it over, as `claim` does (RESUMED).
+_TAKEN_OVER = (_entries.c.state == "unknown") | (
+    (_entries.c.state == "started")
+    & (func.coalesce(_entries.c.locked_until, func.now()) <= func.now())
+)
+
+
+def claim_or_resume(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
+    """`claim` as a CTE of the caller's statement, taking its key and fingerprint from
+    another part of it: a NEW claim on a key nobody claimed, or a RESUMED one taking over
+    an entry as `claim` would; either returns the entry's id and attempt. An entry held
+    or done returns nothing: `claim_found` tells which, from `earlier_claim` read in the
+    same statement. Leased for b_claim_lease, named apart from a job's b_lease."""
+    inserting = insert(_entries).from_select(
+        ["scope", "key", "fingerprint", "state", "attempt", "locked_until"],
+        select(
+            literal(scope),
+            key,
+            fingerprint,
+            literal("started"),
+            literal(1),
+            func.now() + bindparam("b_claim_lease", type_=Interval()),
+        ).where(*where),
+    )
     return (
-        insert(_entries)
-        .from_select(
-            ["scope", "key", "fingerprint", "state", "attempt", "locked_until"],
-            select(
-                literal(scope),
-                key,
-                fingerprint,
-                literal("started"),
-                literal(1),
-                func.now() + bindparam("b_claim_lease", type_=Interval()),
-            ).where(*where),
+        inserting.on_conflict_do_update(
+            constraint="uq_ledger_entries_scope_key",
+            set_={
+                "state": "started",
+                "attempt": _entries.c.attempt + 1,
+                "locked_until": inserting.excluded.locked_until,
+            },
+            where=(_entries.c.fingerprint == inserting.excluded.fingerprint) & _TAKEN_OVER,
         )
-        .on_conflict_do_nothing(constraint="uq_ledger_entries_scope_key")
-        .returning(_entries.c.id)
+        .returning(_entries.c.id, _entries.c.attempt)
         .cte("ledger_claim")
     )
+
+
+def earlier_claim(scope: str, key: Any) -> Any:
+    """SQL: the entry on (scope, key) as the caller's statement found it, before its own
+    claim (every part of a statement reads the same snapshot), as JSON; NULL if none."""
+    return (
+        select(
+            func.json_build_object(
+                "id",
+                _entries.c.id,
+                "attempt",
+                _entries.c.attempt,
+                "state",
+                _entries.c.state,
+                "fingerprint",
+                _entries.c.fingerprint,
+                "lease_left",
+                func.extract(
+                    "epoch", func.coalesce(_entries.c.locked_until, func.now()) - func.now()
+                ),
+            )
+        )
+        .where(_entries.c.scope == scope, _entries.c.key == key)
+        .scalar_subquery()
+    )
+
+
+def claim_found(
+    fingerprint: str,
+    claimed_id: int | None,
+    claimed_attempt: int | None,
+    earlier: dict[str, Any] | None,
+) -> ClaimResult:
+    """What a statement with `claim_or_resume` and `earlier_claim` found: the claim it made
+    (NEW or RESUMED), or why it made none (DONE, IN_PROGRESS, MISMATCH)."""
+    if claimed_id is not None and claimed_attempt is not None:
+        # Attempt 1 is a key nobody held (or one released since): nothing to reconcile.
+        claimed = Claim.NEW if claimed_attempt == 1 else Claim.RESUMED
+        return ClaimResult(claimed, claimed_id, claimed_attempt, "started")
+    if earlier is not None:
+        lease_left = float(earlier["lease_left"])
+        found = _found(earlier["state"], earlier["fingerprint"] == fingerprint, lease_left)
+        if found is not Claim.RESUMED:
+            return ClaimResult(
+                found,
+                int(earlier["id"]),
+                int(earlier["attempt"]),
+                earlier["state"],
+                lease_left=lease_left if found is Claim.IN_PROGRESS else None,
+            )
+    # Claimed by another attempt while the statement ran, too late for its snapshot: that
+    # attempt holds it now, and the caller comes back in a moment to see how it ended.
+    return ClaimResult(Claim.IN_PROGRESS, 0, 0, "started", lease_left=0.0)
 
 
 def claim(
@@ -141,6 +210,13 @@ def claim_in_transaction(scope: str, key: str, owner_id: str, *, lease: timedelt
     """A job's claim on one outside side effect, in the caller's transaction: NEW, RESUMED
     or DONE; another live holder is a reason to retry later, a foreign key a bug."""
     claimed = claim(scope, key, owner_id, lease=lease, commit=False)
+    return usable(claimed, scope, key, owner_id, lease)
+
+
+def usable(
+    claimed: ClaimResult, scope: str, key: str, owner_id: str, lease: timedelta
+) -> ClaimResult:
+    """`claimed` when the job may go on with it (NEW, RESUMED or DONE); raises otherwise."""
     if claimed.claim is Claim.IN_PROGRESS:
         # Its holder finishes, or its lease ends, within what is left of its lease: come
         # back just after that, rather than after a backoff that grows with every try (nor
@@ -155,6 +231,17 @@ def claim_in_transaction(scope: str, key: str, owner_id: str, *, lease: timedelt
     return claimed
 
 
+def _found(state: str, same_fingerprint: bool, lease_left: float) -> Claim:
+    """What an entry that exists already means for a new attempt on its key."""
+    if not same_fingerprint:
+        return Claim.MISMATCH
+    if state in ("succeeded", "failed"):
+        return Claim.DONE
+    if state == "started" and lease_left > 0:
+        return Claim.IN_PROGRESS
+    return Claim.RESUMED  # its holder died (the lease ran out) or its outcome is unknown
+
+
 def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> ClaimResult:
     lease_left = float(
         db.session.execute(
@@ -163,10 +250,10 @@ def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> C
             )
         ).scalar_one()
     )
-    lease_expired = lease_left <= 0
-    if entry.fingerprint != fingerprint:
+    found = _found(entry.state, entry.fingerprint == fingerprint, lease_left)
+    if found is Claim.MISMATCH:
         return ClaimResult(Claim.MISMATCH, entry.id, entry.attempt, entry.state)
-    if entry.state in ("succeeded", "failed"):
+    if found is Claim.DONE:
         return ClaimResult(
             Claim.DONE,
             entry.id,
@@ -176,7 +263,7 @@ def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> C
             entry.response_body,
             entry.outcome,
         )
-    if entry.state == "started" and not lease_expired:
+    if found is Claim.IN_PROGRESS:
         return ClaimResult(
             Claim.IN_PROGRESS, entry.id, entry.attempt, entry.state, lease_left=lease_left
         )
@@ -222,6 +309,12 @@ def completion(state: str, *guards: Any) -> CTE:
         .returning(_entries.c.id)
         .cte(f"ledger_{state}")
     )
+
+
+def release_cte() -> CTE:
+    """`release` as a CTE, for a caller that records what its attempt left behind in the
+    same statement; it returns the entry's id only if this attempt still held it."""
+    return delete(_entries).where(_OWN_ATTEMPT).returning(_entries.c.id).cte("ledger_released")
 
 
 def _update_own_attempt(claimed: ClaimResult, **values: Any) -> None:

@@ -14,9 +14,10 @@ from billing import jobs
 from billing.extensions import db
 from billing.jobs import QUEUES
 from billing.logging import get_logger
-from billing.models import ChargeAttempt, EmailDelivery, Invoice, InvoiceDocument, OutboxJob
+from billing.models import EmailDelivery, Invoice, InvoiceDocument, OutboxJob
+from billing.notifications.kinds import KINDS, resend_refusal
 from billing.services import context
-from billing.services.emails import RESEND_MARK, queue_email
+from billing.services.emails import RESEND_MARK, occasion_of, queue_email
 from billing.services.errors import Conflict, InvalidRequest, NotFound
 from billing.services.outbox import REPLAYABLE, UNFINISHED, record_job, recorded_jobs
 from billing.services.queues import database_now
@@ -126,17 +127,6 @@ def wait_for_jobs(job_ids: list[str], timeout: float) -> dict[str, str]:
 
 # --- re-sending an email ------------------------------------------------------------------
 
-# Which email may be sent again in which invoice state: a receipt only for a paid invoice,
-# a payment failure only while the invoice is still to be paid, and so on.
-RESENDABLE: dict[str, tuple[str, ...]] = {
-    "invoice_issued": ("open", "paid", "uncollectible"),
-    "payment_receipt": ("paid",),
-    "payment_failed": ("open", "uncollectible"),
-    "authentication_required": ("open", "uncollectible"),
-    "refund_issued": ("paid",),
-    "payment_reminder": ("open",),
-    "final_notice": ("uncollectible",),
-}
 _RESEND_NUMBER = re.compile(re.escape(RESEND_MARK) + r"(\d+)$")
 
 
@@ -156,40 +146,37 @@ class Resend:
 
 def resend_invoice_email(invoice_id: str, kind: str) -> Resend:
     """Send an invoice's email of `kind` again, as the customer's addresses are now: the
-    latest one recorded of that kind (its occasion and content), under a new delivery key."""
-    if kind not in RESENDABLE:
+    latest one recorded of that kind (its occasion and content), under a new delivery key.
+    When it may be sent again is the kind's declaration's to say."""
+    declared = KINDS.get(kind)
+    if declared is None:
         raise InvalidRequest(f"unknown email kind {kind!r}", param="kind")
     with transaction() as session:
         # Locked: two operators resending at once number their resends one after the other.
         invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
         if invoice is None:
             raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
-        if invoice.status not in RESENDABLE[kind]:
-            raise EmailNotResendable(
-                f"a {kind} email is not sent for a {invoice.status} invoice "
-                f"(only {', '.join(RESENDABLE[kind])})"
-            )
+        refusal = resend_refusal(declared, invoice.status)
+        if refusal is not None:
+            raise EmailNotResendable(refusal)
         previous = session.scalars(
             select(EmailDelivery)
             .where(EmailDelivery.invoice_id == invoice_id, EmailDelivery.kind == kind)
             .order_by(EmailDelivery.created_at.desc(), EmailDelivery.id.desc())
         ).all()
         if not previous:
-            # The invoice_issued email is recorded once the invoice's first PDF is stored.
-            why = (
-                " (it waits for the PDF: billing outbox status)" if kind == "invoice_issued" else ""
-            )
+            # A kind with the PDF attached may wait for it (the issued email is recorded
+            # once the first PDF is stored).
+            waits = declared.attaches_invoice_pdf
+            why = " (it waits for the PDF: billing outbox status)" if waits else ""
             raise EmailNotResendable(
                 f"no {kind} email was ever recorded for {invoice_id}: nothing to send again{why}"
             )
         latest = previous[0]
-        if kind == "authentication_required":
-            attempt = session.get(ChargeAttempt, latest.occasion)
-            if attempt is None or attempt.status != "requires_action":
-                status = attempt.status if attempt is not None else "gone"
-                raise EmailNotResendable(
-                    f"the payment it asks the customer to confirm is now {status}"
-                )
+        if declared.refuse_resend is not None:
+            refusal = declared.refuse_resend(occasion_of(session, declared, latest.occasion))
+            if refusal is not None:
+                raise EmailNotResendable(refusal)
         number = 1 + max(
             (
                 int(match.group(1))

@@ -4,6 +4,7 @@ is the truth each test checks, never a mock of our own mailer."""
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 from typing import Any
 
 from click.testing import CliRunner
@@ -12,6 +13,7 @@ from sqlalchemy import func, select, update
 
 from billing.extensions import db
 from billing.models import Customer, EmailDelivery, OutboxJob
+from billing.services.outbox import JobWork
 from tests.conftest import CARD_DECLINED_AFTER_ATTACH, CARD_NEEDS_3DS
 
 
@@ -328,11 +330,115 @@ def test_a_mail_job_whose_delivery_is_gone_fails_for_an_operator_to_see(
 
 
 def test_a_dead_sender_s_claim_lapses_after_four_smtp_timeouts_not_minutes(app):
-    from datetime import timedelta
-
     from billing.services import emails
 
     # The tests' MAIL_TIMEOUT is 5 s: a send takes at most a connect and a transfer, each
     # within it, so 20 s covers a live sender; an email whose sender was killed waits no
     # longer than that before another worker sends it.
     assert emails._mail_lease() == timedelta(seconds=20)
+
+
+def _reminder(invoice_id: str) -> str:
+    from billing.models import Invoice
+    from billing.services import emails
+    from billing.services.unit_of_work import transaction
+
+    with transaction() as session:
+        [delivery_id] = emails.queue_email(
+            session, "payment_reminder", session.get(Invoice, invoice_id), occasion="due"
+        )
+    return delivery_id
+
+
+def test_a_sender_that_died_holding_its_claim_is_taken_over_once_its_lease_ends(
+    admin, make_customer, run_jobs, mailbox
+):
+    from billing.models import LedgerEntry
+    from billing.services import emails
+    from billing.services.errors import HeldElsewhere
+    from billing.services.ledger import Claim
+
+    invoice = _send_invoice(admin, make_customer())
+    run_jobs()
+    delivery_id = _reminder(invoice["id"])
+    # A sender claimed it, then died before its send or its record.
+    died = emails._take(JobWork.outside_a_job(), delivery_id)
+    assert died.claimed is not None and died.claimed.claim is Claim.NEW
+    try:
+        emails.send_email(delivery_id)
+    except HeldElsewhere as exc:
+        # Back once the dead sender's lease (20 s) has run out, not a backoff later.
+        assert exc.retry_after is not None and 10 < exc.retry_after <= 20
+    else:
+        raise AssertionError("a live claim must be left to its holder")
+    assert _by_kind(mailbox, "is due") == []
+    db.session.execute(
+        update(LedgerEntry)
+        .where(LedgerEntry.id == died.claimed.entry_id)
+        .values(locked_until=func.now() - timedelta(seconds=1))
+    )
+    db.session.commit()
+    assert emails.send_email(delivery_id) == "sent"
+    [due] = _by_kind(mailbox, "is due")
+    db.session.expire_all()
+    delivery = db.session.get(EmailDelivery, delivery_id)
+    entry = db.session.get(LedgerEntry, died.claimed.entry_id)
+    assert (delivery.status, entry.state, entry.attempt) == ("sent", "succeeded", 2)
+    assert due.message["Message-ID"] == delivery.message_id
+    assert emails.send_email(delivery_id) == "sent"  # and never again
+    assert len(_by_kind(mailbox, "is due")) == 1
+
+
+def test_a_message_that_cannot_be_built_frees_its_claim_and_says_why(
+    admin, make_customer, run_jobs, mailbox, monkeypatch
+):
+    from billing.models import LedgerEntry
+    from billing.services import emails
+
+    invoice = _send_invoice(admin, make_customer())
+    run_jobs()
+    delivery_id = _reminder(invoice["id"])
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("template broken")
+
+    monkeypatch.setattr(emails, "compose", broken)
+    try:
+        emails.send_email(delivery_id)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("a message that cannot be built must not count as sent")
+    db.session.expire_all()
+    delivery = db.session.get(EmailDelivery, delivery_id)
+    assert (delivery.status, delivery.attempts) == ("pending", 1)
+    assert delivery.error == "RuntimeError: template broken"
+    held = select(func.count()).where(LedgerEntry.key == delivery.ledger_key)
+    assert db.session.scalar(held) == 0
+    monkeypatch.undo()
+    assert emails.send_email(delivery_id) == "sent"
+    assert len(_by_kind(mailbox, "is due")) == 1
+
+
+def test_a_ledger_entry_done_for_an_email_still_to_send_stops_it_for_an_operator(
+    admin, make_customer, run_jobs, mailbox
+):
+    from billing.services import emails
+    from billing.services.errors import PermanentJobError
+
+    invoice = _send_invoice(admin, make_customer())
+    run_jobs()
+    delivery_id = _reminder(invoice["id"])
+    assert emails.send_email(delivery_id) == "sent"
+    # Changed by hand: the ledger says it went out, the delivery says it did not.
+    db.session.execute(
+        update(EmailDelivery).where(EmailDelivery.id == delivery_id).values(status="pending")
+    )
+    db.session.commit()
+    try:
+        emails.send_email(delivery_id)
+    except PermanentJobError as exc:
+        assert "operator" in str(exc)
+    else:
+        raise AssertionError("an email the ledger says went out must not go out again")
+    assert len(_by_kind(mailbox, "is due")) == 1

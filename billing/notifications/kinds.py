@@ -1,0 +1,147 @@
+"""Every kind of customer email, declared once: what it shows, what it attaches, when an
+operator may send it again. Its templates are the folder named after it under templates/.
+
+Adding a kind is one declaration here and one template folder; the mail service, the
+operators' resend and the delivery table's list of kinds all read this module. Pure: the
+views take what the mail service read and formatted, and return the fields they add."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from billing.domain.declines import explain_decline
+from billing.domain.invoices import InvoiceStatus
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a kind's view may draw on, besides the invoice's fields every email shows."""
+
+    # The row the delivery's occasion names (in the kind's `occasion` table), if it exists.
+    occasion: Mapping[str, Any] | None
+    # What the caller recorded with the delivery (queue_email's context_).
+    context: Mapping[str, Any]
+    due_date: date | None
+    portal_url: str | None
+    # Formatting in the invoice's currency and the customer's locale.
+    money: Callable[[int], str]
+    date: Callable[[date | datetime | None], str]
+
+
+View = Callable[[Facts], dict[str, Any]]
+
+
+def _nothing_more(facts: Facts) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class EmailKind:
+    name: str
+    # The invoice statuses in which an operator may send it again (see resend_refusal).
+    resendable_in: frozenset[InvoiceStatus]
+    # The fields its templates show beyond the invoice's own.
+    view: View = _nothing_more
+    # The table whose row (by id) the delivery's occasion names, for a view that reads it.
+    occasion: str | None = None
+    # Why a resend is refused although the invoice's status allows it, given the occasion's
+    # row as it is now (None: allowed).
+    refuse_resend: Callable[[Mapping[str, Any] | None], str | None] | None = None
+    # The invoice's newest PDF goes with it; it waits until there is one.
+    attaches_invoice_pdf: bool = False
+
+    @property
+    def template(self) -> str:
+        """The folder of its subject.txt, body.txt and body.html under templates/."""
+        return self.name
+
+
+def _action_url(attempt: Mapping[str, Any] | None, portal_url: str | None) -> str | None:
+    next_action = (attempt or {}).get("next_action") or {}
+    redirect = next_action.get("redirect_to_url") or {}
+    url = redirect.get("url") if isinstance(redirect, dict) else None
+    return str(url) if url else portal_url
+
+
+def _payment_trouble(facts: Facts) -> dict[str, Any]:
+    """A charge attempt that failed or waits for the customer: why, and what to do."""
+    attempt = facts.occasion
+    explanation = explain_decline(attempt.get("decline_code") if attempt is not None else None)
+    retry = facts.context.get("next_retry_date")
+    view = {
+        "reason": explanation.reason,
+        "what_to_do": explanation.what_to_do,
+        "action_url": _action_url(attempt, facts.portal_url),
+        "next_retry_date": facts.date(date.fromisoformat(retry)) if retry else "",
+    }
+    if attempt is not None:
+        view["amount_due"] = facts.money(attempt["amount"])  # what this attempt asked for
+    return view
+
+
+def _still_awaiting_confirmation(attempt: Mapping[str, Any] | None) -> str | None:
+    status = attempt["status"] if attempt is not None else "gone"
+    if status != "requires_action":
+        return f"the payment it asks the customer to confirm is now {status}"
+    return None
+
+
+def _refund(facts: Facts) -> dict[str, Any]:
+    refund = facts.occasion
+    return {"refund_amount": facts.money(refund["amount"] if refund is not None else 0)}
+
+
+def _overdue(facts: Facts) -> dict[str, Any]:
+    as_of_text = facts.context.get("as_of")
+    as_of = date.fromisoformat(as_of_text) if as_of_text else date.today()
+    return {"days_overdue": (as_of - (facts.due_date or as_of)).days}
+
+
+_OPEN = InvoiceStatus.OPEN
+_PAID = InvoiceStatus.PAID
+_UNCOLLECTIBLE = InvoiceStatus.UNCOLLECTIBLE
+
+# In the order of the delivery table's CHECK constraint (migration 0005), which lists them.
+KINDS: dict[str, EmailKind] = {
+    kind.name: kind
+    for kind in (
+        EmailKind(
+            "invoice_issued",
+            resendable_in=frozenset({_OPEN, _PAID, _UNCOLLECTIBLE}),
+            attaches_invoice_pdf=True,
+        ),
+        EmailKind("payment_receipt", resendable_in=frozenset({_PAID})),
+        EmailKind(
+            "payment_failed",
+            resendable_in=frozenset({_OPEN, _UNCOLLECTIBLE}),
+            view=_payment_trouble,
+            occasion="charge_attempts",
+        ),
+        EmailKind(
+            "authentication_required",
+            resendable_in=frozenset({_OPEN, _UNCOLLECTIBLE}),
+            view=_payment_trouble,
+            occasion="charge_attempts",
+            refuse_resend=_still_awaiting_confirmation,
+        ),
+        EmailKind(
+            "refund_issued",
+            resendable_in=frozenset({_PAID}),
+            view=_refund,
+            occasion="refunds",
+        ),
+        EmailKind("payment_reminder", resendable_in=frozenset({_OPEN}), view=_overdue),
+        EmailKind("final_notice", resendable_in=frozenset({_UNCOLLECTIBLE})),
+    )
+}
+
+
+def resend_refusal(kind: EmailKind, invoice_status: str) -> str | None:
+    """Why `kind` may not be sent again for an invoice in `invoice_status` (None: it may)."""
+    if invoice_status in kind.resendable_in:
+        return None
+    allowed = ", ".join(status for status in InvoiceStatus if status in kind.resendable_in)
+    return f"a {kind.name} email is not sent for a {invoice_status} invoice (only {allowed})"
