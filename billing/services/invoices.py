@@ -234,35 +234,6 @@ def _next_invoice_number(session: Session, year: int) -> str:
 
 _invoices = Invoice.__table__
 _customers = Customer.__table__
-# One statement for one invoice or a billing run's chunk: the buyer from the customer's
-# row as it is now, the seller from the settings.
-_SNAPSHOT_PARTIES = (
-    update(_invoices)
-    .where(
-        _invoices.c.id == func.any(bindparam("b_invoice_ids", type_=ARRAY(_invoices.c.id.type))),
-        _customers.c.id == _invoices.c.customer_id,
-    )
-    .values(
-        seller_party=bindparam("b_seller_party", type_=JSONB),
-        buyer_party=func.jsonb_build_object(
-            *chain.from_iterable(
-                (literal_column(f"'{key}'"), _customers.c[key]) for key in parties.BUYER_KEYS
-            )
-        ),
-    )
-)
-
-
-def snapshot_parties(session: Session, invoice_ids: Sequence[str]) -> None:
-    """Keep on each invoice being finalized its seller and buyer as they stand now: an
-    issued invoice shows these ever after (`billing.domain.parties`)."""
-    session.execute(
-        _SNAPSHOT_PARTIES,
-        {
-            "b_invoice_ids": list(invoice_ids),
-            "b_seller_party": parties.configured_seller(context.settings()),
-        },
-    )
 
 
 def finalize_invoice(invoice_id: str) -> Invoice:
@@ -300,10 +271,19 @@ _FINALIZING = (
     .table_valued("id", "number", "status", "due_date")
     .render_derived(name="finalizing")
 )
+# With the invoices, their parties as they stand now: the buyer from the customer's row,
+# the seller from the settings; an issued invoice shows these ever after
+# (`billing.domain.parties`).
 _FINALIZED = (
     update(_invoices)
-    .where(_invoices.c.id == _FINALIZING.c.id)
+    .where(_invoices.c.id == _FINALIZING.c.id, _customers.c.id == _invoices.c.customer_id)
     .values(
+        seller_party=bindparam("b_seller_party", type_=JSONB),
+        buyer_party=func.jsonb_build_object(
+            *chain.from_iterable(
+                (literal_column(f"'{key}'"), _customers.c[key]) for key in parties.BUYER_KEYS
+            )
+        ),
         number=_FINALIZING.c.number,
         status=_FINALIZING.c.status,
         due_date=_FINALIZING.c.due_date,
@@ -321,8 +301,9 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
     and totals, row-locked or just inserted by the caller. Each gets its due date (when the
     customer pays it by transfer), its charge attempt (when charged and there is something
     to pay), its PDF job (which sends the "invoice issued" email), its parties and its
-    number; a zero invoice is paid at once, as Stripe does. A table at a time, so that a
-    chunk of a thousand takes as many statements as one invoice."""
+    number; a zero invoice is paid at once, as Stripe does. A table at a time, the invoices
+    themselves in one update, so that a chunk of a thousand takes as many statements as one
+    invoice."""
     if not invoice_ids:
         return
     drafts = session.execute(
@@ -355,11 +336,6 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
             charged.append((draft.id, draft.total, draft.currency))
         finalized.append((draft.id, status, due_date))
     ids = [invoice_id for invoice_id, _, _ in finalized]
-    charges.start_attempts(session, charged, source="automatic")
-    documents.request_renders(session, ids)
-    snapshot_parties(session, ids)
-    # The numbers last: the counter's row lock, which makes them gapless, is then held
-    # only for the invoices' own update and the commit.
     first = take_invoice_numbers(session, now.year, len(finalized))
     session.execute(
         _FINALIZED,
@@ -371,8 +347,13 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
             "b_statuses": [status.value for _, status, _ in finalized],
             "b_due_dates": [due_date for _, _, due_date in finalized],
             "b_now": now,
+            "b_seller_party": parties.configured_seller(context.settings()),
         },
     )
+    # The rows that refer to the invoices come after the invoices' own update: each locks
+    # its invoice (key share), and updating a row this transaction has locked costs more.
+    charges.start_attempts(session, charged, source="automatic")
+    documents.request_renders(session, ids)
 
 
 class PaymentInProgress(Conflict):
