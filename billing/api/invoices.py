@@ -7,7 +7,14 @@ from flask import Blueprint, Response, jsonify, request
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
 from billing.api.schemas import PdfPending
-from billing.api.serializers import dunning_preview_out, invoice_out, pay_response, refund_out
+from billing.api.serializers import (
+    dunning_preview_out,
+    invoice_list_response,
+    invoice_out,
+    invoice_response,
+    pay_response,
+    refund_out,
+)
 from billing.services import charges, context, documents, dunning, refunds
 from billing.services import invoices as service
 
@@ -66,9 +73,7 @@ def list_invoices(query: schemas.InvoiceListQuery) -> ViewResult:
         limit=query.limit,
         starting_after=query.starting_after,
     )
-    return schemas.InvoiceList(
-        data=[invoice_out(i) for i in page.items], has_more=page.has_more
-    ), 200
+    return invoice_list_response(page.items, has_more=page.has_more)
 
 
 @endpoint(
@@ -80,7 +85,7 @@ def list_invoices(query: schemas.InvoiceListQuery) -> ViewResult:
     errors=(404,),
 )
 def get_invoice(invoice_id: str) -> ViewResult:
-    return invoice_out(service.get_invoice(invoice_id, customer_scope=customer_scope())), 200
+    return invoice_response(service.get_invoice(invoice_id, customer_scope=customer_scope()))
 
 
 @endpoint(

@@ -130,11 +130,17 @@ Currency = Annotated[
     # upper case is accepted too.
     WithJsonSchema({"type": "string", "enum": sorted(known_currencies()), "example": "eur"}),
 ]
+
+
+def tax_rate_text(rate: Decimal) -> str:
+    """Percent as a plain decimal string: "19", "7.7", never "7.7000" or "1.9E+1"."""
+    return format(rate.normalize(), "f")
+
+
 TaxRate = Annotated[
     Decimal,
     BeforeValidator(_tax_rate),
-    # Percent as a plain decimal string: "19", "7.7", never "7.7000" or "1.9E+1".
-    PlainSerializer(lambda d: format(d.normalize(), "f"), return_type=str),
+    PlainSerializer(tax_rate_text, return_type=str),
     WithJsonSchema(
         {
             "anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\d{1,3}(\.\d{1,4})?$"}],

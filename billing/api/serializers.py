@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from flask import Response, jsonify
+
 from billing.api import schemas
 from billing.domain.charges import ChargeStatus
 from billing.domain.dunning import DunningStep
-from billing.domain.invoices import InvoiceStatus
 from billing.domain.jobs import JobState
-from billing.extensions import db
 from billing.models import (
     ChargeAttempt,
     Customer,
@@ -22,10 +22,13 @@ from billing.models import (
     Refund,
     Subscription,
 )
-from billing.services.documents import latest_document
-from billing.services.dunning import next_payment_attempt
-from billing.services.emails import emails_of
-from billing.services.refunds import refunds_of
+from billing.services.invoices import (
+    InvoiceHistory,
+    ShownAttempt,
+    ShownInvoice,
+    ShownLine,
+    invoice_histories,
+)
 
 
 def _ts(value: datetime | None) -> int | None:
@@ -51,11 +54,11 @@ def customer_out(customer: Customer, *, sync_job: str | None = None) -> schemas.
     )
 
 
-def charge_attempt_out(attempt: ChargeAttempt) -> schemas.ChargeAttemptOut:
+def charge_attempt_out(attempt: ChargeAttempt | ShownAttempt) -> schemas.ChargeAttemptOut:
     return schemas.ChargeAttemptOut(**_attempt_fields(attempt))
 
 
-def _attempt_fields(attempt: ChargeAttempt) -> dict[str, Any]:
+def _attempt_fields(attempt: ChargeAttempt | ShownAttempt) -> dict[str, Any]:
     # What the customer needs to authenticate, shown only while it is needed.
     waiting = attempt.status == ChargeStatus.REQUIRES_ACTION
     return {
@@ -122,69 +125,98 @@ def document_out(document: InvoiceDocument) -> schemas.DocumentOut:
     )
 
 
-def _document_of(invoice: Invoice) -> schemas.DocumentOut | None:
-    latest = latest_document(db.session(), invoice.id) if invoice.number else None
-    return document_out(latest) if latest is not None else None
+def _line_body(line: ShownLine, rate: str) -> dict[str, Any]:
+    return {
+        "id": line.id,
+        "object": "line_item",
+        "description": line.description,
+        "quantity": line.quantity,
+        "unit_amount": line.unit_amount,
+        "tax_rate": rate,
+        "amount": line.amount,
+        "tax": line.tax,
+    }
+
+
+def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, Any]:
+    """The invoice as `schemas.InvoiceOut` dumps it to JSON, built straight from the rows:
+    a page of a hundred is shown without validating a thousand models made from values
+    the database already checked. tests/integration/test_invoice_reads.py holds it to the
+    schema; `invoice_out` validates it."""
+    lines = []
+    by_rate: dict[str, dict[str, Any]] = {}
+    for line in invoice.lines:
+        key = str(line.tax_rate)
+        entry = by_rate.get(key)
+        if entry is None:
+            entry = by_rate[key] = {
+                "tax_rate": schemas.tax_rate_text(line.tax_rate),
+                "taxable_amount": 0,
+                "amount": 0,
+            }
+        entry["taxable_amount"] += line.amount
+        entry["amount"] += line.tax
+        lines.append(_line_body(line, entry["tax_rate"]))
+    document = history.document
+    return {
+        "id": invoice.id,
+        "object": "invoice",
+        "customer": invoice.customer_id,
+        "number": invoice.number,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "collection_method": invoice.collection_method,
+        "days_until_due": invoice.days_until_due,
+        "due_date": invoice.due_date.isoformat() if invoice.due_date is not None else None,
+        "description": invoice.description,
+        "metadata": invoice.metadata_,
+        "lines": {"object": "list", "data": lines},
+        "subtotal": invoice.subtotal,
+        "tax": invoice.tax,
+        "total": invoice.total,
+        "total_tax_amounts": list(by_rate.values()),
+        "amount_paid": invoice.amount_paid,
+        "amount_due": invoice.amount_due,
+        "amount_refunded": invoice.amount_refunded,
+        # Few invoices have any of these: their own models shape them.
+        "refunds": [refund_out(r).model_dump(mode="json") for r in history.refunds],
+        "payment_attempts": [
+            charge_attempt_out(a).model_dump(mode="json") for a in invoice.charge_attempts
+        ],
+        "next_payment_attempt": _ts(history.next_payment_attempt),
+        "emails": [email_out(e).model_dump(mode="json") for e in history.emails],
+        "document": document_out(document).model_dump(mode="json") if document else None,
+        "created": _ts(invoice.created_at) or 0,
+        "finalized_at": _ts(invoice.finalized_at),
+        "paid_at": _ts(invoice.paid_at),
+        "voided_at": _ts(invoice.voided_at),
+        "marked_uncollectible_at": _ts(invoice.marked_uncollectible_at),
+    }
 
 
 def invoice_out(invoice: Invoice, *, just_finalized: bool = False) -> schemas.InvoiceOut:
-    """`just_finalized`: the invoice was numbered by this very request, so no email and no
-    document of it can exist yet (both are made by jobs recorded in that transaction):
+    """The invoice after a change, its history read here. `just_finalized`: the invoice
+    was numbered by this very request, so no email and no document of it can exist yet:
     two queries the hottest request can skip."""
-    has_history = bool(invoice.number) and not just_finalized
-    by_rate: dict[str, schemas.TaxAmount] = {}
-    for line in invoice.lines:
-        key = str(line.tax_rate)
-        entry = by_rate.setdefault(
-            key, schemas.TaxAmount(tax_rate=line.tax_rate, taxable_amount=0, amount=0)
-        )
-        entry.taxable_amount += line.amount
-        entry.amount += line.tax
-    return schemas.InvoiceOut(
-        id=invoice.id,
-        customer=invoice.customer_id,
-        number=invoice.number,
-        status=InvoiceStatus(invoice.status),
-        currency=invoice.currency,
-        collection_method=invoice.collection_method,  # type: ignore[arg-type]
-        days_until_due=invoice.days_until_due,
-        due_date=invoice.due_date,
-        description=invoice.description,
-        metadata=invoice.metadata_,
-        lines=schemas.LineList(
-            data=[
-                schemas.LineOut(
-                    id=line.id,
-                    description=line.description,
-                    quantity=line.quantity,
-                    unit_amount=line.unit_amount,
-                    tax_rate=line.tax_rate,
-                    amount=line.amount,
-                    tax=line.tax,
-                )
-                for line in invoice.lines
-            ]
-        ),
-        subtotal=invoice.subtotal,
-        tax=invoice.tax,
-        total=invoice.total,
-        total_tax_amounts=list(by_rate.values()),
-        amount_paid=invoice.amount_paid,
-        amount_due=invoice.amount_due,
-        amount_refunded=invoice.amount_refunded,
-        # A refund is only ever recorded against money paid, and amount_paid never goes
-        # down: an invoice with nothing paid has no refunds to read.
-        refunds=[refund_out(r) for r in refunds_of(invoice.id)] if invoice.amount_paid else [],
-        payment_attempts=[charge_attempt_out(a) for a in invoice.charge_attempts],
-        next_payment_attempt=_ts(next_payment_attempt(invoice)),
-        # A draft has neither: two queries saved for every draft shown.
-        emails=[email_out(e) for e in emails_of(invoice.id)] if has_history else [],
-        document=_document_of(invoice) if has_history else None,
-        created=_ts(invoice.created_at) or 0,
-        finalized_at=_ts(invoice.finalized_at),
-        paid_at=_ts(invoice.paid_at),
-        voided_at=_ts(invoice.voided_at),
-        marked_uncollectible_at=_ts(invoice.marked_uncollectible_at),
+    shown = ShownInvoice.of(invoice)
+    history = invoice_histories([shown], just_finalized=just_finalized)[invoice.id]
+    return schemas.InvoiceOut.model_validate(invoice_body(shown, history))
+
+
+def invoice_response(invoice: ShownInvoice) -> Response:
+    """GET of one invoice: its JSON body as is."""
+    return jsonify(invoice_body(invoice, invoice_histories([invoice])[invoice.id]))
+
+
+def invoice_list_response(invoices: list[ShownInvoice], *, has_more: bool) -> Response:
+    """GET of a page of invoices, their histories read for the whole page at once."""
+    histories = invoice_histories(invoices)
+    return jsonify(
+        {
+            "object": "list",
+            "data": [invoice_body(i, histories[i.id]) for i in invoices],
+            "has_more": has_more,
+        }
     )
 
 

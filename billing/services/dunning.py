@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -321,28 +321,45 @@ def preview(invoice_id: str, *, customer_scope: str | None = None) -> list[Dunni
     return schedule(facts, policy(), clock.today())
 
 
-def next_payment_attempt(invoice: Invoice) -> datetime | None:
-    """When dunning will next try to charge this invoice: the first planned retry not yet
-    taken, at the nightly run's hour (UTC). None outside dunning (not open, not charged
-    automatically, or no charge failed yet), and for a retry held by a hard decline."""
-    if (
-        invoice.status != InvoiceStatus.OPEN.value
-        or invoice.collection_method != AUTOMATIC
-        or invoice.dunning_started_on is None
-    ):
-        return None
-    session = db.session()
-    facts = load_facts(session, [invoice.id]).get(invoice.id)
-    if facts is None:
-        return None
+class DunnedInvoice(Protocol):
+    """What `next_payment_attempts` reads of an invoice (a model or a row read for show)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def collection_method(self) -> str: ...
+    @property
+    def dunning_started_on(self) -> date | None: ...
+
+
+def next_payment_attempts(invoices: Sequence[DunnedInvoice]) -> dict[str, datetime]:
+    """When dunning will next try to charge each of these invoices, by id: the first planned
+    retry not yet taken, at the nightly run's hour (UTC). Absent outside dunning (not open,
+    not charged automatically, or no charge failed yet), and for a retry held by a hard
+    decline. Two statements for any number of invoices, none when none is in dunning."""
+    in_dunning = [
+        invoice.id
+        for invoice in invoices
+        if invoice.status == InvoiceStatus.OPEN.value
+        and invoice.collection_method == AUTOMATIC
+        and invoice.dunning_started_on is not None
+    ]
+    if not in_dunning:
+        return {}
+    found: dict[str, datetime] = {}
     today = clock.today()
-    for step in schedule(facts, policy(), today):
-        # Steps taken come back DONE; a retry due today but not yet taken is still PLANNED.
-        if (
-            step.action is StepAction.RETRY_CHARGE
-            and step.status is StepStatus.PLANNED
-            and step.on >= today
-        ):
-            run_at = datetime.combine(step.on, time(context.settings().dunning_hour), UTC)
-            return max(run_at, clock.now())
-    return None
+    rules = policy()
+    for invoice_id, facts in load_facts(db.session(), in_dunning).items():
+        for step in schedule(facts, rules, today):
+            # Steps taken come back DONE; a retry due today but not yet taken is still PLANNED.
+            if (
+                step.action is StepAction.RETRY_CHARGE
+                and step.status is StepStatus.PLANNED
+                and step.on >= today
+            ):
+                run_at = datetime.combine(step.on, time(context.settings().dunning_hour), UTC)
+                found[invoice_id] = max(run_at, clock.now())
+                break
+    return found

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from itertools import chain
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Date, String, bindparam, case, func, literal_column, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy import (
+    Connection,
+    Date,
+    String,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
 from sqlalchemy.orm import Session, joinedload
 
 from billing import clock
@@ -21,9 +34,19 @@ from billing.domain.invoices import CollectionMethod, InvoiceStatus
 from billing.domain.money import AmountNotChargeable, charge_step, normalize_currency
 from billing.extensions import db
 from billing.logging import get_logger
-from billing.models import ChargeAttempt, Customer, Invoice, InvoiceLine
+from billing.models import (
+    ChargeAttempt,
+    Customer,
+    EmailDelivery,
+    Invoice,
+    InvoiceDocument,
+    InvoiceLine,
+    Refund,
+)
+from billing.prebuilt import Prebuilt
 from billing.services import charges, context, documents
 from billing.services.customers import get_customer
+from billing.services.dunning import next_payment_attempts
 from billing.services.errors import (
     Conflict,
     InvalidRequest,
@@ -33,7 +56,7 @@ from billing.services.errors import (
     ServiceError,
     UnchargeableAmount,
 )
-from billing.services.pagination import Page, paginate
+from billing.services.pagination import Page
 from billing.services.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -64,10 +87,137 @@ def _now() -> datetime:
     return clock.now()
 
 
-def get_invoice(invoice_id: str, *, customer_scope: str | None = None) -> Invoice:
-    invoice = db.session.get(Invoice, invoice_id)
-    if invoice is None or (customer_scope is not None and invoice.customer_id != customer_scope):
+class ShownLine(NamedTuple):
+    id: str
+    invoice_id: str
+    description: str
+    quantity: int
+    unit_amount: int
+    tax_rate: Decimal
+    amount: int
+    tax: int
+
+
+class ShownAttempt(NamedTuple):
+    id: str
+    invoice_id: str
+    status: str
+    source: str
+    amount: int
+    currency: str
+    payment_method: str | None
+    stripe_payment_intent_id: str | None
+    decline_code: str | None
+    failure_message: str | None
+    next_action: dict[str, Any] | None
+    client_secret: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(slots=True)
+class ShownInvoice:
+    """An invoice as a response shows it, read as plain rows (no model to track changes of):
+    its own columns but the party snapshots (only its PDFs and emails show those), its lines
+    and its charge attempts."""
+
+    id: str
+    customer_id: str
+    number: str | None
+    status: str
+    currency: str
+    collection_method: str
+    days_until_due: int | None
+    due_date: date | None
+    description: str | None
+    metadata_: dict[str, str]
+    subtotal: int
+    tax: int
+    total: int
+    amount_paid: int
+    amount_refunded: int
+    created_at: datetime
+    finalized_at: datetime | None
+    paid_at: datetime | None
+    voided_at: datetime | None
+    marked_uncollectible_at: datetime | None
+    dunning_started_on: date | None
+    lines: list[ShownLine] = field(default_factory=list)
+    charge_attempts: list[ShownAttempt] = field(default_factory=list)
+
+    @property
+    def amount_due(self) -> int:
+        return self.total - self.amount_paid
+
+    @classmethod
+    def of(cls, invoice: Invoice) -> ShownInvoice:
+        """The model of an invoice just changed, as its response shows it."""
+        shown = cls(*(getattr(invoice, column.key) for column in _INVOICE_COLUMNS))
+        shown.lines = [_shown(ShownLine, line) for line in invoice.lines]
+        shown.charge_attempts = [_shown(ShownAttempt, a) for a in invoice.charge_attempts]
+        return shown
+
+
+_Row = TypeVar("_Row", ShownLine, ShownAttempt)
+
+
+def _shown(kind: type[_Row], model: Any) -> _Row:
+    return kind(*(getattr(model, name) for name in kind._fields))
+
+
+# In the order of the fields of ShownInvoice, ShownLine and ShownAttempt: rows are unpacked
+# into them.
+_INVOICE_COLUMNS = tuple(
+    getattr(Invoice, name)
+    for name in ShownInvoice.__dataclass_fields__
+    if name not in ("lines", "charge_attempts")
+)
+_LINE_COLUMNS = tuple(getattr(InvoiceLine, name) for name in ShownLine._fields)
+_ATTEMPT_COLUMNS = tuple(getattr(ChargeAttempt, name) for name in ShownAttempt._fields)
+_INVOICE_IDS = bindparam("b_invoice_ids", type_=ARRAY(Invoice.id.type))
+# Every read of an invoice runs these: built once, and sent prebuilt (billing.prebuilt).
+# One invoice and its lines, a row per line (one with no line when it has none).
+_ONE_INVOICE = (
+    select(*_INVOICE_COLUMNS, *_LINE_COLUMNS)
+    .outerjoin(InvoiceLine, InvoiceLine.invoice_id == Invoice.id)
+    .where(Invoice.id == bindparam("b_invoice_id"))
+    .order_by(InvoiceLine.id)
+)
+_INVOICE = Prebuilt(_ONE_INVOICE)
+_SCOPED_INVOICE = Prebuilt(_ONE_INVOICE.where(Invoice.customer_id == bindparam("b_customer_id")))
+_LINES_OF = Prebuilt(
+    select(*_LINE_COLUMNS)
+    .where(InvoiceLine.invoice_id == func.any(_INVOICE_IDS))
+    .order_by(InvoiceLine.id)
+)
+_ATTEMPTS_OF = Prebuilt(
+    select(*_ATTEMPT_COLUMNS)
+    .where(ChargeAttempt.invoice_id == func.any(_INVOICE_IDS))
+    .order_by(ChargeAttempt.id)
+)
+
+
+def _add_charge_attempts(connection: Connection, invoices: dict[str, ShownInvoice]) -> None:
+    for row in _ATTEMPTS_OF.execute(connection, {"b_invoice_ids": list(invoices)}):
+        attempt = ShownAttempt._make(row)
+        invoices[attempt.invoice_id].charge_attempts.append(attempt)
+
+
+def get_invoice(invoice_id: str, *, customer_scope: str | None = None) -> ShownInvoice:
+    """The invoice with its lines (one statement) and its charge attempts (another)."""
+    connection = db.session.connection()
+    if customer_scope is None:
+        rows = _INVOICE.execute(connection, {"b_invoice_id": invoice_id}).all()
+    else:
+        rows = _SCOPED_INVOICE.execute(
+            connection, {"b_invoice_id": invoice_id, "b_customer_id": customer_scope}
+        ).all()
+    if not rows:
         raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+    width = len(_INVOICE_COLUMNS)
+    invoice = ShownInvoice(*rows[0][:width])
+    invoice.lines = [ShownLine(*row[width:]) for row in rows if row[width] is not None]
+    _add_charge_attempts(connection, {invoice.id: invoice})
     return invoice
 
 
@@ -85,15 +235,87 @@ def list_invoices(
     status: InvoiceStatus | None,
     limit: int,
     starting_after: str | None,
-) -> Page[Invoice]:
-    query = select(Invoice)
+) -> Page[ShownInvoice]:
+    """A page of invoices, newest first, with their lines and charge attempts: three
+    statements, whatever the page's length."""
+    query = select(*_INVOICE_COLUMNS)
     if customer_scope is not None:
         query = query.where(Invoice.customer_id == customer_scope)
     if customer_id is not None:
         query = query.where(Invoice.customer_id == customer_id)
     if status is not None:
         query = query.where(Invoice.status == status.value)
-    return paginate(query, Invoice.id, limit, starting_after)
+    # Ids are ULIDs, so ordering by id is ordering by creation, and the cursor is the id.
+    if starting_after is not None:
+        query = query.where(Invoice.id < starting_after)
+    rows = db.session.execute(query.order_by(Invoice.id.desc()).limit(limit + 1)).all()
+    invoices = {row.id: ShownInvoice(*row) for row in rows[:limit]}
+    if invoices:
+        connection = db.session.connection()
+        for row in _LINES_OF.execute(connection, {"b_invoice_ids": list(invoices)}):
+            line = ShownLine._make(row)
+            invoices[line.invoice_id].lines.append(line)
+        _add_charge_attempts(connection, invoices)
+    return Page(items=list(invoices.values()), has_more=len(rows) > limit)
+
+
+@dataclass(frozen=True)
+class InvoiceHistory:
+    """What a response shows of an invoice besides its row, lines and charge attempts."""
+
+    refunds: list[Refund] = field(default_factory=list)
+    emails: list[EmailDelivery] = field(default_factory=list)
+    document: InvoiceDocument | None = None  # the newest
+    next_payment_attempt: datetime | None = None
+
+
+def invoice_histories(
+    invoices: Sequence[ShownInvoice], *, just_finalized: bool = False
+) -> dict[str, InvoiceHistory]:
+    """The history of each invoice, by id, read for all of them at once: at most one
+    statement for refunds, one for emails, one for documents and two for dunning, whatever
+    their number, and none for what none of them can have yet.
+
+    A refund is only ever recorded against money paid, and amount_paid never goes down: an
+    invoice with nothing paid has none. A draft has neither emails nor documents, and nor
+    has an invoice numbered by this very request (`just_finalized`): both are made by jobs
+    recorded in its transaction."""
+    session = db.session()
+    paid = [invoice.id for invoice in invoices if invoice.amount_paid]
+    issued = [] if just_finalized else [invoice.id for invoice in invoices if invoice.number]
+    refunds: dict[str, list[Refund]] = defaultdict(list)
+    if paid:
+        for refund in session.scalars(
+            select(Refund).where(Refund.invoice_id.in_(paid)).order_by(Refund.id)
+        ):
+            refunds[refund.invoice_id].append(refund)
+    emails: dict[str, list[EmailDelivery]] = defaultdict(list)
+    documents: dict[str, InvoiceDocument] = {}
+    if issued:
+        for email in session.scalars(
+            select(EmailDelivery)
+            .where(EmailDelivery.invoice_id.in_(issued))
+            .order_by(EmailDelivery.created_at, EmailDelivery.id)
+        ):
+            emails[email.invoice_id].append(email)
+        # The newest version of each: DISTINCT ON keeps the first row of each invoice.
+        for document in session.scalars(
+            select(InvoiceDocument)
+            .where(InvoiceDocument.invoice_id.in_(issued))
+            .order_by(InvoiceDocument.invoice_id, InvoiceDocument.version.desc())
+            .ext(distinct_on(InvoiceDocument.invoice_id))
+        ):
+            documents[document.invoice_id] = document
+    next_attempts = next_payment_attempts(invoices)
+    return {
+        invoice.id: InvoiceHistory(
+            refunds=refunds.get(invoice.id, []),
+            emails=emails.get(invoice.id, []),
+            document=documents.get(invoice.id),
+            next_payment_attempt=next_attempts.get(invoice.id),
+        )
+        for invoice in invoices
+    }
 
 
 class TooManyLines(ServiceError):
