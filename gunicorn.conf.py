@@ -7,7 +7,7 @@ these defaults and on PORT / WEB_CONCURRENCY / WEB_THREADS from the environment.
 from typing import Any
 
 from billing.config import Settings, stop_on_bad_settings
-from billing.metrics_multiprocess import ensure_multiprocess_dir, remove_stale_files
+from billing.platform.metrics_multiprocess import ensure_multiprocess_dir, remove_stale_files
 
 # Every setting is checked here, in the master: bad ones stop gunicorn before it listens,
 # with one message, instead of each worker failing to boot in turn.
@@ -29,7 +29,7 @@ graceful_timeout = 20
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "billing.logging.json_formatter"}},
+    "formatters": {"json": {"()": "billing.platform.logging.json_formatter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
     "loggers": {
         "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},

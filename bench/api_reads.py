@@ -170,7 +170,7 @@ def seed(url: str, invoices: int, issued_share: float) -> list[str]:
     """One customer, an admin key and `invoices` invoices of three lines each; the ids,
     oldest first. Every 1/issued_share-th invoice is open and numbered, the others drafts."""
     from bench._support import connect
-    from billing.services.api_keys import hash_secret
+    from billing.access.api_keys import hash_secret
 
     every = round(1 / issued_share) if issued_share > 0 else 0
     with closing(connect(url, autocommit=False)) as connection, connection.cursor() as cur:

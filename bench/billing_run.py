@@ -89,7 +89,7 @@ def main() -> int:
     database_url = scratch.enter_context(migrated_database(STATE))
     try:
         from billing import create_app
-        from billing.services import subscriptions
+        from billing.subscriptions import subscriptions
 
         _seed(database_url, args.subscriptions)
         scan, scanned = _scan_rate(database_url)

@@ -111,9 +111,9 @@ class RssSampler(threading.Thread):
 
 
 def measure(invoices: int) -> tuple[float, float, dict[str, int], list[float]]:
-    from billing import clock
+    from billing.dunning import dunning
     from billing.extensions import db
-    from billing.services import dunning
+    from billing.platform import clock
 
     session = db.session()
     session.execute(

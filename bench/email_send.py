@@ -82,8 +82,8 @@ def _seed(n: int, pdf: bytes) -> list[str]:
 
     from billing.extensions import db
     from billing.models import Customer, Invoice, InvoiceDocument, OutboxJob, StoredBlob
-    from billing.services import emails
-    from billing.services.unit_of_work import transaction
+    from billing.notifications import emails
+    from billing.platform.unit_of_work import transaction
 
     digest = hashlib.sha256(pdf).hexdigest()
     with transaction() as session:

@@ -13,7 +13,7 @@ from billing.adapters.stripe_pacing import StripePacer
 from billing.adapters.task_queue import CeleryJobPublisher, JobPublisher
 from billing.config import ConfigError, Settings
 from billing.extensions import db, ping_when_idle
-from billing.logging import configure_logging
+from billing.platform.logging import configure_logging
 
 # One mebibyte: far above any honest request (500 lines of 500 characters), far below harm.
 MAX_REQUEST_BYTES = 1024 * 1024

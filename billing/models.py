@@ -29,18 +29,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from billing.domain import charges as charge_rules
-from billing.domain.charges import ChargeStatus
-from billing.domain.emails import DeliveryStatus
-from billing.domain.invoices import CollectionMethod, InvoiceStatus
+from billing.charging import rules as charge_rules
+from billing.charging.rules import ChargeStatus
 from billing.domain.jobs import REPLAYABLE, UNFINISHED, JobState
 from billing.domain.ledger import LedgerState
-from billing.domain.refunds import RefundStatus
-from billing.domain.subscriptions import SubscriptionStatus
-from billing.domain.webhooks import EventStatus
 from billing.extensions import db
-from billing.ids import new_id
+from billing.invoicing.rules import CollectionMethod, InvoiceStatus
 from billing.notifications.kinds import KINDS
+from billing.notifications.rules import DeliveryStatus
+from billing.platform.ids import new_id
+from billing.refunds.rules import RefundStatus
+from billing.stripe_events.rules import EventStatus
+from billing.subscriptions.rules import SubscriptionStatus
 
 Timestamp = DateTime(timezone=True)
 

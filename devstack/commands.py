@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from billing.jobs import QUEUES as JOB_QUEUES
+from billing.platform.jobs import QUEUES as JOB_QUEUES
 from devstack.servers import script_path
 
 QUEUES = JOB_QUEUES  # one worker per queue

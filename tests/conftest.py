@@ -264,7 +264,7 @@ class Api:
 
 @pytest.fixture
 def admin(app, client) -> Api:
-    from billing.services.api_keys import create_api_key
+    from billing.access.api_keys import create_api_key
 
     _, secret = create_api_key("test-admin")
     return Api(client, secret)
@@ -284,7 +284,7 @@ def make_customer(admin: Api):
 
 @pytest.fixture
 def customer_api(app, client):
-    from billing.services.api_keys import create_api_key
+    from billing.access.api_keys import create_api_key
 
     def make(customer_id: str) -> Api:
         _, secret = create_api_key("test-customer", customer_id)

@@ -21,7 +21,7 @@ def get_celery() -> Celery:
         if os.environ.get("METRICS_PORT"):
             # Before anything imports prometheus_client: a worker's pool processes count
             # in files that the worker's metrics endpoint sums (workers/metrics.py).
-            from billing.metrics_multiprocess import ensure_multiprocess_dir
+            from billing.platform.metrics_multiprocess import ensure_multiprocess_dir
 
             ensure_multiprocess_dir("celery")
         from workers.app import make_celery

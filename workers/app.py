@@ -13,7 +13,7 @@ from billing.adapters.beat_lock import REDBEAT_KEY_PREFIX
 from billing.adapters.task_queue import celery_settings, task_time_limits
 from billing.config import Settings
 from billing.extensions import db
-from billing.logging import bind_context, clear_context, configure_logging
+from billing.platform.logging import bind_context, clear_context, configure_logging
 from workers import heartbeat
 from workers import metrics as _metrics  # noqa: F401 - its signal handlers serve the metrics
 from workers.liveness import WORKER_ID

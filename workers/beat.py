@@ -16,7 +16,7 @@ from redbeat.schedulers import get_redis
 from redis.exceptions import LockError, RedisError
 
 from billing.adapters.beat_lock import announce_holder, beat_identity, withdraw_holder
-from billing.logging import get_logger
+from billing.platform.logging import get_logger
 from workers import heartbeat
 
 log = get_logger(__name__)

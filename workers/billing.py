@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
-from billing import jobs
-from billing.services import (
-    charges,
-    customers,
-    dunning,
-    ledger,
-    locks,
-    outbox,
-    queue_metrics,
-    reconciliation,
-    refunds,
-    stripe_events,
-    subscriptions,
-)
+from billing.charging import charges, reconciliation
+from billing.customers import customers
+from billing.dunning import dunning
+from billing.operations import queue_metrics
+from billing.platform import jobs, ledger, locks, outbox
+from billing.refunds import refunds
+from billing.stripe_events import stripe_events
+from billing.subscriptions import subscriptions
 from workers.runner import run_outbox_job
 
 

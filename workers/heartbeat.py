@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from billing.adapters.broker import BrokerView
-from billing.logging import get_logger
+from billing.platform.logging import get_logger
 
 log = get_logger(__name__)
 _warned: set[str] = set()

@@ -16,9 +16,9 @@ from typing import Any
 from celery import signals
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
-from billing.logging import get_logger
-from billing.metrics_multiprocess import ENV as MULTIPROC_DIR_ENV
-from billing.metrics_multiprocess import remove_stale_files, shares_values
+from billing.platform.logging import get_logger
+from billing.platform.metrics_multiprocess import ENV as MULTIPROC_DIR_ENV
+from billing.platform.metrics_multiprocess import remove_stale_files, shares_values
 
 log = get_logger(__name__)
 

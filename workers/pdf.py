@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
-from billing import jobs
-from billing.services import documents
+from billing.documents import documents
+from billing.platform import jobs
 from workers.runner import run_outbox_job
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing.jobs import queue_for
+from billing.platform.jobs import queue_for
 
 
 def route_by_name(

@@ -10,12 +10,12 @@ from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy import Connection
 
-from billing.jobs import queue_for
-from billing.logging import bind_context, get_logger
-from billing.metrics import TASK_LATENCY, TASKS
-from billing.services import context, outbox
-from billing.services.errors import HeldElsewhere, PermanentJobError, TransientJobError
-from billing.services.outbox import MAX_ATTEMPTS
+from billing.platform import context, outbox
+from billing.platform.errors import HeldElsewhere, PermanentJobError, TransientJobError
+from billing.platform.jobs import queue_for
+from billing.platform.logging import bind_context, get_logger
+from billing.platform.metrics import TASK_LATENCY, TASKS
+from billing.platform.outbox import MAX_ATTEMPTS
 from workers.liveness import WORKER_ID
 
 log = get_logger(__name__)

@@ -9,8 +9,8 @@ from typing import Any
 
 from celery.schedules import crontab
 
-from billing import jobs
 from billing.config import Settings
+from billing.platform import jobs
 
 
 def _ahead_of_jobs(*, expires: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import stripe
 
-from billing.logging import get_logger
+from billing.platform.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -104,7 +104,7 @@ class PacedRequestsClient(stripe.RequestsClient):
 def _count_rate_limited(outcome: str) -> None:
     # Imported here, not with the module: the app's package imports this adapter, and the
     # web's gunicorn config must set up multiprocess metrics before any metric exists.
-    from billing.metrics import STRIPE_RATE_LIMITED
+    from billing.platform.metrics import STRIPE_RATE_LIMITED
 
     STRIPE_RATE_LIMITED.labels(outcome=outcome).inc()
 

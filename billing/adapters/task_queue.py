@@ -8,10 +8,10 @@ from urllib.parse import urlparse
 
 from celery import Celery
 
-from billing import jobs
 from billing.adapters import redis_transport
 from billing.config import Settings
-from billing.jobs import JOB_PRIORITY, queue_for
+from billing.platform import jobs
+from billing.platform.jobs import JOB_PRIORITY, queue_for
 
 
 class JobPublisher(Protocol):

@@ -7,8 +7,8 @@ from flask import Blueprint
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
 from billing.api.serializers import customer_out
-from billing.services import customers as service
-from billing.services import dunning
+from billing.customers import customers as service
+from billing.dunning import dunning
 
 bp = Blueprint("customers", __name__, url_prefix="/v1/customers")
 

@@ -16,13 +16,13 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
+from billing.access.api_keys import Principal
 from billing.api.errors import ApiError, RequestInvalid, from_service_error, from_validation_error
 from billing.extensions import db
-from billing.services import context, ledger
-from billing.services.api_keys import Principal
-from billing.services.errors import ServiceError
-from billing.services.ledger import Claim
-from billing.services.unit_of_work import transaction
+from billing.platform import context, ledger
+from billing.platform.errors import ServiceError
+from billing.platform.ledger import Claim
+from billing.platform.unit_of_work import transaction
 
 # Longer than gunicorn's worker timeout: a request still holding its key is alive.
 IDEMPOTENT_REQUEST_LEASE = timedelta(seconds=60)

@@ -8,8 +8,8 @@ from flask import Flask, Response, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from billing.logging import get_logger
-from billing.services.errors import ServiceError
+from billing.platform.errors import ServiceError
+from billing.platform.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from billing.extensions import db
-from billing.services import context
+from billing.platform import context
 
 bp = Blueprint("health", __name__)
 

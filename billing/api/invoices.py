@@ -15,8 +15,12 @@ from billing.api.serializers import (
     pay_response,
     refund_out,
 )
-from billing.services import charges, context, documents, dunning, refunds
-from billing.services import invoices as service
+from billing.charging import charges
+from billing.documents import documents
+from billing.dunning import dunning
+from billing.invoicing import invoices as service
+from billing.platform import context
+from billing.refunds import refunds
 
 bp = Blueprint("invoices", __name__, url_prefix="/v1/invoices")
 

@@ -7,8 +7,8 @@ from flask import Blueprint
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint, principal
 from billing.api.serializers import job_out
-from billing.services import outbox
-from billing.services.errors import NotFound
+from billing.platform import outbox
+from billing.platform.errors import NotFound
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 

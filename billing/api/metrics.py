@@ -27,9 +27,10 @@ from redis.exceptions import RedisError
 
 from billing.api.errors import ApiError
 from billing.extensions import db
-from billing.logging import get_logger
-from billing.metrics_multiprocess import shares_values
-from billing.services import context, monitoring, queues
+from billing.operations import monitoring, queues
+from billing.platform import context
+from billing.platform.logging import get_logger
+from billing.platform.metrics_multiprocess import shares_values
 
 log = get_logger(__name__)
 

@@ -6,11 +6,11 @@ import re
 
 from flask import Flask, Response, g, request
 
+from billing.access.api_keys import authenticate
 from billing.api.errors import ApiError
 from billing.api.rate_limits import init_rate_limits
-from billing.ids import new_id
-from billing.logging import bind_context, clear_context
-from billing.services.api_keys import authenticate
+from billing.platform.ids import new_id
+from billing.platform.logging import bind_context, clear_context
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Outside API-key auth; /metrics asks for METRICS_TOKEN when one is set (billing/api/metrics.py).

@@ -7,7 +7,7 @@ from flask import Blueprint
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, endpoint
 from billing.api.serializers import price_out
-from billing.services import prices as service
+from billing.subscriptions import prices as service
 
 bp = Blueprint("prices", __name__, url_prefix="/v1/prices")
 

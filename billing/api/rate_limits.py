@@ -18,10 +18,10 @@ from flask import Flask, Response, g, request
 from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
+from billing.access.api_keys import Principal
 from billing.api.errors import ApiError, error_response
 from billing.config import Settings
-from billing.logging import get_logger
-from billing.services.api_keys import Principal
+from billing.platform.logging import get_logger
 
 log = get_logger(__name__)
 

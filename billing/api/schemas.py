@@ -19,20 +19,20 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from billing.domain.invoices import (
-    MAX_LINES_PER_INVOICE,
-    MAX_TAX_RATE,
-    TAX_RATE_QUANTUM,
-    CollectionMethod,
-    InvoiceStatus,
-)
 from billing.domain.money import (
     UnknownCurrency,
     UnsupportedCurrency,
     known_currencies,
     normalize_currency,
 )
-from billing.domain.subscriptions import Interval, SubscriptionStatus
+from billing.invoicing.rules import (
+    MAX_LINES_PER_INVOICE,
+    MAX_TAX_RATE,
+    TAX_RATE_QUANTUM,
+    CollectionMethod,
+    InvoiceStatus,
+)
+from billing.subscriptions.rules import Interval, SubscriptionStatus
 
 
 class Strict(BaseModel):

@@ -8,9 +8,16 @@ from typing import Any, Literal
 from flask import Response, jsonify
 
 from billing.api import schemas
-from billing.domain.charges import ChargeStatus
-from billing.domain.dunning import DunningStep
+from billing.charging.rules import ChargeStatus
 from billing.domain.jobs import JobState
+from billing.dunning.rules import DunningStep
+from billing.invoicing.invoices import (
+    InvoiceHistory,
+    ShownAttempt,
+    ShownInvoice,
+    ShownLine,
+    invoice_histories,
+)
 from billing.models import (
     ChargeAttempt,
     Customer,
@@ -21,13 +28,6 @@ from billing.models import (
     Price,
     Refund,
     Subscription,
-)
-from billing.services.invoices import (
-    InvoiceHistory,
-    ShownAttempt,
-    ShownInvoice,
-    ShownLine,
-    invoice_histories,
 )
 
 

@@ -7,7 +7,7 @@ from flask import Blueprint
 from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
 from billing.api.serializers import subscription_out
-from billing.services import subscriptions as service
+from billing.subscriptions import subscriptions as service
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 

@@ -6,8 +6,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from billing.adapters.stripe_gateway import WebhookSignatureInvalid
 from billing.api.errors import ApiError
-from billing.metrics import WEBHOOK_EVENTS
-from billing.services import stripe_events
+from billing.platform.metrics import WEBHOOK_EVENTS
+from billing.stripe_events import stripe_events
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
 

@@ -75,8 +75,8 @@ def api_keys_group() -> None:
 @click.option("--admin", is_flag=True, help="A key that reads and changes every customer.")
 @click.option("--name", default="unnamed", show_default=True, help="A label for the key.")
 def api_keys_create(customer_id: str | None, admin: bool, name: str) -> None:
-    from billing.services.api_keys import create_api_key
-    from billing.services.errors import NotFound
+    from billing.access.api_keys import create_api_key
+    from billing.platform.errors import NotFound
 
     # An admin key sees every customer: it is never what a forgotten option gives.
     if admin and customer_id is not None:
@@ -98,8 +98,8 @@ def api_keys_create(customer_id: str | None, admin: bool, name: str) -> None:
 @api_keys_group.command("revoke", help="Revoke a key by its id (key_...).")
 @click.argument("key_id")
 def api_keys_revoke(key_id: str) -> None:
-    from billing.services.api_keys import revoke_api_key
-    from billing.services.errors import NotFound
+    from billing.access.api_keys import revoke_api_key
+    from billing.platform.errors import NotFound
 
     try:
         key = revoke_api_key(key_id)
@@ -110,7 +110,7 @@ def api_keys_revoke(key_id: str) -> None:
 
 @api_keys_group.command("list", help="List keys (never their secrets).")
 def api_keys_list() -> None:
-    from billing.services.api_keys import list_api_keys
+    from billing.access.api_keys import list_api_keys
 
     for key in list_api_keys():
         state = "revoked" if key.revoked_at else "active"
@@ -125,7 +125,7 @@ def outbox_group() -> None:
 
 @outbox_group.command("sweep", help="Publish again every unfinished job whose lease ran out.")
 def outbox_sweep() -> None:
-    from billing.services.outbox import sweep
+    from billing.platform.outbox import sweep
 
     click.echo(f"republished {sweep()} jobs")
 
@@ -140,7 +140,7 @@ def dead_letters_group() -> None:
 )
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
 def dead_letters_list(limit: int) -> None:
-    from billing.services.outbox import list_dead_letters
+    from billing.platform.outbox import list_dead_letters
 
     jobs = list_dead_letters(limit)
     if not jobs:
@@ -161,7 +161,7 @@ def dead_letters_list(limit: int) -> None:
 @click.argument("job_id")
 def dead_letters_show(job_id: str) -> None:
     from billing.api.serializers import job_out
-    from billing.services.outbox import get_job
+    from billing.platform.outbox import get_job
 
     job = get_job(job_id)
     if job is None:
@@ -187,8 +187,8 @@ def dead_letters_show(job_id: str) -> None:
     help="Wait up to this many seconds for a worker to finish it.",
 )
 def dead_letters_replay(job_id: str, wait_seconds: float) -> None:
-    from billing.services.operations import wait_for_jobs
-    from billing.services.outbox import NotReplayable, replay
+    from billing.operations.operations import wait_for_jobs
+    from billing.platform.outbox import NotReplayable, replay
 
     try:
         job = replay(job_id)
@@ -236,8 +236,8 @@ def webhooks_list(failed: bool, limit: int) -> None:
 )
 @click.argument("event_id")
 def webhooks_replay(event_id: str) -> None:
-    from billing.services.errors import PermanentJobError
-    from billing.services.stripe_events import replay_event
+    from billing.platform.errors import PermanentJobError
+    from billing.stripe_events.stripe_events import replay_event
 
     try:
         job_id = replay_event(event_id)

@@ -50,8 +50,8 @@ def invoices_group() -> None:
 )
 @reports_unreachable
 def resend_email(invoice_id: str, kind: str, wait_seconds: float) -> None:
-    from billing.services.errors import ServiceError
-    from billing.services.operations import delivery_states, resend_invoice_email, wait_for_jobs
+    from billing.operations.operations import delivery_states, resend_invoice_email, wait_for_jobs
+    from billing.platform.errors import ServiceError
 
     try:
         resend = resend_invoice_email(invoice_id, kind)
@@ -105,13 +105,13 @@ def resend_email(invoice_id: str, kind: str, wait_seconds: float) -> None:
 def rerender(
     invoice_ids: tuple[str, ...], finalized_since: datetime | None, limit: int, wait_seconds: float
 ) -> None:
-    from billing.services.errors import ServiceError
-    from billing.services.operations import (
+    from billing.operations.operations import (
         invoices_finalized_since,
         latest_versions,
         rerender_invoices,
         wait_for_jobs,
     )
+    from billing.platform.errors import ServiceError
 
     chosen = list(invoice_ids)
     if finalized_since is not None:

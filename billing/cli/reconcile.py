@@ -47,7 +47,7 @@ RUNBOOK = "docs/runbooks/charged-twice.md"
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
 @reports_unreachable
 def reconcile_command(since: datetime, until: datetime, fix: bool, as_json: bool) -> None:
-    from billing.services.reconciliation import KINDS, reconcile
+    from billing.charging.reconciliation import KINDS, reconcile
 
     if since >= until:
         raise click.BadParameter(f"--since ({utc(since)}) must be before --until ({utc(until)})")

@@ -35,7 +35,7 @@ from billing.cli.common import (
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
 @reports_unreachable
 def queues_command(as_json: bool) -> None:
-    from billing.services.queues import database_now, queue_states
+    from billing.operations.queues import database_now, queue_states
 
     states = queue_states()
     now = database_now()
@@ -90,7 +90,7 @@ def queues_command(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
 @reports_unreachable
 def outbox_status_command(as_json: bool) -> None:
-    from billing.services.operations import STATES_SHOWN, outbox_status
+    from billing.operations.operations import STATES_SHOWN, outbox_status
 
     status = outbox_status()
     if as_json:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from billing.domain.declines import explain_decline
-from billing.domain.invoices import InvoiceStatus
+from billing.charging.declines import explain_decline
+from billing.invoicing.rules import InvoiceStatus
 
 
 @dataclass(frozen=True)

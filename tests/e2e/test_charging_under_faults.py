@@ -22,9 +22,9 @@ import requests
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from billing.jobs import JOB_PRIORITY
-from billing.services.charges import RECONCILE_AFTER
-from billing.services.outbox import LIVENESS_WINDOW, SENT_GRACE
+from billing.charging.charges import RECONCILE_AFTER
+from billing.platform.jobs import JOB_PRIORITY
+from billing.platform.outbox import LIVENESS_WINDOW, SENT_GRACE
 from devstack.smtp import SmtpSink
 from tests.e2e.conftest import (
     Stack,

@@ -385,7 +385,7 @@ def dead_lettered_jobs(helper: StackHelper) -> Scene:
 def charge_stuck_unknown(helper: StackHelper) -> Scene:
     """What a lost answer leaves: the attempt and its ledger entry unknown, while Stripe did
     charge the card (and the attempt's job gave up, so nothing settles it on its own)."""
-    from billing.ids import new_id
+    from billing.platform.ids import new_id
 
     customer = helper.customer()
     invoice = helper.settled(helper.invoice(customer, "send_invoice")["id"])

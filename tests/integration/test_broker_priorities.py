@@ -3,10 +3,10 @@ sent after many recorded jobs is still the first message a worker takes from the
 
 from kombu import Queue
 
-from billing import jobs
 from billing.adapters.broker import inspect_queues
 from billing.adapters.task_queue import CeleryJobPublisher
 from billing.config import Settings
+from billing.platform import jobs
 from workers.schedule import beat_schedule
 
 

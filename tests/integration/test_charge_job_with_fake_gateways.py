@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from billing.adapters.stripe_gateway import CardDeclined, PaymentIntentResult, StripeUnavailable
+from billing.charging import charges
 from billing.extensions import db
 from billing.models import ChargeAttempt, Invoice
-from billing.services import charges, context
-from billing.services.errors import TransientJobError
-from billing.services.outbox import JobWork
+from billing.platform import context
+from billing.platform.errors import TransientJobError
+from billing.platform.outbox import JobWork
 
 
 class FakeStripe:

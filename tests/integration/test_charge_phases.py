@@ -5,11 +5,11 @@ records nothing."""
 import pytest
 from sqlalchemy import func, select, update
 
+from billing.charging import charges
 from billing.extensions import db
 from billing.models import ChargeAttempt, EmailDelivery, Invoice, LedgerEntry, OutboxJob
-from billing.services import charges
-from billing.services.errors import TransientJobError
-from billing.services.outbox import JobWork
+from billing.platform.errors import TransientJobError
+from billing.platform.outbox import JobWork
 
 
 def _take(attempt_id: str) -> charges._Prepared | None:

@@ -200,8 +200,8 @@ def test_an_unknown_outcome_is_visible_until_reconciled(
     proxy.drop_responses(1)
     attempt_id = _invoice(admin, invoice["id"])["payment_attempts"][0]["id"]
     with proxied.app_context():
-        from billing.services import charges
-        from billing.services.errors import TransientJobError
+        from billing.charging import charges
+        from billing.platform.errors import TransientJobError
 
         with pytest.raises(TransientJobError):
             charges.execute_charge(attempt_id)
@@ -211,7 +211,7 @@ def test_an_unknown_outcome_is_visible_until_reconciled(
     entry = db.session.scalars(select(LedgerEntry).where(LedgerEntry.key == f"charge:{attempt_id}"))
     assert entry.one().state == "unknown"
     # The reconciler asks Stripe, finds the intent by our ledger key, and adopts it.
-    from billing.services import charges
+    from billing.charging import charges
 
     assert charges.execute_charge(attempt_id) == "succeeded"
     assert len(intents_for_invoice(stripe_client, invoice["id"])) == 1
@@ -225,8 +225,8 @@ def test_a_lost_answer_is_found_by_searching_its_ledger_key_not_by_listing_every
     proxy.drop_responses(1)
     attempt_id = _invoice(admin, invoice["id"])["payment_attempts"][0]["id"]
     with proxied.app_context():
-        from billing.services import charges
-        from billing.services.errors import TransientJobError
+        from billing.charging import charges
+        from billing.platform.errors import TransientJobError
 
         with pytest.raises(TransientJobError):
             charges.execute_charge(attempt_id)
@@ -249,8 +249,8 @@ def test_when_stripe_never_got_the_request_the_same_attempt_is_sent_again(
     proxy.fail_requests(1, status=503, path="/v1/payment_intents")
     attempt_id = _invoice(admin, invoice["id"])["payment_attempts"][0]["id"]
     with proxied.app_context():
-        from billing.services import charges
-        from billing.services.errors import TransientJobError
+        from billing.charging import charges
+        from billing.platform.errors import TransientJobError
 
         with pytest.raises(TransientJobError):
             charges.execute_charge(attempt_id)
@@ -263,7 +263,7 @@ def test_when_stripe_never_got_the_request_the_same_attempt_is_sent_again(
 def test_the_reconcile_sweep_gives_a_stuck_attempt_a_new_job(
     admin, paying_customer, open_invoice, run_jobs, stripe_client
 ):
-    from billing.services import charges
+    from billing.charging import charges
 
     invoice = open_invoice(paying_customer())
     # The attempt's job was lost for good (dead-lettered, say) while the attempt is pending.

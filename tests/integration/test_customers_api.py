@@ -79,7 +79,7 @@ def test_requests_without_a_valid_key_are_refused(client, admin):
 
 
 def test_a_revoked_key_stops_working(app, client):
-    from billing.services.api_keys import create_api_key, revoke_api_key
+    from billing.access.api_keys import create_api_key, revoke_api_key
 
     key, secret = create_api_key("short-lived")
     headers = {"Authorization": f"Bearer {secret}"}

@@ -101,7 +101,7 @@ def test_the_stored_document_carries_its_hash_template_and_renderer(admin, make_
 
 
 def test_rendering_the_same_invoice_again_is_skipped(app, admin, make_customer, run_jobs):
-    from billing.services import documents
+    from billing.documents import documents
 
     invoice = _send_invoice(admin, make_customer)
     run_jobs()
@@ -199,7 +199,7 @@ def test_documents_can_live_in_s3(s3_app, s3_bucket, admin, make_customer):
     endpoint, bucket = s3_bucket
     invoice = _send_invoice(admin, make_customer)
     with s3_app.app_context():
-        from billing.services import documents
+        from billing.documents import documents
 
         assert documents.render_invoice(invoice["id"]) == "stored"
         [document] = _versions(invoice["id"])
@@ -221,7 +221,8 @@ def test_an_invoice_email_attaches_the_pdf_stored_in_s3(s3_app, admin, make_cust
 
     invoice = _send_invoice(admin, make_customer)
     with s3_app.app_context():
-        from billing.services import documents, emails
+        from billing.documents import documents
+        from billing.notifications import emails
 
         assert documents.render_invoice(invoice["id"]) == "stored"
         [delivery_id] = db.session.scalars(

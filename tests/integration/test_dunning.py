@@ -11,9 +11,9 @@ import pytest
 from babel.dates import format_date
 from sqlalchemy import func, select, update
 
-from billing import clock
 from billing.extensions import db
 from billing.models import ChargeAttempt, DunningStepRecord, EmailDelivery, LedgerEntry
+from billing.platform import clock
 from tests.conftest import CARD_DECLINED_AFTER_ATTACH, CARD_OK, intents_for_invoice
 
 
@@ -180,7 +180,7 @@ def test_a_hard_decline_waits_for_a_new_card_which_is_charged_at_once(
 def test_two_runs_at_once_and_again_take_every_step_once(
     app, moved_clock, admin, make_customer, open_invoice, run_jobs, mailbox
 ):
-    from billing.services import dunning
+    from billing.dunning import dunning
 
     customer = make_customer()
     invoices = [

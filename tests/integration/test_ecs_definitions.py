@@ -23,7 +23,7 @@ from moto import mock_aws
 
 from billing.adapters.cloudwatch import OLDEST_MESSAGE_AGE, QUEUE_DEPTH, QUEUE_DIMENSION
 from billing.config import PRODUCTION_REQUIRED, ConfigError, Settings
-from billing.jobs import QUEUES
+from billing.platform.jobs import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 ECS = ROOT / "deploy" / "ecs"

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 
 from billing.extensions import db
 from billing.models import Customer, EmailDelivery, OutboxJob
-from billing.services.outbox import JobWork
+from billing.platform.outbox import JobWork
 from tests.conftest import CARD_DECLINED_AFTER_ATTACH, CARD_NEEDS_3DS
 
 
@@ -96,8 +96,8 @@ def test_a_successful_charge_sends_one_receipt_even_when_the_task_runs_again(
 
 def test_recording_the_same_email_twice_sends_it_once(app, admin, make_customer, run_jobs, mailbox):
     from billing.models import Invoice
-    from billing.services import emails
-    from billing.services.unit_of_work import transaction
+    from billing.notifications import emails
+    from billing.platform.unit_of_work import transaction
 
     invoice = _send_invoice(admin, make_customer())
     for _ in range(2):  # a webhook and the charge job both report the same event
@@ -159,8 +159,8 @@ def test_a_mail_server_that_is_down_is_a_reason_to_retry_not_to_give_up(
     service_env, admin, make_customer, run_jobs, mailbox
 ):
     from billing import create_app
-    from billing.services import emails
-    from billing.services.errors import TransientJobError
+    from billing.notifications import emails
+    from billing.platform.errors import TransientJobError
     from devstack.servers import free_port
 
     invoice = _send_invoice(admin, make_customer())
@@ -168,7 +168,7 @@ def test_a_mail_server_that_is_down_is_a_reason_to_retry_not_to_give_up(
     down = create_app({**service_env, "MAIL_PORT": str(free_port())})
     with down.app_context():
         from billing.models import Invoice
-        from billing.services.unit_of_work import transaction
+        from billing.platform.unit_of_work import transaction
 
         with transaction() as session:
             [delivery_id] = emails.queue_email(
@@ -257,9 +257,9 @@ def test_an_invoice_email_waits_for_its_pdf_without_holding_its_ledger_key(
     admin, make_customer, run_jobs, mailbox
 ):
     from billing.models import Invoice, LedgerEntry
-    from billing.services import emails
-    from billing.services.errors import TransientJobError
-    from billing.services.unit_of_work import transaction
+    from billing.notifications import emails
+    from billing.platform.errors import TransientJobError
+    from billing.platform.unit_of_work import transaction
 
     invoice = _send_invoice(admin, make_customer())
     with transaction() as session:  # as an operator's resend does, before the PDF exists
@@ -286,7 +286,7 @@ def test_a_mail_job_out_of_attempts_is_dead_lettered_without_sending_or_claiming
     admin, make_customer, mailbox, celery_app
 ):
     from billing.models import LedgerEntry
-    from billing.services.outbox import MAX_ATTEMPTS
+    from billing.platform.outbox import MAX_ATTEMPTS
 
     invoice = _send_invoice(admin, make_customer())
     celery_app.tasks["pdf.render_invoice"].apply(
@@ -330,7 +330,7 @@ def test_a_mail_job_whose_delivery_is_gone_fails_for_an_operator_to_see(
 
 
 def test_a_dead_sender_s_claim_lapses_after_four_smtp_timeouts_not_minutes(app):
-    from billing.services import emails
+    from billing.notifications import emails
 
     # The tests' MAIL_TIMEOUT is 5 s: a send takes at most a connect and a transfer, each
     # within it, so 20 s covers a live sender; an email whose sender was killed waits no
@@ -340,8 +340,8 @@ def test_a_dead_sender_s_claim_lapses_after_four_smtp_timeouts_not_minutes(app):
 
 def _reminder(invoice_id: str) -> str:
     from billing.models import Invoice
-    from billing.services import emails
-    from billing.services.unit_of_work import transaction
+    from billing.notifications import emails
+    from billing.platform.unit_of_work import transaction
 
     with transaction() as session:
         [delivery_id] = emails.queue_email(
@@ -354,9 +354,9 @@ def test_a_sender_that_died_holding_its_claim_is_taken_over_once_its_lease_ends(
     admin, make_customer, run_jobs, mailbox
 ):
     from billing.models import LedgerEntry
-    from billing.services import emails
-    from billing.services.errors import HeldElsewhere
-    from billing.services.ledger import Claim
+    from billing.notifications import emails
+    from billing.platform.errors import HeldElsewhere
+    from billing.platform.ledger import Claim
 
     invoice = _send_invoice(admin, make_customer())
     run_jobs()
@@ -393,7 +393,7 @@ def test_a_message_that_cannot_be_built_frees_its_claim_and_says_why(
     admin, make_customer, run_jobs, mailbox, monkeypatch
 ):
     from billing.models import LedgerEntry
-    from billing.services import emails
+    from billing.notifications import emails
 
     invoice = _send_invoice(admin, make_customer())
     run_jobs()
@@ -423,8 +423,8 @@ def test_a_message_that_cannot_be_built_frees_its_claim_and_says_why(
 def test_a_ledger_entry_done_for_an_email_still_to_send_stops_it_for_an_operator(
     admin, make_customer, run_jobs, mailbox
 ):
-    from billing.services import emails
-    from billing.services.errors import PermanentJobError
+    from billing.notifications import emails
+    from billing.platform.errors import PermanentJobError
 
     invoice = _send_invoice(admin, make_customer())
     run_jobs()

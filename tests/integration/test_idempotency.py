@@ -44,8 +44,8 @@ def test_a_key_held_by_a_running_request_answers_409(admin):
     # A request that claimed the key and has not finished yet: its lease is still live.
     from datetime import timedelta
 
-    from billing.services import ledger
-    from billing.services.api_keys import authenticate
+    from billing.access.api_keys import authenticate
+    from billing.platform import ledger
 
     principal = authenticate(admin.secret)
     assert principal is not None
@@ -68,8 +68,8 @@ def test_a_key_held_by_a_running_request_answers_409(admin):
 def test_a_key_whose_request_died_can_be_taken_over_after_its_lease(admin):
     from datetime import timedelta
 
-    from billing.services import ledger
-    from billing.services.api_keys import authenticate
+    from billing.access.api_keys import authenticate
+    from billing.platform import ledger
 
     principal = authenticate(admin.secret)
     admin.post("/v1/customers", json=BODY, headers={"Idempotency-Key": "probe"})
@@ -129,7 +129,7 @@ def test_a_use_case_error_is_stored_and_replayed_like_stripe_does(admin, make_cu
 
 
 def test_keys_are_scoped_to_the_api_key_that_used_them(admin):
-    from billing.services.api_keys import create_api_key
+    from billing.access.api_keys import create_api_key
 
     _, other_secret = create_api_key("another client")
     headers = {"Idempotency-Key": "shared"}
@@ -147,7 +147,7 @@ def test_keys_are_scoped_to_the_api_key_that_used_them(admin):
 def test_expired_keys_are_purged_and_fresh_ones_kept(admin):
     from datetime import timedelta
 
-    from billing.services import ledger
+    from billing.platform import ledger
 
     admin.post("/v1/customers", json=BODY, headers={"Idempotency-Key": "old"})
     admin.post("/v1/customers", json={**BODY, "name": "B"}, headers={"Idempotency-Key": "new"})

@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import update
 
-from billing import clock
+from billing.documents import documents
 from billing.extensions import db
 from billing.models import Invoice
-from billing.services import documents
-from billing.services import subscriptions as subscription_service
+from billing.platform import clock
+from billing.subscriptions import subscriptions as subscription_service
 from tests.integration.test_documents import pdf_text
 
 ISSUING_SELLER = {

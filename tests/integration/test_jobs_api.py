@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from billing.services import outbox
+from billing.platform import outbox
 
 RECORDED = (
     'psycopg.OperationalError: connection to server at "10.0.3.7", port 5432 failed '

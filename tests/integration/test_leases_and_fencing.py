@@ -11,8 +11,8 @@ from sqlalchemy import func, select, update
 
 from billing.extensions import db
 from billing.models import Customer, OutboxJob
-from billing.services import outbox
-from billing.services.outbox import MAX_ATTEMPTS
+from billing.platform import outbox
+from billing.platform.outbox import MAX_ATTEMPTS
 
 BODY = {"name": "Acme", "email": "billing@acme.example", "currency": "eur"}
 
@@ -117,8 +117,8 @@ def test_an_abort_after_commit_does_not_forget_the_key(app, admin):
 def test_waiting_for_another_runs_claim_does_not_use_up_the_jobs_attempts(
     app, make_customer, celery_app
 ):
-    from billing.services import ledger
-    from billing.services.customers import LEDGER_SCOPE_STRIPE_CUSTOMER
+    from billing.customers.customers import LEDGER_SCOPE_STRIPE_CUSTOMER
+    from billing.platform import ledger
 
     customer = make_customer()
     # Another run (a duplicate delivery) holds the Stripe side effect for a minute.
@@ -139,9 +139,9 @@ def test_waiting_for_another_runs_claim_does_not_use_up_the_jobs_attempts(
 
 def test_a_job_finding_its_side_effect_held_comes_back_when_the_holder_s_lease_ends(app):
     from billing.models import LedgerEntry
-    from billing.services import ledger
-    from billing.services.errors import HeldElsewhere
-    from billing.services.unit_of_work import transaction
+    from billing.platform import ledger
+    from billing.platform.errors import HeldElsewhere
+    from billing.platform.unit_of_work import transaction
 
     lease = timedelta(seconds=30)
     ledger.claim("test.effect", "key-1", "owner-1", lease=lease)

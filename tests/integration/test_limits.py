@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from billing.domain.invoices import MAX_LINES_PER_INVOICE
 from billing.extensions import db
+from billing.invoicing.rules import MAX_LINES_PER_INVOICE
 from billing.models import Invoice, InvoiceLine
 
 
@@ -70,8 +70,8 @@ def test_a_line_added_beyond_the_cap_is_refused_and_the_invoice_keeps_its_lines(
 def test_a_subscription_changed_as_often_as_its_next_invoice_can_hold_is_still_invoiced(
     admin, make_customer
 ):
-    from billing import clock
-    from billing.services import subscriptions
+    from billing.platform import clock
+    from billing.subscriptions import subscriptions
 
     clock.set_now(datetime(2026, 1, 31, 9, 0, tzinfo=UTC))
     try:

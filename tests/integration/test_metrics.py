@@ -239,7 +239,7 @@ def test_in_production_the_web_does_not_start_without_a_metrics_token(service_en
 def test_an_outcome_counted_on_commit_is_dropped_when_its_transaction_rolls_back(app):
     from prometheus_client import CollectorRegistry, Counter
 
-    from billing.metrics import count_on_commit
+    from billing.platform.metrics import count_on_commit
 
     registry = CollectorRegistry()
     outcomes = Counter("test_outcomes", "Outcomes recorded.", ["outcome"], registry=registry)

@@ -36,8 +36,8 @@ def test_an_invoice_cannot_be_voided_while_its_charge_outcome_is_unknown(
     proxy.fail_requests(1, status=503, path="/v1/payment_intents")
     attempt_id = _invoice(admin, invoice["id"])["payment_attempts"][0]["id"]
     with proxied.app_context():
-        from billing.services import charges
-        from billing.services.errors import TransientJobError
+        from billing.charging import charges
+        from billing.platform.errors import TransientJobError
 
         with pytest.raises(TransientJobError):
             charges.execute_charge(attempt_id)
@@ -45,7 +45,7 @@ def test_an_invoice_cannot_be_voided_while_its_charge_outcome_is_unknown(
     refused = admin.post(f"/v1/invoices/{invoice['id']}/void")
     assert refused.status_code == 409
     assert refused.get_json()["error"]["code"] == "payment_in_progress"
-    from billing.services import charges
+    from billing.charging import charges
 
     assert charges.execute_charge(attempt_id) == "succeeded"
     after = _invoice(admin, invoice["id"])
@@ -78,8 +78,8 @@ def test_a_refund_counted_by_stripes_webhook_first_is_not_counted_twice(
     proxied, proxy = proxied_app
     proxy.drop_responses(1, path="/v1/refunds")  # made on Stripe, the answer lost
     with proxied.app_context():
-        from billing.services import refunds
-        from billing.services.errors import TransientJobError
+        from billing.platform.errors import TransientJobError
+        from billing.refunds import refunds
 
         with pytest.raises(TransientJobError):
             refunds.execute_refund(refund["id"])
@@ -90,7 +90,8 @@ def test_a_refund_counted_by_stripes_webhook_first_is_not_counted_twice(
         if c.payment_intent == intent
     )
     assert _deliver(client, event("charge.refunded", charge)).status_code == 200
-    from billing.services import refunds, stripe_events
+    from billing.refunds import refunds
+    from billing.stripe_events import stripe_events
 
     stripe_events.process_event(db.session.scalars(select(StripeEvent.id)).one())
     assert _invoice(admin, invoice["id"])["amount_refunded"] == 2000
@@ -110,7 +111,7 @@ def test_a_refund_left_unknown_without_a_job_is_swept(
     admin, paying_customer, open_invoice, run_jobs, stripe_client
 ):
     from billing.models import Refund
-    from billing.services import refunds
+    from billing.refunds import refunds
 
     invoice = open_invoice(paying_customer(), amount=5000)
     run_jobs()
@@ -137,7 +138,7 @@ def _authenticate_on_emulator(localstripe, stripe_client, intent_id):
 def test_a_completed_authentication_is_found_even_when_its_webhook_is_lost(
     admin, paying_customer, open_invoice, run_jobs, stripe_client, localstripe
 ):
-    from billing.services import charges
+    from billing.charging import charges
 
     invoice = open_invoice(paying_customer(card=CARD_NEEDS_3DS))
     run_jobs()
@@ -154,7 +155,7 @@ def test_a_completed_authentication_is_found_even_when_its_webhook_is_lost(
 def test_an_authentication_never_completed_is_given_up_so_the_invoice_can_be_charged_again(
     admin, paying_customer, open_invoice, run_jobs, stripe_client
 ):
-    from billing.services import charges
+    from billing.charging import charges
 
     invoice = open_invoice(paying_customer(card=CARD_NEEDS_3DS))
     run_jobs()

@@ -116,9 +116,9 @@ def test_refunding_a_duplicate_recorded_by_webhook_leaves_the_invoice_as_paid_on
     app, admin, client, paying_customer, open_invoice, run_jobs, stripe_client
 ):
     from billing.adapters.stripe_gateway import PaymentIntentResult
-    from billing.ids import new_id
+    from billing.charging import charges
     from billing.models import ChargeAttempt
-    from billing.services import charges
+    from billing.platform.ids import new_id
 
     invoice = _paid_invoice(admin, paying_customer, open_invoice, run_jobs)
     duplicate = _charge_again_on_stripe(stripe_client, invoice["id"])
@@ -196,8 +196,8 @@ def test_the_nightly_reconciliation_is_scheduled_at_the_configured_hour(service_
 
 
 def _charge_with_the_answer_lost(admin, paying_customer, open_invoice, proxied_app, fault) -> str:
-    from billing.services import charges
-    from billing.services.errors import TransientJobError
+    from billing.charging import charges
+    from billing.platform.errors import TransientJobError
 
     invoice = open_invoice(paying_customer())
     proxied, proxy = proxied_app
@@ -300,7 +300,7 @@ def test_reconcile_asks_stripe_only_for_the_payment_intents_created_in_its_range
 def test_when_stripe_does_not_answer_reconcile_exits_3_and_the_nightly_run_logs_an_error(
     proxied_app,
 ):
-    from billing.services import reconciliation
+    from billing.charging import reconciliation
 
     proxied, proxy = proxied_app
     proxy.fail_requests(2, status=503, path="/v1/payment_intents")
@@ -415,7 +415,7 @@ def test_a_rerender_after_a_template_fix_stores_a_new_version_and_keeps_the_old(
     [old] = _versions(invoice["id"])
 
     # An ordinary render finds the fingerprint unchanged and does nothing.
-    from billing.services.documents import render_invoice
+    from billing.documents.documents import render_invoice
 
     assert render_invoice(invoice["id"]) == "unchanged"
 

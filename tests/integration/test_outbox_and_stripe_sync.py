@@ -8,7 +8,7 @@ from sqlalchemy import func, update
 from billing.adapters.broker import BrokerView, queue_keys
 from billing.extensions import db
 from billing.models import Customer, LedgerEntry, OutboxJob
-from billing.services import outbox
+from billing.platform import outbox
 from tests.support.jobs import run_until_settled
 from workers.runner import MAX_ATTEMPTS
 
@@ -131,7 +131,7 @@ def test_stripe_unreachable_makes_the_job_retry_then_dead_letter(
 
 def test_a_job_is_not_lost_when_the_broker_is_down_at_commit(service_env, redis_client, app):
     from billing import create_app
-    from billing.services.api_keys import create_api_key
+    from billing.access.api_keys import create_api_key
 
     _, secret = create_api_key("admin")
     no_broker = create_app({**service_env, "REDIS_URL": "redis://127.0.0.1:9/0"})
@@ -247,7 +247,7 @@ def test_a_stripe_outage_answers_503_and_does_not_burn_the_idempotency_key(
     service_env, app, make_customer, stripe_client
 ):
     from billing import create_app
-    from billing.services.api_keys import create_api_key
+    from billing.access.api_keys import create_api_key
 
     customer = make_customer()
     _, secret = create_api_key("admin")

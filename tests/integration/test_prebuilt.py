@@ -1,4 +1,4 @@
-"""Statements compiled once and sent as their SQL (billing.prebuilt): the same answer as
+"""Statements compiled once and sent as their SQL (billing.platform.prebuilt): the same answer as
 SQLAlchemy's own execution, and a refusal of what they cannot send as it is."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from billing.extensions import db
 from billing.models import OutboxJob
-from billing.prebuilt import Prebuilt
+from billing.platform.prebuilt import Prebuilt
 
 _jobs = OutboxJob.__table__
 

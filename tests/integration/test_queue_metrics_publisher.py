@@ -8,9 +8,9 @@ import pytest
 from moto import mock_aws
 from sqlalchemy import func, update
 
-from billing import jobs
 from billing.extensions import db
 from billing.models import OutboxJob
+from billing.platform import jobs
 
 NAMESPACE = "BillingTest"
 REGION = "eu-west-1"

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from billing.access.api_keys import create_api_key
 from billing.extensions import db
 from billing.models import ChargeAttempt, Customer, LedgerEntry, OutboxJob
-from billing.services.api_keys import create_api_key
 from tests.conftest import CARD_DECLINED_AFTER_ATTACH, CARD_OK, Api
 from tests.support.webhooks import event, stripe_signature
 

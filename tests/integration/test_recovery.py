@@ -11,8 +11,8 @@ from sqlalchemy import func, update
 from billing.adapters.broker import WORKERS_KEY, WORKERS_SINCE_KEY, BrokerView
 from billing.extensions import db
 from billing.models import OutboxJob
-from billing.services import outbox
-from billing.services.outbox import LIVENESS_WINDOW, SENT_GRACE
+from billing.platform import outbox
+from billing.platform.outbox import LIVENESS_WINDOW, SENT_GRACE
 
 
 def _job(job_id: str) -> OutboxJob:

@@ -94,8 +94,8 @@ def test_a_refund_whose_answer_was_lost_is_found_on_stripe_not_sent_again(
     proxied, proxy = proxied_app
     proxy.drop_responses(1, path="/v1/refunds")
     with proxied.app_context():
-        from billing.services import refunds
-        from billing.services.errors import TransientJobError
+        from billing.platform.errors import TransientJobError
+        from billing.refunds import refunds
 
         with pytest.raises(TransientJobError):
             refunds.execute_refund(refund_id)

@@ -175,8 +175,8 @@ def test_a_succeeded_webhook_for_another_amount_does_not_pay_the_invoice(
 def test_a_charge_whose_payment_intent_is_for_another_amount_is_not_marked_paid(
     admin, paying_customer, open_invoice, proxied_app, stripe_client
 ):
-    from billing.services import charges
-    from billing.services.errors import TransientJobError
+    from billing.charging import charges
+    from billing.platform.errors import TransientJobError
 
     customer = paying_customer()
     invoice = open_invoice(customer, amount=5000)

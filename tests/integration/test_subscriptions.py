@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from billing import clock
 from billing.extensions import db
 from billing.models import Invoice, Price, Subscription, SubscriptionPeriod
-from billing.services import subscriptions as service
+from billing.platform import clock
+from billing.subscriptions import subscriptions as service
 
 
 @pytest.fixture(autouse=True)

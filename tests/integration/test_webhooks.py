@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from billing.extensions import db
 from billing.models import OutboxJob, StripeEvent
-from billing.services.outbox import JobWork
+from billing.platform.outbox import JobWork
 from tests.conftest import CARD_NEEDS_3DS
 from tests.support.webhooks import event, stripe_signature
 
@@ -135,8 +135,8 @@ def test_a_webhook_racing_the_charge_task_changes_the_invoice_once(
     admin, paying_customer, open_invoice, stripe_client
 ):
     from billing.adapters.stripe_gateway import intent_from_payload
-    from billing.services import charges
-    from billing.services.errors import TransientJobError
+    from billing.charging import charges
+    from billing.platform.errors import TransientJobError
 
     invoice = open_invoice(paying_customer())
     attempt_id = admin.get(f"/v1/invoices/{invoice['id']}").get_json()["payment_attempts"][0]["id"]
@@ -212,7 +212,7 @@ def test_an_event_can_be_replayed_by_an_operator(app, client, run_jobs):
 def test_an_outcome_another_run_recorded_first_stands(client, monkeypatch):
     """Two runs of one event (the original job and a replay's): the one that finishes
     second does not overwrite the first's outcome, even with a failure of its own."""
-    from billing.services import stripe_events
+    from billing.stripe_events import stripe_events
 
     def applied_meanwhile(_: object) -> str:
         db.session.execute(

@@ -60,8 +60,8 @@ def test_a_production_beat_starts_without_a_database_or_a_stripe_key(redis_url):
 
 
 def test_every_task_has_a_soft_and_a_hard_time_limit_on_the_celery_app(celery_app, app):
-    from billing import jobs
     from billing.config import Settings
+    from billing.platform import jobs
 
     settings: Settings = app.config["BILLING_SETTINGS"]
     ours = {name: task for name, task in celery_app.tasks.items() if not name.startswith("celery.")}

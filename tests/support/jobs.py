@@ -6,7 +6,7 @@ from typing import Any
 
 from billing.extensions import db
 from billing.models import OutboxJob
-from billing.services.outbox import MAX_ATTEMPTS
+from billing.platform.outbox import MAX_ATTEMPTS
 
 
 def run_until_settled(task: Any, job_id: str) -> OutboxJob:

@@ -11,7 +11,7 @@ from dotenv import dotenv_values
 from pydantic import SecretStr
 
 from billing.config import ConfigError, Settings, variable
-from billing.logging import json_formatter
+from billing.platform.logging import json_formatter
 
 
 def test_defaults_apply_when_nothing_is_set():

@@ -1,6 +1,6 @@
 from datetime import date, timedelta
 
-from billing.domain.dunning import (
+from billing.dunning.rules import (
     DunningFacts,
     DunningPolicy,
     RecordedStep,

@@ -2,16 +2,16 @@ from datetime import date
 
 import pytest
 
-from billing.domain.emails import (
+from billing.invoicing.rules import InvoiceStatus
+from billing.notifications.compose import TEMPLATES
+from billing.notifications.kinds import KINDS, Facts, resend_refusal
+from billing.notifications.rules import (
     DeliveryStatus,
     IllegalDeliveryTransition,
     SendOutcome,
     after_try,
     may_be_sent,
 )
-from billing.domain.invoices import InvoiceStatus
-from billing.notifications.compose import TEMPLATES
-from billing.notifications.kinds import KINDS, Facts, resend_refusal
 
 S = DeliveryStatus
 

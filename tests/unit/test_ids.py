@@ -1,4 +1,4 @@
-from billing.ids import new_id
+from billing.platform.ids import new_id
 
 
 def test_ids_made_one_after_another_sort_in_that_order():

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.domain.invoices import (
+from billing.invoicing.rules import (
     InvalidStateTransition,
     InvoiceStatus,
     format_invoice_number,

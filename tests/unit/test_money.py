@@ -3,7 +3,6 @@ from decimal import Decimal
 import pytest
 from babel.numbers import get_currency_precision
 
-from billing.domain.invoices import invoice_totals, line_amounts
 from billing.domain.money import (
     STRIPE_CURRENCIES,
     AmountNotChargeable,
@@ -18,7 +17,8 @@ from billing.domain.money import (
     round_half_up,
     to_stripe_amount,
 )
-from billing.domain.subscriptions import prorate
+from billing.invoicing.rules import invoice_totals, line_amounts
+from billing.subscriptions.rules import prorate
 
 # Stripe's pages, section by section (https://docs.stripe.com/currencies), written out again
 # here so that a slip in the table is caught by a second reading rather than copied.

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.domain.subscriptions import (
+from billing.subscriptions.rules import (
     Interval,
     add_months,
     days_left,

@@ -1,0 +1,622 @@
+"""Use cases for invoices: drafts and their lines, finalization, void, uncollectible."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from itertools import chain
+from typing import Any, NamedTuple, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Date,
+    String,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
+from sqlalchemy.orm import Session, joinedload
+
+from billing.charging import charges
+from billing.charging import rules as charge_rules
+from billing.charging.rules import ChargeStatus
+from billing.customers.customers import get_customer
+from billing.documents import documents
+from billing.domain import parties
+from billing.domain.money import AmountNotChargeable, charge_step, normalize_currency
+from billing.dunning.schedule import next_payment_attempts
+from billing.extensions import db
+from billing.invoicing import rules
+from billing.invoicing.rules import CollectionMethod, InvoiceStatus
+from billing.models import (
+    ChargeAttempt,
+    Customer,
+    EmailDelivery,
+    Invoice,
+    InvoiceDocument,
+    InvoiceLine,
+    Refund,
+)
+from billing.platform import clock, context
+from billing.platform.errors import (
+    Conflict,
+    InvalidRequest,
+    InvalidStateTransition,
+    InvoiceNotEditable,
+    NotFound,
+    ServiceError,
+    UnchargeableAmount,
+)
+from billing.platform.logging import get_logger
+from billing.platform.pagination import Page
+from billing.platform.prebuilt import Prebuilt
+from billing.platform.unit_of_work import transaction
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LineFields:
+    description: str
+    quantity: int
+    unit_amount: int
+    tax_rate: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class InvoiceFields:
+    customer_id: str
+    collection_method: CollectionMethod = CollectionMethod.CHARGE_AUTOMATICALLY
+    currency: str | None = None
+    days_until_due: int | None = None
+    due_date: date | None = None
+    description: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    lines: list[LineFields] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    # The service's clock: scheduled billing and dunning tests move it forward.
+    return clock.now()
+
+
+class ShownLine(NamedTuple):
+    id: str
+    invoice_id: str
+    description: str
+    quantity: int
+    unit_amount: int
+    tax_rate: Decimal
+    amount: int
+    tax: int
+
+
+class ShownAttempt(NamedTuple):
+    id: str
+    invoice_id: str
+    status: str
+    source: str
+    amount: int
+    currency: str
+    payment_method: str | None
+    stripe_payment_intent_id: str | None
+    decline_code: str | None
+    failure_message: str | None
+    next_action: dict[str, Any] | None
+    client_secret: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(slots=True)
+class ShownInvoice:
+    """An invoice as a response shows it, read as plain rows (no model to track changes of):
+    its own columns but the party snapshots (only its PDFs and emails show those), its lines
+    and its charge attempts."""
+
+    id: str
+    customer_id: str
+    number: str | None
+    status: str
+    currency: str
+    collection_method: str
+    days_until_due: int | None
+    due_date: date | None
+    description: str | None
+    metadata_: dict[str, str]
+    subtotal: int
+    tax: int
+    total: int
+    amount_paid: int
+    amount_refunded: int
+    created_at: datetime
+    finalized_at: datetime | None
+    paid_at: datetime | None
+    voided_at: datetime | None
+    marked_uncollectible_at: datetime | None
+    dunning_started_on: date | None
+    lines: list[ShownLine] = field(default_factory=list)
+    charge_attempts: list[ShownAttempt] = field(default_factory=list)
+
+    @property
+    def amount_due(self) -> int:
+        return self.total - self.amount_paid
+
+    @classmethod
+    def of(cls, invoice: Invoice) -> ShownInvoice:
+        """The model of an invoice just changed, as its response shows it."""
+        shown = cls(*(getattr(invoice, column.key) for column in _INVOICE_COLUMNS))
+        shown.lines = [_shown(ShownLine, line) for line in invoice.lines]
+        shown.charge_attempts = [_shown(ShownAttempt, a) for a in invoice.charge_attempts]
+        return shown
+
+
+_Row = TypeVar("_Row", ShownLine, ShownAttempt)
+
+
+def _shown(kind: type[_Row], model: Any) -> _Row:
+    return kind(*(getattr(model, name) for name in kind._fields))
+
+
+# In the order of the fields of ShownInvoice, ShownLine and ShownAttempt: rows are unpacked
+# into them.
+_INVOICE_COLUMNS = tuple(
+    getattr(Invoice, name)
+    for name in ShownInvoice.__dataclass_fields__
+    if name not in ("lines", "charge_attempts")
+)
+_LINE_COLUMNS = tuple(getattr(InvoiceLine, name) for name in ShownLine._fields)
+_ATTEMPT_COLUMNS = tuple(getattr(ChargeAttempt, name) for name in ShownAttempt._fields)
+_INVOICE_IDS = bindparam("b_invoice_ids", type_=ARRAY(Invoice.id.type))
+# Every read of an invoice runs these: built once, and sent prebuilt (billing.platform.prebuilt).
+# One invoice and its lines, a row per line (one with no line when it has none).
+_ONE_INVOICE = (
+    select(*_INVOICE_COLUMNS, *_LINE_COLUMNS)
+    .outerjoin(InvoiceLine, InvoiceLine.invoice_id == Invoice.id)
+    .where(Invoice.id == bindparam("b_invoice_id"))
+    .order_by(InvoiceLine.id)
+)
+_INVOICE = Prebuilt(_ONE_INVOICE)
+_SCOPED_INVOICE = Prebuilt(_ONE_INVOICE.where(Invoice.customer_id == bindparam("b_customer_id")))
+_LINES_OF = Prebuilt(
+    select(*_LINE_COLUMNS)
+    .where(InvoiceLine.invoice_id == func.any(_INVOICE_IDS))
+    .order_by(InvoiceLine.id)
+)
+_ATTEMPTS_OF = Prebuilt(
+    select(*_ATTEMPT_COLUMNS)
+    .where(ChargeAttempt.invoice_id == func.any(_INVOICE_IDS))
+    .order_by(ChargeAttempt.id)
+)
+
+
+def _add_charge_attempts(connection: Connection, invoices: dict[str, ShownInvoice]) -> None:
+    for row in _ATTEMPTS_OF.execute(connection, {"b_invoice_ids": list(invoices)}):
+        attempt = ShownAttempt._make(row)
+        invoices[attempt.invoice_id].charge_attempts.append(attempt)
+
+
+def get_invoice(invoice_id: str, *, customer_scope: str | None = None) -> ShownInvoice:
+    """The invoice with its lines (one statement) and its charge attempts (another)."""
+    connection = db.session.connection()
+    if customer_scope is None:
+        rows = _INVOICE.execute(connection, {"b_invoice_id": invoice_id}).all()
+    else:
+        rows = _SCOPED_INVOICE.execute(
+            connection, {"b_invoice_id": invoice_id, "b_customer_id": customer_scope}
+        ).all()
+    if not rows:
+        raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+    width = len(_INVOICE_COLUMNS)
+    invoice = ShownInvoice(*rows[0][:width])
+    invoice.lines = [ShownLine(*row[width:]) for row in rows if row[width] is not None]
+    _add_charge_attempts(connection, {invoice.id: invoice})
+    return invoice
+
+
+def _locked_invoice(session: Session, invoice_id: str, customer_scope: str | None) -> Invoice:
+    invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
+    if invoice is None or (customer_scope is not None and invoice.customer_id != customer_scope):
+        raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+    return invoice
+
+
+def list_invoices(
+    *,
+    customer_scope: str | None,
+    customer_id: str | None,
+    status: InvoiceStatus | None,
+    limit: int,
+    starting_after: str | None,
+) -> Page[ShownInvoice]:
+    """A page of invoices, newest first, with their lines and charge attempts: three
+    statements, whatever the page's length."""
+    query = select(*_INVOICE_COLUMNS)
+    if customer_scope is not None:
+        query = query.where(Invoice.customer_id == customer_scope)
+    if customer_id is not None:
+        query = query.where(Invoice.customer_id == customer_id)
+    if status is not None:
+        query = query.where(Invoice.status == status.value)
+    # Ids are ULIDs, so ordering by id is ordering by creation, and the cursor is the id.
+    if starting_after is not None:
+        query = query.where(Invoice.id < starting_after)
+    rows = db.session.execute(query.order_by(Invoice.id.desc()).limit(limit + 1)).all()
+    invoices = {row.id: ShownInvoice(*row) for row in rows[:limit]}
+    if invoices:
+        connection = db.session.connection()
+        for row in _LINES_OF.execute(connection, {"b_invoice_ids": list(invoices)}):
+            line = ShownLine._make(row)
+            invoices[line.invoice_id].lines.append(line)
+        _add_charge_attempts(connection, invoices)
+    return Page(items=list(invoices.values()), has_more=len(rows) > limit)
+
+
+@dataclass(frozen=True)
+class InvoiceHistory:
+    """What a response shows of an invoice besides its row, lines and charge attempts."""
+
+    refunds: list[Refund] = field(default_factory=list)
+    emails: list[EmailDelivery] = field(default_factory=list)
+    document: InvoiceDocument | None = None  # the newest
+    next_payment_attempt: datetime | None = None
+
+
+def invoice_histories(
+    invoices: Sequence[ShownInvoice], *, just_finalized: bool = False
+) -> dict[str, InvoiceHistory]:
+    """The history of each invoice, by id, read for all of them at once: at most one
+    statement for refunds, one for emails, one for documents and two for dunning, whatever
+    their number, and none for what none of them can have yet.
+
+    A refund is only ever recorded against money paid, and amount_paid never goes down: an
+    invoice with nothing paid has none. A draft has neither emails nor documents, and nor
+    has an invoice numbered by this very request (`just_finalized`): both are made by jobs
+    recorded in its transaction."""
+    session = db.session()
+    paid = [invoice.id for invoice in invoices if invoice.amount_paid]
+    issued = [] if just_finalized else [invoice.id for invoice in invoices if invoice.number]
+    refunds: dict[str, list[Refund]] = defaultdict(list)
+    if paid:
+        for refund in session.scalars(
+            select(Refund).where(Refund.invoice_id.in_(paid)).order_by(Refund.id)
+        ):
+            refunds[refund.invoice_id].append(refund)
+    emails: dict[str, list[EmailDelivery]] = defaultdict(list)
+    documents: dict[str, InvoiceDocument] = {}
+    if issued:
+        for email in session.scalars(
+            select(EmailDelivery)
+            .where(EmailDelivery.invoice_id.in_(issued))
+            .order_by(EmailDelivery.created_at, EmailDelivery.id)
+        ):
+            emails[email.invoice_id].append(email)
+        # The newest version of each: DISTINCT ON keeps the first row of each invoice.
+        for document in session.scalars(
+            select(InvoiceDocument)
+            .where(InvoiceDocument.invoice_id.in_(issued))
+            .order_by(InvoiceDocument.invoice_id, InvoiceDocument.version.desc())
+            .ext(distinct_on(InvoiceDocument.invoice_id))
+        ):
+            documents[document.invoice_id] = document
+    next_attempts = next_payment_attempts(invoices)
+    return {
+        invoice.id: InvoiceHistory(
+            refunds=refunds.get(invoice.id, []),
+            emails=emails.get(invoice.id, []),
+            document=documents.get(invoice.id),
+            next_payment_attempt=next_attempts.get(invoice.id),
+        )
+        for invoice in invoices
+    }
+
+
+class TooManyLines(ServiceError):
+    code = "too_many_lines"
+    status = 400
+
+
+def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
+    if len(invoice.lines) >= rules.MAX_LINES_PER_INVOICE:
+        raise TooManyLines(
+            f"an invoice holds at most {rules.MAX_LINES_PER_INVOICE} lines", param="lines"
+        )
+    try:
+        amounts = rules.line_amounts(
+            fields.quantity, fields.unit_amount, fields.tax_rate, step=charge_step(invoice.currency)
+        )
+    except rules.AmountTooLarge as exc:
+        raise InvalidRequest(str(exc), param="unit_amount") from exc
+    except AmountNotChargeable as exc:
+        raise UnchargeableAmount(str(exc), param="unit_amount") from exc
+    line = InvoiceLine(
+        description=fields.description,
+        quantity=fields.quantity,
+        unit_amount=fields.unit_amount,
+        tax_rate=fields.tax_rate,
+        amount=amounts.amount,
+        tax=amounts.tax,
+    )
+    invoice.lines.append(line)
+    return line
+
+
+def _recompute_totals(invoice: Invoice) -> None:
+    try:
+        totals = rules.invoice_totals(
+            ((ln.quantity, ln.unit_amount, ln.tax_rate) for ln in invoice.lines),
+            step=charge_step(invoice.currency),
+        )
+    except rules.AmountTooLarge as exc:
+        raise InvalidRequest(str(exc), param="lines") from exc
+    except AmountNotChargeable as exc:
+        raise UnchargeableAmount(str(exc), param="lines") from exc
+    invoice.subtotal, invoice.tax, invoice.total = totals.subtotal, totals.tax, totals.total
+
+
+def create_invoice(fields: InvoiceFields) -> Invoice:
+    with transaction() as session:
+        customer = get_customer(fields.customer_id)
+        currency = normalize_currency(fields.currency) if fields.currency else customer.currency
+        if currency != customer.currency:
+            raise InvalidRequest(
+                f"the customer is billed in {customer.currency}, not {currency}", param="currency"
+            )
+        if fields.collection_method is CollectionMethod.CHARGE_AUTOMATICALLY and (
+            fields.days_until_due is not None or fields.due_date is not None
+        ):
+            raise InvalidRequest(
+                "days_until_due and due_date apply only to send_invoice invoices",
+                param="days_until_due" if fields.days_until_due is not None else "due_date",
+            )
+        if fields.days_until_due is not None and fields.due_date is not None:
+            raise InvalidRequest("give days_until_due or due_date, not both", param="due_date")
+        invoice = Invoice(
+            customer_id=customer.id,
+            currency=currency,
+            collection_method=fields.collection_method.value,
+            days_until_due=fields.days_until_due,
+            due_date=fields.due_date,
+            description=fields.description,
+            metadata_=fields.metadata,
+            status=InvoiceStatus.DRAFT.value,
+        )
+        for line in fields.lines:
+            _add_line(invoice, line)
+        _recompute_totals(invoice)
+        session.add(invoice)
+    log.info("invoice.created", invoice_id=invoice.id, customer_id=invoice.customer_id)
+    return invoice
+
+
+def add_line(invoice_id: str, fields: LineFields) -> InvoiceLine:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        if not rules.lines_are_editable(InvoiceStatus(invoice.status)):
+            raise InvoiceNotEditable(f"lines of a {invoice.status} invoice cannot change")
+        line = _add_line(invoice, fields)
+        _recompute_totals(invoice)
+    log.info("invoice.line_added", invoice_id=invoice_id, line_id=line.id)
+    return line
+
+
+def delete_line(invoice_id: str, line_id: str) -> Invoice:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        line = next((ln for ln in invoice.lines if ln.id == line_id), None)
+        if line is None:
+            raise NotFound(f"No such line: '{line_id}' on invoice '{invoice_id}'", param="line_id")
+        if not rules.lines_are_editable(InvoiceStatus(invoice.status)):
+            raise InvoiceNotEditable(f"lines of a {invoice.status} invoice cannot change")
+        invoice.lines.remove(line)
+        _recompute_totals(invoice)
+    log.info("invoice.line_deleted", invoice_id=invoice_id, line_id=line_id)
+    return invoice
+
+
+def _check_transition(invoice: Invoice, target: InvoiceStatus) -> None:
+    try:
+        rules.require_transition(invoice.status, target)
+    except rules.InvalidStateTransition as exc:
+        raise InvalidStateTransition(str(exc), param="status") from exc
+
+
+def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
+    """Every change of an invoice's status: what the state machine allows, or a 409."""
+    _check_transition(invoice, target)
+    invoice.status = target.value
+
+
+def take_invoice_numbers(session: Session, year: int, count: int) -> int:
+    """Reserve `count` consecutive numbers of `year`; returns the first. The counter row's
+    lock is held until our commit: a concurrent finalization waits, and a rolled-back one
+    gives its numbers back, so numbers have no gaps."""
+    last = session.execute(
+        text(
+            "INSERT INTO invoice_number_sequences (year, last_number) VALUES (:year, :count) "
+            "ON CONFLICT (year) DO UPDATE "
+            "SET last_number = invoice_number_sequences.last_number + :count "
+            "RETURNING last_number"
+        ),
+        {"year": year, "count": count},
+    ).scalar_one()
+    return int(last) - count + 1
+
+
+def _next_invoice_number(session: Session, year: int) -> str:
+    return rules.format_invoice_number(year, take_invoice_numbers(session, year, 1))
+
+
+_invoices = Invoice.__table__
+_customers = Customer.__table__
+
+
+def finalize_invoice(invoice_id: str) -> Invoice:
+    with transaction() as session:
+        invoice = session.get(
+            Invoice,
+            invoice_id,
+            with_for_update={"of": Invoice},
+            populate_existing=True,
+            options=[joinedload(Invoice.lines)],
+        )
+        if invoice is None:
+            raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+        _check_transition(invoice, InvoiceStatus.OPEN)
+        if not invoice.lines:
+            raise InvalidRequest("an invoice needs at least one line to be finalized")
+        if invoice.total < 0:
+            raise InvalidRequest("an invoice's total cannot be negative")
+        session.flush()
+        finalize_many(session, [invoice_id], _now())
+        session.expire(invoice)
+    log.info("invoice.finalized", invoice_id=invoice_id, number=invoice.number)
+    return invoice
+
+
+# Every invoice of a finalization in one statement, whatever their number: the values come
+# as arrays, unnested in step.
+_FINALIZING = (
+    func.unnest(
+        bindparam("b_ids", type_=ARRAY(String())),
+        bindparam("b_numbers", type_=ARRAY(String())),
+        bindparam("b_statuses", type_=ARRAY(String())),
+        bindparam("b_due_dates", type_=ARRAY(Date())),
+    )
+    .table_valued("id", "number", "status", "due_date")
+    .render_derived(name="finalizing")
+)
+# With the invoices, their parties as they stand now: the buyer from the customer's row,
+# the seller from the settings; an issued invoice shows these ever after
+# (`billing.domain.parties`).
+_FINALIZED = (
+    update(_invoices)
+    .where(_invoices.c.id == _FINALIZING.c.id, _customers.c.id == _invoices.c.customer_id)
+    .values(
+        seller_party=bindparam("b_seller_party", type_=JSONB),
+        buyer_party=func.jsonb_build_object(
+            *chain.from_iterable(
+                (literal_column(f"'{key}'"), _customers.c[key]) for key in parties.BUYER_KEYS
+            )
+        ),
+        number=_FINALIZING.c.number,
+        status=_FINALIZING.c.status,
+        due_date=_FINALIZING.c.due_date,
+        finalized_at=bindparam("b_now"),
+        paid_at=case(
+            (_FINALIZING.c.status == InvoiceStatus.PAID.value, bindparam("b_now")), else_=None
+        ),
+    )
+)
+
+
+def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -> None:
+    """The one way invoices leave draft, for one invoice (finalize_invoice) or a billing
+    run's chunk alike, in the caller's transaction; the invoices are drafts with their lines
+    and totals, row-locked or just inserted by the caller. Each gets its due date (when the
+    customer pays it by transfer), its charge attempt (when charged and there is something
+    to pay), its PDF job (which sends the "invoice issued" email), its parties and its
+    number; a zero invoice is paid at once, as Stripe does. A table at a time, the invoices
+    themselves in one update, so that a chunk of a thousand takes as many statements as one
+    invoice."""
+    if not invoice_ids:
+        return
+    drafts = session.execute(
+        select(
+            _invoices.c.id,
+            _invoices.c.status,
+            _invoices.c.total,
+            _invoices.c.currency,
+            _invoices.c.collection_method,
+            _invoices.c.due_date,
+            _invoices.c.days_until_due,
+        )
+        .where(_invoices.c.id == func.any(bindparam("b_ids", type_=ARRAY(_invoices.c.id.type))))
+        .order_by(_invoices.c.id),
+        {"b_ids": list(invoice_ids)},
+    ).all()
+    default_days = context.settings().default_days_until_due
+    finalized: list[tuple[str, InvoiceStatus, date | None]] = []
+    charged: list[tuple[str, int, str]] = []
+    for draft in drafts:
+        status = rules.require_transition(draft.status, InvoiceStatus.OPEN)
+        if draft.total == 0:
+            # Nothing to collect: Stripe marks a zero invoice paid at finalization.
+            status = rules.require_transition(status, InvoiceStatus.PAID)
+        due_date = draft.due_date
+        if draft.collection_method == CollectionMethod.SEND_INVOICE and due_date is None:
+            days = draft.days_until_due if draft.days_until_due is not None else default_days
+            due_date = (now + timedelta(days=days)).date()
+        if draft.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY and draft.total > 0:
+            charged.append((draft.id, draft.total, draft.currency))
+        finalized.append((draft.id, status, due_date))
+    ids = [invoice_id for invoice_id, _, _ in finalized]
+    first = take_invoice_numbers(session, now.year, len(finalized))
+    session.execute(
+        _FINALIZED,
+        {
+            "b_ids": ids,
+            "b_numbers": [
+                rules.format_invoice_number(now.year, first + n) for n in range(len(finalized))
+            ],
+            "b_statuses": [status.value for _, status, _ in finalized],
+            "b_due_dates": [due_date for _, _, due_date in finalized],
+            "b_now": now,
+            "b_seller_party": parties.configured_seller(context.settings()),
+        },
+    )
+    # The rows that refer to the invoices come after the invoices' own update: each locks
+    # its invoice (key share), and updating a row this transaction has locked costs more.
+    charges.start_attempts(session, charged, source="automatic")
+    documents.request_renders(session, ids)
+
+
+class PaymentInProgress(Conflict):
+    code = "payment_in_progress"
+
+
+def void_invoice(invoice_id: str) -> Invoice:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        _transition(invoice, InvoiceStatus.VOID)
+        for attempt in invoice.charge_attempts:
+            if attempt.status == ChargeStatus.PENDING:
+                _cancel_attempt(attempt)  # never sent: simply called off
+            elif attempt.status in charge_rules.IN_FLIGHT:
+                # Money may be moving (or the customer may still authenticate): voiding
+                # now could leave a paid charge on a void invoice.
+                raise PaymentInProgress(
+                    f"charge attempt {attempt.id} is {attempt.status}; void it once it ends",
+                    param="id",
+                )
+        invoice.voided_at = func.now()
+    log.info("invoice.voided", invoice_id=invoice_id)
+    return invoice
+
+
+def _cancel_attempt(attempt: ChargeAttempt) -> None:
+    attempt.status = charge_rules.require_transition(attempt.status, ChargeStatus.CANCELED).value
+
+
+def mark_uncollectible(invoice_id: str) -> Invoice:
+    with transaction() as session:
+        invoice = _locked_invoice(session, invoice_id, None)
+        record_uncollectible(invoice)
+    log.info("invoice.marked_uncollectible", invoice_id=invoice_id)
+    return invoice
+
+
+def record_uncollectible(invoice: Invoice) -> None:
+    """The change to uncollectible, in the caller's transaction with the invoice locked:
+    an operator's mark and dunning's last step both make it here. Timed by the service's
+    clock, which dunning's tests move."""
+    _transition(invoice, InvoiceStatus.UNCOLLECTIBLE)
+    invoice.marked_uncollectible_at = _now()
