@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import CTE, Interval, bindparam, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 
+from billing.domain import ledger as ledger_rules
+from billing.domain.ledger import LedgerState
 from billing.extensions import db
 from billing.models import LedgerEntry
 from billing.platform.errors import HeldElsewhere
@@ -60,7 +62,7 @@ _CLAIM_NEW = Prebuilt(
         scope=bindparam("b_scope"),
         key=bindparam("b_key"),
         fingerprint=bindparam("b_fingerprint"),
-        state="started",
+        state=LedgerState.STARTED,
         attempt=1,
         locked_until=func.now() + bindparam("b_lease", type_=Interval()),
         expires_at=func.now() + bindparam("b_keep_for", type_=Interval()),
@@ -72,8 +74,8 @@ _CLAIM_NEW = Prebuilt(
 
 # A claim whose holder died (its lease ran out) or whose outcome was left unknown: the next
 # attempt takes it over, as `claim` does (RESUMED).
-_TAKEN_OVER = (_entries.c.state == "unknown") | (
-    (_entries.c.state == "started")
+_TAKEN_OVER = (_entries.c.state == LedgerState.UNKNOWN) | (
+    (_entries.c.state == LedgerState.STARTED)
     & (func.coalesce(_entries.c.locked_until, func.now()) <= func.now())
 )
 
@@ -90,7 +92,7 @@ def claim_or_resume(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
             literal(scope),
             key,
             fingerprint,
-            literal("started"),
+            literal(LedgerState.STARTED.value),
             literal(1),
             func.now() + bindparam("b_claim_lease", type_=Interval()),
         ).where(*where),
@@ -99,7 +101,7 @@ def claim_or_resume(scope: str, key: Any, fingerprint: Any, *where: Any) -> CTE:
         inserting.on_conflict_do_update(
             constraint="uq_ledger_entries_scope_key",
             set_={
-                "state": "started",
+                "state": LedgerState.STARTED,
                 "attempt": _entries.c.attempt + 1,
                 "locked_until": inserting.excluded.locked_until,
             },
@@ -146,7 +148,7 @@ def claim_found(
     if claimed_id is not None and claimed_attempt is not None:
         # Attempt 1 is a key nobody held (or one released since): nothing to reconcile.
         claimed = Claim.NEW if claimed_attempt == 1 else Claim.RESUMED
-        return ClaimResult(claimed, claimed_id, claimed_attempt, "started")
+        return ClaimResult(claimed, claimed_id, claimed_attempt, LedgerState.STARTED)
     if earlier is not None:
         lease_left = float(earlier["lease_left"])
         found = _found(earlier["state"], earlier["fingerprint"] == fingerprint, lease_left)
@@ -160,7 +162,7 @@ def claim_found(
             )
     # Claimed by another attempt while the statement ran, too late for its snapshot: that
     # attempt holds it now, and the caller comes back in a moment to see how it ended.
-    return ClaimResult(Claim.IN_PROGRESS, 0, 0, "started", lease_left=0.0)
+    return ClaimResult(Claim.IN_PROGRESS, 0, 0, LedgerState.STARTED, lease_left=0.0)
 
 
 def claim(
@@ -190,7 +192,7 @@ def claim(
         if inserted is not None:
             if commit:
                 session.commit()
-            return ClaimResult(Claim.NEW, inserted, 1, "started")
+            return ClaimResult(Claim.NEW, inserted, 1, LedgerState.STARTED)
         entry = session.execute(
             select(LedgerEntry)
             .where(LedgerEntry.scope == scope, LedgerEntry.key == key)
@@ -235,9 +237,9 @@ def _found(state: str, same_fingerprint: bool, lease_left: float) -> Claim:
     """What an entry that exists already means for a new attempt on its key."""
     if not same_fingerprint:
         return Claim.MISMATCH
-    if state in ("succeeded", "failed"):
+    if state in ledger_rules.DONE:
         return Claim.DONE
-    if state == "started" and lease_left > 0:
+    if state == LedgerState.STARTED and lease_left > 0:
         return Claim.IN_PROGRESS
     return Claim.RESUMED  # its holder died (the lease ran out) or its outcome is unknown
 
@@ -267,16 +269,18 @@ def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> C
         return ClaimResult(
             Claim.IN_PROGRESS, entry.id, entry.attempt, entry.state, lease_left=lease_left
         )
-    entry.state = "started"
+    entry.state = LedgerState.STARTED
     entry.attempt += 1
     entry.locked_until = func.now() + lease
-    return ClaimResult(Claim.RESUMED, entry.id, entry.attempt, "started", outcome=entry.outcome)
+    return ClaimResult(
+        Claim.RESUMED, entry.id, entry.attempt, LedgerState.STARTED, outcome=entry.outcome
+    )
 
 
 _OWN_ATTEMPT = (
     (_entries.c.id == bindparam("b_entry_id"))
     & (_entries.c.attempt == bindparam("b_attempt"))
-    & (_entries.c.state == "started")
+    & (_entries.c.state == LedgerState.STARTED)
 )
 # Built once: every charge and email records its outcome through it, and building the
 # statement per call cost more CPU than its round trip. Core, not ORM: nothing loaded in
@@ -372,7 +376,7 @@ def mark_unknown(
     """The side effect may or may not have happened: the next attempt must reconcile first.
     False when a later attempt took over (it reconciles anyway)."""
     try:
-        _update_own_attempt(claimed, state="unknown", outcome=outcome, locked_until=None)
+        _update_own_attempt(claimed, state=LedgerState.UNKNOWN, outcome=outcome, locked_until=None)
     except LeaseLost:
         if commit:
             db.session.rollback()
@@ -390,7 +394,7 @@ def release(claimed: ClaimResult) -> None:
         delete(LedgerEntry).where(
             LedgerEntry.id == claimed.entry_id,
             LedgerEntry.attempt == claimed.attempt,
-            LedgerEntry.state == "started",
+            LedgerEntry.state == LedgerState.STARTED,
         )
     )
     session.commit()
