@@ -97,3 +97,21 @@ def run_e2e_test(root: Path, test_file: str, env: dict[str, str]) -> tuple[int, 
     elapsed = time.perf_counter() - started
     summary = re.search(r"^(chaos|rate limits): .*$", result.stdout, re.MULTILINE)
     return result.returncode, summary.group(0) if summary else result.stdout[-3000:], elapsed
+
+
+def process_tree_cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far by a process and its children (gunicorn's and celery's forked
+    workers); 0 for no process or one gone."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0

@@ -369,17 +369,9 @@ def python_round(url: str, headers: dict[str, str], connections: int, seconds: f
 
 
 def cpu_seconds(pid: int) -> float:
-    import psutil
+    from bench._support import process_tree_cpu_seconds
 
-    try:
-        root = psutil.Process(pid)
-        total = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        return total
-    except psutil.NoSuchProcess:
-        return 0.0
+    return process_tree_cpu_seconds(pid)
 
 
 def wait_ready(url: str, headers: dict[str, str]) -> None:

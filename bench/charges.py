@@ -44,7 +44,7 @@ import stripe
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._support import connect, scratch_database  # noqa: E402
+from bench._support import connect, process_tree_cpu_seconds, scratch_database  # noqa: E402
 from devstack.commands import (  # noqa: E402
     DEFAULT_POOLS,
     WORKER_FLAGS,
@@ -71,19 +71,7 @@ def _cpu_seconds(
     with its children (gunicorn's and celery's forked workers), and by the whole machine."""
     import psutil
 
-    def tree(pid: int | None) -> float:
-        if pid is None:
-            return 0.0
-        try:
-            root = psutil.Process(pid)
-            total = 0.0
-            for proc in [root, *root.children(recursive=True)]:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            return total
-        except psutil.NoSuchProcess:
-            return 0.0
-
+    tree = process_tree_cpu_seconds
     machine = psutil.cpu_times()
     return {
         "web": tree(processes[0].pid),

@@ -57,7 +57,7 @@ from billing.platform.ids import new_id
 from billing.platform.ledger import Claim, ClaimResult
 from billing.platform.logging import get_logger
 from billing.platform.metrics import AMOUNT_MISMATCHES, CHARGES, count_on_commit
-from billing.platform.outbox import JobWork, has_unfinished_job, record_job, record_jobs
+from billing.platform.outbox import JobWork, has_unfinished_job, record_jobs
 from billing.platform.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -793,8 +793,7 @@ def reconcile_stuck_attempts(limit: int = 200) -> int:
                 .with_for_update(skip_locked=True)
             )
         )
-        for attempt_id in stuck:
-            record_job(session, jobs.CHARGE_INVOICE, attempt_id=attempt_id)
+        record_jobs(session, jobs.CHARGE_INVOICE, [{"attempt_id": a} for a in stuck])
     if stuck:
         log.warning("charge.reconcile_sweep", attempts=len(stuck))
     return len(stuck)

@@ -20,7 +20,7 @@ from billing.platform.errors import InvalidRequest, NotFound, TransientJobError,
 from billing.platform.ids import new_id
 from billing.platform.ledger import Claim, ClaimResult
 from billing.platform.logging import get_logger
-from billing.platform.outbox import JobWork, has_unfinished_job, record_job
+from billing.platform.outbox import JobWork, has_unfinished_job, record_job, record_jobs
 from billing.platform.unit_of_work import transaction
 from billing.refunds import rules
 from billing.refunds.rules import RefundStatus
@@ -224,8 +224,7 @@ def reconcile_stuck_refunds(limit: int = 200) -> int:
                 .with_for_update(skip_locked=True)
             )
         )
-        for refund_id in stuck:
-            record_job(session, jobs.REFUND_INVOICE, refund_id=refund_id)
+        record_jobs(session, jobs.REFUND_INVOICE, [{"refund_id": r} for r in stuck])
     if stuck:
         log.warning("refund.reconcile_sweep", refunds=len(stuck))
     return len(stuck)
