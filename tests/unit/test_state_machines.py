@@ -221,6 +221,7 @@ RULES = sorted(
         *BILLING.glob("*/rules.py"),
         BILLING / "charging" / "declines.py",
         BILLING / "notifications" / "kinds.py",
+        BILLING / "webhooks" / "signatures.py",
     ]
 )
 RULES_MODULES = {
