@@ -40,6 +40,8 @@ from billing.documents import documents
 from billing.domain.money import AmountNotChargeable, UnknownCurrency, to_stripe_amount
 from billing.dunning import delinquency
 from billing.dunning import schedule as dunning_schedule
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.invoicing import rules as invoice_rules
 from billing.invoicing.rules import InvoiceStatus
@@ -248,6 +250,7 @@ def _notify(attempt: ChargeAttempt) -> None:
         emails.queue_email(session, "payment_receipt", invoice, occasion=attempt.id)
         documents.request_render(session, invoice)  # the document now shows it paid
     elif attempt.status == ChargeStatus.FAILED:
+        events.record(session, EventType.INVOICE_PAYMENT_FAILED, invoice.id, invoice.customer_id)
         # One email per failed attempt (its occasion), naming dunning's next retry.
         emails.queue_email(
             session,
@@ -258,6 +261,9 @@ def _notify(attempt: ChargeAttempt) -> None:
         )
     elif attempt.status == ChargeStatus.REQUIRES_ACTION:
         emails.queue_email(session, "authentication_required", invoice, occasion=attempt.id)
+        events.record(
+            session, EventType.INVOICE_PAYMENT_ACTION_REQUIRED, invoice.id, invoice.customer_id
+        )
 
 
 @dataclass(frozen=True)
@@ -644,6 +650,7 @@ def mark_invoice_paid(invoice: Invoice, amount: int) -> None:
         invoice.status = invoice_rules.require_transition(invoice.status, InvoiceStatus.PAID).value
         invoice.paid_at = func.now()
         delinquency.clear_if_settled(db.session(), invoice)
+        events.record(db.session(), EventType.INVOICE_PAID, invoice.id, invoice.customer_id)
         log.info("invoice.paid", invoice_id=invoice.id, amount=amount)
     elif invoice.status == InvoiceStatus.VOID.value:
         log.error("charge.succeeded_on_void_invoice", invoice_id=invoice.id, amount=amount)
