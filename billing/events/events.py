@@ -214,3 +214,17 @@ def prune(retention: timedelta, *, batch: int = PRUNE_BATCH) -> int:
         pruned += count
         if count < batch:
             return pruned
+
+
+def envelope(event: Event) -> dict[str, Any]:
+    """An event as the API shows it and as webhooks deliver it."""
+    return {
+        "id": event.id,
+        "object": "event",
+        "type": event.type,
+        "created": int(event.created_at.timestamp()),
+        "sequence": event.sequence,
+        "customer": event.customer_id,
+        "data": {"object_type": event.object_type, "object": event.data},
+        "request": {"id": event.request_id},
+    }

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from billing.extensions import db
 
@@ -42,9 +42,11 @@ def _run_before_commit(session: Session) -> None:
             callback(session, items)
 
 
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_before_commit(session: Session, previous_transaction: Any) -> None:
-    if not session.in_transaction():
+@event.listens_for(Session, "after_transaction_end")
+def _forget_before_commit(session: Session, transaction: SessionTransaction) -> None:
+    # A commit ran them all already; what is left when the outermost transaction ends
+    # belonged to one that rolled back.
+    if transaction.parent is None:
         session.info.pop(_BEFORE_COMMIT, None)
 
 

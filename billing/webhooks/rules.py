@@ -4,7 +4,7 @@ A delivery is one event for one endpoint. It is *waiting* while an earlier event
 same object has not yet reached that endpoint, *pending* while its job sends it (again),
 and ends *succeeded* (a 2xx), *failed* (retried for the whole retry window, or the
 endpoint answered 410) or *canceled* (the endpoint was disabled or deleted first). An
-operator's replay makes any ended delivery pending again.
+operator's replay makes an ended delivery waiting again, released in sequence order.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
             DeliveryState.CANCELED,
         }
     ),
-    # Replayed by an operator: sent again, signed anew.
-    DeliveryState.SUCCEEDED: frozenset({DeliveryState.PENDING}),
-    DeliveryState.FAILED: frozenset({DeliveryState.PENDING}),
-    DeliveryState.CANCELED: frozenset({DeliveryState.PENDING}),
+    # Replayed by an operator: sent again, signed anew, behind the object's earlier events.
+    DeliveryState.SUCCEEDED: frozenset({DeliveryState.WAITING}),
+    DeliveryState.FAILED: frozenset({DeliveryState.WAITING}),
+    DeliveryState.CANCELED: frozenset({DeliveryState.WAITING}),
 }
 
 
