@@ -119,6 +119,8 @@ def record_many(
     session: Session, type_: EventType, objects: Sequence[tuple[str, str | None]]
 ) -> None:
     """One event of `type_` per (object id, customer id), in the caller's transaction."""
+    if not objects:
+        return
     request_id = context.current_request_id()
     before_commit(
         session,
