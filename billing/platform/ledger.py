@@ -386,9 +386,10 @@ def mark_unknown(
     return True
 
 
-def release(claimed: ClaimResult) -> None:
+def release(claimed: ClaimResult, *, commit: bool = True) -> None:
     """Forget a claim whose attempt changed nothing, so the same key may be used afresh.
-    Only a still-running claim of this very attempt is deleted, never a recorded outcome."""
+    Only a still-running claim of this very attempt is deleted, never a recorded outcome.
+    In a transaction of its own by default, or in the caller's (commit=False)."""
     session = db.session()
     session.execute(
         delete(LedgerEntry).where(
@@ -397,7 +398,8 @@ def release(claimed: ClaimResult) -> None:
             LedgerEntry.state == LedgerState.STARTED,
         )
     )
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def purge_expired(batch: int = 5000) -> int:
