@@ -151,7 +151,9 @@ def claim_found(
         return ClaimResult(claimed, claimed_id, claimed_attempt, LedgerState.STARTED)
     if earlier is not None:
         lease_left = float(earlier["lease_left"])
-        found = _found(earlier["state"], earlier["fingerprint"] == fingerprint, lease_left)
+        found = existing_entry_claim(
+            earlier["state"], earlier["fingerprint"] == fingerprint, lease_left
+        )
         if found is not Claim.RESUMED:
             return ClaimResult(
                 found,
@@ -233,7 +235,7 @@ def usable(
     return claimed
 
 
-def _found(state: str, same_fingerprint: bool, lease_left: float) -> Claim:
+def existing_entry_claim(state: str, same_fingerprint: bool, lease_left: float) -> Claim:
     """What an entry that exists already means for a new attempt on its key."""
     if not same_fingerprint:
         return Claim.MISMATCH
@@ -252,7 +254,7 @@ def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> C
             )
         ).scalar_one()
     )
-    found = _found(entry.state, entry.fingerprint == fingerprint, lease_left)
+    found = existing_entry_claim(entry.state, entry.fingerprint == fingerprint, lease_left)
     if found is Claim.MISMATCH:
         return ClaimResult(Claim.MISMATCH, entry.id, entry.attempt, entry.state)
     if found is Claim.DONE:
