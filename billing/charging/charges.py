@@ -327,7 +327,7 @@ class SqlChargeStore:
     def tell_customer(self, attempt: ChargeAttempt) -> None:
         _notify(attempt)
 
-    def clear_delinquency(self, invoice: Invoice) -> None:
+    def invoice_paid(self, invoice: Invoice) -> None:
         delinquency.clear_if_settled(self.session, invoice)
 
     def count(self, counter: Counter) -> None:
@@ -719,7 +719,7 @@ def mark_invoice_paid(store: ChargeStore, invoice: Invoice, amount: int) -> None
         invoice.amount_paid = min(invoice.total, invoice.amount_paid + amount)
         invoice.status = invoice_rules.require_transition(invoice.status, InvoiceStatus.PAID).value
         invoice.paid_at = store.now()
-        store.clear_delinquency(invoice)
+        store.invoice_paid(invoice)
         log.info("invoice.paid", invoice_id=invoice.id, amount=amount)
     elif invoice.status == InvoiceStatus.VOID.value:
         log.error("charge.succeeded_on_void_invoice", invoice_id=invoice.id, amount=amount)

@@ -58,8 +58,9 @@ class ChargeStore(Protocol):
     def tell_customer(self, attempt: ChargeAttempt) -> None:
         """What the customer hears of the attempt's end (its email, its document)."""
 
-    def clear_delinquency(self, invoice: Invoice) -> None:
-        """The invoice was just paid: its customer may no longer be delinquent."""
+    def invoice_paid(self, invoice: Invoice) -> None:
+        """The invoice was just paid: what follows from it in the same transaction (its
+        customer may no longer be delinquent)."""
 
     def count(self, counter: Counter) -> None:
         """Count an outcome once this transaction commits, and not if it rolls back."""

@@ -77,7 +77,8 @@ class InMemoryChargeWork:
         self.ledger: dict[int, LedgerRow] = {}
         # (attempt id, the status it was told of), in the order the commits made them.
         self.customer_told: list[tuple[str, str]] = []
-        self.delinquency_checked: list[str] = []
+        # The invoices whose payment was followed up, as production clears a delinquency.
+        self.invoices_paid: list[str] = []
         self.counted: list[Counter] = []
         self.commits = 0
         # Raised instead of the next commit, as a database gone at that moment would.
@@ -125,7 +126,7 @@ class InMemoryChargeStore:
         self._rows: dict[tuple[type[Any], str], Any] = {}
         self._ledger: dict[int, LedgerRow | None] = {}  # None: deleted
         self._told: list[tuple[str, str]] = []
-        self._checked: list[str] = []
+        self._paid: list[str] = []
         self._counted: list[Counter] = []
         self._job_state: JobState | None = None
 
@@ -244,8 +245,8 @@ class InMemoryChargeStore:
     def tell_customer(self, attempt: ChargeAttempt) -> None:
         self._told.append((attempt.id, attempt.status))
 
-    def clear_delinquency(self, invoice: Invoice) -> None:
-        self._checked.append(invoice.id)
+    def invoice_paid(self, invoice: Invoice) -> None:
+        self._paid.append(invoice.id)
 
     def count(self, counter: Counter) -> None:
         self._counted.append(counter)
@@ -267,7 +268,7 @@ class InMemoryChargeStore:
             else:
                 work.ledger[entry_id] = entry
         work.customer_told.extend(self._told)
-        work.delinquency_checked.extend(self._checked)
+        work.invoices_paid.extend(self._paid)
         work.counted.extend(self._counted)
         if work.job is not None and self._job_state is not None:
             work.job.state = self._job_state

@@ -88,7 +88,7 @@ def test_a_success_pays_the_invoice_and_ends_the_job_in_the_same_commit(stripe, 
     )
     assert (invoice(work).status, invoice(work).amount_paid) == ("paid", 5000)
     assert work.customer_told == [(ATTEMPT, "succeeded")]
-    assert work.delinquency_checked == [INVOICE]
+    assert work.invoices_paid == [INVOICE]
     assert work.job is not None and work.job.state == JobState.SUCCEEDED
     # Two commits: the claim before Stripe is asked, the outcome with the job's end.
     assert work.commits == 2
