@@ -80,6 +80,11 @@ def create_app(
         mail_state, settings.mail["MAIL_TIMEOUT"], ca_file=settings.mail["MAIL_CA_FILE"]
     )
     app.extensions["billing.storage"] = build_storage(settings)
+
+    from billing.api import snapshots
+
+    # Workers record events too, shown as the API shows their objects.
+    snapshots.register()
     if not serve_http:
         return app
 

@@ -42,6 +42,8 @@ from billing.documents import documents
 from billing.domain.money import AmountNotChargeable, UnknownCurrency, to_stripe_amount
 from billing.dunning import delinquency
 from billing.dunning import schedule as dunning_schedule
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.invoicing import rules as invoice_rules
 from billing.invoicing.rules import InvoiceStatus
@@ -250,6 +252,7 @@ def _notify(attempt: ChargeAttempt) -> None:
         emails.queue_email(session, "payment_receipt", invoice, occasion=attempt.id)
         documents.request_render(session, invoice)  # the document now shows it paid
     elif attempt.status == ChargeStatus.FAILED:
+        events.record(session, EventType.INVOICE_PAYMENT_FAILED, invoice.id, invoice.customer_id)
         # One email per failed attempt (its occasion), naming dunning's next retry.
         emails.queue_email(
             session,
@@ -260,6 +263,9 @@ def _notify(attempt: ChargeAttempt) -> None:
         )
     elif attempt.status == ChargeStatus.REQUIRES_ACTION:
         emails.queue_email(session, "authentication_required", invoice, occasion=attempt.id)
+        events.record(
+            session, EventType.INVOICE_PAYMENT_ACTION_REQUIRED, invoice.id, invoice.customer_id
+        )
 
 
 @dataclass(frozen=True)
@@ -329,6 +335,7 @@ class SqlChargeStore:
 
     def invoice_paid(self, invoice: Invoice) -> None:
         delinquency.clear_if_settled(self.session, invoice)
+        events.record(self.session, EventType.INVOICE_PAID, invoice.id, invoice.customer_id)
 
     def count(self, counter: Counter) -> None:
         count_on_commit(self.session, counter)

@@ -60,7 +60,7 @@ class ChargeStore(Protocol):
 
     def invoice_paid(self, invoice: Invoice) -> None:
         """The invoice was just paid: what follows from it in the same transaction (its
-        customer may no longer be delinquent)."""
+        customer may no longer be delinquent, its event is recorded)."""
 
     def count(self, counter: Counter) -> None:
         """Count an outcome once this transaction commits, and not if it rolls back."""

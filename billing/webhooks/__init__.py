@@ -1,0 +1,1 @@
+"""Outgoing webhooks: endpoints the company's app registers, and signed deliveries to them."""
