@@ -67,8 +67,13 @@ class InMemoryChargeWork:
     is what is committed; a test sets it up with `add` and reads it afterwards."""
 
     def __init__(self, stripe: Any, *, job: RunningJob | None = None) -> None:
-        # The charge job talks to Stripe alone: it is handed no mailer and no storage.
-        self._gateways = Gateways(stripe=stripe, mailer=cast(Any, None), storage=cast(Any, None))
+        # The charge job talks to Stripe alone: it is handed no mailer, storage or sender.
+        self._gateways = Gateways(
+            stripe=stripe,
+            mailer=cast(Any, None),
+            storage=cast(Any, None),
+            webhooks=cast(Any, None),
+        )
         self.job = job
         self.now = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
         self.customers: dict[str, Customer] = {}
