@@ -80,11 +80,25 @@ def create_app(
         mail_state, settings.mail["MAIL_TIMEOUT"], ca_file=settings.mail["MAIL_CA_FILE"]
     )
     app.extensions["billing.storage"] = build_storage(settings)
+
+    from billing.adapters.webhook_http import WebhookSender
+
+    app.extensions["billing.webhook_sender"] = WebhookSender(
+        allowed_hosts=settings.webhook_allowed_hosts,
+        connect_timeout=settings.webhook_connect_timeout_seconds,
+        read_timeout=settings.webhook_timeout_seconds,
+    )
+
+    from billing.api import snapshots
+
+    # Workers record events too, shown as the API shows their objects.
+    snapshots.register()
     if not serve_http:
         return app
 
     from billing.api import (
         customers,
+        events,
         health,
         invoices,
         jobs,
@@ -92,6 +106,7 @@ def create_app(
         openapi,
         prices,
         subscriptions,
+        webhook_endpoints,
         webhooks,
     )
     from billing.api.errors import register_error_handlers
@@ -101,7 +116,7 @@ def create_app(
     register_error_handlers(app)
     for blueprint in (health.bp, openapi.bp, customers.bp, invoices.bp, jobs.bp, webhooks.bp):
         app.register_blueprint(blueprint)
-    for blueprint in (prices.bp, subscriptions.bp, metrics.bp):
+    for blueprint in (prices.bp, subscriptions.bp, metrics.bp, events.bp, webhook_endpoints.bp):
         app.register_blueprint(blueprint)
 
     from billing.cli import register_cli

@@ -345,6 +345,29 @@ class Settings(BaseSettings):
     # attempt mails the customer. Below one, no invoice could be paid at all.
     pay_attempts_per_invoice_per_day: Annotated[Integer, AfterValidator(lambda n: max(1, n))] = 5
 
+    # Events are kept this long, then pruned by beat (deliveries go with them).
+    event_retention_days: Count = 365
+    # Outgoing webhooks. Hosts (exact names or addresses) that may be sent to over http and
+    # at any address: only for tests and receivers inside the company's own network;
+    # every other endpoint must be https at a public address.
+    webhook_allowed_hosts: Lines = ()
+    # A failing delivery is retried, doubling from the first wait up to the longest,
+    # for this long; then it ends failed.
+    webhook_retry_first_seconds: Count = 30
+    webhook_retry_longest_seconds: Count = 6 * 3600
+    webhook_retry_for_seconds: Count = 3 * 24 * 3600
+    # An endpoint that took no delivery for this long is disabled, and the seller told.
+    webhook_disable_after_seconds: Count = 3 * 24 * 3600
+    # A later event of an object waits at most this long for an earlier one still being
+    # retried; then it goes anyway, and the receiver orders them by sequence.
+    webhook_order_wait_seconds: Count = 3600
+    # After a secret is rolled, the old one goes on signing for this long.
+    webhook_secret_overlap_seconds: Integer = 24 * 3600
+    webhook_connect_timeout_seconds: float = 3.0
+    webhook_timeout_seconds: float = 10.0
+    # How often beat hands new events to the endpoints (and releases held deliveries).
+    webhook_dispatch_interval_seconds: Count = 2
+
     @classmethod
     def settings_customise_sources(
         cls,

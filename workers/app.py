@@ -20,7 +20,7 @@ from workers.liveness import WORKER_ID
 from workers.routing import route_by_name
 from workers.schedule import beat_schedule
 
-TASK_MODULES = ["workers.billing", "workers.pdf", "workers.mail"]
+TASK_MODULES = ["workers.billing", "workers.pdf", "workers.mail", "workers.webhooks"]
 _flask_apps: list[Flask] = []
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from celery import Task, shared_task
 
 from billing.charging import charges, reconciliation
 from billing.customers import customers
 from billing.dunning import dunning
+from billing.events import events
 from billing.operations import queue_metrics
-from billing.platform import jobs, ledger, locks, outbox
+from billing.platform import context, jobs, ledger, locks, outbox
 from billing.refunds import refunds
 from billing.stripe_events import stripe_events
 from billing.subscriptions import subscriptions
@@ -87,3 +90,12 @@ def run_dunning() -> int:
     """The nightly dunning run (it takes the `dunning` advisory lock itself)."""
     run = dunning.run_dunning()
     return sum(run.steps.values()) if run is not None else 0
+
+
+@shared_task(name=jobs.PRUNE_EVENTS)
+def prune_events() -> int:
+    """Daily: events past their retention go, with their webhook deliveries."""
+    with locks.exclusive(jobs.PRUNE_EVENTS) as taken:
+        if not taken:
+            return 0
+        return events.prune(timedelta(days=context.settings().event_retention_days))

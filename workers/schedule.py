@@ -68,6 +68,19 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # Late is better than never: a run delayed by a backlog still runs that night.
             "options": _ahead_of_jobs(expires=12 * 3600),
         },
+        # New events to their webhook endpoints; deliveries held for order released.
+        "dispatch-events": {
+            "task": jobs.DISPATCH_EVENTS,
+            "schedule": timedelta(seconds=settings.webhook_dispatch_interval_seconds),
+            "options": _ahead_of_jobs(
+                expires=max(SWEEP_EXPIRES_AT_LEAST, 3 * settings.webhook_dispatch_interval_seconds)
+            ),
+        },
+        "prune-events": {
+            "task": jobs.PRUNE_EVENTS,
+            "schedule": crontab(minute=15, hour=settings.reconcile_hour),
+            "options": _ahead_of_jobs(expires=12 * 3600),
+        },
         # Our ledger against Stripe's own PaymentIntents: alerts on any duplicate charge.
         "reconcile-ledger": {
             "task": jobs.RECONCILE_LEDGER,

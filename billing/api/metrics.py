@@ -31,6 +31,7 @@ from billing.operations import monitoring, queues
 from billing.platform import context
 from billing.platform.logging import get_logger
 from billing.platform.metrics_multiprocess import shares_values
+from billing.webhooks import deliveries
 
 log = get_logger(__name__)
 
@@ -130,6 +131,26 @@ class ServiceStateCollector(Collector):
         )
         for (queue, state), count in sorted(dead_letters.items()):
             family.add_metric([queue, state], count)
+        yield family
+        yield from self._webhooks(errors)
+
+    def _webhooks(self, errors: dict[str, int]) -> Iterator[Metric]:
+        try:
+            ages = deliveries.oldest_undelivered_ages()
+        except Exception as exc:  # noqa: BLE001 - a scrape reports the failure, never a 500
+            errors["database"] = 1
+            log.warning("metrics.database_unavailable", error=str(exc))
+            return
+        finally:
+            _end_read()
+        family = GaugeMetricFamily(
+            "billing_webhook_oldest_undelivered_event_age_seconds",
+            "Age of the oldest event not yet delivered to an enabled webhook endpoint, per "
+            "endpoint (endpoints with nothing undelivered are left out).",
+            labels=["endpoint"],
+        )
+        for endpoint_id, age in sorted(ages.items()):
+            family.add_metric([endpoint_id], age)
         yield family
 
 

@@ -25,6 +25,7 @@ from billing.domain.money import (
     known_currencies,
     normalize_currency,
 )
+from billing.events.rules import EventType
 from billing.invoicing.rules import (
     MAX_LINES_PER_INVOICE,
     MAX_TAX_RATE,
@@ -597,3 +598,129 @@ class SubscriptionList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --- events and webhook endpoints -----------------------------------------------------------
+
+UnixTime = Annotated[int, Field(ge=0, le=2**40)]
+
+
+class EventListQuery(ListQuery):
+    type: EventType | None = None
+    object_id: ObjectId | None = None
+    created_gte: UnixTime | None = Field(default=None, description="Created at or after.")
+    created_lte: UnixTime | None = Field(default=None, description="Created at or before.")
+
+
+class EventData(BaseModel):
+    object_type: Literal["customer", "invoice", "refund", "subscription", "email"]
+    object: dict[str, Any] = Field(description="The object as the API showed it then.")
+
+
+class EventRequest(BaseModel):
+    id: str | None
+
+
+class EventOut(BaseModel):
+    id: str
+    object: Literal["event"] = "event"
+    type: EventType
+    created: int
+    sequence: int = Field(
+        description="Grows with each event of the same object (not contiguous): a receiver "
+        "drops an event older than the newest it applied for that object."
+    )
+    customer: str | None
+    data: EventData
+    request: EventRequest
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventOut]
+    has_more: bool
+
+
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+EnabledEvents = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+    Field(min_length=1, max_length=len(EventType) + 1, description='Event types, or ["*"].'),
+]
+WebhookDescription = Annotated[Text, StringConstraints(max_length=500)]
+
+
+class WebhookEndpointCreate(Strict):
+    url: WebhookUrl
+    enabled_events: EnabledEvents
+    description: WebhookDescription | None = None
+    enabled: bool = True
+
+
+class WebhookEndpointUpdate(Strict):
+    """Only the fields sent change; description can be null (cleared)."""
+
+    model_config = ConfigDict(json_schema_extra=_drop_null_defaults)
+
+    url: WebhookUrl = None  # type: ignore[assignment]
+    enabled_events: EnabledEvents = None  # type: ignore[assignment]
+    description: WebhookDescription | None = None
+    enabled: bool = None  # type: ignore[assignment]
+
+
+class RollSecret(Strict):
+    overlap_seconds: Annotated[int, Field(ge=0, le=7 * 24 * 3600)] | None = Field(
+        default=None,
+        description="How long the current secrets keep signing (default: the setting).",
+    )
+
+
+class WebhookEndpointOut(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    enabled_events: list[str]
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None
+    created: int
+    secret: str | None = Field(
+        default=None, description="The signing secret: shown only when created or rolled."
+    )
+
+
+class WebhookEndpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[WebhookEndpointOut]
+    has_more: bool
+
+
+class WebhookDeliveryListQuery(ListQuery):
+    state: Literal["waiting", "pending", "succeeded", "failed", "canceled"] | None = None
+
+
+class WebhookAttemptOut(BaseModel):
+    outcome: Literal["delivered", "failed", "gone", "refused"]
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    response_excerpt: str | None
+    created: int
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    endpoint: str
+    event: str
+    event_sequence: int
+    state: Literal["waiting", "pending", "succeeded", "failed", "canceled"]
+    attempts: list[WebhookAttemptOut]
+    next_attempt: int | None
+    created: int
+    finished_at: int | None
+
+
+class WebhookDeliveryList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[WebhookDeliveryOut]
+    has_more: bool

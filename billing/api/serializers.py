@@ -28,6 +28,9 @@ from billing.models import (
     Price,
     Refund,
     Subscription,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 
@@ -294,4 +297,45 @@ def dunning_preview_out(invoice_id: str, steps: list[DunningStep]) -> schemas.Du
             )
             for step in steps
         ],
+    )
+
+
+def webhook_endpoint_out(
+    endpoint: WebhookEndpoint, *, secret: str | None = None
+) -> schemas.WebhookEndpointOut:
+    return schemas.WebhookEndpointOut(
+        id=endpoint.id,
+        url=endpoint.url,
+        enabled_events=list(endpoint.event_types),
+        description=endpoint.description,
+        enabled=endpoint.enabled,
+        disabled_reason=endpoint.disabled_reason,
+        created=_ts(endpoint.created_at) or 0,
+        secret=secret,
+    )
+
+
+def webhook_delivery_out(
+    delivery: WebhookDelivery, attempts: list[WebhookAttempt]
+) -> schemas.WebhookDeliveryOut:
+    return schemas.WebhookDeliveryOut(
+        id=delivery.id,
+        endpoint=delivery.endpoint_id,
+        event=delivery.event_id,
+        event_sequence=delivery.sequence,
+        state=delivery.state,  # type: ignore[arg-type]
+        attempts=[
+            schemas.WebhookAttemptOut(
+                outcome=a.outcome,  # type: ignore[arg-type]
+                status_code=a.status_code,
+                duration_ms=a.duration_ms,
+                error=a.error,
+                response_excerpt=a.response_excerpt,
+                created=_ts(a.created_at) or 0,
+            )
+            for a in attempts
+        ],
+        next_attempt=_ts(delivery.next_attempt_at),
+        created=_ts(delivery.created_at) or 0,
+        finished_at=_ts(delivery.finished_at),
     )

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,10 +37,13 @@ from billing.adapters.stripe_gateway import (
 )
 from billing.charging import rules as charge_rules
 from billing.charging.rules import ChargeStatus
+from billing.charging.store import ChargeStore, ChargeWork, Counter
 from billing.documents import documents
 from billing.domain.money import AmountNotChargeable, UnknownCurrency, to_stripe_amount
 from billing.dunning import delinquency
 from billing.dunning import schedule as dunning_schedule
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.invoicing import rules as invoice_rules
 from billing.invoicing.rules import InvoiceStatus
@@ -76,7 +80,7 @@ AMOUNT_MISMATCH = "amount_mismatch"
 
 
 # Applies an outcome to the locked attempt and invoice, inside the recording transaction.
-Apply = Callable[[ChargeAttempt, Invoice], None]
+Apply = Callable[[ChargeStore, ChargeAttempt, Invoice], None]
 
 
 class InvoiceNotPayable(Conflict):
@@ -230,14 +234,14 @@ def request_charge(
 # --- the charge job ---------------------------------------------------------------------
 
 
-def _finish_attempt(attempt: ChargeAttempt, status: str) -> None:
+def _finish_attempt(store: ChargeStore, attempt: ChargeAttempt, status: str) -> None:
     """The one change of an attempt's status once it was sent (or called off): through the
     attempt's transition table, with what the customer hears of it."""
     attempt.status = charge_rules.require_transition(attempt.status, ChargeStatus(status)).value
     if attempt.status in charge_rules.ANSWERED:
-        attempt.finished_at = func.now()
-    _notify(attempt)
-    count_on_commit(db.session(), CHARGES.labels(outcome=status))
+        attempt.finished_at = store.now()
+    store.tell_customer(attempt)
+    store.count(CHARGES.labels(outcome=status))
 
 
 def _notify(attempt: ChargeAttempt) -> None:
@@ -248,6 +252,7 @@ def _notify(attempt: ChargeAttempt) -> None:
         emails.queue_email(session, "payment_receipt", invoice, occasion=attempt.id)
         documents.request_render(session, invoice)  # the document now shows it paid
     elif attempt.status == ChargeStatus.FAILED:
+        events.record(session, EventType.INVOICE_PAYMENT_FAILED, invoice.id, invoice.customer_id)
         # One email per failed attempt (its occasion), naming dunning's next retry.
         emails.queue_email(
             session,
@@ -258,6 +263,9 @@ def _notify(attempt: ChargeAttempt) -> None:
         )
     elif attempt.status == ChargeStatus.REQUIRES_ACTION:
         emails.queue_email(session, "authentication_required", invoice, occasion=attempt.id)
+        events.record(
+            session, EventType.INVOICE_PAYMENT_ACTION_REQUIRED, invoice.id, invoice.customer_id
+        )
 
 
 @dataclass(frozen=True)
@@ -289,10 +297,85 @@ def _locked(session: Session, attempt_id: str) -> tuple[ChargeAttempt, Invoice, 
     return None if row is None else (row[0], row[1], row[2])
 
 
-def _prepare(attempt_id: str) -> _Prepared | str:
+class SqlChargeStore:
+    """The charge job's ChargeStore in production: its statements in the session's
+    transaction, as the job always ran them."""
+
+    def __init__(self, session: Session, work: JobWork | None) -> None:
+        self.session = session
+        self.work = work
+
+    def locked(self, attempt_id: str) -> tuple[ChargeAttempt, Invoice, Customer] | None:
+        return _locked(self.session, attempt_id)
+
+    def locked_attempt(self, attempt_id: str) -> ChargeAttempt | None:
+        return self.session.get(ChargeAttempt, attempt_id, with_for_update=True)
+
+    def claim(self, attempt: ChargeAttempt) -> ClaimResult:
+        return ledger.claim_in_transaction(
+            LEDGER_SCOPE, attempt.ledger_key, attempt.id, lease=context.stripe_call_lease()
+        )
+
+    def complete_claim(
+        self, claimed: ClaimResult, state: str, outcome: dict[str, Any] | None = None
+    ) -> None:
+        ledger.complete(claimed, state, outcome=outcome)
+
+    def mark_claim_unknown(self, claimed: ClaimResult, outcome: dict[str, Any]) -> bool:
+        return ledger.mark_unknown(claimed, outcome, commit=False)
+
+    def release_claim(self, claimed: ClaimResult) -> None:
+        ledger.release(claimed, commit=False)
+
+    def now(self) -> Any:
+        return func.now()
+
+    def tell_customer(self, attempt: ChargeAttempt) -> None:
+        _notify(attempt)
+
+    def invoice_paid(self, invoice: Invoice) -> None:
+        delinquency.clear_if_settled(self.session, invoice)
+        events.record(self.session, EventType.INVOICE_PAID, invoice.id, invoice.customer_id)
+
+    def count(self, counter: Counter) -> None:
+        count_on_commit(self.session, counter)
+
+    def finish_job(self) -> None:
+        if self.work is not None:
+            self.work.finish_job(self.session)
+
+
+@dataclass(frozen=True)
+class SqlChargeWork:
+    """The charge job's ChargeWork in production: the runner's JobWork, each transaction
+    the session's."""
+
+    work: JobWork
+
+    @property
+    def gateways(self) -> context.Gateways:
+        return self.work.gateways
+
+    @contextmanager
+    def transaction(self) -> Iterator[ChargeStore]:
+        with transaction() as session:
+            yield SqlChargeStore(session, self.work)
+
+
+def charge_work(work: JobWork | ChargeWork | None = None) -> ChargeWork:
+    """The charge job's unit of work: the runner's JobWork (or none, outside a job) runs
+    on PostgreSQL; any other ChargeWork (an in-memory one, in a test) is used as it is."""
+    if work is None:
+        return SqlChargeWork(JobWork.outside_a_job())
+    if isinstance(work, JobWork):
+        return SqlChargeWork(work)
+    return work
+
+
+def _prepare(attempt_id: str, work: ChargeWork | None = None) -> _Prepared | str:
     """Phase 1: what to send, or the attempt's status when there is nothing (more) to send."""
-    with transaction() as session:
-        locked = _locked(session, attempt_id)
+    with (work or charge_work()).transaction() as store:
+        locked = store.locked(attempt_id)
         if locked is None:
             return "missing"
         attempt, invoice, customer = locked
@@ -300,7 +383,7 @@ def _prepare(attempt_id: str) -> _Prepared | str:
             return attempt.status
         if invoice.status not in PAYABLE and attempt.status == ChargeStatus.PENDING:
             # Nothing was sent for this attempt yet: it can simply be called off.
-            _finish_attempt(attempt, ChargeStatus.CANCELED)
+            _finish_attempt(store, attempt, ChargeStatus.CANCELED)
             log.info("charge.canceled", attempt_id=attempt_id, invoice_status=invoice.status)
             return "canceled"
         if not customer.stripe_customer_id:
@@ -308,11 +391,9 @@ def _prepare(attempt_id: str) -> _Prepared | str:
         if not customer.default_payment_method and attempt.status == ChargeStatus.PENDING:
             attempt.decline_code = "no_payment_method"
             attempt.failure_message = "The customer has no default payment method."
-            _finish_attempt(attempt, "failed")
+            _finish_attempt(store, attempt, "failed")
             return "failed"
-        claimed = ledger.claim_in_transaction(
-            LEDGER_SCOPE, attempt.ledger_key, attempt.id, lease=context.stripe_call_lease()
-        )
+        claimed = store.claim(attempt)
         if claimed.claim is Claim.DONE:
             return attempt.status  # recorded already, in the same commit as the attempt
         if attempt.status == ChargeStatus.PENDING:
@@ -335,11 +416,11 @@ def _prepare(attempt_id: str) -> _Prepared | str:
         )
 
 
-def execute_charge(attempt_id: str, *, work: JobWork | None = None) -> str:
+def execute_charge(attempt_id: str, *, work: JobWork | ChargeWork | None = None) -> str:
     """The `billing.charge_invoice` job. Returns the attempt's status afterwards."""
-    work = work or JobWork.outside_a_job()
+    work = charge_work(work)
     # Committed either way: nothing is held open across the network.
-    prepared = _prepare(attempt_id)
+    prepared = _prepare(attempt_id, work)
     if prepared == "requires_action":
         return _follow_up_authentication(work, attempt_id)
     if isinstance(prepared, str):
@@ -354,16 +435,16 @@ def execute_charge(attempt_id: str, *, work: JobWork | None = None) -> str:
         try:
             found = find_intent_for_attempt(gateway, known_intent, ledger_key)
         except StripeUnavailable as exc:
-            _record_unknown(attempt_id, claimed, str(exc))
+            _record_unknown(work, attempt_id, claimed, str(exc))
             raise TransientJobError(f"Stripe unavailable while reconciling: {exc}") from exc
         if found is not None:
             log.info("charge.reconciled", attempt_id=attempt_id, intent_status=found.status)
             return _record_answer(work, attempt_id, claimed, prepared, found)
     if not prepared.may_create:
         # Stripe never got it, and the invoice is settled or void meanwhile: call it off.
-        def called_off(attempt: ChargeAttempt, invoice: Invoice) -> None:
+        def called_off(store: ChargeStore, attempt: ChargeAttempt, invoice: Invoice) -> None:
             attempt.failure_message = f"called off: the invoice became {invoice.status}"
-            _finish_attempt(attempt, "canceled")
+            _finish_attempt(store, attempt, "canceled")
 
         return _record(work, attempt_id, claimed, "canceled", called_off)
 
@@ -396,20 +477,21 @@ def execute_charge(attempt_id: str, *, work: JobWork | None = None) -> str:
         # Nothing was sent: a currency recorded before only Stripe's were accepted.
         return _record_failure(work, attempt_id, claimed, "currency_not_supported", str(exc), None)
     except StripeUnavailable as exc:
-        _record_unknown(attempt_id, claimed, str(exc))
+        _record_unknown(work, attempt_id, claimed, str(exc))
         raise TransientJobError(f"Stripe's answer was lost; reconciling: {exc}") from exc
     except StripeRateLimited:
         # Stripe did not act. A first claim is let go, so the job's next run goes
         # straight ahead instead of waiting out the lease; a resumed one (an earlier
         # outcome unknown) keeps it, so that its next run asks Stripe first.
         if claimed.claim is Claim.NEW:
-            ledger.release(claimed)
+            with work.transaction() as store:
+                store.release_claim(claimed)
         raise
     return _record_answer(work, attempt_id, claimed, prepared, intent)
 
 
 def _record_answer(
-    work: JobWork,
+    work: ChargeWork,
     attempt_id: str,
     claimed: ClaimResult,
     prepared: _Prepared,
@@ -451,12 +533,12 @@ def _mismatched(intent: PaymentIntentResult, message: str, source: str) -> Apply
     """Record an attempt whose PaymentIntent is for another amount or currency: failed with
     its own code, the invoice left unpaid; loud, because money may have moved."""
 
-    def record(attempt: ChargeAttempt, invoice: Invoice) -> None:
+    def record(store: ChargeStore, attempt: ChargeAttempt, invoice: Invoice) -> None:
         attempt.stripe_payment_intent_id = intent.id or attempt.stripe_payment_intent_id
         attempt.decline_code = AMOUNT_MISMATCH
         attempt.failure_message = message[:500]
-        _finish_attempt(attempt, "failed")
-        count_on_commit(db.session(), AMOUNT_MISMATCHES.labels(source=source))
+        _finish_attempt(store, attempt, "failed")
+        store.count(AMOUNT_MISMATCHES.labels(source=source))
         log.error(
             "charge.amount_mismatch",
             attempt_id=attempt.id,
@@ -474,7 +556,7 @@ def _mismatched(intent: PaymentIntentResult, message: str, source: str) -> Apply
 
 
 def _record_mismatch(
-    work: JobWork,
+    work: ChargeWork,
     attempt_id: str,
     claimed: ClaimResult,
     intent: PaymentIntentResult,
@@ -502,7 +584,7 @@ def _cancel_leftover_intent(gateway: StripeGateway, ledger_key: str, intent_id: 
         log.warning("charge.cancel_declined_intent_failed", ledger_key=ledger_key, error=str(exc))
 
 
-def _follow_up_authentication(work: JobWork, attempt_id: str) -> str:
+def _follow_up_authentication(work: ChargeWork, attempt_id: str) -> str:
     """An attempt waiting for 3-D Secure: ask Stripe whether the customer finished (in case
     the webhook was lost), and past the deadline cancel the intent and fail the attempt,
     so that the invoice can be charged again (dunning) instead of waiting forever."""
@@ -549,11 +631,11 @@ def find_intent_for_attempt(
     return next((i for i in found if i.status == "succeeded"), found[0])
 
 
-def _record_unknown(attempt_id: str, claimed: ClaimResult, error: str) -> None:
-    with transaction() as session:
-        if not ledger.mark_unknown(claimed, {"error": error[:500]}, commit=False):
+def _record_unknown(work: ChargeWork, attempt_id: str, claimed: ClaimResult, error: str) -> None:
+    with work.transaction() as store:
+        if not store.mark_claim_unknown(claimed, {"error": error[:500]}):
             return
-        attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
+        attempt = store.locked_attempt(attempt_id)
         assert attempt is not None
         attempt.status = charge_rules.require_transition(attempt.status, ChargeStatus.UNKNOWN).value
         attempt.failure_message = f"outcome unknown, reconciling: {error[:300]}"
@@ -562,17 +644,17 @@ def _record_unknown(attempt_id: str, claimed: ClaimResult, error: str) -> None:
 
 
 def _failed(code: str, message: str, intent_id: str | None) -> Apply:
-    def failed(attempt: ChargeAttempt, invoice: Invoice) -> None:
+    def failed(store: ChargeStore, attempt: ChargeAttempt, invoice: Invoice) -> None:
         attempt.decline_code = code
         attempt.failure_message = message
         attempt.stripe_payment_intent_id = intent_id or attempt.stripe_payment_intent_id
-        _finish_attempt(attempt, "failed")
+        _finish_attempt(store, attempt, "failed")
 
     return failed
 
 
 def _record_failure(
-    work: JobWork,
+    work: ChargeWork,
     attempt_id: str,
     claimed: ClaimResult,
     code: str,
@@ -583,12 +665,12 @@ def _record_failure(
 
 
 def _needs_action(intent: PaymentIntentResult) -> Apply:
-    def needs_action(attempt: ChargeAttempt, invoice: Invoice) -> None:
+    def needs_action(store: ChargeStore, attempt: ChargeAttempt, invoice: Invoice) -> None:
         attempt.stripe_payment_intent_id = intent.id
         attempt.next_action = intent.next_action
         attempt.client_secret = intent.client_secret
         attempt.failure_message = "The customer must authenticate this payment."
-        _finish_attempt(attempt, "requires_action")
+        _finish_attempt(store, attempt, "requires_action")
 
     return needs_action
 
@@ -609,63 +691,64 @@ def _outcome(intent: PaymentIntentResult) -> tuple[str, Apply] | None:
 
 
 def _record_intent(
-    work: JobWork, attempt_id: str, claimed: ClaimResult, intent: PaymentIntentResult
+    work: JobWork | ChargeWork, attempt_id: str, claimed: ClaimResult, intent: PaymentIntentResult
 ) -> str:
+    work = charge_work(work)
     outcome = _outcome(intent)
     if outcome is not None:
         status, apply = outcome
         return _record(work, attempt_id, claimed, status, apply)
     # Not final yet: ask again later.
-    with transaction() as session:
-        attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
+    with work.transaction() as store:
+        attempt = store.locked_attempt(attempt_id)
         assert attempt is not None
         attempt.stripe_payment_intent_id = intent.id
-    _record_unknown(attempt_id, claimed, f"payment intent is {intent.status}")
+    _record_unknown(work, attempt_id, claimed, f"payment intent is {intent.status}")
     raise TransientJobError(f"payment intent {intent.id} is still {intent.status}")
 
 
 def _apply_success(intent: PaymentIntentResult) -> Apply:
-    def succeeded(attempt: ChargeAttempt, invoice: Invoice) -> None:
+    def succeeded(store: ChargeStore, attempt: ChargeAttempt, invoice: Invoice) -> None:
         attempt.stripe_payment_intent_id = intent.id
         attempt.decline_code = None
         attempt.failure_message = None
-        _finish_attempt(attempt, "succeeded")
+        _finish_attempt(store, attempt, "succeeded")
         # The attempt's own amount: an intent for any other is never recorded as paid.
-        mark_invoice_paid(invoice, attempt.amount)
+        mark_invoice_paid(store, invoice, attempt.amount)
 
     return succeeded
 
 
-def mark_invoice_paid(invoice: Invoice, amount: int) -> None:
+def mark_invoice_paid(store: ChargeStore, invoice: Invoice, amount: int) -> None:
     """Money arrived for this invoice. Never moves an invoice backwards; a payment on a
     void invoice is recorded on its attempt and logged for an operator to refund."""
     if invoice.status in PAYABLE:
         invoice.amount_paid = min(invoice.total, invoice.amount_paid + amount)
         invoice.status = invoice_rules.require_transition(invoice.status, InvoiceStatus.PAID).value
-        invoice.paid_at = func.now()
-        delinquency.clear_if_settled(db.session(), invoice)
+        invoice.paid_at = store.now()
+        store.invoice_paid(invoice)
         log.info("invoice.paid", invoice_id=invoice.id, amount=amount)
     elif invoice.status == InvoiceStatus.VOID.value:
         log.error("charge.succeeded_on_void_invoice", invoice_id=invoice.id, amount=amount)
 
 
 def _record(
-    work: JobWork, attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: Apply
+    work: ChargeWork, attempt_id: str, claimed: ClaimResult, ledger_state: str, apply: Apply
 ) -> str:
     try:
-        with transaction() as session:
-            locked = _locked(session, attempt_id)
+        with work.transaction() as store:
+            locked = store.locked(attempt_id)
             assert locked is not None
             attempt, invoice, _ = locked
             try:
-                apply(attempt, invoice)
+                apply(store, attempt, invoice)
             except charge_rules.IllegalChargeTransition:
                 # Stripe's webhook recorded this attempt's outcome while this run held the
                 # claim, and overruled it: the ledger says so (LeaseLost). Anything else
                 # is a real refusal, and rolls back.
-                ledger.complete(claimed, "failed")
+                store.complete_claim(claimed, "failed")
                 raise
-            ledger.complete(
+            store.complete_claim(
                 claimed,
                 "failed" if ledger_state in ("failed", "canceled") else "succeeded",
                 outcome={
@@ -675,7 +758,7 @@ def _record(
             )
             # The charge job's last write (only the charge job records an outcome here):
             # the job ends in the same commit as its attempt.
-            work.finish_job(session)
+            store.finish_job()
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"attempt {attempt_id} was taken over; it records") from exc
     log.info("charge.recorded", attempt_id=attempt_id, status=ledger_state)
@@ -692,6 +775,8 @@ def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> st
     money did arrive after all."""
     found = _outcome(intent)
     with transaction() as session:
+        # Stripe's word on its own: no job ends with it.
+        store = SqlChargeStore(session, None)
         attempt = session.get(ChargeAttempt, attempt_id, with_for_update=True)
         if attempt is None or found is None:
             return "ignored"
@@ -718,10 +803,10 @@ def apply_intent_from_stripe(attempt_id: str, intent: PaymentIntentResult) -> st
         if mismatch is not None:
             if attempt.decline_code == AMOUNT_MISMATCH:
                 return "ignored"  # recorded already, by the charge job or an earlier event
-            _mismatched(intent, mismatch, "webhook")(attempt, invoice)
+            _mismatched(intent, mismatch, "webhook")(store, attempt, invoice)
             outcome = "failed"
         else:
-            apply(attempt, invoice)
+            apply(store, attempt, invoice)
         ledger.overrule(
             LEDGER_SCOPE,
             attempt.ledger_key,

@@ -250,6 +250,7 @@ def register_cli(app: Flask) -> None:
     from billing.cli.invoices import invoices_group
     from billing.cli.reconcile import reconcile_command
     from billing.cli.status import beat_group, outbox_status_command, queues_command
+    from billing.cli.webhook_deliveries import webhook_deliveries_group
 
     outbox_group.add_command(outbox_status_command)
     for command in (
@@ -258,6 +259,7 @@ def register_cli(app: Flask) -> None:
         outbox_group,
         dead_letters_group,
         webhooks_group,
+        webhook_deliveries_group,
         invoices_group,
         reconcile_command,
         queues_command,

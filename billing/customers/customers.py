@@ -10,6 +10,8 @@ from sqlalchemy import exists, select
 from billing.adapters.stripe_gateway import StripeRateLimited, StripeRejected, StripeUnavailable
 from billing.domain import metadata
 from billing.domain.money import normalize_currency
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.models import Customer, Invoice
 from billing.platform import context, jobs, ledger
@@ -93,6 +95,7 @@ def create_customer(fields: CustomerFields) -> tuple[Customer, str]:
         session.add(customer)
         session.flush()
         job_id = record_job(session, jobs.SYNC_CUSTOMER, customer_id=customer.id)
+        events.record(session, EventType.CUSTOMER_CREATED, customer.id, customer.id)
     log.info("customer.created", customer_id=customer.id, job_id=job_id)
     return customer, job_id
 
@@ -128,6 +131,7 @@ def update_customer(
             except metadata.MetadataTooLarge as exc:
                 # Raised inside the transaction: the other fields' changes roll back too.
                 raise MetadataLimitExceeded(str(exc), param=exc.param) from exc
+        events.record(session, EventType.CUSTOMER_UPDATED, customer.id, customer.id)
     log.info("customer.updated", customer_id=customer_id, fields=sorted(changes))
     return customer
 
@@ -241,5 +245,6 @@ def set_default_payment_method(
         customer = get_customer(customer_id)
         session.refresh(customer, with_for_update=True)
         customer.default_payment_method = payment_method
+        events.record(session, EventType.CUSTOMER_UPDATED, customer.id, customer.id)
     log.info("customer.payment_method_set", customer_id=customer_id)
     return customer

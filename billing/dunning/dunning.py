@@ -37,6 +37,8 @@ from billing.dunning.schedule import (
     policy,
     recorded_steps,
 )
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.invoicing.invoices import record_uncollectible
 from billing.invoicing.rules import InvoiceStatus
@@ -149,6 +151,8 @@ def _take_steps(invoice_ids: Sequence[str], today: date) -> Counter[str]:
         records: list[dict[str, Any]] = []
         retries: list[tuple[dict[str, Any], Invoice]] = []
         reminders: list[emails.EmailRequest] = []
+        overdue: dict[str, str] = {}
+        steps_taken: list[tuple[str, str]] = []
         with session.no_autoflush:
             for invoice_id, step in wanted:
                 if ledger_key(invoice_id, step.key) not in claimed:
@@ -157,8 +161,11 @@ def _take_steps(invoice_ids: Sequence[str], today: date) -> Counter[str]:
                 record = _record_of(invoice, step, today)
                 records.append(record)
                 taken[step.action.value if step.status is StepStatus.PLANNED else "skipped"] += 1
+                if facts[invoice_id].first_step_past_due(step):
+                    overdue[invoice_id] = invoice.customer_id
                 if step.status is StepStatus.SKIPPED:
                     continue
+                steps_taken.append((invoice_id, invoice.customer_id))
                 if step.action is StepAction.RETRY_CHARGE:
                     retries.append((record, invoice))
                 elif step.action is StepAction.SEND_REMINDER:
@@ -187,6 +194,8 @@ def _take_steps(invoice_ids: Sequence[str], today: date) -> Counter[str]:
         emails.queue_emails(session, reminders)
         if records:
             session.execute(insert(DunningStepRecord.__table__), records)
+        events.record_many(session, EventType.INVOICE_OVERDUE, list(overdue.items()))
+        events.record_many(session, EventType.DUNNING_STEP_TAKEN, steps_taken)
     return taken
 
 

@@ -77,6 +77,16 @@ class DunningFacts:
     attempt_in_flight: bool = False
     recorded: Mapping[str, RecordedStep] = field(default_factory=dict)
 
+    def first_step_past_due(self, step: DunningStep) -> bool:
+        """Taking `step` is when the invoice is first seen overdue: no step taken so far
+        fell after its due date, and this one does."""
+        due = self.due_date
+        return (
+            due is not None
+            and step.on > due
+            and not any(recorded.on > due for recorded in self.recorded.values())
+        )
+
     @property
     def hard_decline(self) -> str | None:
         if self.declined_method_still_on_file and is_hard_decline(self.last_decline_code):

@@ -33,6 +33,8 @@ from billing.documents import documents
 from billing.domain import parties
 from billing.domain.money import AmountNotChargeable, charge_step, normalize_currency
 from billing.dunning.schedule import next_payment_attempts
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.invoicing import rules
 from billing.invoicing.rules import CollectionMethod, InvoiceStatus
@@ -250,14 +252,24 @@ def list_invoices(
     if starting_after is not None:
         query = query.where(Invoice.id < starting_after)
     rows = db.session.execute(query.order_by(Invoice.id.desc()).limit(limit + 1)).all()
-    invoices = {row.id: ShownInvoice(*row) for row in rows[:limit]}
+    invoices = _with_lines_and_attempts({row.id: ShownInvoice(*row) for row in rows[:limit]})
+    return Page(items=list(invoices.values()), has_more=len(rows) > limit)
+
+
+def shown_invoices(session: Session, invoice_ids: Sequence[str]) -> dict[str, ShownInvoice]:
+    """These invoices as a response shows them, by id: three statements however many."""
+    rows = session.execute(select(*_INVOICE_COLUMNS).where(Invoice.id.in_(invoice_ids))).all()
+    return _with_lines_and_attempts({row.id: ShownInvoice(*row) for row in rows})
+
+
+def _with_lines_and_attempts(invoices: dict[str, ShownInvoice]) -> dict[str, ShownInvoice]:
     if invoices:
         connection = db.session.connection()
         for row in _LINES_OF.execute(connection, {"b_invoice_ids": list(invoices)}):
             line = ShownLine._make(row)
             invoices[line.invoice_id].lines.append(line)
         _add_charge_attempts(connection, invoices)
-    return Page(items=list(invoices.values()), has_more=len(rows) > limit)
+    return invoices
 
 
 @dataclass(frozen=True)
@@ -393,6 +405,8 @@ def create_invoice(fields: InvoiceFields) -> Invoice:
             _add_line(invoice, line)
         _recompute_totals(invoice)
         session.add(invoice)
+        session.flush()
+        events.record(session, EventType.INVOICE_CREATED, invoice.id, invoice.customer_id)
     log.info("invoice.created", invoice_id=invoice.id, customer_id=invoice.customer_id)
     return invoice
 
@@ -532,6 +546,7 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
     drafts = session.execute(
         select(
             _invoices.c.id,
+            _invoices.c.customer_id,
             _invoices.c.status,
             _invoices.c.total,
             _invoices.c.currency,
@@ -577,6 +592,13 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
     # its invoice (key share), and updating a row this transaction has locked costs more.
     charges.start_attempts(session, charged, source="automatic")
     documents.request_renders(session, ids)
+    customers = {draft.id: draft.customer_id for draft in drafts}
+    events.record_many(session, EventType.INVOICE_FINALIZED, list(customers.items()))
+    events.record_many(
+        session,
+        EventType.INVOICE_PAID,
+        [(i, customers[i]) for i, status, _ in finalized if status is InvoiceStatus.PAID],
+    )
 
 
 class PaymentInProgress(Conflict):
@@ -598,6 +620,7 @@ def void_invoice(invoice_id: str) -> Invoice:
                     param="id",
                 )
         invoice.voided_at = func.now()
+        events.record(session, EventType.INVOICE_VOIDED, invoice.id, invoice.customer_id)
     log.info("invoice.voided", invoice_id=invoice_id)
     return invoice
 
@@ -620,3 +643,6 @@ def record_uncollectible(invoice: Invoice) -> None:
     clock, which dunning's tests move."""
     _transition(invoice, InvoiceStatus.UNCOLLECTIBLE)
     invoice.marked_uncollectible_at = _now()
+    events.record(
+        db.session(), EventType.INVOICE_MARKED_UNCOLLECTIBLE, invoice.id, invoice.customer_id
+    )

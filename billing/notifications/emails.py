@@ -22,10 +22,13 @@ from typing import Any
 from babel.dates import format_date
 from flask_mail import Message
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Connection,
     String,
     bindparam,
     case,
+    cast,
     exists,
     false,
     func,
@@ -41,6 +44,8 @@ from billing.adapters.mailer import MailRejected, MailTransientError
 from billing.adapters.storage import content_in_sql
 from billing.domain import parties
 from billing.domain.money import format_money
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.models import Customer, EmailDelivery, Invoice, InvoiceDocument
 from billing.notifications.compose import compose, single_line
@@ -240,6 +245,8 @@ class Outgoing:
     kind: str
     status: str
     recipient: str
+    tries: int  # the delivery's attempts so far
+    created_at: datetime
     ledger_key: str
     message_id: str
     occasion: str
@@ -255,6 +262,7 @@ class Outgoing:
     finalized_at: datetime | None
     due_date: date | None
     paid_at: datetime | None
+    customer_id: str
     customer_name: str
     locale: str
     # The parties the invoice was issued with (None: a draft, or finalized before these
@@ -303,11 +311,15 @@ def _take_statement() -> Prebuilt:
             _deliveries.c.kind,
             _deliveries.c.status,
             _deliveries.c.recipient,
+            # Not `attempts`: the started job's column of that name comes first.
+            _deliveries.c.attempts.label("tries"),
+            _deliveries.c.created_at,
             _deliveries.c.ledger_key,
             _deliveries.c.message_id,
             _deliveries.c.occasion,
             _deliveries.c.context,
             _invoices.c.id.label("invoice_id"),
+            _invoices.c.customer_id,
             _invoices.c.number,
             _invoices.c.currency,
             _invoices.c.status.label("invoice_status"),
@@ -433,6 +445,12 @@ _DELIVERY_SENT = (
     .cte("delivery_sent")
 )
 _JOB_SUCCEEDED = outbox.job_success(_STILL_HELD)
+_EVENT_SENT = events.recorded_with(
+    _DELIVERY_SENT,
+    EventType.EMAIL_SENT,
+    # As the API shows sent_at: whole seconds of the delivery's own stamp.
+    set_in_sql={"sent_at": cast(func.floor(func.extract("epoch", func.now())), BigInteger)},
+)
 _RECORD_SENT = Prebuilt(
     select(
         *(
@@ -441,6 +459,7 @@ _RECORD_SENT = Prebuilt(
                 ("entries", _ENTRY_SENT),
                 ("deliveries", _DELIVERY_SENT),
                 ("jobs", _JOB_SUCCEEDED),
+                ("events", _EVENT_SENT),
             )
         )
     )
@@ -456,14 +475,26 @@ _DELIVERY_NOT_SENT = (
         error=bindparam("b_error", type_=String()),
         attempts=_deliveries.c.attempts + 1,
     )
-    .returning(_deliveries.c.id)
+    .returning(_deliveries.c.id, _deliveries.c.status)
     .cte("delivery_not_sent")
 )
+# Refused for good: the email's failure is an event; a deferral is not (even of a delivery
+# that failed before and is being resent).
+_DELIVERY_FAILED = (
+    select(_DELIVERY_NOT_SENT.c.id)
+    .where(bindparam("b_rejected", type_=Boolean()))
+    .cte("delivery_failed")
+)
+_EVENT_FAILED = events.recorded_with(_DELIVERY_FAILED, EventType.EMAIL_FAILED)
 _RECORD_NOT_SENT = Prebuilt(
     select(
         *(
             select(func.count()).select_from(cte).scalar_subquery().label(name)
-            for name, cte in (("entries", _ENTRY_RELEASED), ("deliveries", _DELIVERY_NOT_SENT))
+            for name, cte in (
+                ("entries", _ENTRY_RELEASED),
+                ("deliveries", _DELIVERY_NOT_SENT),
+                ("events", _EVENT_FAILED),
+            )
         )
     )
 )
@@ -478,11 +509,29 @@ def _record(
 ) -> Any:
     """Record how this try ended; its `entries` count is 0 when the claim was taken over."""
     status = after_try(mail.status, outcome)
+    error = (error or "")[:2000] if outcome is not SendOutcome.SENT else None
     params: dict[str, Any] = {
         "b_entry_id": claimed.entry_id,
         "b_attempt": claimed.attempt,
         "b_delivery_id": mail.id,
         "b_status_was": mail.status,
+        # The email as its event shows it once this statement changed it.
+        **events.event_params(
+            "email",
+            _ShownEmail(
+                mail.id,
+                mail.invoice_id,
+                mail.kind,
+                mail.recipient,
+                status.value,
+                error,
+                mail.tries + 1,
+                mail.message_id,
+                mail.created_at,
+                None,  # set by the statement itself when sent
+            ),
+            mail.customer_id,
+        ),
     }
     with work.statements() as connection:
         if outcome is SendOutcome.SENT:
@@ -498,8 +547,30 @@ def _record(
                 work.job_finished()
             return recorded
         return _RECORD_NOT_SENT.execute(
-            connection, {**params, "b_status": status.value, "b_error": (error or "")[:2000]}
+            connection,
+            {
+                **params,
+                "b_status": status.value,
+                "b_error": error,
+                "b_rejected": outcome is SendOutcome.REJECTED,
+            },
         ).one()
+
+
+@dataclass(frozen=True)
+class _ShownEmail:
+    """A delivery's fields as one try leaves them, for its event's snapshot."""
+
+    id: str
+    invoice_id: str
+    kind: str
+    recipient: str
+    status: str
+    error: str | None
+    attempts: int
+    message_id: str
+    created_at: datetime
+    sent_at: datetime | None
 
 
 def _buyer_name(mail: Outgoing) -> str:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from billing.adapters.storage import DocumentStorage
     from billing.adapters.stripe_gateway import StripeGateway
     from billing.adapters.task_queue import JobPublisher
+    from billing.adapters.webhook_http import WebhookSender
 
 
 def settings() -> Settings:
@@ -43,6 +44,10 @@ def document_storage() -> DocumentStorage:
     return cast("DocumentStorage", current_app.extensions["billing.storage"])
 
 
+def webhook_sender() -> WebhookSender:
+    return cast("WebhookSender", current_app.extensions["billing.webhook_sender"])
+
+
 @dataclass(frozen=True)
 class Gateways:
     """The outside world a use case talks to, handed in by its caller (the job runner);
@@ -51,10 +56,11 @@ class Gateways:
     stripe: StripeGateway
     mailer: SmtpMailer
     storage: DocumentStorage
+    webhooks: WebhookSender
 
 
 def gateways() -> Gateways:
-    return Gateways(stripe_gateway(), mailer(), document_storage())
+    return Gateways(stripe_gateway(), mailer(), document_storage(), webhook_sender())
 
 
 def stripe_call_lease() -> timedelta:

@@ -6,7 +6,7 @@ each name. The queue is the name's first segment, so routing needs no table.
 
 from __future__ import annotations
 
-QUEUES = ("billing", "pdf", "mail")
+QUEUES = ("billing", "pdf", "mail", "webhooks")
 
 # Broker priorities (kombu's Redis transport: a lower number is taken first). Beat's own
 # tasks (the outbox sweeper, the charge reconciler...) jump the queue's backlog: they are
@@ -28,6 +28,10 @@ RUN_BILLING = "billing.run_billing"
 RUN_DUNNING = "billing.run_dunning"
 PUBLISH_QUEUE_METRICS = "billing.publish_queue_metrics"
 RECONCILE_LEDGER = "billing.reconcile_ledger"
+PRUNE_EVENTS = "billing.prune_events"
+SEND_SELLER_NOTICE = "mail.send_seller_notice"
+DELIVER_WEBHOOK = "webhooks.deliver"
+DISPATCH_EVENTS = "webhooks.dispatch_events"
 
 
 def queue_for(job_name: str) -> str:

@@ -151,7 +151,9 @@ def claim_found(
         return ClaimResult(claimed, claimed_id, claimed_attempt, LedgerState.STARTED)
     if earlier is not None:
         lease_left = float(earlier["lease_left"])
-        found = _found(earlier["state"], earlier["fingerprint"] == fingerprint, lease_left)
+        found = existing_entry_claim(
+            earlier["state"], earlier["fingerprint"] == fingerprint, lease_left
+        )
         if found is not Claim.RESUMED:
             return ClaimResult(
                 found,
@@ -233,7 +235,7 @@ def usable(
     return claimed
 
 
-def _found(state: str, same_fingerprint: bool, lease_left: float) -> Claim:
+def existing_entry_claim(state: str, same_fingerprint: bool, lease_left: float) -> Claim:
     """What an entry that exists already means for a new attempt on its key."""
     if not same_fingerprint:
         return Claim.MISMATCH
@@ -252,7 +254,7 @@ def _claim_existing(entry: LedgerEntry, fingerprint: str, lease: timedelta) -> C
             )
         ).scalar_one()
     )
-    found = _found(entry.state, entry.fingerprint == fingerprint, lease_left)
+    found = existing_entry_claim(entry.state, entry.fingerprint == fingerprint, lease_left)
     if found is Claim.MISMATCH:
         return ClaimResult(Claim.MISMATCH, entry.id, entry.attempt, entry.state)
     if found is Claim.DONE:
@@ -386,9 +388,10 @@ def mark_unknown(
     return True
 
 
-def release(claimed: ClaimResult) -> None:
+def release(claimed: ClaimResult, *, commit: bool = True) -> None:
     """Forget a claim whose attempt changed nothing, so the same key may be used afresh.
-    Only a still-running claim of this very attempt is deleted, never a recorded outcome."""
+    Only a still-running claim of this very attempt is deleted, never a recorded outcome.
+    In a transaction of its own by default, or in the caller's (commit=False)."""
     session = db.session()
     session.execute(
         delete(LedgerEntry).where(
@@ -397,7 +400,8 @@ def release(claimed: ClaimResult) -> None:
             LedgerEntry.state == LedgerState.STARTED,
         )
     )
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def purge_expired(batch: int = 5000) -> int:

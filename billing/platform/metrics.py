@@ -75,6 +75,15 @@ AMOUNT_MISMATCHES = Counter(
 )
 
 
+WEBHOOK_DELIVERIES = Counter(
+    "billing_webhook_deliveries_total",
+    "Tries at delivering an event to a webhook endpoint, by outcome: delivered (2xx), "
+    "failed (any other answer, or none; retried), gone (410; the endpoint is disabled), "
+    "refused (its URL now resolves to an address we do not send to).",
+    ["outcome"],
+)
+
+
 class _Incrementable(Protocol):
     def inc(self, amount: float = 1) -> Any: ...
 

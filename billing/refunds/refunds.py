@@ -12,6 +12,8 @@ from billing.charging.rules import ChargeStatus
 from billing.documents import documents
 from billing.domain.ledger import LedgerState
 from billing.domain.money import AmountNotChargeable, UnknownCurrency, charge_step
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.models import ChargeAttempt, Invoice, Refund
 from billing.notifications import emails
@@ -175,6 +177,7 @@ def _record_success(refund_id: str, claimed: ClaimResult, result: RefundResult) 
             )
             emails.queue_email(session, "refund_issued", invoice, occasion=refund_id)
             documents.request_render(session, invoice)  # the document shows the refund
+            events.record(session, EventType.REFUND_SUCCEEDED, refund.id, invoice.customer_id)
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"refund {refund_id} was taken over") from exc
     log.info("refund.succeeded", refund_id=refund_id, stripe_refund_id=result.id)
@@ -190,6 +193,10 @@ def _record_failure(refund_id: str, claimed: ClaimResult, message: str) -> str:
             _move(refund, RefundStatus.FAILED)
             refund.failure_message = message
             refund.finished_at = func.now()
+            customer_id = session.scalar(
+                select(Invoice.customer_id).where(Invoice.id == refund.invoice_id)
+            )
+            events.record(session, EventType.REFUND_FAILED, refund.id, customer_id)
     except ledger.LeaseLost as exc:
         raise TransientJobError(f"refund {refund_id} was taken over") from exc
     log.error("refund.failed", refund_id=refund_id, error=message)

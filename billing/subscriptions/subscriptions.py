@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session, joinedload
 
 from billing.customers.customers import get_customer
 from billing.domain.money import charge_step
+from billing.events import events
+from billing.events.rules import EventType
 from billing.extensions import db
 from billing.invoicing import invoices
 from billing.invoicing import rules as invoice_rules
@@ -170,6 +172,9 @@ def create_subscription(fields: SubscriptionFields) -> Subscription:
         )
         session.add(subscription)
         session.flush()
+        events.record(
+            session, EventType.SUBSCRIPTION_CREATED, subscription.id, subscription.customer_id
+        )
         _invoice_periods(session, [(subscription, first)], clock.now())
     log.info(
         "subscription.created",
@@ -318,6 +323,11 @@ def _invoice_periods(
     # at commit, after the inserts, not before the first of them.
     with session.no_autoflush:
         session.execute(insert(Invoice.__table__), invoice_rows)
+        events.record_many(
+            session,
+            EventType.INVOICE_CREATED,
+            [(row["id"], row["customer_id"]) for row in invoice_rows],
+        )
         invoices.finalize_many(session, ids, now)
         # After the invoices' own update (finalize_many's first write): a row that refers
         # to an invoice locks it (key share), and updating a row this transaction has
@@ -447,6 +457,9 @@ def update_subscription(
                 )
         subscription.price = new_price
         subscription.quantity = new_quantity
+        events.record(
+            session, EventType.SUBSCRIPTION_UPDATED, subscription.id, subscription.customer_id
+        )
     log.info(
         "subscription.updated",
         subscription_id=subscription_id,
@@ -474,6 +487,12 @@ def cancel_subscription(subscription_id: str, *, at_period_end: bool = True) -> 
         else:
             subscription.status = SubscriptionStatus.CANCELED.value
             subscription.ended_at = now
+        events.record(
+            session,
+            EventType.SUBSCRIPTION_UPDATED if at_period_end else EventType.SUBSCRIPTION_CANCELED,
+            subscription.id,
+            subscription.customer_id,
+        )
     log.info("subscription.canceled", subscription_id=subscription_id, at_period_end=at_period_end)
     return subscription
 
@@ -504,6 +523,9 @@ def bill_next_period(subscription_id: str, now: datetime) -> str | None:
             subscription.status = SubscriptionStatus.CANCELED.value
             subscription.ended_at = subscription.current_period_end
             final = _invoice_last_adjustments(session, subscription)
+            events.record(
+                session, EventType.SUBSCRIPTION_CANCELED, subscription.id, subscription.customer_id
+            )
             log.info("subscription.ended", subscription_id=subscription_id, final_invoice=final)
             return "ended"
         following = rules.period(
@@ -512,6 +534,9 @@ def bill_next_period(subscription_id: str, now: datetime) -> str | None:
             subscription.current_period_index + 1,
         )
         _invoice_periods(session, [(subscription, following)], now)
+        events.record(
+            session, EventType.SUBSCRIPTION_UPDATED, subscription.id, subscription.customer_id
+        )
     return "invoiced"
 
 
@@ -645,6 +670,9 @@ def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
             )
             due.append((subscription, following))
         invoiced = _invoice_periods(session, due, now)
+        events.record_many(
+            session, EventType.SUBSCRIPTION_UPDATED, [(s.id, s.customer_id) for s, _ in due]
+        )
     still_due = [s.id for s, period in due if period.end <= now]
     return _ChunkOutcome(len(invoiced), still_due, one_by_one)
 

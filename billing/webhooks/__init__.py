@@ -1,1 +1,1 @@
-"""Outgoing webhooks: the events we send, signed, to the receivers our customers register."""
+"""Outgoing webhooks: endpoints the company's app registers, and signed deliveries to them."""

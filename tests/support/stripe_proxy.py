@@ -71,9 +71,7 @@ class StripeProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
-                upstream = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
-                )
+                upstream = http.client.HTTPConnection(proxy.upstream.netloc, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()

@@ -1,0 +1,66 @@
+"""How the event log shows each kind of object: exactly as this API shows it.
+
+Registered with billing.events at app creation; each loader reads its objects in the
+transaction recording the events, a fixed number of statements however many."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from billing.api.serializers import (
+    customer_out,
+    email_out,
+    invoice_body,
+    refund_out,
+    subscription_out,
+)
+from billing.events import events
+from billing.invoicing.invoices import invoice_histories, shown_invoices
+from billing.models import Customer, EmailDelivery, Refund, Subscription
+
+
+def _customers(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(select(Customer).where(Customer.id.in_(ids)))
+    return {c.id: customer_out(c).model_dump(mode="json") for c in rows}
+
+
+def _invoices(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
+    shown = shown_invoices(session, ids)
+    histories = invoice_histories(list(shown.values()))
+    return {i: invoice_body(invoice, histories[i]) for i, invoice in shown.items()}
+
+
+def _refunds(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(select(Refund).where(Refund.id.in_(ids)))
+    return {r.id: refund_out(r).model_dump(mode="json") for r in rows}
+
+
+def _subscriptions(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(
+        select(Subscription)
+        .where(Subscription.id.in_(ids))
+        .options(selectinload(Subscription.price))
+    )
+    return {s.id: subscription_out(s).model_dump(mode="json") for s in rows}
+
+
+def email_snapshot(delivery: Any) -> dict[str, Any]:
+    """An email as its invoice's `emails` list shows it, with the invoice it is about."""
+    return {**email_out(delivery).model_dump(mode="json"), "invoice": delivery.invoice_id}
+
+
+def _emails(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(select(EmailDelivery).where(EmailDelivery.id.in_(ids)))
+    return {e.id: email_snapshot(e) for e in rows}
+
+
+def register() -> None:
+    events.register_snapshot("customer", _customers)
+    events.register_snapshot("invoice", _invoices)
+    events.register_snapshot("refund", _refunds)
+    events.register_snapshot("subscription", _subscriptions)
+    events.register_snapshot("email", _emails, email_snapshot)

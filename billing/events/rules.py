@@ -1,0 +1,52 @@
+"""The events the service records, and what each is about. Pure.
+
+An event is recorded in the transaction of the change it describes, with a snapshot of
+the object as the API shows it. Its `sequence` is drawn from one counter for all events,
+after the change has locked its object's row: the events of one object therefore carry
+growing sequence numbers in the order their changes committed (with gaps, since other
+objects draw from the same counter). A receiver keeps, per object, the highest sequence it
+applied and drops anything older.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class EventType(enum.StrEnum):
+    CUSTOMER_CREATED = "customer.created"
+    CUSTOMER_UPDATED = "customer.updated"
+    INVOICE_CREATED = "invoice.created"
+    INVOICE_FINALIZED = "invoice.finalized"
+    INVOICE_PAID = "invoice.paid"
+    INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
+    INVOICE_PAYMENT_ACTION_REQUIRED = "invoice.payment_action_required"
+    INVOICE_VOIDED = "invoice.voided"
+    INVOICE_MARKED_UNCOLLECTIBLE = "invoice.marked_uncollectible"
+    INVOICE_OVERDUE = "invoice.overdue"
+    REFUND_SUCCEEDED = "refund.succeeded"
+    REFUND_FAILED = "refund.failed"
+    SUBSCRIPTION_CREATED = "subscription.created"
+    SUBSCRIPTION_UPDATED = "subscription.updated"
+    SUBSCRIPTION_CANCELED = "subscription.canceled"
+    DUNNING_STEP_TAKEN = "dunning.step_taken"
+    EMAIL_SENT = "email.sent"
+    EMAIL_FAILED = "email.failed"
+
+    @property
+    def object_type(self) -> str:
+        """The kind of object its snapshot shows: the type's first segment, except for a
+        dunning step, which is about its invoice."""
+        prefix = self.value.split(".", 1)[0]
+        return "invoice" if prefix == "dunning" else prefix
+
+
+EVENT_TYPES = tuple(t.value for t in EventType)
+OBJECT_TYPES = ("customer", "invoice", "refund", "subscription", "email")
+# A webhook endpoint subscribed to this receives every type, those added later included.
+ALL_TYPES = "*"
+
+
+def unknown_types(requested: list[str]) -> list[str]:
+    """The requested event types this service does not record (ALL_TYPES is known)."""
+    return [t for t in requested if t != ALL_TYPES and t not in EVENT_TYPES]
