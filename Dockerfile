@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every role; the command picks it (deploy/ecs/task-definitions/):
 #   web      gunicorn "billing:create_app()"                      (the default below)
-#   workers  celery -A workers worker -Q billing|pdf|mail ...
+#   workers  celery -A workers worker -Q billing|pdf|mail|webhooks ...
 #   beat     celery -A workers beat -S workers.beat:BillingRedBeatScheduler
 #   migrate  billing db upgrade
 # Build: docker build -t billing .   Lint: .venv/bin/hadolint Dockerfile (make lint)

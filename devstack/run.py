@@ -2,7 +2,7 @@
 
 PostgreSQL, Redis and a fake Stripe (localstripe) are embedded unless ``DATABASE_URL``,
 ``REDIS_URL`` or ``STRIPE_API_KEY`` say otherwise. Then the database is migrated, an admin API
-key is created, and the web server, the three Celery workers and Celery beat are started, their
+key is created, and the web server, a Celery worker per queue and Celery beat are started, their
 output interleaved on stdout with a ``[name]`` prefix. Ctrl-C (SIGINT) or SIGTERM stops
 everything; so does any child exiting, in which case the exit status is non-zero.
 

@@ -38,7 +38,8 @@ SECRET_NAMES = {
     "METRICS_TOKEN",
 }
 # Each role holds only the secrets it uses: the PDF worker, which renders customer input,
-# never holds the Stripe key; beat only sends messages.
+# and the webhooks worker, which connects to customers' URLs, never hold the Stripe key;
+# beat only sends messages.
 SECRETS_BY_ROLE = {
     "web": {
         "DATABASE_URL",
@@ -50,9 +51,12 @@ SECRETS_BY_ROLE = {
     "worker-billing": {"DATABASE_URL", "REDIS_URL", "STRIPE_API_KEY"},
     "worker-pdf": {"DATABASE_URL", "REDIS_URL"},
     "worker-mail": {"DATABASE_URL", "REDIS_URL", "MAIL_USERNAME", "MAIL_PASSWORD"},
+    "worker-webhooks": {"DATABASE_URL", "REDIS_URL"},
     "beat": {"REDIS_URL"},
     "migrate": {"DATABASE_URL"},
 }
+# The long-running roles, in the deploy order: web, every queue's worker, beat last.
+ROLES_WITH_A_SERVICE = ("web", *(f"worker-{queue}" for queue in QUEUES), "beat")
 FARGATE_MAX_STOP_TIMEOUT = 120
 # Worker options a task definition may add to the README's command: sizing only.
 SIZING_OPTIONS = {"--concurrency", "--max-tasks-per-child", "--max-memory-per-child"}
@@ -165,7 +169,7 @@ def test_every_file_is_a_valid_request_of_the_api_it_is_for(rendered):
                     assert_valid_request(service, operation, body)
         assert "${" not in json.dumps(document), f"{where}: a placeholder is left"
         checked.add(where)
-    assert len(checked) == 17
+    assert len(checked) == 20
 
 
 def test_the_validation_catches_a_misspelt_member_and_a_wrong_enum(rendered):
@@ -224,7 +228,7 @@ def test_the_definitions_register_with_moto_in_the_deploy_order(aws):
         ecs.register_task_definition(**task_definition)
     # The migration's RunTask is checked against botocore's shape above, not run here:
     # moto sums container-level memory, which Fargate task definitions need not give.
-    for role in ("web", "worker-billing", "worker-pdf", "worker-mail", "beat"):
+    for role in ROLES_WITH_A_SERVICE:
         ecs.create_service(**rendered[f"services/{role}.json"])
     for queue in QUEUES:
         scaling = rendered[f"scaling/worker-{queue}.json"]
@@ -240,7 +244,7 @@ def test_the_definitions_register_with_moto_in_the_deploy_order(aws):
     migrate = ecs.describe_task_definition(taskDefinition="billing-migrate")["taskDefinition"]
     assert container(migrate)["command"] == ["billing", "db", "upgrade"]
     assert rendered["run/migrate.json"]["taskDefinition"] == migrate["family"]
-    roles = ("web", "worker-billing", "worker-pdf", "worker-mail", "beat")
+    roles = ROLES_WITH_A_SERVICE
     services = {
         s["serviceName"]: s
         for s in ecs.describe_services(
@@ -367,10 +371,11 @@ def _readme_commands() -> dict[str, list[str]]:
         "web": rows["web"][0],
         "beat": rows["beat, exactly one"][0],
     }
-    billing, pdf, likewise = rows["worker, one service per queue"]
+    billing, pdf, *likewise = rows["worker, one service per queue"]
     commands["worker-billing"] = billing
     commands["worker-pdf"] = pdf
-    commands[f"worker-{likewise}"] = pdf.replace("-Q pdf", f"-Q {likewise}")
+    for queue in likewise:
+        commands[f"worker-{queue}"] = pdf.replace("-Q pdf", f"-Q {queue}")
     return {role: shlex.split(command) for role, command in commands.items()}
 
 
@@ -415,6 +420,13 @@ def test_stop_timeouts_cover_each_role_s_longest_task_within_fargate_s_cap(rende
     assert stop["worker-billing"] >= 2 * int(shared["STRIPE_TIMEOUT_SECONDS"]) + 30
     # A send may meet a dead kept-alive connection, reconnect and send: three timeouts.
     assert stop["worker-mail"] >= 3 * int(shared["MAIL_TIMEOUT"])
+    # A delivery connects, shakes hands and posts, each within its timeout, and a try cut
+    # short is sent again: a stop should rarely cut one.
+    webhooks = Settings.from_env(
+        {**environment(tasks["worker-webhooks"]), "DATABASE_URL": "x", "REDIS_URL": "x"}
+    )
+    one_try = 2 * webhooks.webhook_connect_timeout_seconds + webhooks.webhook_timeout_seconds
+    assert stop["worker-webhooks"] >= 2 * one_try
     assert stop["beat"] < stop["worker-pdf"] <= stop["worker-billing"]
 
 

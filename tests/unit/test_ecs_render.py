@@ -58,7 +58,7 @@ def test_every_missing_value_is_named_with_its_file_and_nothing_is_written(tmp_p
     errors = result.stderr.splitlines()
     assert "error: task-definitions/web.json: no value for IMAGE" in errors
     assert "error: task-definitions/worker-mail.json: no value for MAIL_PASSWORD_ARN" in errors
-    assert len(errors) == len(set(errors)) == 7  # IMAGE in six files, the password in one
+    assert len(errors) == len(set(errors)) == 8  # IMAGE in seven files, the password in one
     assert not out.exists()
 
 
