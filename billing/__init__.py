@@ -89,7 +89,7 @@ def create_app(
         read_timeout=settings.webhook_timeout_seconds,
     )
 
-    from billing.api import snapshots
+    from billing.views import snapshots
 
     # Workers record events too, shown as the API shows their objects.
     snapshots.register()

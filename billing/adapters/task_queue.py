@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -89,6 +90,17 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         jobs.SWEEP_OUTBOX: 120,
         # One DELETE of expired keys, hourly.
         jobs.PURGE_IDEMPOTENCY_KEYS: 600,
+        # One POST: the connect budget (every address and the TLS handshake) and the
+        # answer's, plus the statements around it. The resolver's own timeouts come first.
+        jobs.DELIVER_WEBHOOK: math.ceil(
+            settings.webhook_connect_timeout_seconds + settings.webhook_timeout_seconds
+        )
+        + 30,
+        jobs.SEND_SELLER_NOTICE: 3 * settings.mail["MAIL_TIMEOUT"] + 15,
+        # A batch of events to deliveries per transaction, then the releases.
+        jobs.DISPATCH_EVENTS: 50,
+        # Batched DELETEs of events past their retention, nightly.
+        jobs.PRUNE_EVENTS: 600,
         jobs.RUN_BILLING: LONG_RUN_SOFT_LIMIT_SECONDS,
         jobs.RUN_DUNNING: LONG_RUN_SOFT_LIMIT_SECONDS,
         jobs.RECONCILE_LEDGER: LONG_RUN_SOFT_LIMIT_SECONDS,

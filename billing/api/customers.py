@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
-from billing.api.serializers import customer_out
 from billing.customers import customers as service
 from billing.dunning import dunning
+from billing.views import schemas
+from billing.views.serializers import customer_out
 
 bp = Blueprint("customers", __name__, url_prefix="/v1/customers")
 

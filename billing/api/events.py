@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 from flask import Blueprint
 
-from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
 from billing.events import events as service
 from billing.events.events import EventFilter, envelope
+from billing.views import schemas
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events")
 

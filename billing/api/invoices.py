@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
-from billing.api.schemas import PdfPending
-from billing.api.serializers import (
+from billing.charging import charges
+from billing.documents import documents
+from billing.dunning import dunning
+from billing.invoicing import invoices as service
+from billing.platform import context
+from billing.refunds import refunds
+from billing.views import schemas
+from billing.views.schemas import PdfPending
+from billing.views.serializers import (
     dunning_preview_out,
     invoice_list_response,
     invoice_out,
@@ -15,12 +21,6 @@ from billing.api.serializers import (
     pay_response,
     refund_out,
 )
-from billing.charging import charges
-from billing.documents import documents
-from billing.dunning import dunning
-from billing.invoicing import invoices as service
-from billing.platform import context
-from billing.refunds import refunds
 
 bp = Blueprint("invoices", __name__, url_prefix="/v1/invoices")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint, principal
-from billing.api.serializers import job_out
 from billing.platform import outbox
 from billing.platform.errors import NotFound
+from billing.views import schemas
+from billing.views.serializers import job_out
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 

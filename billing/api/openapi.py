@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, render_template
 from pydantic import BaseModel
 
 from billing.api.endpoint import ENDPOINTS, EndpointSpec
-from billing.api.schemas import ErrorResponse
+from billing.views.schemas import ErrorResponse
 
 bp = Blueprint("docs", __name__, template_folder="templates")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from billing.api import schemas
 from billing.api.endpoint import ViewResult, endpoint
-from billing.api.serializers import price_out
 from billing.subscriptions import prices as service
+from billing.views import schemas
+from billing.views.serializers import price_out
 
 bp = Blueprint("prices", __name__, url_prefix="/v1/prices")
 

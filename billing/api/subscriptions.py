@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from billing.api import schemas
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
-from billing.api.serializers import subscription_out
 from billing.subscriptions import subscriptions as service
+from billing.views import schemas
+from billing.views.serializers import subscription_out
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from flask import Blueprint
 
-from billing.api import schemas
 from billing.api.endpoint import ViewResult, endpoint
-from billing.api.serializers import webhook_delivery_out, webhook_endpoint_out
+from billing.views import schemas
+from billing.views.serializers import webhook_delivery_out, webhook_endpoint_out
 from billing.webhooks import deliveries, endpoints
 
 bp = Blueprint("webhook_endpoints", __name__, url_prefix="/v1/webhook_endpoints")

@@ -160,8 +160,8 @@ def dead_letters_list(limit: int) -> None:
 )
 @click.argument("job_id")
 def dead_letters_show(job_id: str) -> None:
-    from billing.api.serializers import job_out
     from billing.platform.outbox import get_job
+    from billing.views.serializers import job_out
 
     job = get_job(job_id)
     if job is None:

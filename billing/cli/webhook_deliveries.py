@@ -32,8 +32,8 @@ def webhook_deliveries_group() -> None:
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @reports_unreachable
 def list_deliveries(endpoint_id: str, state: str | None, limit: int) -> None:
-    from billing.api.serializers import webhook_delivery_out
     from billing.platform.errors import NotFound
+    from billing.views.serializers import webhook_delivery_out
     from billing.webhooks import deliveries, endpoints
 
     try:

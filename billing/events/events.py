@@ -4,7 +4,7 @@ A use case records an event with `record` inside its transaction; the event's ro
 written just before that transaction commits, with a snapshot of its object as the API
 shows it at that moment, so that an event exists exactly when its change committed.
 The snapshots are shaped by the API layer, which registers one loader per object type
-(billing.api.snapshots): the log shows what the API shows, and this module imports no
+(billing.views.snapshots): the log shows what the API shows, and this module imports no
 view code.
 """
 

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from billing.api import schemas
 from billing.extensions import db
 from billing.models import (
     ChargeAttempt,
@@ -27,6 +26,7 @@ from billing.models import (
     Refund,
 )
 from billing.platform import clock
+from billing.views import schemas
 
 KINDS = ("draft", "dunning", "paid", "sent", "void")
 # Auth, the page, its lines, its charge attempts; refunds, emails, documents; and the

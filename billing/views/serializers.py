@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from flask import Response, jsonify
 
-from billing.api import schemas
 from billing.charging.rules import ChargeStatus
 from billing.domain.jobs import JobState
 from billing.dunning.rules import DunningStep
@@ -32,6 +31,7 @@ from billing.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from billing.views import schemas
 
 
 def _ts(value: datetime | None) -> int | None:

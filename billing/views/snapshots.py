@@ -11,16 +11,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from billing.api.serializers import (
+from billing.events import events
+from billing.invoicing.invoices import invoice_histories, shown_invoices
+from billing.models import Customer, EmailDelivery, Refund, Subscription
+from billing.views.serializers import (
     customer_out,
     email_out,
     invoice_body,
     refund_out,
     subscription_out,
 )
-from billing.events import events
-from billing.invoicing.invoices import invoice_histories, shown_invoices
-from billing.models import Customer, EmailDelivery, Refund, Subscription
 
 
 def _customers(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
