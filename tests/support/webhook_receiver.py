@@ -1,6 +1,9 @@
 """A webhook receiver of the tests' own: an HTTP server on loopback that checks every
 signature with its own HMAC code (not the service's), keeps what it received, and can
-answer 500, hang, or go away for a while and come back on the same port."""
+answer 500, hang, or go away for a while and come back on the same port.
+
+Requests are kept in the order they arrived, each with the answer it was given; a hung
+request is kept on arrival, with the answer it gets once the hang is over."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ class Received:
     headers: dict[str, str]
     signed: bool
     answered: int
+    hung: bool = False
 
 
 def signature_matches(body: bytes, header: str, secrets: list[str]) -> bool:
@@ -40,6 +44,7 @@ class WebhookReceiver:
     fail_share: float = 0.0  # answered 500
     hang_share: float = 0.0  # answered only after hang_seconds
     hang_seconds: float = 5.0
+    hang_status: int = 200  # what a hung request is answered, late
     status: int = 200  # what a delivery that neither fails nor hangs gets
     seed: int = 7
     received: list[Received] = field(default_factory=list)
@@ -65,22 +70,30 @@ class WebhookReceiver:
                 with receiver._lock:
                     roll = receiver._random.random()
                     secrets = list(receiver.secrets)
-                if roll < receiver.hang_share:
-                    time.sleep(receiver.hang_seconds)
-                    status = 200
-                elif roll < receiver.hang_share + receiver.fail_share:
-                    status = 500
-                else:
-                    status = receiver.status
-                signed = signature_matches(body, self.headers.get("Billing-Signature", ""), secrets)
-                with receiver._lock:
-                    receiver.received.append(
-                        Received(json.loads(body), dict(self.headers), signed, status)
+                    hang = roll < receiver.hang_share
+                    if hang:
+                        status = receiver.hang_status
+                    elif roll < receiver.hang_share + receiver.fail_share:
+                        status = 500
+                    else:
+                        status = receiver.status
+                    signed = signature_matches(
+                        body, self.headers.get("Billing-Signature", ""), secrets
                     )
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                    # Kept in the order they arrived, with the answer decided on arrival: a
+                    # hung request was taken (or not) when it came, whenever it is answered.
+                    receiver.received.append(
+                        Received(json.loads(body), dict(self.headers), signed, status, hang)
+                    )
+                if hang:
+                    time.sleep(receiver.hang_seconds)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the sender gave up on a hung request and closed its end
 
             def log_message(self, *args: Any) -> None:
                 pass
