@@ -49,7 +49,12 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._support import NoBroker, connect, scratch_database  # noqa: E402
+from bench._support import (  # noqa: E402
+    NoBroker,
+    connect,
+    process_tree_cpu_seconds,
+    scratch_database,
+)
 from devstack.commands import worker_command  # noqa: E402
 from devstack.servers import (  # noqa: E402
     free_port,
@@ -162,6 +167,18 @@ def _wait_for_succeeded(db: Any, target: int) -> None:
                 states = cursor.fetchall()
             raise RuntimeError(f"{done} of {target} deliveries succeeded, none more: {states}")
         time.sleep(0.02)
+
+
+def _cpu(worker_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the webhooks worker (with its pool) and of the whole machine
+    (PostgreSQL, Redis, the receivers and this script too)."""
+    import psutil
+
+    machine = psutil.cpu_times()
+    return {
+        "worker": process_tree_cpu_seconds(worker_pid),
+        "machine": machine.user + machine.system + machine.nice,
+    }
 
 
 @contextmanager
@@ -285,6 +302,7 @@ def main() -> int:
         sizes = [args.events // rounds + (r < args.events % rounds) for r in range(rounds)]
         service_seconds = plain_seconds = 0.0
         delivered = plain_sent = 0
+        service_cpu = {"worker": 0.0, "machine": 0.0}
         with (
             closing(connect(database_url)) as db,
             context.Pool(args.concurrency, initializer=_set_url, initargs=(receiver_url,)) as pool,
@@ -293,10 +311,13 @@ def main() -> int:
             def service_round(event_ids: list[str]) -> None:
                 nonlocal service_seconds, delivered
                 target = _succeeded(db) + len(event_ids)
+                cpu_before = _cpu(processes[0].pid)
                 started = time.perf_counter()
                 dispatch()
                 _wait_for_succeeded(db, target)
                 service_seconds += time.perf_counter() - started
+                for key, value in _cpu(processes[0].pid).items():
+                    service_cpu[key] += value - cpu_before[key]
                 delivered += len(event_ids)
 
             def plain_round(bodies: list[bytes]) -> None:
@@ -373,7 +394,9 @@ def main() -> int:
         )
         print(
             f"service, dispatch to delivered and recorded, a webhooks worker of concurrency "
-            f"{args.concurrency}: {service:.0f} events/s ({delivered})"
+            f"{args.concurrency}: {service:.0f} events/s ({delivered}); CPU ms per event: "
+            f"worker {1000 * service_cpu['worker'] / delivered:.1f}, "
+            f"machine {1000 * service_cpu['machine'] / delivered:.1f}"
         )
         print(
             f"finalize_invoice in-process: no endpoint {finalize['none']:.0f}/s, three "
