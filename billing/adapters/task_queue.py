@@ -13,6 +13,7 @@ from billing.adapters import redis_transport
 from billing.config import Settings
 from billing.platform import jobs
 from billing.platform.jobs import JOB_PRIORITY, queue_for
+from billing.webhooks.rules import DRAIN_BUDGET_SECONDS
 
 
 class JobPublisher(Protocol):
@@ -90,10 +91,12 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         jobs.SWEEP_OUTBOX: 120,
         # One DELETE of expired keys, hourly.
         jobs.PURGE_IDEMPOTENCY_KEYS: 600,
-        # One POST: the connect budget (every address and the TLS handshake) and the
-        # answer's, plus the statements around it. The resolver's own timeouts come first.
+        # A drain starts no POST after its budget; the last ones run to their own
+        # timeouts (the connect budget and the answer's), then one commit.
         jobs.DELIVER_WEBHOOK: math.ceil(
-            settings.webhook_connect_timeout_seconds + settings.webhook_timeout_seconds
+            DRAIN_BUDGET_SECONDS
+            + settings.webhook_connect_timeout_seconds
+            + settings.webhook_timeout_seconds
         )
         + 30,
         jobs.SEND_SELLER_NOTICE: 3 * settings.mail["MAIL_TIMEOUT"] + 15,

@@ -3,28 +3,51 @@
 1. Dispatch (beat, one at a time under an advisory lock): each event not yet dispatched
    becomes one delivery per enabled endpoint that wants its type, in sequence order. A
    delivery whose endpoint still has an unfinished delivery of an earlier event about the
-   same object is *waiting*; any other is *pending*, with its job.
-2. The job (queue `webhooks`): read the delivery, its event and the endpoint's signing
-   secrets; POST outside any transaction; record the try. A 2xx ends it succeeded and
-   releases the next waiting delivery of that object; a failure schedules the next try
-   (doubling, with jitter) until the retry window closes; a 410 disables the endpoint.
+   same object is *waiting*; any other is *pending*, due now.
+2. The same pass gives every enabled endpoint with deliveries due, and no job of its own
+   still unfinished, a job (queue `webhooks`) that drains them: it claims a batch of due
+   deliveries (the claim is a short lease in `next_attempt_at`), POSTs them outside any
+   transaction, a few at a time and each object's in sequence order, and records the whole
+   batch in one transaction; then the next batch, until none is due or its time is up.
+   A 2xx ends a delivery succeeded and releases the next waiting one of its object; a
+   failure makes it due again later (doubling, with jitter) until the retry window
+   closes; a 410 disables the endpoint.
 3. The dispatcher also releases, on each pass, every waiting delivery with nothing
    earlier left unfinished (a release that raced with a dispatch) or that waited longer
    than the order bound.
 
-A worker killed mid-POST leaves its job to the outbox's sweeper: the event is sent again,
-with the same event id in its idempotency header, for the receiver to drop.
+A worker killed mid-batch leaves its deliveries claimed until the claim runs out; the
+next drain sends them again, with the same event id in the idempotency header, for the
+receiver to drop. One job per endpoint and batch, rather than one per delivery, is what
+keeps the broker, the outbox and the commits from costing more than the POSTs.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from billing.adapters.webhook_http import UnsafeUrl, WebhookResponse
@@ -33,11 +56,11 @@ from billing.events.rules import ALL_TYPES
 from billing.extensions import db
 from billing.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from billing.platform import context, jobs
-from billing.platform.errors import NotFound, PermanentJobError
+from billing.platform.errors import NotFound
 from billing.platform.ids import new_id
 from billing.platform.logging import get_logger
 from billing.platform.metrics import WEBHOOK_DELIVERIES
-from billing.platform.outbox import JobWork, record_job, record_jobs
+from billing.platform.outbox import JobWork, has_unfinished_job, record_job, record_jobs
 from billing.platform.pagination import Page, paginate
 from billing.platform.unit_of_work import transaction
 from billing.webhooks import rules
@@ -48,6 +71,14 @@ from billing.webhooks.signatures import EVENT_ID_HEADER, SIGNATURE_HEADER, signa
 log = get_logger(__name__)
 
 DISPATCH_BATCH = 1000
+# POSTs under way at once within a drain, and the most deliveries claimed and recorded
+# together. A drain starts small and doubles its batch while batches go quickly, so that
+# an endpoint that answers slowly never holds many deliveries claimed.
+SENDERS = 8
+FIRST_BATCH = 2 * SENDERS
+DRAIN_BATCH = 512
+QUICK_BATCH_SECONDS = 2.0
+DRAIN_BUDGET_SECONDS = rules.DRAIN_BUDGET_SECONDS
 EVENT_TYPE_HEADER = "Billing-Event-Type"
 _UNFINISHED = [state.value for state in rules.UNFINISHED]
 
@@ -60,14 +91,23 @@ def _order_wait() -> timedelta:
     return timedelta(seconds=context.settings().webhook_order_wait_seconds)
 
 
+def claim_lease() -> timedelta:
+    """How long a drain's claim on a delivery lasts: longer than its POST can take (the
+    connect budget and the answer's), so a live drain's delivery is never taken twice,
+    while one whose worker died is sent again soon after."""
+    settings = context.settings()
+    post = settings.webhook_connect_timeout_seconds + settings.webhook_timeout_seconds
+    return timedelta(seconds=math.ceil(post) + 15)
+
+
 # --- dispatch ---------------------------------------------------------------------------
 
 
 def dispatch_events(batch: int = DISPATCH_BATCH) -> int:
-    """Hand every undispatched event to the endpoints, a batch per transaction, then
-    release the waiting deliveries that may go. Returns the deliveries created. The caller
-    holds the dispatch lock: one dispatcher at a time keeps an object's deliveries in
-    sequence order."""
+    """Hand every undispatched event to the endpoints, a batch per transaction, release
+    the waiting deliveries that may go, and give each endpoint with deliveries due a
+    drain job. Returns the deliveries created. The caller holds the dispatch lock: one
+    dispatcher at a time keeps an object's deliveries in sequence order."""
     created = 0
     while True:
         with transaction() as session:
@@ -76,6 +116,7 @@ def dispatch_events(batch: int = DISPATCH_BATCH) -> int:
         if not more:
             break
     release_waiting()
+    schedule_drains()
     return created
 
 
@@ -130,20 +171,40 @@ def _dispatch_batch(session: Session, batch: int) -> tuple[int, bool]:
                 }
             )
         session.execute(insert(WebhookDelivery.__table__), rows)
-        record_jobs(
-            session,
-            jobs.DELIVER_WEBHOOK,
-            [{"delivery_id": r["id"]} for r in rows if r["state"] == DeliveryState.PENDING],
-        )
     session.execute(
         update(Event).where(Event.id.in_([e.id for e in events])).values(dispatched=True)
     )
     return len(rows), len(events) == batch
 
 
+def _due() -> Any:
+    """SQL: a delivery a drain may take now (pending, and due or its claim run out)."""
+    return (WebhookDelivery.state == DeliveryState.PENDING.value) & (
+        WebhookDelivery.next_attempt_at.is_(None) | (WebhookDelivery.next_attempt_at <= func.now())
+    )
+
+
+def schedule_drains() -> int:
+    """A drain job for every enabled endpoint with deliveries due and none of its own
+    still to run. Returns how many were recorded. One drain per endpoint: several, each
+    claiming its own deliveries, were measured slower (bench/webhooks.py), their claims
+    and commits contending for the same rows."""
+    with transaction() as session:
+        endpoint_ids = session.scalars(
+            select(WebhookEndpoint.id).where(
+                WebhookEndpoint.enabled.is_(True),
+                WebhookEndpoint.deleted_at.is_(None),
+                exists().where(WebhookDelivery.endpoint_id == WebhookEndpoint.id, _due()),
+                ~has_unfinished_job(jobs.DELIVER_WEBHOOK, "endpoint_id", WebhookEndpoint.id),
+            )
+        ).all()
+        record_jobs(session, jobs.DELIVER_WEBHOOK, [{"endpoint_id": i} for i in endpoint_ids])
+    return len(endpoint_ids)
+
+
 def release_waiting(limit: int = DISPATCH_BATCH) -> int:
-    """Send every waiting delivery with no earlier one of its object left unfinished for
-    its endpoint, or that waited longer than the order bound. Returns how many."""
+    """Make due every waiting delivery with no earlier one of its object left unfinished
+    for its endpoint, or that waited longer than the order bound. Returns how many."""
     earlier = WebhookDelivery.__table__.alias("earlier")
     with transaction() as session:
         due = session.scalars(
@@ -164,14 +225,14 @@ def release_waiting(limit: int = DISPATCH_BATCH) -> int:
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        _send(session, list(due))
+        _make_due(session, list(due))
     if due:
         log.info("webhook.deliveries_released", count=len(due))
     return len(due)
 
 
-def _send(session: Session, delivery_ids: list[str]) -> None:
-    """Make these waiting or ended deliveries pending, each with a job of its own."""
+def _make_due(session: Session, delivery_ids: list[str]) -> None:
+    """These waiting deliveries are pending now, due at once (the next drain sends them)."""
     if not delivery_ids:
         return
     for delivery in session.scalars(
@@ -179,184 +240,339 @@ def _send(session: Session, delivery_ids: list[str]) -> None:
     ):
         delivery.state = rules.require_transition(delivery.state, DeliveryState.PENDING).value
         delivery.next_attempt_at = None
-    record_jobs(session, jobs.DELIVER_WEBHOOK, [{"delivery_id": i} for i in delivery_ids])
 
 
-def _release_next(session: Session, delivery: WebhookDelivery) -> None:
-    """The delivery ended: the next waiting one of its object, if any, may go now."""
+def _release_next(session: Session, endpoint_id: str, object_ids: set[str]) -> None:
+    """Deliveries of these objects ended: the next waiting one of each may go now."""
+    if not object_ids:
+        return
     following = session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.state)
+        select(WebhookDelivery.object_id, WebhookDelivery.id, WebhookDelivery.state)
         .where(
-            WebhookDelivery.endpoint_id == delivery.endpoint_id,
-            WebhookDelivery.object_id == delivery.object_id,
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.object_id.in_(sorted(object_ids)),
             WebhookDelivery.state.in_(_UNFINISHED),
-            WebhookDelivery.sequence > delivery.sequence,
         )
-        .order_by(WebhookDelivery.sequence)
-        .limit(1)
+        .order_by(WebhookDelivery.object_id, WebhookDelivery.sequence)
         .with_for_update()
-    ).one_or_none()
-    if following is not None and following.state == DeliveryState.WAITING:
-        _send(session, [following.id])
+    ).all()
+    first: dict[str, Any] = {}
+    for row in following:
+        first.setdefault(row.object_id, row)
+    _make_due(session, [row.id for row in first.values() if row.state == DeliveryState.WAITING])
 
 
-# --- the delivery job --------------------------------------------------------------------
+# --- the drain job -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Outgoing:
     delivery_id: str
-    tries: int  # the delivery's attempts when read: the fencing token of this try
-    url: str
+    object_id: str
+    sequence: int
+    tries: int  # the delivery's attempts when claimed: the fencing token of this try
     body: bytes
     event_id: str
     event_type: str
+
+
+@dataclass(frozen=True)
+class _Batch:
+    url: str
     secrets: list[str]
+    items: list[_Outgoing]
 
 
-def deliver(delivery_id: str, *, work: JobWork | None = None) -> str:
-    """The `webhooks.deliver` job: one try at one delivery. Returns its state after."""
+@dataclass(frozen=True)
+class _Sent:
+    outgoing: _Outgoing
+    response: WebhookResponse
+    outcome: TryOutcome
+
+
+def deliver(endpoint_id: str, *, work: JobWork | None = None) -> int:
+    """The `webhooks.deliver` job: send an endpoint's due deliveries, batch after batch,
+    until none is due or its time is up (then a fresh job goes on). Returns how many
+    tries it made."""
     work = work or JobWork.outside_a_job()
-    outgoing = _read(delivery_id, work)
-    if isinstance(outgoing, str):
-        return outgoing
-    now = int(datetime.now(UTC).timestamp())
+    deadline = time.monotonic() + DRAIN_BUDGET_SECONDS
+    size = FIRST_BATCH
+    tries = 0
+    with ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="webhook") as pool:
+        while True:
+            asked = size
+            batch = _claim(endpoint_id, asked)
+            if batch is None:
+                return tries
+            began = time.monotonic()
+            sent = _post_all(work, batch, pool, deadline)
+            _record(endpoint_id, batch, sent)
+            tries += len(sent)
+            quick = time.monotonic() - began < QUICK_BATCH_SECONDS
+            size = min(DRAIN_BATCH, size * 2) if quick else FIRST_BATCH
+            if len(batch.items) < asked and len(sent) == len(batch.items):
+                return tries  # fewer were due than it asked for, and all went
+            if time.monotonic() > deadline:
+                with transaction() as session:
+                    record_job(session, jobs.DELIVER_WEBHOOK, endpoint_id=endpoint_id)
+                return tries
+
+
+def _claim(endpoint_id: str, size: int) -> _Batch | None:
+    """The endpoint's due deliveries, in sequence order, claimed for one claim lease."""
+    with transaction() as session:
+        endpoint = session.get(WebhookEndpoint, endpoint_id)
+        if endpoint is None or not endpoint.enabled or endpoint.deleted_at is not None:
+            return None  # its deliveries wait, pending, until it is enabled again
+        rows = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.attempts, Event)
+            .join(Event, Event.id == WebhookDelivery.event_id)
+            .where(WebhookDelivery.endpoint_id == endpoint_id, _due())
+            .order_by(WebhookDelivery.sequence)
+            .limit(size)
+            .with_for_update(of=WebhookDelivery, skip_locked=True)
+        ).all()
+        if not rows:
+            return None
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_([row.id for row in rows]))
+            .values(next_attempt_at=func.now() + claim_lease())
+        )
+        items = [
+            _Outgoing(
+                row.id,
+                row.Event.object_id,
+                row.Event.sequence,
+                row.attempts,
+                json.dumps(envelope(row.Event), separators=(",", ":")).encode(),
+                row.Event.id,
+                row.Event.type,
+            )
+            for row in rows
+        ]
+        return _Batch(endpoint.url, signing_secrets(session, endpoint_id, datetime.now(UTC)), items)
+
+
+def _post_all(
+    work: JobWork, batch: _Batch, pool: ThreadPoolExecutor, deadline: float
+) -> list[_Sent]:
+    """POST the batch, a few at a time; each object's deliveries one after the other in
+    sequence order, stopping at its first that is not delivered (the rest wait for it).
+    Nothing starts after `deadline`: what is left is due again at once."""
+    by_object: dict[str, list[_Outgoing]] = {}
+    for item in batch.items:
+        by_object.setdefault(item.object_id, []).append(item)
+
+    def send_in_order(items: list[_Outgoing]) -> list[_Sent]:
+        sent: list[_Sent] = []
+        for item in items:
+            if time.monotonic() > deadline:
+                break
+            one = _post(work, batch, item)
+            sent.append(one)
+            if one.outcome is not TryOutcome.DELIVERED:
+                break
+        return sent
+
+    return [one for group in pool.map(send_in_order, by_object.values()) for one in group]
+
+
+def _post(work: JobWork, batch: _Batch, item: _Outgoing) -> _Sent:
     headers = {
-        SIGNATURE_HEADER: signature_header(outgoing.body, outgoing.secrets, now),
-        EVENT_ID_HEADER: outgoing.event_id,
-        EVENT_TYPE_HEADER: outgoing.event_type,
+        SIGNATURE_HEADER: signature_header(item.body, batch.secrets, int(time.time())),
+        EVENT_ID_HEADER: item.event_id,
+        EVENT_TYPE_HEADER: item.event_type,
     }
-    refused = False
     try:
-        response = work.gateways.webhooks.post(outgoing.url, outgoing.body, headers)
+        response = work.gateways.webhooks.post(batch.url, item.body, headers)
     except UnsafeUrl as exc:
         # The name resolves elsewhere now: nothing was sent.
-        refused = True
-        response = WebhookResponse(status=None, body_excerpt="", duration_ms=0, error=str(exc))
-    return _record(work, outgoing, response, rules.outcome_of(response.status, refused=refused))
+        refused = WebhookResponse(status=None, body_excerpt="", duration_ms=0, error=str(exc))
+        return _Sent(item, refused, TryOutcome.REFUSED)
+    return _Sent(item, response, rules.outcome_of(response.status))
 
 
-def _read(delivery_id: str, work: JobWork) -> _Outgoing | str:
-    with transaction() as session:
-        found = session.execute(
-            select(WebhookDelivery, WebhookEndpoint, Event)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .join(Event, Event.id == WebhookDelivery.event_id)
-            .where(WebhookDelivery.id == delivery_id)
-            .with_for_update(of=WebhookDelivery)
-            .execution_options(populate_existing=True)
-        ).one_or_none()
-        if found is None:
-            raise PermanentJobError(f"no webhook delivery {delivery_id}")
-        delivery, endpoint, event = found
-        if delivery.state != DeliveryState.PENDING:
-            # Ended already (a redelivered job), or waiting behind an earlier event.
-            work.finish_job(session)
-            return str(delivery.state)
-        if not endpoint.enabled or endpoint.deleted_at is not None:
-            _end(session, delivery, DeliveryState.CANCELED, "the endpoint is disabled")
-            work.finish_job(session)
-            return DeliveryState.CANCELED.value
-        body = json.dumps(envelope(event), separators=(",", ":")).encode()
-        return _Outgoing(
-            delivery.id,
-            delivery.attempts,
-            endpoint.url,
-            body,
-            event.id,
-            event.type,
-            signing_secrets(session, endpoint.id, datetime.now(UTC)),
-        )
+# A batch's changes to its deliveries in one statement, whatever its size: the values come
+# as arrays, unnested in step.
+_deliveries = WebhookDelivery.__table__
+_TRIED = (
+    func.unnest(
+        bindparam("b_ids", type_=ARRAY(String())),
+        bindparam("b_states", type_=ARRAY(String())),
+        bindparam("b_statuses", type_=ARRAY(Integer())),
+        bindparam("b_errors", type_=ARRAY(Text())),
+        bindparam("b_next", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("b_first", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("b_finished", type_=ARRAY(DateTime(timezone=True))),
+    )
+    .table_valued("id", "state", "status", "error", "next", "first", "finished")
+    .render_derived(name="tried")
+)
+_RECORD_TRIES = (
+    update(_deliveries)
+    .where(_deliveries.c.id == _TRIED.c.id)
+    .values(
+        state=_TRIED.c.state,
+        attempts=_deliveries.c.attempts + 1,
+        last_status=_TRIED.c.status,
+        last_error=_TRIED.c.error,
+        next_attempt_at=_TRIED.c.next,
+        first_attempt_at=_TRIED.c.first,
+        finished_at=_TRIED.c.finished,
+    )
+)
 
 
-def _end(session: Session, delivery: WebhookDelivery, state: DeliveryState, why: str) -> None:
-    delivery.state = rules.require_transition(delivery.state, state).value
-    delivery.finished_at = func.now()
-    delivery.next_attempt_at = None
-    if state is not DeliveryState.SUCCEEDED:
-        delivery.last_error = why
-    _release_next(session, delivery)
-
-
-def _record(
-    work: JobWork, outgoing: _Outgoing, response: WebhookResponse, outcome: TryOutcome
-) -> str:
+def _record(endpoint_id: str, batch: _Batch, sent: list[_Sent]) -> None:
+    """One transaction for the batch's tries. A delivery whose try count moved since the
+    claim was taken over by another drain: that one records it."""
     settings = context.settings()
+    retry_for = timedelta(seconds=settings.webhook_retry_for_seconds)
+    first_wait = timedelta(seconds=settings.webhook_retry_first_seconds)
+    longest_wait = timedelta(seconds=settings.webhook_retry_longest_seconds)
     with transaction() as session:
-        delivery = session.get(
-            WebhookDelivery, outgoing.delivery_id, with_for_update=True, populate_existing=True
-        )
-        assert delivery is not None
-        if delivery.attempts != outgoing.tries or delivery.state != DeliveryState.PENDING:
-            # Another run of this delivery recorded a try meanwhile: it owns what follows.
-            work.finish_job(session)
-            return str(delivery.state)
-        endpoint = session.get(
-            WebhookEndpoint, delivery.endpoint_id, with_for_update=True, populate_existing=True
-        )
-        assert endpoint is not None
         now = session.scalar(select(func.now()))
         assert now is not None
-        session.add(
-            WebhookAttempt(
-                delivery_id=delivery.id,
-                outcome=outcome.value,
-                status_code=response.status,
-                duration_ms=response.duration_ms,
-                error=response.error,
-                response_excerpt=response.body_excerpt or None,
+        claimed = {item.delivery_id: item for item in batch.items}
+        ours = {
+            row.id: row
+            for row in session.execute(
+                select(
+                    WebhookDelivery.id,
+                    WebhookDelivery.attempts,
+                    WebhookDelivery.state,
+                    WebhookDelivery.first_attempt_at,
+                )
+                .where(WebhookDelivery.id.in_(list(claimed)))
+                .with_for_update()
             )
-        )
-        delivery.attempts += 1
-        delivery.last_status = response.status
-        delivery.first_attempt_at = delivery.first_attempt_at or now
-        if outcome is TryOutcome.DELIVERED:
-            _end(session, delivery, DeliveryState.SUCCEEDED, "")
-            delivery.last_error = None
-            endpoint.failing_since = None
-        elif outcome is TryOutcome.GONE:
-            _end(session, delivery, DeliveryState.FAILED, "the endpoint answered 410 Gone")
-            _disable(session, endpoint, "the endpoint answered 410 Gone")
-        else:
-            error = response.error or f"HTTP {response.status}"
-            endpoint.failing_since = endpoint.failing_since or now
-            if rules.gives_up(
-                delivery.first_attempt_at,
-                now,
-                timedelta(seconds=settings.webhook_retry_for_seconds),
-            ):
-                _end(session, delivery, DeliveryState.FAILED, f"gave up: {error}")
+            if row.attempts == claimed[row.id].tries and row.state == DeliveryState.PENDING
+        }
+        tried = [one for one in sent if one.outgoing.delivery_id in ours]
+        changes: list[tuple[str, str, int | None, str | None, Any, Any, Any]] = []
+        ended: set[str] = set()
+        failures: list[str] = []
+        gone = False
+        for one in tried:
+            row = ours[one.outgoing.delivery_id]
+            first = row.first_attempt_at or now
+            status = one.response.status
+            if one.outcome is TryOutcome.DELIVERED:
+                state, error, due = DeliveryState.SUCCEEDED, None, None
             else:
-                delay = rules.retry_delay(
-                    delivery.attempts,
-                    base=timedelta(seconds=settings.webhook_retry_first_seconds),
-                    cap=timedelta(seconds=settings.webhook_retry_longest_seconds),
-                )
-                delivery.state = rules.require_transition(
-                    delivery.state, DeliveryState.PENDING
-                ).value
-                delivery.last_error = error
-                delivery.next_attempt_at = now + delay
-                record_jobs(
-                    session, jobs.DELIVER_WEBHOOK, [{"delivery_id": delivery.id}], due_in=delay
-                )
-            if endpoint.enabled and rules.endpoint_disabled_by_failures(
-                endpoint.failing_since,
-                now,
-                timedelta(seconds=settings.webhook_disable_after_seconds),
-            ):
-                _disable(session, endpoint, f"no delivery succeeded since {endpoint.failing_since}")
-        work.finish_job(session)
-        state = str(delivery.state)
-    WEBHOOK_DELIVERIES.labels(outcome=outcome.value).inc()
+                error = one.response.error or f"HTTP {status}"
+                failures.append(error)
+                due = None
+                if one.outcome is TryOutcome.GONE:
+                    gone = True
+                    state, error = DeliveryState.FAILED, "the endpoint answered 410 Gone"
+                elif rules.gives_up(first, now, retry_for):
+                    state, error = DeliveryState.FAILED, f"gave up: {error}"
+                else:
+                    state = DeliveryState.PENDING
+                    due = now + rules.retry_delay(
+                        row.attempts + 1, base=first_wait, cap=longest_wait
+                    )
+            state = rules.require_transition(row.state, state)
+            ended_now = state is not DeliveryState.PENDING
+            if ended_now:
+                ended.add(one.outgoing.object_id)
+            changes.append(
+                (row.id, state.value, status, error, due, first, now if ended_now else None)
+            )
+        if tried:
+            session.execute(
+                insert(WebhookAttempt.__table__),
+                [
+                    {
+                        "delivery_id": one.outgoing.delivery_id,
+                        "outcome": one.outcome.value,
+                        "status_code": one.response.status,
+                        "duration_ms": one.response.duration_ms,
+                        "error": one.response.error,
+                        "response_excerpt": one.response.body_excerpt or None,
+                    }
+                    for one in tried
+                ],
+            )
+            columns = list(zip(*changes, strict=True))
+            session.execute(
+                _RECORD_TRIES,
+                {
+                    name: list(values)
+                    for name, values in zip(
+                        ("b_ids", "b_states", "b_statuses", "b_errors", "b_next", "b_first"),
+                        columns,
+                        strict=False,
+                    )
+                }
+                | {"b_finished": list(columns[6])},
+            )
+        # Claimed but not sent (behind a failed one of the same object, or past the
+        # drain's budget): due again at once.
+        unsent = set(ours) - {one.outgoing.delivery_id for one in tried}
+        if unsent:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(sorted(unsent)))
+                .values(next_attempt_at=None)
+            )
+        _release_next(session, endpoint_id, ended)
+        _follow_endpoint(
+            session,
+            endpoint_id,
+            now,
+            delivered=len(tried) > len(failures),
+            failures=failures,
+            gone=gone,
+        )
+    for one in tried:
+        WEBHOOK_DELIVERIES.labels(outcome=one.outcome.value).inc()
     log.info(
-        "webhook.try_recorded",
-        delivery_id=outgoing.delivery_id,
-        outcome=outcome.value,
-        status=response.status,
-        state=state,
+        "webhook.batch_recorded",
+        endpoint_id=endpoint_id,
+        tries=len(tried),
+        failed=len(failures),
+        superseded=len(sent) - len(tried),
     )
-    return state
+
+
+def _follow_endpoint(
+    session: Session,
+    endpoint_id: str,
+    now: datetime,
+    *,
+    delivered: bool,
+    failures: list[str],
+    gone: bool,
+) -> None:
+    """The endpoint's health after a batch: a delivered try clears its failing streak (a
+    write only when there is one); failures start it, and disable the endpoint once it
+    lasted too long; a 410 disables it at once."""
+    if delivered and not failures:
+        session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.failing_since.is_not(None))
+            .values(failing_since=None)
+        )
+        return
+    if not failures:
+        return
+    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
+    assert endpoint is not None
+    if delivered:
+        endpoint.failing_since = None
+    else:
+        endpoint.failing_since = endpoint.failing_since or now
+    if gone:
+        _disable(session, endpoint, "the endpoint answered 410 Gone")
+    elif rules.endpoint_disabled_by_failures(
+        endpoint.failing_since,
+        now,
+        timedelta(seconds=context.settings().webhook_disable_after_seconds),
+    ):
+        _disable(session, endpoint, f"no delivery succeeded since {endpoint.failing_since}")
 
 
 def _disable(session: Session, endpoint: WebhookEndpoint, reason: str) -> None:
@@ -438,6 +654,7 @@ def replay(
             delivery.finished_at = None
             delivery.next_attempt_at = None
     release_waiting()
+    schedule_drains()
     log.info("webhook.replayed", endpoint_id=endpoint_id, deliveries=len(replayed))
     return [d.id for d in replayed]
 

@@ -13,12 +13,13 @@ from sqlalchemy.orm import Session
 from billing.adapters.webhook_http import UnsafeUrl, check_url
 from billing.events.rules import ALL_TYPES, unknown_types
 from billing.extensions import db
-from billing.models import WebhookEndpoint, WebhookSecret
+from billing.models import WebhookDelivery, WebhookEndpoint, WebhookSecret
 from billing.platform import context
 from billing.platform.errors import NotFound, ServiceError
 from billing.platform.logging import get_logger
 from billing.platform.pagination import Page, paginate
 from billing.platform.unit_of_work import transaction
+from billing.webhooks.rules import UNFINISHED, DeliveryState, require_transition
 from billing.webhooks.signatures import new_secret
 
 log = get_logger(__name__)
@@ -134,11 +135,22 @@ def update_endpoint(endpoint_id: str, changes: dict[str, Any]) -> WebhookEndpoin
 
 
 def delete_endpoint(endpoint_id: str) -> WebhookEndpoint:
-    """Nothing more is sent to it; it stays, with its deliveries, for the record."""
+    """Nothing more is sent to it; it stays, with its deliveries, for the record (those
+    still to send end canceled)."""
     with transaction() as session:
         endpoint = _locked(session, endpoint_id)
         endpoint.enabled = False
         endpoint.deleted_at = func.now()
+        for delivery in session.scalars(
+            select(WebhookDelivery).where(
+                WebhookDelivery.endpoint_id == endpoint_id,
+                WebhookDelivery.state.in_([s.value for s in UNFINISHED]),
+            )
+        ):
+            delivery.state = require_transition(delivery.state, DeliveryState.CANCELED).value
+            delivery.finished_at = func.now()
+            delivery.next_attempt_at = None
+            delivery.last_error = "the endpoint was deleted"
     log.info("webhook_endpoint.deleted", endpoint_id=endpoint_id)
     return endpoint
 

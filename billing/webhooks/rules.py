@@ -3,7 +3,7 @@
 A delivery is one event for one endpoint. It is *waiting* while an earlier event about the
 same object has not yet reached that endpoint, *pending* while its job sends it (again),
 and ends *succeeded* (a 2xx), *failed* (retried for the whole retry window, or the
-endpoint answered 410) or *canceled* (the endpoint was disabled or deleted first). An
+endpoint answered 410) or *canceled* (the endpoint was deleted first). An
 operator's replay makes an ended delivery waiting again, released in sequence order.
 """
 
@@ -14,6 +14,10 @@ import random
 from datetime import datetime, timedelta
 
 from billing.domain.states import IllegalTransition, StateMachine
+
+# A drain job hands over to a fresh one after this long, and starts no POST after it, so
+# that no job outlives its limits (a POST started in time still runs to its own timeout).
+DRAIN_BUDGET_SECONDS = 30.0
 
 
 class DeliveryState(enum.StrEnum):

@@ -65,9 +65,9 @@ def deliver_due(celery_app):
 def _make_due_now() -> None:
     """Bring every scheduled retry forward: the backoff has passed."""
     db.session.execute(
-        update(OutboxJob)
-        .where(OutboxJob.state == "pending")
-        .values(lease_expires_at=func.now() - timedelta(seconds=1))
+        update(WebhookDelivery)
+        .where(WebhookDelivery.state == "pending")
+        .values(next_attempt_at=func.now() - timedelta(seconds=1))
     )
     db.session.commit()
 
