@@ -63,16 +63,9 @@ def record_job(session: Session, name: str, **args: Any) -> str:
     return job_id
 
 
-def record_jobs(
-    session: Session,
-    name: str,
-    args_of_each: Sequence[dict[str, Any]],
-    *,
-    due_in: timedelta | None = None,
-) -> list[str]:
+def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, Any]]) -> list[str]:
     """Record follow-up jobs of one name in the caller's transaction, one multi-row insert
-    however many; they are published after commit, or, given `due_in`, by the sweeper
-    once that much time has passed (a retry of its own schedule). Returns their ids.
+    however many; they are published after commit. Returns their ids.
 
     Each is recorded as already `sent`, with a full lease: publishing right after commit
     almost always works, and writing "sent" afterwards would cost every request another
@@ -88,17 +81,11 @@ def record_jobs(
             "name": name,
             "queue": queue,
             "args": args,
-            "state": JobState.SENT if due_in is None else JobState.PENDING,
+            "state": JobState.SENT,
             "request_id": request_id,
         }
         for args in args_of_each
     ]
-    if due_in is not None:
-        # Pending until due: the sweeper publishes a pending job whose lease has run out.
-        session.execute(
-            insert(OutboxJob.__table__).values(lease_expires_at=func.now() + due_in), rows
-        )
-        return [row["id"] for row in rows]
     session.execute(
         insert(OutboxJob.__table__).values(
             sent_at=func.now(), lease_expires_at=func.now() + lease()
