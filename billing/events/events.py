@@ -28,9 +28,13 @@ from billing.platform.ids import new_id
 from billing.platform.pagination import Page, paginate
 from billing.platform.unit_of_work import before_commit
 
-# Object ids -> their snapshots, read in the caller's transaction (a fixed number of
-# statements however many ids: a billing run records thousands of events at once).
-SnapshotLoader = Callable[[Session, Sequence[str]], Mapping[str, dict[str, Any]]]
+# Object ids, each with the types of the events recorded about it in this transaction ->
+# their snapshots, read in that transaction (a fixed number of statements however many
+# ids: a billing run records thousands of events at once). The types let a loader skip
+# what cannot exist yet (the emails of an invoice numbered in this very transaction).
+SnapshotLoader = Callable[
+    [Session, Mapping[str, frozenset[EventType]]], Mapping[str, dict[str, Any]]
+]
 _LOADERS: dict[str, SnapshotLoader] = {}
 # An object (a model, or a stand-in with its attributes) -> its snapshot: for a statement
 # that records its change and its event at once, from values it knows before running.
@@ -139,8 +143,13 @@ def _write(session: Session, recorded: list[_Recorded]) -> None:
         loader = _LOADERS.get(object_type)
         if loader is None:
             raise SnapshotMissing(f"no snapshot loader for {object_type} is registered")
-        ids = sorted({r.object_id for r in recorded if r.type.object_type == object_type})
-        snapshots[object_type] = loader(session, ids)
+        types: dict[str, set[EventType]] = {}
+        for r in recorded:
+            if r.type.object_type == object_type:
+                types.setdefault(r.object_id, set()).add(r.type)
+        snapshots[object_type] = loader(
+            session, {i: frozenset(t) for i, t in sorted(types.items())}
+        )
     rows = []
     for r in recorded:
         data = snapshots[r.type.object_type].get(r.object_id)

@@ -5,13 +5,14 @@ transaction recording the events, a fixed number of statements however many."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from billing.events import events
+from billing.events.rules import EventType
 from billing.invoicing.invoices import invoice_histories, shown_invoices
 from billing.models import Customer, EmailDelivery, Refund, Subscription
 from billing.views.serializers import (
@@ -22,27 +23,36 @@ from billing.views.serializers import (
     subscription_out,
 )
 
+Recorded = Mapping[str, frozenset[EventType]]
 
-def _customers(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
-    rows = session.scalars(select(Customer).where(Customer.id.in_(ids)))
+
+def _customers(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(select(Customer).where(Customer.id.in_(list(ids))))
     return {c.id: customer_out(c).model_dump(mode="json") for c in rows}
 
 
-def _invoices(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
-    shown = shown_invoices(session, ids)
-    histories = invoice_histories(list(shown.values()))
+def _invoices(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    shown = shown_invoices(session, list(ids))
+    # Numbered in this very transaction: its emails and PDF are jobs not yet run, so its
+    # history has none to read (as invoice_out(just_finalized=True) knows).
+    fresh = [v for i, v in shown.items() if EventType.INVOICE_FINALIZED in ids[i]]
+    older = [v for i, v in shown.items() if EventType.INVOICE_FINALIZED not in ids[i]]
+    histories = {
+        **invoice_histories(fresh, just_finalized=True),
+        **invoice_histories(older),
+    }
     return {i: invoice_body(invoice, histories[i]) for i, invoice in shown.items()}
 
 
-def _refunds(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
-    rows = session.scalars(select(Refund).where(Refund.id.in_(ids)))
+def _refunds(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(select(Refund).where(Refund.id.in_(list(ids))))
     return {r.id: refund_out(r).model_dump(mode="json") for r in rows}
 
 
-def _subscriptions(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
+def _subscriptions(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
     rows = session.scalars(
         select(Subscription)
-        .where(Subscription.id.in_(ids))
+        .where(Subscription.id.in_(list(ids)))
         .options(selectinload(Subscription.price))
     )
     return {s.id: subscription_out(s).model_dump(mode="json") for s in rows}
@@ -53,8 +63,8 @@ def email_snapshot(delivery: Any) -> dict[str, Any]:
     return {**email_out(delivery).model_dump(mode="json"), "invoice": delivery.invoice_id}
 
 
-def _emails(session: Session, ids: Sequence[str]) -> Mapping[str, dict[str, Any]]:
-    rows = session.scalars(select(EmailDelivery).where(EmailDelivery.id.in_(ids)))
+def _emails(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(select(EmailDelivery).where(EmailDelivery.id.in_(list(ids))))
     return {e.id: email_snapshot(e) for e in rows}
 
 
