@@ -188,6 +188,12 @@ _ONE_INVOICE = (
 )
 _INVOICE = Prebuilt(_ONE_INVOICE)
 _SCOPED_INVOICE = Prebuilt(_ONE_INVOICE.where(Invoice.customer_id == bindparam("b_customer_id")))
+_INVOICES_WITH_LINES = Prebuilt(
+    select(*_INVOICE_COLUMNS, *_LINE_COLUMNS)
+    .outerjoin(InvoiceLine, InvoiceLine.invoice_id == Invoice.id)
+    .where(Invoice.id == func.any(_INVOICE_IDS))
+    .order_by(Invoice.id, InvoiceLine.id)
+)
 _LINES_OF = Prebuilt(
     select(*_LINE_COLUMNS)
     .where(InvoiceLine.invoice_id == func.any(_INVOICE_IDS))
@@ -257,9 +263,20 @@ def list_invoices(
 
 
 def shown_invoices(session: Session, invoice_ids: Sequence[str]) -> dict[str, ShownInvoice]:
-    """These invoices as a response shows them, by id: three statements however many."""
-    rows = session.execute(select(*_INVOICE_COLUMNS).where(Invoice.id.in_(invoice_ids))).all()
-    return _with_lines_and_attempts({row.id: ShownInvoice(*row) for row in rows})
+    """These invoices as a response shows them, by id: two prebuilt statements however
+    many (the invoices with their lines, then their charge attempts)."""
+    connection = session.connection()
+    invoices: dict[str, ShownInvoice] = {}
+    width = len(_INVOICE_COLUMNS)
+    for row in _INVOICES_WITH_LINES.execute(connection, {"b_invoice_ids": list(invoice_ids)}):
+        invoice = invoices.get(row[0])
+        if invoice is None:
+            invoice = invoices[row[0]] = ShownInvoice(*row[:width])
+        if row[width] is not None:
+            invoice.lines.append(ShownLine(*row[width:]))
+    if invoices:
+        _add_charge_attempts(connection, invoices)
+    return invoices
 
 
 def _with_lines_and_attempts(invoices: dict[str, ShownInvoice]) -> dict[str, ShownInvoice]:
@@ -274,12 +291,65 @@ def _with_lines_and_attempts(invoices: dict[str, ShownInvoice]) -> dict[str, Sho
 
 @dataclass(frozen=True)
 class InvoiceHistory:
-    """What a response shows of an invoice besides its row, lines and charge attempts."""
+    """What a response shows of an invoice besides its row, lines and charge attempts: rows
+    with the columns of Refund, EmailDelivery and InvoiceDocument that it shows, read as
+    plain rows (no model to track changes of), as ShownInvoice is."""
 
-    refunds: list[Refund] = field(default_factory=list)
-    emails: list[EmailDelivery] = field(default_factory=list)
-    document: InvoiceDocument | None = None  # the newest
+    refunds: list[Any] = field(default_factory=list)
+    emails: list[Any] = field(default_factory=list)
+    document: Any | None = None  # the newest
     next_payment_attempt: datetime | None = None
+
+
+# What a response shows of each, by the models' attribute names (the serializers read them
+# from these rows as from the models).
+_REFUNDS_OF = Prebuilt(
+    select(
+        Refund.id,
+        Refund.invoice_id,
+        Refund.status,
+        Refund.amount,
+        Refund.currency,
+        Refund.reason,
+        Refund.stripe_refund_id,
+        Refund.failure_message,
+        Refund.created_at,
+    )
+    .where(Refund.invoice_id == func.any(_INVOICE_IDS))
+    .order_by(Refund.id)
+)
+_EMAILS_OF = Prebuilt(
+    select(
+        EmailDelivery.id,
+        EmailDelivery.invoice_id,
+        EmailDelivery.kind,
+        EmailDelivery.recipient,
+        EmailDelivery.status,
+        EmailDelivery.error,
+        EmailDelivery.attempts,
+        EmailDelivery.message_id,
+        EmailDelivery.created_at,
+        EmailDelivery.sent_at,
+    )
+    .where(EmailDelivery.invoice_id == func.any(_INVOICE_IDS))
+    .order_by(EmailDelivery.created_at, EmailDelivery.id)
+)
+# The newest version of each: DISTINCT ON keeps the first row of each invoice.
+_NEWEST_DOCUMENTS_OF = Prebuilt(
+    select(
+        InvoiceDocument.invoice_id,
+        InvoiceDocument.version,
+        InvoiceDocument.invoice_status,
+        InvoiceDocument.sha256,
+        InvoiceDocument.size,
+        InvoiceDocument.template_version,
+        InvoiceDocument.renderer_version,
+        InvoiceDocument.created_at,
+    )
+    .where(InvoiceDocument.invoice_id == func.any(_INVOICE_IDS))
+    .order_by(InvoiceDocument.invoice_id, InvoiceDocument.version.desc())
+    .ext(distinct_on(InvoiceDocument.invoice_id))
+)
 
 
 def invoice_histories(
@@ -293,32 +363,21 @@ def invoice_histories(
     invoice with nothing paid has none. A draft has neither emails nor documents, and nor
     has an invoice numbered by this very request (`just_finalized`): both are made by jobs
     recorded in its transaction."""
-    session = db.session()
     paid = [invoice.id for invoice in invoices if invoice.amount_paid]
     issued = [] if just_finalized else [invoice.id for invoice in invoices if invoice.number]
-    refunds: dict[str, list[Refund]] = defaultdict(list)
-    if paid:
-        for refund in session.scalars(
-            select(Refund).where(Refund.invoice_id.in_(paid)).order_by(Refund.id)
-        ):
-            refunds[refund.invoice_id].append(refund)
-    emails: dict[str, list[EmailDelivery]] = defaultdict(list)
-    documents: dict[str, InvoiceDocument] = {}
-    if issued:
-        for email in session.scalars(
-            select(EmailDelivery)
-            .where(EmailDelivery.invoice_id.in_(issued))
-            .order_by(EmailDelivery.created_at, EmailDelivery.id)
-        ):
-            emails[email.invoice_id].append(email)
-        # The newest version of each: DISTINCT ON keeps the first row of each invoice.
-        for document in session.scalars(
-            select(InvoiceDocument)
-            .where(InvoiceDocument.invoice_id.in_(issued))
-            .order_by(InvoiceDocument.invoice_id, InvoiceDocument.version.desc())
-            .ext(distinct_on(InvoiceDocument.invoice_id))
-        ):
-            documents[document.invoice_id] = document
+    refunds: dict[str, list[Any]] = defaultdict(list)
+    emails: dict[str, list[Any]] = defaultdict(list)
+    documents: dict[str, Any] = {}
+    if paid or issued:
+        connection = db.session.connection()
+        if paid:
+            for refund in _REFUNDS_OF.execute(connection, {"b_invoice_ids": paid}):
+                refunds[refund.invoice_id].append(refund)
+        if issued:
+            for email in _EMAILS_OF.execute(connection, {"b_invoice_ids": issued}):
+                emails[email.invoice_id].append(email)
+            for document in _NEWEST_DOCUMENTS_OF.execute(connection, {"b_invoice_ids": issued}):
+                documents[document.invoice_id] = document
     next_attempts = next_payment_attempts(invoices)
     return {
         invoice.id: InvoiceHistory(
