@@ -136,6 +136,8 @@ def start_stack(
         # One admin key drives the whole stack here, as fast as it goes, to load the
         # workers; the rate limits have their own tests (tests/integration/test_rate_limits.py).
         "API_RATE_LIMIT": "100000 per second",
+        # Webhook endpoints may be a test's own receiver on loopback.
+        "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         **FAST_RECOVERY,
         **(extra_env or {}),
     }
