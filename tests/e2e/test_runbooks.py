@@ -41,6 +41,7 @@ PAGES = [
     "resend-or-rerender-invoices.md",
     "stripe-outage.md",
     "webhook-secret-rotation.md",
+    "webhook-endpoint-disabled.md",
     "two-beats.md",
     "redis-loss.md",
     "failed-migration.md",
@@ -484,6 +485,45 @@ def webhook_secret_rotation(helper: StackHelper) -> Scene:
     return Scene({"<event-id>": event_id})
 
 
+def webhook_endpoint_disabled(helper: StackHelper) -> Scene:
+    """An endpoint the service disabled after its receiver answered 410, and the receiver
+    working again (answering 200) by the time the operator enables it and replays."""
+    from tests.support.webhook_receiver import WebhookReceiver
+
+    receiver = WebhookReceiver(status=410)
+    endpoint_id = ""
+
+    def cleanup() -> None:
+        try:
+            if endpoint_id:
+                response = helper.http.delete(
+                    f"{helper.stack.url}/v1/webhook_endpoints/{endpoint_id}", timeout=30
+                )
+                assert response.status_code == 200, response.text
+        finally:
+            receiver.stop()
+
+    try:
+        endpoint_id = helper.post(
+            "/v1/webhook_endpoints",
+            {"url": receiver.url, "enabled_events": ["customer.created", "customer.updated"]},
+        )["id"]
+        helper.customer(email="hooks@initech.example", card=False)
+
+        def disabled_endpoint() -> dict[str, Any] | None:
+            endpoint = helper.get(f"/v1/webhook_endpoints/{endpoint_id}")
+            return endpoint if endpoint["enabled"] is False else None
+
+        disabled = wait_for(disabled_endpoint, timeout=120)
+        assert disabled["disabled_reason"] == "the endpoint answered 410 Gone", disabled
+        assert any(r.answered == 410 for r in receiver.received)
+        receiver.status = 200
+    except BaseException:
+        cleanup()
+        raise
+    return Scene({"<endpoint-id>": endpoint_id}, cleanup=cleanup)
+
+
 def two_beats(helper: StackHelper) -> Scene:
     helper.stack.start_beat("beat-2")
     wait_for(lambda: "beat: Starting" in _log(helper.stack, "beat-2"), timeout=60)
@@ -510,6 +550,7 @@ SCENES: dict[str, Callable[[StackHelper], Scene]] = {
     "resend-or-rerender-invoices.md": resend_or_rerender_invoices,
     "stripe-outage.md": lambda helper: Scene(),
     "webhook-secret-rotation.md": webhook_secret_rotation,
+    "webhook-endpoint-disabled.md": webhook_endpoint_disabled,
     "two-beats.md": two_beats,
     "redis-loss.md": redis_loss,
     "failed-migration.md": lambda helper: Scene(),
