@@ -250,6 +250,9 @@ def main() -> int:
         )
         for receiver in receivers:
             receiver.start()
+        # Forked now, before this process starts any thread (the app's pools, Celery's
+        # producer): a child forked from a threaded process can inherit a held lock and hang.
+        pool = context.Pool(args.concurrency, initializer=_set_url, initargs=(receiver_url,))
         for _ in range(100):
             try:
                 requests.post(receiver_url, data=b"{}", timeout=1)
@@ -305,7 +308,7 @@ def main() -> int:
         service_cpu = {"worker": 0.0, "machine": 0.0}
         with (
             closing(connect(database_url)) as db,
-            context.Pool(args.concurrency, initializer=_set_url, initargs=(receiver_url,)) as pool,
+            pool,
         ):
 
             def service_round(event_ids: list[str]) -> None:
