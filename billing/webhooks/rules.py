@@ -1,10 +1,11 @@
 """Deliveries of events to webhook endpoints: their states, their retries, their order. Pure.
 
 A delivery is one event for one endpoint. It is *waiting* while an earlier event about the
-same object has not yet reached that endpoint, *pending* while its job sends it (again),
-and ends *succeeded* (a 2xx), *failed* (retried for the whole retry window, or the
-endpoint answered 410) or *canceled* (the endpoint was deleted first). An
-operator's replay makes an ended delivery waiting again, released in sequence order.
+same object has not yet reached that endpoint, *pending* while its endpoint's drain sends
+it (again, once `next_attempt_at` comes), and ends *succeeded* (a 2xx), *failed* (retried
+for the whole retry window, or the endpoint answered 410) or *canceled* (the endpoint was
+deleted first). An operator's replay makes an ended delivery waiting again, released in
+sequence order.
 """
 
 from __future__ import annotations
