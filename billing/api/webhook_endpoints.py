@@ -125,12 +125,10 @@ def roll_secret(endpoint_id: str, body: schemas.RollSecret | None) -> ViewResult
     errors=(400, 403, 404),
 )
 def list_deliveries(endpoint_id: str, query: schemas.WebhookDeliveryListQuery) -> ViewResult:
-    endpoints.get_endpoint(endpoint_id)
     page = deliveries.list_deliveries(
         endpoint_id, state=query.state, limit=query.limit, starting_after=query.starting_after
     )
-    tries = deliveries.attempts_of([d.id for d in page.items])
     return schemas.WebhookDeliveryList(
-        data=[webhook_delivery_out(d, tries[d.id]) for d in page.items],
+        data=[webhook_delivery_out(d, tries) for d, tries in page.items],
         has_more=page.has_more,
     ), 200

@@ -34,16 +34,16 @@ def webhook_deliveries_group() -> None:
 def list_deliveries(endpoint_id: str, state: str | None, limit: int) -> None:
     from billing.platform.errors import NotFound
     from billing.views.serializers import webhook_delivery_out
-    from billing.webhooks import deliveries, endpoints
+    from billing.webhooks import deliveries
 
     try:
-        endpoints.get_endpoint(endpoint_id)
+        page = deliveries.list_deliveries(
+            endpoint_id, state=state, limit=limit, starting_after=None
+        )
     except NotFound as exc:
         raise click.UsageError(str(exc)) from exc
-    page = deliveries.list_deliveries(endpoint_id, state=state, limit=limit, starting_after=None)
-    tries = deliveries.attempts_of([d.id for d in page.items])
-    for delivery in page.items:
-        shown = webhook_delivery_out(delivery, tries[delivery.id])
+    for delivery, tries in page.items:
+        shown = webhook_delivery_out(delivery, tries)
         click.echo(json.dumps(shown.model_dump(mode="json"), sort_keys=True))
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -64,7 +63,7 @@ from billing.platform.outbox import JobWork, has_unfinished_job, record_job, rec
 from billing.platform.pagination import Page, paginate
 from billing.platform.unit_of_work import transaction
 from billing.webhooks import rules
-from billing.webhooks.endpoints import signing_secrets
+from billing.webhooks.endpoints import existing, signing_secrets
 from billing.webhooks.rules import DeliveryState, TryOutcome
 from billing.webhooks.signatures import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
 
@@ -595,30 +594,23 @@ def list_deliveries(
     state: str | None = None,
     limit: int,
     starting_after: str | None,
-) -> Page[WebhookDelivery]:
+) -> Page[tuple[WebhookDelivery, list[WebhookAttempt]]]:
+    """A page of an endpoint's deliveries, newest first, each with its tries in order:
+    two statements whatever the page's length."""
+    existing(db.session(), endpoint_id)
     query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
     if state is not None:
         query = query.where(WebhookDelivery.state == state)
-    return paginate(query, WebhookDelivery.id, limit, starting_after)
-
-
-def attempts_of(delivery_ids: Sequence[str]) -> dict[str, list[WebhookAttempt]]:
-    found: dict[str, list[WebhookAttempt]] = {i: [] for i in delivery_ids}
-    if delivery_ids:
+    page = paginate(query, WebhookDelivery.id, limit, starting_after)
+    tries: dict[str, list[WebhookAttempt]] = {d.id: [] for d in page.items}
+    if tries:
         for attempt in db.session.scalars(
             select(WebhookAttempt)
-            .where(WebhookAttempt.delivery_id.in_(list(delivery_ids)))
+            .where(WebhookAttempt.delivery_id.in_(list(tries)))
             .order_by(WebhookAttempt.id)
         ):
-            found[attempt.delivery_id].append(attempt)
-    return found
-
-
-def get_delivery(delivery_id: str) -> WebhookDelivery:
-    delivery = db.session.get(WebhookDelivery, delivery_id)
-    if delivery is None:
-        raise NotFound(f"No such webhook delivery: '{delivery_id}'", param="id")
-    return delivery
+            tries[attempt.delivery_id].append(attempt)
+    return Page([(d, tries[d.id]) for d in page.items], page.has_more)
 
 
 def replay(
@@ -636,15 +628,14 @@ def replay(
             delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
             if delivery is None:
                 raise NotFound(f"No such webhook delivery: '{delivery_id}'", param="id")
+            existing(session, delivery.endpoint_id, param="endpoint")
             endpoint_id = delivery.endpoint_id
             chosen = [delivery]
         else:
             if endpoint_id is None:
                 raise ValueError("replay takes a delivery, or an endpoint and a range")
-            chosen = _deliveries_in_range(session, endpoint_id, since, until)
-        endpoint = session.get(WebhookEndpoint, endpoint_id)
-        if endpoint is None or endpoint.deleted_at is not None:
-            raise NotFound(f"No such webhook endpoint: '{endpoint_id}'", param="endpoint")
+            endpoint = existing(session, endpoint_id, param="endpoint")
+            chosen = _deliveries_in_range(session, endpoint, since, until)
         replayed = [d for d in chosen if d.state not in _UNFINISHED]
         for delivery in replayed:
             # Waiting, as a new delivery behind an earlier one: released just below in
@@ -660,11 +651,9 @@ def replay(
 
 
 def _deliveries_in_range(
-    session: Session, endpoint_id: str, since: datetime | None, until: datetime | None
+    session: Session, endpoint: WebhookEndpoint, since: datetime | None, until: datetime | None
 ) -> list[WebhookDelivery]:
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None or endpoint.deleted_at is not None:
-        raise NotFound(f"No such webhook endpoint: '{endpoint_id}'", param="endpoint")
+    endpoint_id = endpoint.id
     in_range: list[Any] = [Event.dispatched.is_(True)]
     if since is not None:
         in_range.append(Event.created_at >= since)

@@ -87,19 +87,26 @@ def create_endpoint(fields: EndpointFields) -> tuple[WebhookEndpoint, str]:
 
 
 def get_endpoint(endpoint_id: str) -> WebhookEndpoint:
-    endpoint = db.session.get(WebhookEndpoint, endpoint_id)
+    return existing(db.session(), endpoint_id)
+
+
+def existing(
+    session: Session, endpoint_id: str, *, locked: bool = False, param: str = "id"
+) -> WebhookEndpoint:
+    """The endpoint, unless there is none or it was deleted (NotFound, naming `param`)."""
+    if locked:
+        endpoint = session.get(
+            WebhookEndpoint, endpoint_id, with_for_update=True, populate_existing=True
+        )
+    else:
+        endpoint = session.get(WebhookEndpoint, endpoint_id)
     if endpoint is None or endpoint.deleted_at is not None:
-        raise NotFound(f"No such webhook endpoint: '{endpoint_id}'", param="id")
+        raise NotFound(f"No such webhook endpoint: '{endpoint_id}'", param=param)
     return endpoint
 
 
 def _locked(session: Session, endpoint_id: str) -> WebhookEndpoint:
-    endpoint = session.get(
-        WebhookEndpoint, endpoint_id, with_for_update=True, populate_existing=True
-    )
-    if endpoint is None or endpoint.deleted_at is not None:
-        raise NotFound(f"No such webhook endpoint: '{endpoint_id}'", param="id")
-    return endpoint
+    return existing(session, endpoint_id, locked=True)
 
 
 def list_endpoints(*, limit: int, starting_after: str | None) -> Page[WebhookEndpoint]:
