@@ -96,8 +96,15 @@ def recorded_with(
     )
 
 
-def event_params(object_type: str, obj: Any, customer_id: str | None) -> dict[str, Any]:
-    """The parameters of `recorded_with`'s event, its snapshot shaped from `obj`."""
+def event_params(
+    object_type: str, obj: Any, customer_id: str | None, *, recorded: bool = True
+) -> dict[str, Any]:
+    """The parameters of `recorded_with`'s event, its snapshot shaped from `obj`; given
+    `recorded=False` (the statement will insert no event this time), only placeholders."""
+    if not recorded:
+        return dict.fromkeys(
+            ("b_event_id", "b_event_customer_id", "b_event_data", "b_event_request_id")
+        )
     return {
         "b_event_id": new_id("evt"),
         "b_event_customer_id": customer_id,

@@ -475,7 +475,7 @@ _DELIVERY_NOT_SENT = (
         error=bindparam("b_error", type_=String()),
         attempts=_deliveries.c.attempts + 1,
     )
-    .returning(_deliveries.c.id, _deliveries.c.status)
+    .returning(_deliveries.c.id)
     .cte("delivery_not_sent")
 )
 # Refused for good: the email's failure is an event; a deferral is not (even of a delivery
@@ -531,6 +531,8 @@ def _record(
                 None,  # set by the statement itself when sent
             ),
             mail.customer_id,
+            # A deferral records no event: its snapshot would go unused.
+            recorded=outcome is not SendOutcome.NOT_SENT,
         ),
     }
     with work.statements() as connection:

@@ -116,3 +116,41 @@ def test_events_older_than_the_retention_are_pruned(app, admin, make_customer):
     make_customer()
     assert events.prune(timedelta(days=365)) == 1
     assert len(_events(admin)) == 1
+
+
+def _send_invoice(admin: Any, customer: dict[str, Any]) -> dict[str, Any]:
+    draft = admin.post(
+        "/v1/invoices",
+        json={
+            "customer": customer["id"],
+            "collection_method": "send_invoice",
+            "lines": [{"description": "Annual licence", "quantity": 1, "unit_amount": 12000}],
+        },
+    ).get_json()
+    return admin.post(f"/v1/invoices/{draft['id']}/finalize").get_json()  # type: ignore[no-any-return]
+
+
+def test_a_sent_email_is_an_event_showing_it_as_its_invoice_does(admin, make_customer, run_jobs):
+    invoice = _send_invoice(admin, make_customer())
+    run_jobs()
+    [event] = _events(admin, type="email.sent")
+    [shown] = admin.get(f"/v1/invoices/{invoice['id']}").get_json()["emails"]
+    assert event["data"]["object"] == {**shown, "invoice": invoice["id"]}
+
+
+def test_an_email_refused_for_good_is_an_event_and_a_deferral_is_not(
+    admin, make_customer, run_jobs, mailbox
+):
+    deferred = make_customer(email="slow@globex.example")
+    mailbox.handler.refuse("slow@globex.example", "451 4.7.1 Greylisted, try later", times=1)
+    refused = make_customer(email="gone@globex.example")
+    mailbox.handler.refuse("gone@globex.example", "550 5.1.1 No such user")
+    _send_invoice(admin, deferred)
+    _send_invoice(admin, refused)
+    run_jobs()
+    [failed] = _events(admin, type="email.failed")
+    assert failed["customer"] == refused["id"]
+    assert failed["data"]["object"]["status"] == "failed"
+    assert "550" in failed["data"]["object"]["error"]
+    [sent] = _events(admin, type="email.sent")
+    assert sent["customer"] == deferred["id"] and sent["data"]["object"]["attempts"] == 2
