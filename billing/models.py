@@ -30,8 +30,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from billing.balances.rules import BalanceTransactionType
 from billing.charging import rules as charge_rules
 from billing.charging.rules import ChargeStatus
+from billing.credit_notes.rules import CreditNoteReason, CreditNoteStatus
+from billing.discounts.rules import CouponDuration
 from billing.domain.jobs import REPLAYABLE, UNFINISHED, JobState
 from billing.domain.ledger import LedgerState
 from billing.extensions import db
@@ -84,6 +87,9 @@ class Customer(db.Model):  # type: ignore[name-defined]
     )
     # Set when dunning gave up on one of its invoices; cleared once nothing is overdue.
     delinquent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Credit the customer holds, in its currency (billing.balances.rules): kept equal to the
+    # balance after its newest balance transaction, in the same transaction.
+    balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, server_default=func.now(), onupdate=func.now()
@@ -91,7 +97,10 @@ class Customer(db.Model):  # type: ignore[name-defined]
 
     invoices: Mapped[list[Invoice]] = relationship(back_populates="customer")
 
-    __table_args__ = (CheckConstraint("currency = lower(currency)", name="currency_lowercase"),)
+    __table_args__ = (
+        CheckConstraint("currency = lower(currency)", name="currency_lowercase"),
+        CheckConstraint("balance >= 0", name="balance_not_negative"),
+    )
 
 
 class Invoice(db.Model):  # type: ignore[name-defined]
@@ -111,11 +120,20 @@ class Invoice(db.Model):  # type: ignore[name-defined]
     metadata_: Mapped[dict[str, str]] = mapped_column(
         "metadata", JSONB, default=dict, server_default=text("'{}'::jsonb")
     )
+    # The lines' amounts before discounts; `discount` the sum of the invoice's discounts;
+    # `tax` computed on the discounted amounts.
     subtotal: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    discount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     tax: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     amount_paid: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The customer's balance that paid part of it at finalization (never charged).
+    balance_applied: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # What credit notes took off its amount due while it was open.
+    amount_credited: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The totals of its credit notes that stand (not void), however they were settled.
+    credit_notes_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, server_default=func.now(), onupdate=func.now()
@@ -151,8 +169,17 @@ class Invoice(db.Model):  # type: ignore[name-defined]
         CheckConstraint(
             f"(status = '{InvoiceStatus.DRAFT}') = (number IS NULL)", name="number_iff_finalized"
         ),
-        CheckConstraint("total = subtotal + tax", name="total_is_sum"),
-        CheckConstraint("amount_paid >= 0 AND amount_paid <= total", name="amount_paid_bounded"),
+        CheckConstraint("total = subtotal - discount + tax", name="total_is_sum"),
+        CheckConstraint("discount >= 0", name="discount_not_negative"),
+        CheckConstraint(
+            "amount_paid >= 0 AND balance_applied >= 0 AND amount_credited >= 0 "
+            "AND amount_paid + balance_applied + amount_credited <= total",
+            name="amount_paid_bounded",
+        ),
+        # However many credit notes, never more credited than the invoice's total.
+        CheckConstraint(
+            "credit_notes_total >= 0 AND credit_notes_total <= total", name="credit_notes_bounded"
+        ),
         CheckConstraint(
             "amount_refunded >= 0 AND amount_refunded <= amount_paid", name="refund_bounded"
         ),
@@ -167,7 +194,11 @@ class Invoice(db.Model):  # type: ignore[name-defined]
 
     @property
     def amount_due(self) -> int:
-        return self.total - self.amount_paid
+        # A model not yet flushed has no defaults yet: nothing applied or credited.
+        settled = (
+            (self.amount_paid or 0) + (self.balance_applied or 0) + (self.amount_credited or 0)
+        )
+        return (self.total or 0) - settled
 
 
 class InvoiceLine(db.Model):  # type: ignore[name-defined]
@@ -182,6 +213,8 @@ class InvoiceLine(db.Model):  # type: ignore[name-defined]
     unit_amount: Mapped[int] = mapped_column(BigInteger)
     tax_rate: Mapped[Decimal] = mapped_column(Numeric(7, 4), default=Decimal(0))
     amount: Mapped[int] = mapped_column(BigInteger)
+    # Its share of the invoice's discounts: its tax is on amount - discount_amount.
+    discount_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     tax: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
@@ -191,6 +224,10 @@ class InvoiceLine(db.Model):  # type: ignore[name-defined]
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("tax_rate >= 0 AND tax_rate <= 100", name="tax_rate_percent"),
         CheckConstraint("amount = quantity * unit_amount", name="amount_is_product"),
+        CheckConstraint(
+            "discount_amount >= 0 AND discount_amount <= greatest(amount, 0)",
+            name="discount_bounded",
+        ),
     )
 
 
@@ -358,6 +395,8 @@ class Refund(db.Model):  # type: ignore[name-defined]
     currency: Mapped[str] = mapped_column(String(3))
     reason: Mapped[str | None] = mapped_column(String(500))
     stripe_refund_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # The credit note this refund settles, if it settles one: at most one refund each.
+    credit_note_id: Mapped[str | None] = mapped_column(ForeignKey("credit_notes.id"), unique=True)
     failure_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -754,3 +793,284 @@ class WebhookAttempt(db.Model):  # type: ignore[name-defined]
     error: Mapped[str | None] = mapped_column(Text)
     response_excerpt: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+CREDIT_NOTE_STATUSES = list(CreditNoteStatus)
+CREDIT_NOTE_REASONS = list(CreditNoteReason)
+
+
+class CreditNoteNumberSequence(db.Model):  # type: ignore[name-defined]
+    """The credit notes' own gapless series, one counter row per year, as for invoices."""
+
+    __tablename__ = "credit_note_number_sequences"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_number: Mapped[int] = mapped_column(Integer)
+
+
+class CreditNote(db.Model):  # type: ignore[name-defined]
+    """A correction of a finalized invoice, and how its total was settled
+    (billing.credit_notes.rules)."""
+
+    __tablename__ = "credit_notes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "cn"))
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    memo: Mapped[str | None] = mapped_column(Text)
+    subtotal: Mapped[int] = mapped_column(BigInteger)
+    tax: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    # How the total was settled: the parts sum to it.
+    amount_due_reduction: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    refund_amount: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    credit_balance_amount: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    out_of_band_amount: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    issued_at: Mapped[datetime] = mapped_column(Timestamp)
+    voided_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+
+    lines: Mapped[list[CreditNoteLine]] = relationship(
+        back_populates="credit_note", order_by="CreditNoteLine.id", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        CheckConstraint(_in("status", CREDIT_NOTE_STATUSES), name="status_known"),
+        CheckConstraint(_in("reason", CREDIT_NOTE_REASONS), name="reason_known"),
+        CheckConstraint("total = subtotal + tax AND total > 0", name="total_is_sum"),
+        CheckConstraint(
+            "amount_due_reduction >= 0 AND refund_amount >= 0 AND credit_balance_amount >= 0 "
+            "AND out_of_band_amount >= 0 AND amount_due_reduction + refund_amount "
+            "+ credit_balance_amount + out_of_band_amount = total",
+            name="settlement_is_total",
+        ),
+        CheckConstraint(
+            f"(status = '{CreditNoteStatus.VOID}') = (voided_at IS NOT NULL)", name="void_dated"
+        ),
+        Index("ix_credit_notes_customer", "customer_id", "id"),
+    )
+
+
+class CreditNoteLine(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "credit_note_lines"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "cnl"))
+    credit_note_id: Mapped[str] = mapped_column(
+        ForeignKey("credit_notes.id", ondelete="CASCADE"), index=True
+    )
+    # The invoice line it credits; None for a free amount.
+    invoice_line_id: Mapped[str | None] = mapped_column(ForeignKey("invoice_lines.id"))
+    description: Mapped[str] = mapped_column(String(500))
+    quantity: Mapped[int | None] = mapped_column(BigInteger)
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(7, 4))
+    # Net of tax.
+    amount: Mapped[int] = mapped_column(BigInteger)
+    tax: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    credit_note: Mapped[CreditNote] = relationship(back_populates="lines")
+
+    __table_args__ = (
+        CheckConstraint("amount >= 0 AND tax >= 0", name="amounts_not_negative"),
+        CheckConstraint("quantity IS NULL OR quantity > 0", name="quantity_positive"),
+    )
+
+
+class CreditNoteDocument(db.Model):  # type: ignore[name-defined]
+    """One rendered PDF of a credit note, versioned and hashed as InvoiceDocument is."""
+
+    __tablename__ = "credit_note_documents"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "doc"))
+    credit_note_id: Mapped[str] = mapped_column(ForeignKey("credit_notes.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    credit_note_status: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    storage: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str] = mapped_column(String(512))
+    template_version: Mapped[str] = mapped_column(String(32))
+    renderer_version: Mapped[str] = mapped_column(String(64))
+    source_fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("credit_note_id", "version", name="uq_credit_note_documents_version"),
+        UniqueConstraint("credit_note_id", "sha256", name="uq_credit_note_documents_sha256"),
+        CheckConstraint("version > 0", name="version_positive"),
+    )
+
+
+BALANCE_TRANSACTION_TYPES = list(BalanceTransactionType)
+
+
+class CustomerBalanceTransaction(db.Model):  # type: ignore[name-defined]
+    """One change of a customer's balance; append-only (billing.balances.rules)."""
+
+    __tablename__ = "customer_balance_transactions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "cbt"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    type: Mapped[str] = mapped_column(String(32))
+    # Positive: credit added; negative: credit used or taken back.
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    credit_note_id: Mapped[str | None] = mapped_column(ForeignKey("credit_notes.id"))
+    invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
+    description: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(_in("type", BALANCE_TRANSACTION_TYPES), name="type_known"),
+        CheckConstraint("amount <> 0", name="amount_not_zero"),
+        CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
+        Index("ix_customer_balance_transactions_customer", "customer_id", "id"),
+        # What makes applying a balance (or giving it back) happen once per invoice and
+        # once per credit note, whatever retries and races.
+        Index(
+            "uq_customer_balance_transactions_invoice",
+            "invoice_id",
+            "type",
+            unique=True,
+            postgresql_where=text("invoice_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_customer_balance_transactions_credit_note",
+            "credit_note_id",
+            "type",
+            unique=True,
+            postgresql_where=text("credit_note_id IS NOT NULL"),
+        ),
+    )
+
+
+COUPON_DURATIONS = list(CouponDuration)
+
+
+class Coupon(db.Model):  # type: ignore[name-defined]
+    """A reduction: a percentage or an amount in one currency, for a duration."""
+
+    __tablename__ = "coupons"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "co"))
+    name: Mapped[str] = mapped_column(String(256))
+    percent_off: Mapped[Decimal | None] = mapped_column(Numeric(7, 4))
+    amount_off: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    duration: Mapped[str] = mapped_column(String(16))
+    duration_in_months: Mapped[int | None] = mapped_column(Integer)
+    max_redemptions: Mapped[int | None] = mapped_column(Integer)
+    # The last instant it can be redeemed.
+    redeem_by: Mapped[datetime | None] = mapped_column(Timestamp)
+    times_redeemed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    # A deleted coupon can no longer be redeemed; the discounts it gave run their course.
+    deleted_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        CheckConstraint("(percent_off IS NULL) <> (amount_off IS NULL)", name="one_kind"),
+        CheckConstraint("percent_off > 0 AND percent_off <= 100", name="percent_off_bounded"),
+        CheckConstraint("amount_off > 0", name="amount_off_positive"),
+        CheckConstraint("(amount_off IS NULL) = (currency IS NULL)", name="currency_iff_amount"),
+        CheckConstraint(_in("duration", COUPON_DURATIONS), name="duration_known"),
+        CheckConstraint(
+            f"(duration = '{CouponDuration.REPEATING}') = (duration_in_months IS NOT NULL) "
+            "AND (duration_in_months IS NULL OR duration_in_months > 0)",
+            name="months_iff_repeating",
+        ),
+        CheckConstraint(
+            "times_redeemed >= 0 "
+            "AND (max_redemptions IS NULL OR times_redeemed <= max_redemptions)",
+            name="redemptions_bounded",
+        ),
+    )
+
+
+class PromotionCode(db.Model):  # type: ignore[name-defined]
+    """A code customers type, mapping to a coupon, with limits of its own."""
+
+    __tablename__ = "promotion_codes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "promo"))
+    code: Mapped[str] = mapped_column(String(64))
+    coupon_id: Mapped[str] = mapped_column(ForeignKey("coupons.id"), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    # Only this customer may redeem it, when set.
+    customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id"))
+    max_redemptions: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    times_redeemed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        # Codes are typed by people: one code whatever its case.
+        Index("uq_promotion_codes_code", func.lower(text("code")), unique=True),
+        CheckConstraint(
+            "times_redeemed >= 0 "
+            "AND (max_redemptions IS NULL OR times_redeemed <= max_redemptions)",
+            name="redemptions_bounded",
+        ),
+    )
+
+
+class Discount(db.Model):  # type: ignore[name-defined]
+    """A coupon applied to a customer, to one of its subscriptions, or to one invoice."""
+
+    __tablename__ = "discounts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "di"))
+    coupon_id: Mapped[str] = mapped_column(ForeignKey("coupons.id"))
+    promotion_code_id: Mapped[str | None] = mapped_column(ForeignKey("promotion_codes.id"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    subscription_id: Mapped[str | None] = mapped_column(ForeignKey("subscriptions.id"))
+    invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
+    start: Mapped[datetime] = mapped_column(Timestamp)
+    # The end of a repeating discount (start + its months); None for once and forever.
+    end: Mapped[datetime | None] = mapped_column(Timestamp)
+    # When it stopped applying early: removed, or a `once` discount used by its invoice.
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "subscription_id IS NULL OR invoice_id IS NULL", name="one_subscription_or_invoice"
+        ),
+        Index("ix_discounts_customer", "customer_id"),
+        Index("ix_discounts_subscription", "subscription_id"),
+        Index("ix_discounts_invoice", "invoice_id"),
+    )
+
+
+class InvoiceDiscount(db.Model):  # type: ignore[name-defined]
+    """A discount line of an invoice: what one discount took off it."""
+
+    __tablename__ = "invoice_discounts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    invoice_id: Mapped[str] = mapped_column(
+        ForeignKey("invoices.id", ondelete="CASCADE"), index=True
+    )
+    discount_id: Mapped[str] = mapped_column(ForeignKey("discounts.id"))
+    coupon_id: Mapped[str] = mapped_column(ForeignKey("coupons.id"))
+    description: Mapped[str] = mapped_column(String(500))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("invoice_id", "discount_id", name="uq_invoice_discounts_discount"),
+        CheckConstraint("amount >= 0", name="amount_not_negative"),
+    )

@@ -723,7 +723,7 @@ def mark_invoice_paid(store: ChargeStore, invoice: Invoice, amount: int) -> None
     """Money arrived for this invoice. Never moves an invoice backwards; a payment on a
     void invoice is recorded on its attempt and logged for an operator to refund."""
     if invoice.status in PAYABLE:
-        invoice.amount_paid = min(invoice.total, invoice.amount_paid + amount)
+        invoice.amount_paid = invoice.amount_paid + min(invoice.amount_due, amount)
         invoice.status = invoice_rules.require_transition(invoice.status, InvoiceStatus.PAID).value
         invoice.paid_at = store.now()
         store.invoice_paid(invoice)

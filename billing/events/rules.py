@@ -29,6 +29,16 @@ class EventType(enum.StrEnum):
     SUBSCRIPTION_CREATED = "subscription.created"
     SUBSCRIPTION_UPDATED = "subscription.updated"
     SUBSCRIPTION_CANCELED = "subscription.canceled"
+    SUBSCRIPTION_TRIAL_WILL_END = "subscription.trial_will_end"
+    CREDIT_NOTE_CREATED = "credit_note.created"
+    CREDIT_NOTE_VOIDED = "credit_note.voided"
+    CUSTOMER_BALANCE_TRANSACTION_CREATED = "customer_balance_transaction.created"
+    COUPON_CREATED = "coupon.created"
+    COUPON_DELETED = "coupon.deleted"
+    PROMOTION_CODE_CREATED = "promotion_code.created"
+    PROMOTION_CODE_UPDATED = "promotion_code.updated"
+    DISCOUNT_CREATED = "discount.created"
+    DISCOUNT_DELETED = "discount.deleted"
     DUNNING_STEP_TAKEN = "dunning.step_taken"
     EMAIL_SENT = "email.sent"
     EMAIL_FAILED = "email.failed"
@@ -42,7 +52,18 @@ class EventType(enum.StrEnum):
 
 
 EVENT_TYPES = tuple(t.value for t in EventType)
-OBJECT_TYPES = ("customer", "invoice", "refund", "subscription", "email")
+OBJECT_TYPES = (
+    "customer",
+    "invoice",
+    "refund",
+    "subscription",
+    "email",
+    "credit_note",
+    "customer_balance_transaction",
+    "coupon",
+    "promotion_code",
+    "discount",
+)
 # A webhook endpoint subscribed to this receives every type, those added later included.
 ALL_TYPES = "*"
 

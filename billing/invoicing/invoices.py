@@ -98,6 +98,7 @@ class ShownLine(NamedTuple):
     unit_amount: int
     tax_rate: Decimal
     amount: int
+    discount_amount: int
     tax: int
 
 
@@ -135,10 +136,14 @@ class ShownInvoice:
     description: str | None
     metadata_: dict[str, str]
     subtotal: int
+    discount: int
     tax: int
     total: int
     amount_paid: int
     amount_refunded: int
+    balance_applied: int
+    amount_credited: int
+    credit_notes_total: int
     created_at: datetime
     finalized_at: datetime | None
     paid_at: datetime | None
@@ -150,7 +155,7 @@ class ShownInvoice:
 
     @property
     def amount_due(self) -> int:
-        return self.total - self.amount_paid
+        return self.total - self.amount_paid - self.balance_applied - self.amount_credited
 
     @classmethod
     def of(cls, invoice: Invoice) -> ShownInvoice:

@@ -330,7 +330,8 @@ class LineOut(BaseModel):
     unit_amount: int
     tax_rate: TaxRate
     amount: int
-    tax: int
+    discount_amount: int = Field(description="Its share of the invoice's discounts.")
+    tax: int = Field(description="On amount - discount_amount.")
 
 
 class LineList(BaseModel):
@@ -439,12 +440,23 @@ class InvoiceOut(BaseModel):
     description: str | None
     metadata: dict[str, str]
     lines: LineList
-    subtotal: int
+    subtotal: int = Field(description="The lines' amounts, before discounts.")
+    discount: int = Field(description="What the invoice's discounts took off the subtotal.")
     tax: int
-    total: int
+    total: int = Field(description="subtotal - discount + tax.")
     total_tax_amounts: list[TaxAmount]
+    balance_applied: int = Field(
+        description="The customer's credit balance that paid part of it at finalization."
+    )
+    amount_credited: int = Field(
+        description="What credit notes took off its amount due while it was open."
+    )
+    credit_notes_total: int = Field(description="The totals of its credit notes not void.")
     amount_paid: int
-    amount_due: int
+    amount_due: int = Field(
+        description="total - balance_applied - amount_credited - amount_paid: what is still "
+        "asked of the customer."
+    )
     amount_refunded: int
     refunds: list[RefundOut]
     payment_attempts: list[ChargeAttemptOut]

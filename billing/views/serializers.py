@@ -137,6 +137,7 @@ def _line_body(line: ShownLine, rate: str) -> dict[str, Any]:
         "unit_amount": line.unit_amount,
         "tax_rate": rate,
         "amount": line.amount,
+        "discount_amount": line.discount_amount,
         "tax": line.tax,
     }
 
@@ -157,7 +158,7 @@ def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, An
                 "taxable_amount": 0,
                 "amount": 0,
             }
-        entry["taxable_amount"] += line.amount
+        entry["taxable_amount"] += line.amount - line.discount_amount
         entry["amount"] += line.tax
         lines.append(_line_body(line, entry["tax_rate"]))
     document = history.document
@@ -175,9 +176,13 @@ def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, An
         "metadata": invoice.metadata_,
         "lines": {"object": "list", "data": lines},
         "subtotal": invoice.subtotal,
+        "discount": invoice.discount,
         "tax": invoice.tax,
         "total": invoice.total,
         "total_tax_amounts": list(by_rate.values()),
+        "balance_applied": invoice.balance_applied,
+        "amount_credited": invoice.amount_credited,
+        "credit_notes_total": invoice.credit_notes_total,
         "amount_paid": invoice.amount_paid,
         "amount_due": invoice.amount_due,
         "amount_refunded": invoice.amount_refunded,
