@@ -489,7 +489,9 @@ class EmailDelivery(db.Model):  # type: ignore[name-defined]
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "em"))
     kind: Mapped[str] = mapped_column(String(40))
-    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
+    # The invoice it is about; None for an email about a subscription alone (its trial).
+    invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"), index=True)
+    subscription_id: Mapped[str | None] = mapped_column(ForeignKey("subscriptions.id"))
     occasion: Mapped[str] = mapped_column(String(64))
     recipient: Mapped[str] = mapped_column(String(320))
     ledger_key: Mapped[str] = mapped_column(String(255), unique=True)
@@ -510,11 +512,14 @@ class EmailDelivery(db.Model):  # type: ignore[name-defined]
     )
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
-    invoice: Mapped[Invoice] = relationship()
+    invoice: Mapped[Invoice | None] = relationship()
 
     __table_args__ = (
         CheckConstraint(_in("kind", EMAIL_KINDS), name="kind_known"),
         CheckConstraint(_in("status", EMAIL_STATUSES), name="status_known"),
+        CheckConstraint(
+            "invoice_id IS NOT NULL OR subscription_id IS NOT NULL", name="about_something"
+        ),
     )
 
 

@@ -17,6 +17,9 @@ down_revision = '0012'
 branch_labels = None
 depends_on = None
 
+EMAIL_KINDS_BEFORE = ['invoice_issued', 'payment_receipt', 'payment_failed', 'authentication_required', 'refund_issued', 'payment_reminder', 'final_notice']
+EMAIL_KINDS = EMAIL_KINDS_BEFORE + ['credit_note_issued', 'trial_will_end']
+
 
 def upgrade() -> None:
     op.create_table('coupons',
@@ -211,9 +214,24 @@ def upgrade() -> None:
     op.drop_constraint(op.f('ck_invoices_amount_paid_bounded'), 'invoices', type_='check')
     op.create_check_constraint(op.f('ck_invoices_amount_paid_bounded'), 'invoices', 'amount_paid >= 0 AND balance_applied >= 0 AND amount_credited >= 0 AND amount_paid + balance_applied + amount_credited <= total')
     op.create_check_constraint(op.f('ck_invoices_credit_notes_bounded'), 'invoices', 'credit_notes_total >= 0 AND credit_notes_total <= total')
+    # Two new kinds of email: a credit note issued (about its invoice) and a trial about to
+    # end (about a subscription, with no invoice).
+    op.add_column('email_deliveries', sa.Column('subscription_id', sa.String(length=40), nullable=True))
+    op.create_foreign_key(op.f('fk_email_deliveries_subscription_id_subscriptions'), 'email_deliveries', 'subscriptions', ['subscription_id'], ['id'])
+    op.alter_column('email_deliveries', 'invoice_id', existing_type=sa.String(length=40), nullable=True)
+    op.create_check_constraint(op.f('ck_email_deliveries_about_something'), 'email_deliveries', 'invoice_id IS NOT NULL OR subscription_id IS NOT NULL')
+    op.drop_constraint(op.f('ck_email_deliveries_kind_known'), 'email_deliveries', type_='check')
+    op.create_check_constraint(op.f('ck_email_deliveries_kind_known'), 'email_deliveries', f"kind IN ({', '.join(repr(k) for k in EMAIL_KINDS)})")
 
 
 def downgrade() -> None:
+    op.drop_constraint(op.f('ck_email_deliveries_kind_known'), 'email_deliveries', type_='check')
+    op.create_check_constraint(op.f('ck_email_deliveries_kind_known'), 'email_deliveries', f"kind IN ({', '.join(repr(k) for k in EMAIL_KINDS_BEFORE)})")
+    op.drop_constraint(op.f('ck_email_deliveries_about_something'), 'email_deliveries', type_='check')
+    op.execute("DELETE FROM email_deliveries WHERE invoice_id IS NULL")
+    op.alter_column('email_deliveries', 'invoice_id', existing_type=sa.String(length=40), nullable=False)
+    op.drop_constraint(op.f('fk_email_deliveries_subscription_id_subscriptions'), 'email_deliveries', type_='foreignkey')
+    op.drop_column('email_deliveries', 'subscription_id')
     op.drop_constraint(op.f('ck_invoices_credit_notes_bounded'), 'invoices', type_='check')
     op.drop_constraint(op.f('ck_invoices_amount_paid_bounded'), 'invoices', type_='check')
     op.create_check_constraint(op.f('ck_invoices_amount_paid_bounded'), 'invoices', 'amount_paid >= 0 AND amount_paid <= total')
