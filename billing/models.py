@@ -848,6 +848,9 @@ class CreditNote(db.Model):  # type: ignore[name-defined]
     lines: Mapped[list[CreditNoteLine]] = relationship(
         back_populates="credit_note", order_by="CreditNoteLine.id", cascade="all, delete-orphan"
     )
+    refund: Mapped[Refund | None] = relationship(
+        primaryjoin="Refund.credit_note_id == CreditNote.id", viewonly=True, uselist=False
+    )
 
     __table_args__ = (
         CheckConstraint(_in("status", CREDIT_NOTE_STATUSES), name="status_known"),
