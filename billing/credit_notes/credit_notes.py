@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from billing.balances import balances
@@ -26,7 +26,7 @@ from billing.domain.money import normalize_currency
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
-from billing.invoicing.invoices import PaymentInProgress
+from billing.invoicing.invoices import PaymentInProgress, take_numbers
 from billing.invoicing.rules import PAYABLE, CollectionMethod, InvoiceStatus
 from billing.models import ChargeAttempt, CreditNote, CreditNoteLine, Invoice, InvoiceLine
 from billing.platform import clock
@@ -166,21 +166,6 @@ def preview_credit_note(fields: CreditNoteFields) -> Preview:
         return _compute(session, fields, lock=False)
 
 
-def take_credit_note_numbers(session: Session, year: int, count: int) -> int:
-    """As invoices' numbers: the counter row's lock, held to our commit, keeps the series
-    without gaps."""
-    last = session.execute(
-        text(
-            "INSERT INTO credit_note_number_sequences (year, last_number) VALUES (:year, :count) "
-            "ON CONFLICT (year) DO UPDATE "
-            "SET last_number = credit_note_number_sequences.last_number + :count "
-            "RETURNING last_number"
-        ),
-        {"year": year, "count": count},
-    ).scalar_one()
-    return int(last) - count + 1
-
-
 def create_credit_note(fields: CreditNoteFields) -> CreditNote:
     """Issue a credit note of a finalized invoice and settle it, all in one transaction: its
     number, its lines, the invoice's reduced amount due (paid once nothing is left), its
@@ -194,7 +179,7 @@ def create_credit_note(fields: CreditNoteFields) -> CreditNote:
         now = clock.now()
         note = CreditNote(
             number=rules.format_credit_note_number(
-                now.year, take_credit_note_numbers(session, now.year, 1)
+                now.year, take_numbers(session, "credit_note_number_sequences", now.year, 1)
             ),
             invoice_id=invoice.id,
             customer_id=invoice.customer_id,

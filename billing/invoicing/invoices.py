@@ -514,20 +514,31 @@ def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
     invoice.status = target.value
 
 
-def take_invoice_numbers(session: Session, year: int, count: int) -> int:
-    """Reserve `count` consecutive numbers of `year`; returns the first. The counter row's
-    lock is held until our commit: a concurrent finalization waits, and a rolled-back one
-    gives its numbers back, so numbers have no gaps."""
+# The gapless series: one counter table each, a row per year.
+NUMBER_SERIES = ("invoice_number_sequences", "credit_note_number_sequences")
+
+
+def take_numbers(session: Session, series: str, year: int, count: int) -> int:
+    """Reserve `count` consecutive numbers of `year` in `series`; returns the first. The
+    counter row's lock is held until our commit: a concurrent finalization waits, and a
+    rolled-back one gives its numbers back, so numbers have no gaps."""
+    if series not in NUMBER_SERIES:
+        raise ValueError(f"no number series {series!r}")
+    # `series` is one of NUMBER_SERIES, never a caller's text.
     last = session.execute(
         text(
-            "INSERT INTO invoice_number_sequences (year, last_number) VALUES (:year, :count) "
+            f"INSERT INTO {series} (year, last_number) VALUES (:year, :count) "  # noqa: S608
             "ON CONFLICT (year) DO UPDATE "
-            "SET last_number = invoice_number_sequences.last_number + :count "
+            f"SET last_number = {series}.last_number + :count "
             "RETURNING last_number"
         ),
         {"year": year, "count": count},
     ).scalar_one()
     return int(last) - count + 1
+
+
+def take_invoice_numbers(session: Session, year: int, count: int) -> int:
+    return take_numbers(session, "invoice_number_sequences", year, count)
 
 
 def _next_invoice_number(session: Session, year: int) -> str:
