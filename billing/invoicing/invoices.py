@@ -629,7 +629,9 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
             _invoices.c.collection_method,
             _invoices.c.due_date,
             _invoices.c.days_until_due,
+            _customers.c.balance,
         )
+        .join(_customers, _customers.c.id == _invoices.c.customer_id)
         .where(_invoices.c.id == func.any(bindparam("b_ids", type_=ARRAY(_invoices.c.id.type))))
         .order_by(_invoices.c.id),
         {"b_ids": list(invoice_ids)},
@@ -637,9 +639,11 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
     default_days = context.settings().default_days_until_due
     for draft in drafts:
         rules.require_transition(draft.status, InvoiceStatus.OPEN)
-    # The customers' credit pays what it can before anything is charged.
+    # The customers' credit pays what it can before anything is charged. Only customers
+    # seen holding some are locked and read again: credit given after this read is simply
+    # left for their next invoice, as if it had come a moment later.
     applied = balances.apply_to_invoices(
-        session, [balances.Due(d.id, d.customer_id, d.total) for d in drafts]
+        session, [balances.Due(d.id, d.customer_id, d.total) for d in drafts if d.balance > 0]
     )
     finalized: list[tuple[str, InvoiceStatus, date | None]] = []
     charged: list[tuple[str, int, str]] = []
