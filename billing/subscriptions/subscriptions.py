@@ -1,6 +1,6 @@
 """Use cases for subscriptions: start one (its first period invoiced at once, or after a
-trial), change its quantity or price (prorated onto the next invoice), cancel it, and the
-billing run that invoices every period that has begun.
+trial), change its quantity or price (prorated onto the next invoice), cancel it, the
+billing run that invoices every period that has begun, and the notice of a trial's end.
 
 Each invoiced period is a `subscription_periods` row keyed by (subscription, period start)
 and written in the same transaction as its invoice, so that no run, however doubled or
@@ -34,7 +34,8 @@ from billing.models import (
     SubscriptionAdjustment,
     SubscriptionPeriod,
 )
-from billing.platform import clock, locks
+from billing.notifications import emails
+from billing.platform import clock, context, locks
 from billing.platform.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from billing.platform.ids import new_id
 from billing.platform.logging import get_logger
@@ -60,6 +61,7 @@ RUN_CHUNK = 100
 # any further ones are left to the next run.
 MAX_PERIODS_PER_RUN = 36
 BILLING_RUN_LOCK = "billing-run"
+TRIAL_WILL_END_EMAIL = "trial_will_end"
 
 
 class SubscriptionNotActive(Conflict):
@@ -784,3 +786,74 @@ def run_billing() -> BillingRunResult:
         if not taken:
             return BillingRunResult(ran=False)
         return bill_due_subscriptions()
+
+
+# --- the notice of a trial's end ----------------------------------------------------------
+
+
+def notify_trials_ending(*, batch_size: int = RUN_BATCH) -> int:
+    """Every trial ending within TRIAL_WILL_END_DAYS and not yet told gets its
+    `subscription.trial_will_end` event and email, each subscription in its own transaction
+    (`notify_trial_ending`). Returns how many were told by this call."""
+    now = clock.now()
+    notice_days = context.settings().trial_will_end_days
+    told = 0
+    last = ""
+    while True:
+        batch = list(
+            db.session.scalars(
+                select(Subscription.id)
+                .where(
+                    Subscription.status == SubscriptionStatus.TRIALING.value,
+                    Subscription.trial_will_end_notified_at.is_(None),
+                    Subscription.trial_end > now,
+                    Subscription.trial_end <= now + timedelta(days=notice_days),
+                    Subscription.id > last,
+                )
+                .order_by(Subscription.id)
+                .limit(batch_size)
+            )
+        )
+        db.session.commit()
+        if not batch:
+            return told
+        for subscription_id in batch:
+            try:
+                told += notify_trial_ending(subscription_id, now, notice_days)
+            except Exception:  # one subscription must not keep the others untold
+                log.exception("trial_will_end.failed", subscription_id=subscription_id)
+        last = batch[-1]
+
+
+def notify_trial_ending(subscription_id: str, now: datetime, notice_days: int) -> bool:
+    """In one transaction, with the subscription's row locked: mark it told, record the
+    event and queue the email. A second run (or a concurrent one, waiting on the lock)
+    finds it told and does nothing; the email's ledger key, named after the trial's end,
+    is the wall behind that. False when there was nothing to do."""
+    with transaction() as session:
+        subscription = _locked(session, subscription_id, for_billing=True)
+        trial_end = subscription.trial_end
+        if (
+            subscription.status != SubscriptionStatus.TRIALING
+            or subscription.trial_will_end_notified_at is not None
+            or trial_end is None
+            or not rules.trial_will_end_due(trial_end, now, notice_days)
+        ):
+            return False
+        subscription.trial_will_end_notified_at = now
+        events.record(
+            session,
+            EventType.SUBSCRIPTION_TRIAL_WILL_END,
+            subscription.id,
+            subscription.customer_id,
+        )
+        deliveries = emails.queue_subscription_email(
+            session, TRIAL_WILL_END_EMAIL, subscription, occasion=trial_end.date().isoformat()
+        )
+    log.info(
+        "subscription.trial_will_end",
+        subscription_id=subscription_id,
+        trial_end=trial_end.isoformat(),
+        deliveries=deliveries,
+    )
+    return True

@@ -1,14 +1,15 @@
 """Subscription trials against the real PostgreSQL, Stripe emulator and SMTP server, under a
-moved clock: nothing invoiced or charged during a trial, the first paid period from the
-trial's end, cancellation during a trial, bad input."""
+moved clock: nothing invoiced or charged during a trial, the trial_will_end notice once,
+the first paid period from the trial's end, cancellation during a trial, bad input."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from billing.extensions import db
-from billing.models import ChargeAttempt, Invoice, Subscription
+from billing.models import ChargeAttempt, EmailDelivery, Invoice, Subscription
 from billing.platform import clock
 from billing.subscriptions import subscriptions as service
 from tests.conftest import intents_for_invoice
@@ -57,6 +58,10 @@ def _count(model, *where):
 def _events(admin, type_):
     response = admin.get("/v1/events", query_string={"limit": 100, "type": type_})
     return response.get_json()["data"]
+
+
+def _trial_emails(mailbox):
+    return [m for m in mailbox.messages if "trial" in m.message["Subject"]]
 
 
 def test_a_14_day_trial_invoices_nothing_and_charges_nothing(
@@ -112,8 +117,79 @@ def test_a_trial_may_end_at_a_given_time_which_anchors_the_billing_cycle(
     assert subscription["status"] == "trialing"
 
 
+def test_the_trial_will_end_email_and_event_go_out_three_days_before_once(
+    admin, make_customer, price, subscribe, run_jobs, mailbox, celery_app
+):
+    customer = make_customer(
+        locale="de_DE", email="ap@acme.example", billing_emails=["cfo@acme.example"]
+    )
+    subscription = subscribe(customer, price, quantity=3, trial_period_days=14)
+    notify = celery_app.tasks["billing.notify_trials_ending"]
+
+    clock.set_now(TRIAL_END - timedelta(days=3, minutes=1))
+    assert notify.apply().get() == 0  # a minute early
+    clock.set_now(TRIAL_END - timedelta(days=3) + timedelta(minutes=5))
+    assert notify.apply().get() == 1
+    assert notify.apply().get() == 0  # the next beat: told already
+    run_jobs()
+    clock.set_now(TRIAL_END - timedelta(days=1))
+    assert notify.apply().get() == 0
+    run_jobs()
+
+    received = _trial_emails(mailbox)
+    recipients = sorted(r for m in received for r in m.rcpt_tos)
+    assert recipients == ["ap@acme.example", "cfo@acme.example"]
+    message = received[0].message
+    assert message["Subject"] == "Your trial of Team plan ends on 14. Februar 2026"
+    text = message.get_body(("plain",)).get_content()
+    assert "37,50\xa0€" in text and "3 x 12,50\xa0€" in text
+    [event] = _events(admin, "subscription.trial_will_end")
+    assert event["data"]["object"]["id"] == subscription["id"]
+    [sent, _] = _events(admin, "email.sent")
+    assert sent["data"]["object"]["subscription"] == subscription["id"]
+    assert sent["data"]["object"]["invoice"] is None
+    deliveries = db.session.scalars(select(EmailDelivery)).all()
+    assert {(d.kind, d.status, d.invoice_id) for d in deliveries} == {
+        ("trial_will_end", "sent", None)
+    }
+    assert db.session.get(Subscription, subscription["id"]).trial_will_end_notified_at is not None
+
+
+def test_concurrent_notice_runs_tell_a_trial_once(
+    app, admin, make_customer, price, subscribe, run_jobs, mailbox
+):
+    subscription = subscribe(make_customer(), price, trial_period_days=14)
+    clock.set_now(TRIAL_END - timedelta(days=2))
+    barrier = threading.Barrier(6)
+    results = []
+
+    def run():
+        with app.app_context():
+            barrier.wait()
+            # Past the task's advisory lock: only the row lock and notified_at remain.
+            results.append(service.notify_trials_ending())
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(results) == 1
+    run_jobs()
+    assert len(_trial_emails(mailbox)) == 1
+    assert len(_events(admin, "subscription.trial_will_end")) == 1
+    assert _count(EmailDelivery, EmailDelivery.subscription_id == subscription["id"]) == 1
+
+
+def test_a_trial_shorter_than_the_notice_is_told_at_once(
+    admin, make_customer, price, subscribe, celery_app
+):
+    subscribe(make_customer(), price, trial_period_days=2)
+    assert celery_app.tasks["billing.notify_trials_ending"].apply().get() == 1
+
+
 def test_canceling_during_a_trial_ends_it_with_no_invoice_and_no_charge(
-    admin, paying_customer, price, subscribe, run_jobs
+    admin, paying_customer, price, subscribe, run_jobs, celery_app, mailbox
 ):
     customer = paying_customer()
     subscription = subscribe(customer, price, trial_period_days=14)
@@ -124,11 +200,14 @@ def test_canceling_during_a_trial_ends_it_with_no_invoice_and_no_charge(
     )
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["status"] == "canceled"
+    clock.set_now(TRIAL_END - timedelta(days=1))
+    assert celery_app.tasks["billing.notify_trials_ending"].apply().get() == 0
     clock.set_now(TRIAL_END + timedelta(days=40))
     assert service.run_billing().invoices_created == 0
     run_jobs()
     assert _count(Invoice, Invoice.customer_id == customer["id"]) == 0
     assert _count(ChargeAttempt) == 0
+    assert _trial_emails(mailbox) == []
 
 
 def test_a_trial_canceled_at_its_end_ends_then_with_nothing_charged(
@@ -193,3 +272,13 @@ def test_bad_trials_are_refused_with_400_and_a_stable_code_and_nothing_changes(
     assert (response.status_code, error["code"], error["param"]) == (400, code, param)
     assert _count(Subscription) == 0
     assert _count(Invoice) == 0
+
+
+def test_beat_tells_ending_trials_every_hour(app):
+    from workers.schedule import beat_schedule
+
+    schedule = beat_schedule(app.config["BILLING_SETTINGS"])["trial-will-end"]
+    assert (schedule["task"], schedule["schedule"]) == (
+        "billing.notify_trials_ending",
+        timedelta(hours=1),
+    )
