@@ -565,7 +565,9 @@ class SubscriptionCreate(Strict):
         description="A free trial of this many days from now: nothing is invoiced until it "
         "ends, and the first period starts at its end. Not with trial_end or start_date.",
     )
-    trial_end: Annotated[int, Field(ge=0, le=2**40)] | None = Field(
+    # Bounded by the last second a datetime holds (9999-12-31), so that any accepted value
+    # converts; the service then refuses what lies past MAX_TRIAL_DAYS.
+    trial_end: Annotated[int, Field(ge=0, le=253402300799)] | None = Field(
         default=None,
         description="A free trial until this time (Unix seconds, in the future, at most "
         f"{MAX_TRIAL_DAYS} days ahead). Not with trial_period_days or start_date.",

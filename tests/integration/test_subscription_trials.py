@@ -252,6 +252,8 @@ def test_a_change_during_a_trial_is_not_prorated_and_the_first_invoice_bills_the
         ({"trial_end": _ts(START - timedelta(seconds=1))}, "trial_end_in_past", "trial_end"),
         ({"trial_end": _ts(START)}, "trial_end_in_past", "trial_end"),
         ({"trial_end": _ts(START + timedelta(days=731))}, "trial_too_long", "trial_end"),
+        ({"trial_end": 2**40}, "parameter_invalid", "trial_end"),
+        ({"trial_end": "tomorrow"}, "parameter_invalid", "trial_end"),
         ({"trial_period_days": 0}, "parameter_invalid", "trial_period_days"),
         ({"trial_period_days": -3}, "parameter_invalid", "trial_period_days"),
         ({"trial_period_days": 731}, "parameter_invalid", "trial_period_days"),
