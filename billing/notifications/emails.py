@@ -1,6 +1,7 @@
 """Customer emails: recorded with the event that calls for them, sent once on the mail queue.
 
-Each (kind, invoice, occasion, recipient) is one `EmailDelivery` row with a unique ledger
+Each (kind, invoice, occasion, recipient) is one `EmailDelivery` row (or (kind,
+subscription, ...) for an email about a subscription alone, its trial's end) with a unique ledger
 key, recorded in the same transaction as the event, so an event recorded twice (a webhook
 and the charge job, say) asks for one email. Sending claims that key in the ledger first,
 so a redelivered task does not send again. SMTP cannot be asked afterwards whether it took
@@ -14,7 +15,7 @@ billing.notifications.kinds; how a delivery's status may change, in billing.noti
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -47,7 +48,7 @@ from billing.domain.money import format_money
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
-from billing.models import Customer, EmailDelivery, Invoice, InvoiceDocument
+from billing.models import Customer, EmailDelivery, Invoice, InvoiceDocument, Price, Subscription
 from billing.notifications.compose import compose, single_line
 from billing.notifications.kinds import KINDS, EmailKind, Facts
 from billing.notifications.rules import DeliveryStatus, SendOutcome, after_try, may_be_sent
@@ -150,6 +151,35 @@ def queue_emails(session: Session, requests: Sequence[EmailRequest]) -> list[str
             request.resend,
         )
     ]
+    return _insert_deliveries(session, rows)
+
+
+def queue_subscription_email(
+    session: Session, kind: str, subscription: Subscription, *, occasion: str
+) -> list[str]:
+    """`queue_email` for an email about a subscription alone, with no invoice (its trial
+    about to end): keyed by the subscription instead. Returns the new deliveries."""
+    rows: list[dict[str, Any]] = [
+        {
+            **delivery,
+            "kind": kind,
+            "invoice_id": None,
+            "subscription_id": subscription.id,
+            "occasion": occasion,
+            "context": {},
+        }
+        for delivery in new_deliveries(
+            kind, subscription.id, occasion, recipients_of(subscription.customer)
+        )
+    ]
+    created = _insert_deliveries(session, rows)
+    if created:
+        log.info("email.queued", kind=kind, subscription_id=subscription.id, deliveries=created)
+    return created
+
+
+def _insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> list[str]:
+    """The rows not recorded yet (by ledger key), each with its send job."""
     if not rows:
         return []
     table = EmailDelivery.__table__
@@ -167,7 +197,7 @@ def queue_emails(session: Session, requests: Sequence[EmailRequest]) -> list[str
 
 def new_deliveries(
     kind: str,
-    invoice_id: str,
+    invoice_id: str,  # or the subscription's id, for an email about one alone
     occasion: str,
     addresses: Sequence[str],
     resend: int | None = None,
@@ -239,7 +269,9 @@ def _date(value: date | datetime | None, locale: str) -> str:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """What one send needs of a delivery, its invoice and customer, read in one statement."""
+    """What one send needs of a delivery, its invoice (or subscription) and customer, read
+    in one statement. An email about a subscription alone has no invoice: its invoice's
+    fields are then None, and the subscription's say what it is about."""
 
     id: str
     kind: str
@@ -251,17 +283,23 @@ class Outgoing:
     message_id: str
     occasion: str
     context: dict[str, Any]
-    invoice_id: str
+    invoice_id: str | None
     number: str | None
-    currency: str
-    invoice_status: str
-    collection_method: str
-    total: int
-    amount_paid: int
-    amount_refunded: int
+    currency: str  # the invoice's, or the subscription's price's
+    invoice_status: str | None
+    collection_method: str | None
+    total: int | None
+    amount_paid: int | None
+    amount_refunded: int | None
     finalized_at: datetime | None
     due_date: date | None
     paid_at: datetime | None
+    subscription_id: str | None
+    trial_end: datetime | None
+    product: str | None
+    unit_amount: int | None
+    quantity: int | None
+    interval: str | None
     customer_id: str
     customer_name: str
     locale: str
@@ -278,6 +316,8 @@ _deliveries = EmailDelivery.__table__
 _invoices = Invoice.__table__
 _customers = Customer.__table__
 _documents = InvoiceDocument.__table__
+_subscriptions = Subscription.__table__
+_prices = Price.__table__
 
 
 def _is_any(column: Any, values: Sequence[str]) -> Any:
@@ -319,9 +359,11 @@ def _take_statement() -> Prebuilt:
             _deliveries.c.occasion,
             _deliveries.c.context,
             _invoices.c.id.label("invoice_id"),
-            _invoices.c.customer_id,
+            func.coalesce(_invoices.c.customer_id, _subscriptions.c.customer_id).label(
+                "customer_id"
+            ),
             _invoices.c.number,
-            _invoices.c.currency,
+            func.coalesce(_invoices.c.currency, _prices.c.currency).label("currency"),
             _invoices.c.status.label("invoice_status"),
             _invoices.c.collection_method,
             _invoices.c.total,
@@ -330,6 +372,12 @@ def _take_statement() -> Prebuilt:
             _invoices.c.finalized_at,
             _invoices.c.due_date,
             _invoices.c.paid_at,
+            _subscriptions.c.id.label("subscription_id"),
+            _subscriptions.c.trial_end,
+            _prices.c.product,
+            _prices.c.unit_amount,
+            _subscriptions.c.quantity,
+            _prices.c.interval,
             _customers.c.name.label("customer_name"),
             _customers.c.locale,
             _invoices.c.seller_party,
@@ -337,8 +385,14 @@ def _take_statement() -> Prebuilt:
             newest_document.label("document_key"),
         )
         .select_from(
-            _deliveries.join(_invoices, _invoices.c.id == _deliveries.c.invoice_id).join(
-                _customers, _customers.c.id == _invoices.c.customer_id
+            # An email is about an invoice, or about a subscription alone (and its price).
+            _deliveries.outerjoin(_invoices, _invoices.c.id == _deliveries.c.invoice_id)
+            .outerjoin(_subscriptions, _subscriptions.c.id == _deliveries.c.subscription_id)
+            .outerjoin(_prices, _prices.c.id == _subscriptions.c.price_id)
+            .join(
+                _customers,
+                _customers.c.id
+                == func.coalesce(_invoices.c.customer_id, _subscriptions.c.customer_id),
             )
         )
         .where(_deliveries.c.id == delivery_id)
@@ -521,6 +575,7 @@ def _record(
             _ShownEmail(
                 mail.id,
                 mail.invoice_id,
+                mail.subscription_id,
                 mail.kind,
                 mail.recipient,
                 status.value,
@@ -564,7 +619,8 @@ class _ShownEmail:
     """A delivery's fields as one try leaves them, for its event's snapshot."""
 
     id: str
-    invoice_id: str
+    invoice_id: str | None
+    subscription_id: str | None
     kind: str
     recipient: str
     status: str
@@ -597,16 +653,8 @@ def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -
         "portal_url": settings.customer_portal_url,
         "payment_instructions": settings.seller_payment_instructions,
         "customer_name": _buyer_name(mail),
-        "invoice_number": mail.number or mail.invoice_id,
-        "status": mail.invoice_status,
-        "collection_method": mail.collection_method,
-        "total": money(mail.total),
-        "amount_paid": money(mail.amount_paid),
-        "amount_due": money(max(mail.total - mail.amount_paid, 0)),
-        "amount_refunded": money(mail.amount_refunded),
-        "issue_date": day(mail.finalized_at),
-        "due_date": day(mail.due_date),
-        "paid_date": day(mail.paid_at),
+        **(_invoice_view(mail, money, day) if mail.invoice_id is not None else {}),
+        **(_subscription_view(mail, money, day) if mail.subscription_id is not None else {}),
     }
     facts = Facts(
         occasion=occasion,
@@ -617,6 +665,41 @@ def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -
         date=day,
     )
     return {**view, **kind.view(facts)}
+
+
+def _invoice_view(
+    mail: Outgoing, money: Callable[[int], str], day: Callable[[date | datetime | None], str]
+) -> dict[str, Any]:
+    """The invoice's fields every email about an invoice shows."""
+    total, paid = mail.total or 0, mail.amount_paid or 0
+    return {
+        "invoice_number": mail.number or mail.invoice_id,
+        "status": mail.invoice_status,
+        "collection_method": mail.collection_method,
+        "total": money(total),
+        "amount_paid": money(paid),
+        "amount_due": money(max(total - paid, 0)),
+        "amount_refunded": money(mail.amount_refunded or 0),
+        "issue_date": day(mail.finalized_at),
+        "due_date": day(mail.due_date),
+        "paid_date": day(mail.paid_at),
+    }
+
+
+def _subscription_view(
+    mail: Outgoing, money: Callable[[int], str], day: Callable[[date | datetime | None], str]
+) -> dict[str, Any]:
+    """The subscription's fields an email about a subscription alone shows: its plan as it
+    stands at the send (a change during the trial is what will be charged)."""
+    quantity = mail.quantity or 1
+    return {
+        "product": mail.product or "",
+        "quantity": quantity,
+        "unit_amount": money(mail.unit_amount or 0),
+        "period_amount": money((mail.unit_amount or 0) * quantity),
+        "interval": mail.interval or "",
+        "trial_end_date": day(mail.trial_end),
+    }
 
 
 def build_message(mail: Outgoing, work: outbox.JobWork | None = None) -> Message:

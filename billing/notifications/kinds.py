@@ -104,7 +104,8 @@ _OPEN = InvoiceStatus.OPEN
 _PAID = InvoiceStatus.PAID
 _UNCOLLECTIBLE = InvoiceStatus.UNCOLLECTIBLE
 
-# In the order of the delivery table's CHECK constraint (migration 0005), which lists them.
+# In the order of the delivery table's CHECK constraint (migrations 0005 and 0013), which
+# lists them.
 KINDS: dict[str, EmailKind] = {
     kind.name: kind
     for kind in (
@@ -135,6 +136,9 @@ KINDS: dict[str, EmailKind] = {
         ),
         EmailKind("payment_reminder", resendable_in=frozenset({_OPEN}), view=_overdue),
         EmailKind("final_notice", resendable_in=frozenset({_UNCOLLECTIBLE})),
+        # About a subscription alone, with no invoice: nothing an invoice's status could
+        # allow resending, and the trial's end passes by soon anyway.
+        EmailKind("trial_will_end", resendable_in=frozenset()),
     )
 }
 

@@ -35,7 +35,7 @@ from billing.invoicing.rules import (
     CollectionMethod,
     InvoiceStatus,
 )
-from billing.subscriptions.rules import Interval, SubscriptionStatus
+from billing.subscriptions.rules import MAX_TRIAL_DAYS, Interval, SubscriptionStatus
 
 
 class Strict(BaseModel):
@@ -565,6 +565,18 @@ class SubscriptionCreate(Strict):
         description="The billing cycle anchor (UTC midnight), today or up to a year back; "
         "default: now.",
     )
+    trial_period_days: Annotated[int, Field(ge=1, le=MAX_TRIAL_DAYS)] | None = Field(
+        default=None,
+        description="A free trial of this many days from now: nothing is invoiced until it "
+        "ends, and the first period starts at its end. Not with trial_end or start_date.",
+    )
+    # Bounded by the last second a datetime holds (9999-12-31), so that any accepted value
+    # converts; the service then refuses what lies past MAX_TRIAL_DAYS.
+    trial_end: Annotated[int, Field(ge=0, le=253402300799)] | None = Field(
+        default=None,
+        description="A free trial until this time (Unix seconds, in the future, at most "
+        f"{MAX_TRIAL_DAYS} days ahead). Not with trial_period_days or start_date.",
+    )
 
 
 class SubscriptionUpdate(Strict):
@@ -603,6 +615,8 @@ class SubscriptionOut(BaseModel):
     canceled_at: int | None
     ended_at: int | None
     latest_invoice: str | None
+    trial_start: int | None
+    trial_end: int | None
     created: int
 
 

@@ -290,6 +290,8 @@ def subscription_out(subscription: Subscription) -> schemas.SubscriptionOut:
         canceled_at=_ts(subscription.canceled_at),
         ended_at=_ts(subscription.ended_at),
         latest_invoice=subscription.latest_invoice_id,
+        trial_start=_ts(subscription.trial_start),
+        trial_end=_ts(subscription.trial_end),
         created=_ts(subscription.created_at) or 0,
     )
 

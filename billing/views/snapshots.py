@@ -68,8 +68,13 @@ def _subscriptions(session: Session, ids: Recorded) -> Mapping[str, dict[str, An
 
 
 def email_snapshot(delivery: Any) -> dict[str, Any]:
-    """An email as its invoice's `emails` list shows it, with the invoice it is about."""
-    return {**email_out(delivery).model_dump(mode="json"), "invoice": delivery.invoice_id}
+    """An email as its invoice's `emails` list shows it, with the invoice it is about (or
+    the subscription, for an email about a subscription alone)."""
+    return {
+        **email_out(delivery).model_dump(mode="json"),
+        "invoice": delivery.invoice_id,
+        "subscription": delivery.subscription_id,
+    }
 
 
 def _emails(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:

@@ -3,7 +3,7 @@ from datetime import date
 import pytest
 
 from billing.invoicing.rules import InvoiceStatus
-from billing.notifications.compose import TEMPLATES
+from billing.notifications.compose import TEMPLATES, compose
 from billing.notifications.kinds import KINDS, Facts, resend_refusal
 from billing.notifications.rules import (
     DeliveryStatus,
@@ -111,3 +111,29 @@ def test_a_refund_shows_its_amount_and_a_reminder_its_days_overdue():
     )
     assert reminder == {"days_overdue": 9}
     assert KINDS["final_notice"].view(_facts()) == {}
+
+
+def test_a_trial_s_end_email_is_about_its_subscription_and_never_resent_for_an_invoice():
+    trial = KINDS["trial_will_end"]
+    assert not trial.attaches_invoice_pdf and trial.occasion is None
+    assert all(resend_refusal(trial, status) for status in InvoiceStatus)
+
+
+def test_a_trial_s_end_email_names_the_day_the_plan_and_what_will_be_charged():
+    view = {
+        "seller_name": "Example SaaS Ltd",
+        "seller_email": None,
+        "portal_url": None,
+        "customer_name": "Acme GmbH",
+        "product": "Team plan",
+        "quantity": 3,
+        "unit_amount": "12,50 €",
+        "period_amount": "37,50 €",
+        "interval": "month",
+        "trial_end_date": "14. Februar 2026",
+    }
+    email = compose("trial_will_end", view)
+    assert email.subject == "Your trial of Team plan ends on 14. Februar 2026"
+    for body in (email.text, email.html):
+        assert "37,50 €" in body and "3 x 12,50 €" in body and "14. Februar 2026" in body
+    assert "Invoice" not in email.html
