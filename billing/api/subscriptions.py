@@ -5,11 +5,23 @@ from __future__ import annotations
 from flask import Blueprint
 
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
+from billing.api.errors import RequestInvalid
+from billing.discounts.discounts import Redemption
 from billing.subscriptions import subscriptions as service
 from billing.views import schemas
 from billing.views.serializers import subscription_out
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
+
+
+def _discount_of(body: schemas.SubscriptionCreate) -> Redemption | None:
+    if body.coupon is None and body.promotion_code is None:
+        return None
+    if body.coupon is not None and body.promotion_code is not None:
+        raise RequestInvalid(
+            400, "parameter_invalid", "give a coupon or a promotion_code, not both", param="coupon"
+        )
+    return Redemption(coupon_id=body.coupon, promotion_code_id=body.promotion_code)
 
 
 @endpoint(
@@ -31,6 +43,7 @@ def create_subscription(body: schemas.SubscriptionCreate) -> ViewResult:
             collection_method=body.collection_method,
             days_until_due=body.days_until_due,
             start_date=body.start_date,
+            discount=_discount_of(body),
         )
     )
     return subscription_out(subscription), 200
