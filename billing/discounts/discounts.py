@@ -36,6 +36,7 @@ from billing.platform.errors import Conflict, InvalidRequest, NotFound
 from billing.platform.logging import get_logger
 from billing.platform.pagination import Page, paginate
 from billing.platform.unit_of_work import transaction
+from billing.subscriptions.rules import SubscriptionStatus
 
 log = get_logger(__name__)
 
@@ -74,6 +75,10 @@ class PromotionCodeExists(Conflict):
 
 class CouponInvalid(InvalidRequest):
     code = "coupon_invalid"
+
+
+class SubscriptionNotActive(Conflict):
+    code = "subscription_not_active"
 
 
 # --- coupons ------------------------------------------------------------------------------
@@ -404,8 +409,10 @@ def add_customer_discount(customer_id: str, redemption: Redemption) -> Discount:
 def add_subscription_discount(subscription_id: str, redemption: Redemption) -> Discount:
     with transaction() as session:
         subscription = _locked_subscription(session, subscription_id)
-        if subscription.status != "active":
-            raise Conflict(f"a {subscription.status} subscription takes no discount", param="id")
+        if subscription.status != SubscriptionStatus.ACTIVE:
+            raise SubscriptionNotActive(
+                f"a {subscription.status} subscription takes no discount", param="id"
+            )
         customer = get_customer(subscription.customer_id)
         return redeem(
             session,

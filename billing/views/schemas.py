@@ -288,7 +288,8 @@ PercentOff = Annotated[
         }
     ),
 ]
-Timestamp = Annotated[int, Field(ge=0, le=2**40, description="Unix seconds.")]
+# Up to the last second of 9999: further than any date Python can hold is refused, not a 500.
+Timestamp = Annotated[int, Field(ge=0, le=253_402_300_799, description="Unix seconds.")]
 PromotionCodeText = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 ]

@@ -347,3 +347,28 @@ def test_each_unredeemable_coupon_or_code_is_refused_with_its_code_and_nothing_c
     assert db.session.scalar(select(func.count()).select_from(Invoice)) == 0
     assert db.session.scalar(select(func.count()).select_from(Discount)) == 1
     assert not db.session.scalar(select(func.sum(PromotionCode.times_redeemed)))
+
+
+def test_a_subscription_started_with_an_unredeemable_coupon_is_not_started_at_all(
+    admin, make_customer, make_coupon
+):
+    from billing.models import Subscription
+
+    coupon = make_coupon(percent_off=None, amount_off=500, currency="usd")
+    price = _ok(
+        admin.post(
+            "/v1/prices",
+            json={
+                "product": "Team plan",
+                "unit_amount": 1_000,
+                "currency": "eur",
+                "interval": "month",
+            },
+        )
+    )
+    body = {"customer": make_customer()["id"], "price": price["id"], "coupon": coupon["id"]}
+    _error(admin.post("/v1/subscriptions", json=body), 422, "coupon_currency_mismatch")
+    both = {**body, "promotion_code": "promo_01x"}
+    _error(admin.post("/v1/subscriptions", json=both), 400, "parameter_invalid")
+    for model in (Subscription, Invoice, Discount):
+        assert db.session.scalar(select(func.count()).select_from(model)) == 0
