@@ -204,7 +204,7 @@ def allocate_discounts(
             wanted = (terms.amount_off or 0) // step * step
         amount = max(min(wanted, base, room), 0)
         for index, units in enumerate(
-            _largest_remainders(amount // step, [x // step for x in left])
+            largest_remainders(amount // step, [x // step for x in left])
         ):
             shares[index] += units * step
             left[index] -= units * step
@@ -213,7 +213,7 @@ def allocate_discounts(
     return shares, taken
 
 
-def _largest_remainders(units: int, weights: list[int]) -> list[int]:
+def largest_remainders(units: int, weights: Sequence[int]) -> list[int]:
     """`units` shared in proportion to `weights` (units <= sum of weights): each gets the
     floor of its exact share, and the units left over go one each to the largest
     remainders, the earlier weight first on a tie; so no share exceeds its weight."""
