@@ -409,7 +409,8 @@ def add_customer_discount(customer_id: str, redemption: Redemption) -> Discount:
 def add_subscription_discount(subscription_id: str, redemption: Redemption) -> Discount:
     with transaction() as session:
         subscription = _locked_subscription(session, subscription_id)
-        if subscription.status != SubscriptionStatus.ACTIVE:
+        # A trialing subscription takes one too: it applies from its first paid period.
+        if subscription.status not in (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING):
             raise SubscriptionNotActive(
                 f"a {subscription.status} subscription takes no discount", param="id"
             )
