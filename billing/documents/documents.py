@@ -65,7 +65,7 @@ def request_render(session: Session, invoice: Invoice) -> None:
 
 def request_renders(session: Session, invoice_ids: Sequence[str]) -> None:
     """Record a render of each invoice in the caller's transaction, in one insert."""
-    record_jobs(session, jobs.RENDER_INVOICE_PDF, [{"invoice_id": i} for i in invoice_ids])
+    record_jobs(session, INVOICES.job, [{INVOICES.subject_column: i} for i in invoice_ids])
 
 
 def request_credit_note_renders(session: Session, credit_note_ids: Sequence[str]) -> None:
@@ -73,7 +73,7 @@ def request_credit_note_renders(session: Session, credit_note_ids: Sequence[str]
     after issuing one (its first document sends the credit_note_issued email) and after
     voiding one (the new version is stamped VOID)."""
     record_jobs(
-        session, jobs.RENDER_CREDIT_NOTE_PDF, [{"credit_note_id": i} for i in credit_note_ids]
+        session, CREDIT_NOTES.job, [{CREDIT_NOTES.subject_column: i} for i in credit_note_ids]
     )
 
 
@@ -546,6 +546,12 @@ def _make_sure_issued(subject: DocumentSubject[S, D], subject_id: str) -> None:
             subject.issue(session, source)
 
 
+def _render_pending(session: Session, subject: DocumentSubject[S, D], subject_id: str) -> bool:
+    # The render jobs name their subject by the same name as its documents' column.
+    pending = has_unfinished_job(subject.job, subject.subject_column, subject_id)
+    return bool(session.scalar(select(pending)))
+
+
 @dataclass(frozen=True)
 class PdfAnswer:
     invoice: Invoice
@@ -561,13 +567,11 @@ def pdf_of(invoice_id: str, *, customer_scope: str | None) -> PdfAnswer:
         raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
     if invoice.status == "draft":
         raise InvoiceNotFinalized("a draft invoice has no document yet", param="id")
-    document = latest_document(session, invoice_id)
-    pending = bool(
-        session.scalar(
-            select(has_unfinished_job(jobs.RENDER_INVOICE_PDF, "invoice_id", invoice.id))
-        )
+    return PdfAnswer(
+        invoice,
+        latest_document(session, invoice_id),
+        _render_pending(session, INVOICES, invoice_id),
     )
-    return PdfAnswer(invoice, document, pending)
 
 
 @dataclass(frozen=True)
@@ -584,15 +588,11 @@ def credit_note_pdf_of(credit_note_id: str, *, customer_scope: str | None) -> Cr
     credit_note = session.get(CreditNote, credit_note_id)
     if credit_note is None or customer_scope not in (None, credit_note.customer_id):
         raise NotFound(f"No such credit note: '{credit_note_id}'", param="id")
-    document = latest_credit_note_document(session, credit_note_id)
-    pending = bool(
-        session.scalar(
-            select(
-                has_unfinished_job(jobs.RENDER_CREDIT_NOTE_PDF, "credit_note_id", credit_note.id)
-            )
-        )
+    return CreditNotePdfAnswer(
+        credit_note,
+        latest_credit_note_document(session, credit_note_id),
+        _render_pending(session, CREDIT_NOTES, credit_note_id),
     )
-    return CreditNotePdfAnswer(credit_note, document, pending)
 
 
 def document_content(document: Document) -> bytes:
