@@ -97,6 +97,7 @@ def create_app(
         return app
 
     from billing.api import (
+        credit_notes,
         customers,
         events,
         health,
@@ -117,6 +118,8 @@ def create_app(
     for blueprint in (health.bp, openapi.bp, customers.bp, invoices.bp, jobs.bp, webhooks.bp):
         app.register_blueprint(blueprint)
     for blueprint in (prices.bp, subscriptions.bp, metrics.bp, events.bp, webhook_endpoints.bp):
+        app.register_blueprint(blueprint)
+    for blueprint in (credit_notes.bp, credit_notes.balance_bp):
         app.register_blueprint(blueprint)
 
     from billing.cli import register_cli

@@ -308,6 +308,9 @@ class Settings(BaseSettings):
     dunning_retry_days: Days = (3, 5, 7)
     # Reminders of a send_invoice invoice, in days relative to its due date.
     dunning_reminder_days: Days = (-3, 0, 3, 7)
+    # A trial's end is announced (event and email) this many days before it, Stripe's
+    # three: time enough to add a card or cancel before the first charge.
+    trial_will_end_days: Annotated[int, BeforeValidator(_integer), Field(ge=0, le=30)] = 3
     # How long one beat holds the scheduler lock in Redis without renewing it: a killed
     # beat is replaced by a waiting one within this time. Beat renews it a few times per
     # period, so a shorter one is raised to where that still works.

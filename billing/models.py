@@ -44,7 +44,7 @@ from billing.notifications.rules import DeliveryStatus
 from billing.platform.ids import new_id
 from billing.refunds.rules import RefundStatus
 from billing.stripe_events.rules import EventStatus
-from billing.subscriptions.rules import SubscriptionStatus
+from billing.subscriptions.rules import BILLABLE, SubscriptionStatus
 from billing.webhooks.rules import DeliveryState
 
 Timestamp = DateTime(timezone=True)
@@ -575,6 +575,12 @@ class Subscription(db.Model):  # type: ignore[name-defined]
     canceled_at: Mapped[datetime | None] = mapped_column(Timestamp)
     ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
     latest_invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
+    # A trial runs from trial_start to trial_end (the billing cycle anchor: the first paid
+    # period starts there); during it the current period is the trial, of index -1.
+    trial_start: Mapped[datetime | None] = mapped_column(Timestamp)
+    trial_end: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Set with the trial_will_end event and email, in their transaction: sent once.
+    trial_will_end_notified_at: Mapped[datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, server_default=func.now(), onupdate=func.now()
@@ -596,11 +602,24 @@ class Subscription(db.Model):  # type: ignore[name-defined]
         CheckConstraint(_in("collection_method", COLLECTION_METHODS), name="collection_known"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("current_period_end > current_period_start", name="period_ordered"),
-        # What the billing run scans: active subscriptions by the end of their period.
+        CheckConstraint(
+            "trial_end IS NULL OR (trial_start IS NOT NULL AND trial_end > trial_start)",
+            name="trial_ordered",
+        ),
+        # What the billing run scans: active and trialing subscriptions by the end of their
+        # period (a trial's end is its current period's end).
         Index(
-            "ix_subscriptions_active_period_end",
+            "ix_subscriptions_billable_period_end",
             "current_period_end",
-            postgresql_where=text(f"status = '{SubscriptionStatus.ACTIVE}'"),
+            postgresql_where=text(_in("status", list(BILLABLE))),
+        ),
+        # What the trial_will_end notice scans: trials not yet told, by their end.
+        Index(
+            "ix_subscriptions_trial_end_unnotified",
+            "trial_end",
+            postgresql_where=text(
+                f"status = '{SubscriptionStatus.TRIALING}' AND trial_will_end_notified_at IS NULL"
+            ),
         ),
     )
 
@@ -847,6 +866,9 @@ class CreditNote(db.Model):  # type: ignore[name-defined]
 
     lines: Mapped[list[CreditNoteLine]] = relationship(
         back_populates="credit_note", order_by="CreditNoteLine.id", cascade="all, delete-orphan"
+    )
+    refund: Mapped[Refund | None] = relationship(
+        primaryjoin="Refund.credit_note_id == CreditNote.id", viewonly=True, uselist=False
     )
 
     __table_args__ = (

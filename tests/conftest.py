@@ -34,7 +34,9 @@ TABLES = (
     "dunning_steps, email_deliveries, invoice_documents, stored_blobs, stripe_events, refunds, "
     "charge_attempts, invoice_lines, invoices, api_keys, customers, "
     "ledger_entries, outbox_jobs, invoice_number_sequences, "
-    "subscription_adjustments, subscription_periods, subscriptions, prices"
+    "subscription_adjustments, subscription_periods, subscriptions, prices, "
+    "credit_note_documents, credit_note_lines, credit_notes, credit_note_number_sequences, "
+    "customer_balance_transactions, invoice_discounts, discounts, promotion_codes, coupons"
 )
 
 

@@ -73,6 +73,14 @@ def run_billing() -> int:
     return subscriptions.run_billing().invoices_created
 
 
+@shared_task(name=jobs.NOTIFY_TRIALS_ENDING)
+def notify_trials_ending() -> int:
+    """Hourly: trials ending within TRIAL_WILL_END_DAYS get their event and email, once
+    (the subscription's row and its notified_at guard that; the lock saves the work)."""
+    with locks.exclusive(jobs.NOTIFY_TRIALS_ENDING) as taken:
+        return subscriptions.notify_trials_ending() if taken else 0
+
+
 @shared_task(name=jobs.RECONCILE_LEDGER)
 def reconcile_ledger() -> int:
     """Nightly: our ledger against Stripe's PaymentIntents of the last two days; every

@@ -62,6 +62,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": timedelta(hours=1),
             "options": _ahead_of_jobs(expires=3600),
         },
+        # Trials ending within TRIAL_WILL_END_DAYS are told so; a notice is at most an
+        # hour later than due, and a run that waited past the next is superseded by it.
+        "trial-will-end": {
+            "task": jobs.NOTIFY_TRIALS_ENDING,
+            "schedule": timedelta(hours=1),
+            "options": _ahead_of_jobs(expires=3600),
+        },
         "dunning": {
             "task": jobs.RUN_DUNNING,
             "schedule": crontab(minute=0, hour=settings.dunning_hour),

@@ -107,6 +107,9 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         jobs.PRUNE_EVENTS: 600,
         jobs.RUN_BILLING: LONG_RUN_SOFT_LIMIT_SECONDS,
         jobs.RUN_DUNNING: LONG_RUN_SOFT_LIMIT_SECONDS,
+        # Like the billing run, one transaction per subscription: what is left, the next
+        # hour's run tells.
+        jobs.NOTIFY_TRIALS_ENDING: LONG_RUN_SOFT_LIMIT_SECONDS,
         jobs.RECONCILE_LEDGER: LONG_RUN_SOFT_LIMIT_SECONDS,
     }
     return {

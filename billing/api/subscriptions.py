@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask import Blueprint
 
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
@@ -16,7 +18,8 @@ bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
     bp,
     "",
     "POST",
-    summary="Start a subscription: its first period is invoiced and collected at once",
+    summary="Start a subscription: its first period is invoiced and collected at once, or "
+    "at the end of its free trial",
     body=schemas.SubscriptionCreate,
     response=schemas.SubscriptionOut,
     admin_only=True,
@@ -31,6 +34,10 @@ def create_subscription(body: schemas.SubscriptionCreate) -> ViewResult:
             collection_method=body.collection_method,
             days_until_due=body.days_until_due,
             start_date=body.start_date,
+            trial_period_days=body.trial_period_days,
+            trial_end=(
+                datetime.fromtimestamp(body.trial_end, UTC) if body.trial_end is not None else None
+            ),
         )
     )
     return subscription_out(subscription), 200

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
 from sqlalchemy.orm import Session, joinedload
 
+from billing.balances import balances
 from billing.charging import charges
 from billing.charging import rules as charge_rules
 from billing.charging.rules import ChargeStatus
@@ -513,20 +514,31 @@ def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
     invoice.status = target.value
 
 
-def take_invoice_numbers(session: Session, year: int, count: int) -> int:
-    """Reserve `count` consecutive numbers of `year`; returns the first. The counter row's
-    lock is held until our commit: a concurrent finalization waits, and a rolled-back one
-    gives its numbers back, so numbers have no gaps."""
+# The gapless series: one counter table each, a row per year.
+NUMBER_SERIES = ("invoice_number_sequences", "credit_note_number_sequences")
+
+
+def take_numbers(session: Session, series: str, year: int, count: int) -> int:
+    """Reserve `count` consecutive numbers of `year` in `series`; returns the first. The
+    counter row's lock is held until our commit: a concurrent finalization waits, and a
+    rolled-back one gives its numbers back, so numbers have no gaps."""
+    if series not in NUMBER_SERIES:
+        raise ValueError(f"no number series {series!r}")
+    # `series` is one of NUMBER_SERIES, never a caller's text.
     last = session.execute(
         text(
-            "INSERT INTO invoice_number_sequences (year, last_number) VALUES (:year, :count) "
+            f"INSERT INTO {series} (year, last_number) VALUES (:year, :count) "  # noqa: S608
             "ON CONFLICT (year) DO UPDATE "
-            "SET last_number = invoice_number_sequences.last_number + :count "
+            f"SET last_number = {series}.last_number + :count "
             "RETURNING last_number"
         ),
         {"year": year, "count": count},
     ).scalar_one()
     return int(last) - count + 1
+
+
+def take_invoice_numbers(session: Session, year: int, count: int) -> int:
+    return take_numbers(session, "invoice_number_sequences", year, count)
 
 
 def _next_invoice_number(session: Session, year: int) -> str:
@@ -617,25 +629,36 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
             _invoices.c.collection_method,
             _invoices.c.due_date,
             _invoices.c.days_until_due,
+            _customers.c.balance,
         )
+        .join(_customers, _customers.c.id == _invoices.c.customer_id)
         .where(_invoices.c.id == func.any(bindparam("b_ids", type_=ARRAY(_invoices.c.id.type))))
         .order_by(_invoices.c.id),
         {"b_ids": list(invoice_ids)},
     ).all()
     default_days = context.settings().default_days_until_due
+    for draft in drafts:
+        rules.require_transition(draft.status, InvoiceStatus.OPEN)
+    # The customers' credit pays what it can before anything is charged. Only customers
+    # seen holding some are locked and read again: credit given after this read is simply
+    # left for their next invoice, as if it had come a moment later.
+    applied = balances.apply_to_invoices(
+        session, [balances.Due(d.id, d.customer_id, d.total) for d in drafts if d.balance > 0]
+    )
     finalized: list[tuple[str, InvoiceStatus, date | None]] = []
     charged: list[tuple[str, int, str]] = []
     for draft in drafts:
-        status = rules.require_transition(draft.status, InvoiceStatus.OPEN)
-        if draft.total == 0:
+        status = InvoiceStatus.OPEN
+        to_collect = draft.total - applied.get(draft.id, 0)
+        if to_collect == 0:
             # Nothing to collect: Stripe marks a zero invoice paid at finalization.
             status = rules.require_transition(status, InvoiceStatus.PAID)
         due_date = draft.due_date
         if draft.collection_method == CollectionMethod.SEND_INVOICE and due_date is None:
             days = draft.days_until_due if draft.days_until_due is not None else default_days
             due_date = (now + timedelta(days=days)).date()
-        if draft.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY and draft.total > 0:
-            charged.append((draft.id, draft.total, draft.currency))
+        if draft.collection_method == CollectionMethod.CHARGE_AUTOMATICALLY and to_collect > 0:
+            charged.append((draft.id, to_collect, draft.currency))
         finalized.append((draft.id, status, due_date))
     ids = [invoice_id for invoice_id, _, _ in finalized]
     first = take_invoice_numbers(session, now.year, len(finalized))
@@ -669,10 +692,20 @@ class PaymentInProgress(Conflict):
     code = "payment_in_progress"
 
 
+class InvoiceHasCreditNotes(Conflict):
+    code = "invoice_has_credit_notes"
+
+
 def void_invoice(invoice_id: str) -> Invoice:
     with transaction() as session:
         invoice = _locked_invoice(session, invoice_id, None)
         _transition(invoice, InvoiceStatus.VOID)
+        if invoice.credit_notes_total:
+            # Its credit notes correct it and reference it; voiding it under them would
+            # leave corrections of nothing (void the credit notes first, if they may be).
+            raise InvoiceHasCreditNotes(
+                "this invoice has credit notes; void them first", param="id"
+            )
         for attempt in invoice.charge_attempts:
             if attempt.status == ChargeStatus.PENDING:
                 _cancel_attempt(attempt)  # never sent: simply called off
@@ -684,6 +717,7 @@ def void_invoice(invoice_id: str) -> Invoice:
                     param="id",
                 )
         invoice.voided_at = func.now()
+        balances.give_back_for_void_invoice(session, invoice)
         events.record(session, EventType.INVOICE_VOIDED, invoice.id, invoice.customer_id)
     log.info("invoice.voided", invoice_id=invoice_id)
     return invoice

@@ -1,6 +1,7 @@
 """Customer emails: recorded with the event that calls for them, sent once on the mail queue.
 
-Each (kind, invoice, occasion, recipient) is one `EmailDelivery` row with a unique ledger
+Each (kind, invoice, occasion, recipient) is one `EmailDelivery` row (or (kind,
+subscription, ...) for an email about a subscription alone, its trial's end) with a unique ledger
 key, recorded in the same transaction as the event, so an event recorded twice (a webhook
 and the charge job, say) asks for one email. Sending claims that key in the ledger first,
 so a redelivered task does not send again. SMTP cannot be asked afterwards whether it took
@@ -14,7 +15,7 @@ billing.notifications.kinds; how a delivery's status may change, in billing.noti
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -47,7 +48,15 @@ from billing.domain.money import format_money
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
-from billing.models import CreditNoteDocument, Customer, EmailDelivery, Invoice, InvoiceDocument
+from billing.models import (
+    CreditNoteDocument,
+    Customer,
+    EmailDelivery,
+    Invoice,
+    InvoiceDocument,
+    Price,
+    Subscription,
+)
 from billing.notifications.compose import compose, single_line
 from billing.notifications.kinds import KINDS, Attachment, EmailKind, Facts
 from billing.notifications.rules import DeliveryStatus, SendOutcome, after_try, may_be_sent
@@ -150,6 +159,35 @@ def queue_emails(session: Session, requests: Sequence[EmailRequest]) -> list[str
             request.resend,
         )
     ]
+    return _insert_deliveries(session, rows)
+
+
+def queue_subscription_email(
+    session: Session, kind: str, subscription: Subscription, *, occasion: str
+) -> list[str]:
+    """`queue_email` for an email about a subscription alone, with no invoice (its trial
+    about to end): keyed by the subscription instead. Returns the new deliveries."""
+    rows: list[dict[str, Any]] = [
+        {
+            **delivery,
+            "kind": kind,
+            "invoice_id": None,
+            "subscription_id": subscription.id,
+            "occasion": occasion,
+            "context": {},
+        }
+        for delivery in new_deliveries(
+            kind, subscription.id, occasion, recipients_of(subscription.customer)
+        )
+    ]
+    created = _insert_deliveries(session, rows)
+    if created:
+        log.info("email.queued", kind=kind, subscription_id=subscription.id, deliveries=created)
+    return created
+
+
+def _insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> list[str]:
+    """The rows not recorded yet (by ledger key), each with its send job."""
     if not rows:
         return []
     table = EmailDelivery.__table__
@@ -167,7 +205,7 @@ def queue_emails(session: Session, requests: Sequence[EmailRequest]) -> list[str
 
 def new_deliveries(
     kind: str,
-    invoice_id: str,
+    invoice_id: str,  # or the subscription's id, for an email about one alone
     occasion: str,
     addresses: Sequence[str],
     resend: int | None = None,
@@ -239,7 +277,9 @@ def _date(value: date | datetime | None, locale: str) -> str:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """What one send needs of a delivery, its invoice and customer, read in one statement."""
+    """What one send needs of a delivery, its invoice (or subscription) and customer, read
+    in one statement. An email about a subscription alone has no invoice: its invoice's
+    fields are then None, and the subscription's say what it is about."""
 
     id: str
     kind: str
@@ -251,20 +291,26 @@ class Outgoing:
     message_id: str
     occasion: str
     context: dict[str, Any]
-    invoice_id: str
+    invoice_id: str | None
     number: str | None
-    currency: str
-    invoice_status: str
-    collection_method: str
-    total: int
-    discount: int
-    amount_paid: int
-    amount_refunded: int
-    balance_applied: int
-    amount_credited: int
+    currency: str  # the invoice's, or the subscription's price's
+    invoice_status: str | None
+    collection_method: str | None
+    total: int | None
+    discount: int | None
+    amount_paid: int | None
+    amount_refunded: int | None
+    balance_applied: int | None
+    amount_credited: int | None
     finalized_at: datetime | None
     due_date: date | None
     paid_at: datetime | None
+    subscription_id: str | None
+    trial_end: datetime | None
+    product: str | None
+    unit_amount: int | None
+    quantity: int | None
+    interval: str | None
     customer_id: str
     customer_name: str
     locale: str
@@ -284,6 +330,8 @@ _invoices = Invoice.__table__
 _customers = Customer.__table__
 _documents = InvoiceDocument.__table__
 _credit_note_documents = CreditNoteDocument.__table__
+_subscriptions = Subscription.__table__
+_prices = Price.__table__
 
 
 def _is_any(column: Any, values: Sequence[str]) -> Any:
@@ -343,9 +391,11 @@ def _take_statement() -> Prebuilt:
             _deliveries.c.occasion,
             _deliveries.c.context,
             _invoices.c.id.label("invoice_id"),
-            _invoices.c.customer_id,
+            func.coalesce(_invoices.c.customer_id, _subscriptions.c.customer_id).label(
+                "customer_id"
+            ),
             _invoices.c.number,
-            _invoices.c.currency,
+            func.coalesce(_invoices.c.currency, _prices.c.currency).label("currency"),
             _invoices.c.status.label("invoice_status"),
             _invoices.c.collection_method,
             _invoices.c.total,
@@ -357,6 +407,12 @@ def _take_statement() -> Prebuilt:
             _invoices.c.finalized_at,
             _invoices.c.due_date,
             _invoices.c.paid_at,
+            _subscriptions.c.id.label("subscription_id"),
+            _subscriptions.c.trial_end,
+            _prices.c.product,
+            _prices.c.unit_amount,
+            _subscriptions.c.quantity,
+            _prices.c.interval,
             _customers.c.name.label("customer_name"),
             _customers.c.locale,
             _invoices.c.seller_party,
@@ -364,8 +420,14 @@ def _take_statement() -> Prebuilt:
             newest_document.label("document_key"),
         )
         .select_from(
-            _deliveries.join(_invoices, _invoices.c.id == _deliveries.c.invoice_id).join(
-                _customers, _customers.c.id == _invoices.c.customer_id
+            # An email is about an invoice, or about a subscription alone (and its price).
+            _deliveries.outerjoin(_invoices, _invoices.c.id == _deliveries.c.invoice_id)
+            .outerjoin(_subscriptions, _subscriptions.c.id == _deliveries.c.subscription_id)
+            .outerjoin(_prices, _prices.c.id == _subscriptions.c.price_id)
+            .join(
+                _customers,
+                _customers.c.id
+                == func.coalesce(_invoices.c.customer_id, _subscriptions.c.customer_id),
             )
         )
         .where(_deliveries.c.id == delivery_id)
@@ -548,6 +610,7 @@ def _record(
             _ShownEmail(
                 mail.id,
                 mail.invoice_id,
+                mail.subscription_id,
                 mail.kind,
                 mail.recipient,
                 status.value,
@@ -591,7 +654,8 @@ class _ShownEmail:
     """A delivery's fields as one try leaves them, for its event's snapshot."""
 
     id: str
-    invoice_id: str
+    invoice_id: str | None
+    subscription_id: str | None
     kind: str
     recipient: str
     status: str
@@ -608,7 +672,8 @@ def _buyer_name(mail: Outgoing) -> str:
 
 def _amount_due(mail: Outgoing) -> int:
     """As Invoice.amount_due: what neither payment, balance nor credit note has settled."""
-    return mail.total - mail.amount_paid - mail.balance_applied - mail.amount_credited
+    settled = (mail.amount_paid or 0) + (mail.balance_applied or 0) + (mail.amount_credited or 0)
+    return (mail.total or 0) - settled
 
 
 def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -629,20 +694,8 @@ def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -
         "portal_url": settings.customer_portal_url,
         "payment_instructions": settings.seller_payment_instructions,
         "customer_name": _buyer_name(mail),
-        "invoice_number": mail.number or mail.invoice_id,
-        "status": mail.invoice_status,
-        "collection_method": mail.collection_method,
-        "total": money(mail.total),
-        "amount_paid": money(mail.amount_paid),
-        "amount_due": money(max(_amount_due(mail), 0)),
-        # What took part of the invoice off without a payment: "" when nothing did.
-        "discount": money(-mail.discount) if mail.discount else "",
-        "balance_applied": money(mail.balance_applied) if mail.balance_applied else "",
-        "amount_credited": money(mail.amount_credited) if mail.amount_credited else "",
-        "amount_refunded": money(mail.amount_refunded),
-        "issue_date": day(mail.finalized_at),
-        "due_date": day(mail.due_date),
-        "paid_date": day(mail.paid_at),
+        **(_invoice_view(mail, money, day) if mail.invoice_id is not None else {}),
+        **(_subscription_view(mail, money, day) if mail.subscription_id is not None else {}),
     }
     facts = Facts(
         occasion=occasion,
@@ -661,6 +714,49 @@ def _attachment_name(
     if attachment is Attachment.CREDIT_NOTE_PDF:
         return f"credit-note-{(occasion or {}).get('number') or mail.occasion}.pdf"
     return f"invoice-{mail.number or mail.invoice_id}.pdf"
+
+
+def _invoice_view(
+    mail: Outgoing, money: Callable[[int], str], day: Callable[[date | datetime | None], str]
+) -> dict[str, Any]:
+    """The invoice's fields every email about an invoice shows."""
+    discount, applied, credited = (
+        mail.discount or 0,
+        mail.balance_applied or 0,
+        mail.amount_credited or 0,
+    )
+    return {
+        "invoice_number": mail.number or mail.invoice_id,
+        "status": mail.invoice_status,
+        "collection_method": mail.collection_method,
+        "total": money(mail.total or 0),
+        "amount_paid": money(mail.amount_paid or 0),
+        "amount_due": money(max(_amount_due(mail), 0)),
+        # What took part of the invoice off without a payment: "" when nothing did.
+        "discount": money(-discount) if discount else "",
+        "balance_applied": money(applied) if applied else "",
+        "amount_credited": money(credited) if credited else "",
+        "amount_refunded": money(mail.amount_refunded or 0),
+        "issue_date": day(mail.finalized_at),
+        "due_date": day(mail.due_date),
+        "paid_date": day(mail.paid_at),
+    }
+
+
+def _subscription_view(
+    mail: Outgoing, money: Callable[[int], str], day: Callable[[date | datetime | None], str]
+) -> dict[str, Any]:
+    """The subscription's fields an email about a subscription alone shows: its plan as it
+    stands at the send (a change during the trial is what will be charged)."""
+    quantity = mail.quantity or 1
+    return {
+        "product": mail.product or "",
+        "quantity": quantity,
+        "unit_amount": money(mail.unit_amount or 0),
+        "period_amount": money((mail.unit_amount or 0) * quantity),
+        "interval": mail.interval or "",
+        "trial_end_date": day(mail.trial_end),
+    }
 
 
 def build_message(mail: Outgoing, work: outbox.JobWork | None = None) -> Message:

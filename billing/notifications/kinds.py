@@ -179,6 +179,9 @@ KINDS: dict[str, EmailKind] = {
             refuse_resend=_credit_note_stands,
             attaches=Attachment.CREDIT_NOTE_PDF,
         ),
+        # About a subscription alone, with no invoice: nothing an invoice's status could
+        # allow resending, and the trial's end passes by soon anyway.
+        EmailKind("trial_will_end", resendable_in=frozenset()),
     )
 }
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from billing.adapters.stripe_gateway import RefundResult, StripeRejected, StripeUnavailable
 from billing.charging.rules import ChargeStatus
@@ -48,50 +49,76 @@ def request_refund(invoice_id: str, amount: int | None, reason: str | None) -> R
         invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
         if invoice is None:
             raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
-        payment = session.scalars(
-            select(ChargeAttempt).where(
-                ChargeAttempt.invoice_id == invoice_id,
-                ChargeAttempt.status == ChargeStatus.SUCCEEDED.value,
-            )
-        ).first()
-        if payment is None or not payment.stripe_payment_intent_id:
-            raise InvalidRequest("this invoice has no payment to refund", param="id")
-        # Refunds still on their way count as given back already: two quick requests
-        # cannot together refund more than was paid.
-        in_progress = session.scalar(
-            select(func.coalesce(func.sum(Refund.amount), 0)).where(
-                Refund.invoice_id == invoice_id, Refund.status.in_(rules.IN_PROGRESS)
-            )
+        request = record_refund(session, invoice, amount, reason)
+    log.info(
+        "refund.requested",
+        invoice_id=invoice_id,
+        refund_id=request.refund.id,
+        amount=request.refund.amount,
+    )
+    return request
+
+
+def refundable(session: Session, invoice: Invoice) -> tuple[ChargeAttempt | None, int]:
+    """The invoice's payment and what may still be refunded of it, `invoice` row-locked."""
+    payment = session.scalars(
+        select(ChargeAttempt).where(
+            ChargeAttempt.invoice_id == invoice.id,
+            ChargeAttempt.status == ChargeStatus.SUCCEEDED.value,
         )
-        refundable = invoice.amount_paid - invoice.amount_refunded - int(in_progress or 0)
-        wanted = refundable if amount is None else amount
-        if wanted <= 0:
-            raise RefundExceedsPayment("nothing is left to refund on this invoice", param="amount")
-        if wanted > refundable:
-            raise RefundExceedsPayment(
-                f"at most {refundable} can be refunded on this invoice", param="amount"
-            )
-        step = charge_step(invoice.currency)
-        if wanted % step:
-            raise UnchargeableAmount(
-                f"a refund in {invoice.currency.upper()} is a multiple of {step} (Stripe "
-                "refunds it no finer)",
-                param="amount",
-            )
-        refund_id = new_id("rf")
-        refund = Refund(
-            id=refund_id,
-            invoice_id=invoice_id,
-            charge_attempt_id=payment.id,
-            ledger_key=f"refund:{refund_id}",
-            status=RefundStatus.PENDING.value,
-            amount=wanted,
-            currency=invoice.currency,
-            reason=reason,
+    ).first()
+    if payment is None or not payment.stripe_payment_intent_id:
+        return None, 0
+    # Refunds still on their way count as given back already: two quick requests
+    # cannot together refund more than was paid.
+    in_progress = session.scalar(
+        select(func.coalesce(func.sum(Refund.amount), 0)).where(
+            Refund.invoice_id == invoice.id, Refund.status.in_(rules.IN_PROGRESS)
         )
-        session.add(refund)
-        job_id = record_job(session, jobs.REFUND_INVOICE, refund_id=refund_id)
-    log.info("refund.requested", invoice_id=invoice_id, refund_id=refund_id, amount=wanted)
+    )
+    return payment, invoice.amount_paid - invoice.amount_refunded - int(in_progress or 0)
+
+
+def record_refund(
+    session: Session,
+    invoice: Invoice,
+    amount: int | None,
+    reason: str | None,
+    *,
+    credit_note_id: str | None = None,
+    param: str = "amount",
+) -> RefundRequest:
+    """The one way a refund is asked for, `invoice` row-locked by the caller, in its
+    transaction: the refund row and its job, which sends it to Stripe exactly once."""
+    payment, left = refundable(session, invoice)
+    if payment is None:
+        raise InvalidRequest("this invoice has no payment to refund", param="id")
+    wanted = left if amount is None else amount
+    if wanted <= 0:
+        raise RefundExceedsPayment("nothing is left to refund on this invoice", param=param)
+    if wanted > left:
+        raise RefundExceedsPayment(f"at most {left} can be refunded on this invoice", param=param)
+    step = charge_step(invoice.currency)
+    if wanted % step:
+        raise UnchargeableAmount(
+            f"a refund in {invoice.currency.upper()} is a multiple of {step} (Stripe "
+            "refunds it no finer)",
+            param=param,
+        )
+    refund_id = new_id("rf")
+    refund = Refund(
+        id=refund_id,
+        invoice_id=invoice.id,
+        charge_attempt_id=payment.id,
+        ledger_key=f"refund:{refund_id}",
+        status=RefundStatus.PENDING.value,
+        amount=wanted,
+        currency=invoice.currency,
+        reason=reason,
+        credit_note_id=credit_note_id,
+    )
+    session.add(refund)
+    job_id = record_job(session, jobs.REFUND_INVOICE, refund_id=refund_id)
     return RefundRequest(refund, job_id)
 
 

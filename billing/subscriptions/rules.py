@@ -23,7 +23,7 @@ from __future__ import annotations
 import calendar
 import enum
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from billing.domain.states import IllegalTransition, StateMachine
 
@@ -43,13 +43,27 @@ class Interval(enum.StrEnum):
 class SubscriptionStatus(enum.StrEnum):
     ACTIVE = "active"
     CANCELED = "canceled"
+    TRIALING = "trialing"
 
 
-# Canceled at once, or at the end of the period it was set to end with; never resumed.
+# A trial becomes active when its first paid period is invoiced, at the trial's end, or is
+# canceled first (nothing charged). Canceled at once, or at the end of the period it was
+# set to end with; never resumed.
 TRANSITIONS: dict[SubscriptionStatus, frozenset[SubscriptionStatus]] = {
     SubscriptionStatus.ACTIVE: frozenset({SubscriptionStatus.CANCELED}),
     SubscriptionStatus.CANCELED: frozenset(),
+    SubscriptionStatus.TRIALING: frozenset(
+        {SubscriptionStatus.ACTIVE, SubscriptionStatus.CANCELED}
+    ),
 }
+# The statuses the billing run looks at: a period (or a trial) that ended is followed by
+# the next period's invoice.
+BILLABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING)
+# The index of the trial as a period: the first paid period (index 0) follows it, and is
+# anchored on the trial's end.
+TRIAL_PERIOD_INDEX = -1
+# Stripe's own bound on a trial: two years.
+MAX_TRIAL_DAYS = 730
 
 
 class IllegalSubscriptionTransition(IllegalTransition):
@@ -63,6 +77,17 @@ def require_transition(current: str, target: SubscriptionStatus) -> Subscription
     """`target`, if a subscription in `current` may become it; IllegalSubscriptionTransition
     if not."""
     return MACHINE.require(current, target)
+
+
+def may_become(current: str, target: SubscriptionStatus) -> bool:
+    return MACHINE.allows(current, target)
+
+
+def trial_will_end_due(trial_end: datetime, now: datetime, notice_days: int) -> bool:
+    """Whether the notice of a trial ending at `trial_end` is due at `now`: within
+    `notice_days` of its end and before it (a trial shorter than the notice gets it at
+    once, as Stripe sends it)."""
+    return now < trial_end <= now + timedelta(days=notice_days)
 
 
 def add_months(anchor: datetime, months: int) -> datetime:

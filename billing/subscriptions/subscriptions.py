@@ -1,6 +1,6 @@
-"""Use cases for subscriptions: start one (its first period invoiced at once), change its
-quantity or price (prorated onto the next invoice), cancel it, and the billing run that
-invoices every period that has begun.
+"""Use cases for subscriptions: start one (its first period invoiced at once, or after a
+trial), change its quantity or price (prorated onto the next invoice), cancel it, the
+billing run that invoices every period that has begun, and the notice of a trial's end.
 
 Each invoiced period is a `subscription_periods` row keyed by (subscription, period start)
 and written in the same transaction as its invoice, so that no run, however doubled or
@@ -29,12 +29,14 @@ from billing.invoicing.rules import CollectionMethod, InvoiceStatus
 from billing.models import (
     Invoice,
     InvoiceLine,
+    Price,
     Subscription,
     SubscriptionAdjustment,
     SubscriptionPeriod,
 )
-from billing.platform import clock, locks
-from billing.platform.errors import Conflict, InvalidRequest, NotFound
+from billing.notifications import emails
+from billing.platform import clock, context, locks
+from billing.platform.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from billing.platform.ids import new_id
 from billing.platform.logging import get_logger
 from billing.platform.pagination import Page, paginate
@@ -59,10 +61,23 @@ RUN_CHUNK = 100
 # any further ones are left to the next run.
 MAX_PERIODS_PER_RUN = 36
 BILLING_RUN_LOCK = "billing-run"
+TRIAL_WILL_END_EMAIL = "trial_will_end"
 
 
 class SubscriptionNotActive(Conflict):
     code = "subscription_not_active"
+
+
+class ParametersExclusive(ServiceError):
+    code = "parameters_exclusive"
+
+
+class TrialEndInPast(ServiceError):
+    code = "trial_end_in_past"
+
+
+class TrialTooLong(ServiceError):
+    code = "trial_too_long"
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,8 @@ class SubscriptionFields:
     collection_method: CollectionMethod = CollectionMethod.CHARGE_AUTOMATICALLY
     days_until_due: int | None = None
     start_date: date | None = None
+    trial_period_days: int | None = None
+    trial_end: datetime | None = None
 
 
 def get_subscription(subscription_id: str, *, customer_scope: str | None = None) -> Subscription:
@@ -134,8 +151,31 @@ def _anchor(start_date: date | None) -> datetime:
     return datetime.combine(start_date, time(), UTC)
 
 
+def _trial_end(fields: SubscriptionFields) -> datetime | None:
+    """When the trial asked for ends (None: no trial), checked against the service's clock."""
+    if fields.trial_period_days is not None and fields.trial_end is not None:
+        raise ParametersExclusive(
+            "give trial_period_days or trial_end, not both", param="trial_end"
+        )
+    if fields.trial_period_days is None and fields.trial_end is None:
+        return None
+    if fields.start_date is not None:
+        # A trial starts now; a backdated anchor would invoice periods inside it.
+        raise ParametersExclusive("a trial cannot start on a past start_date", param="start_date")
+    now = clock.now()
+    if fields.trial_period_days is not None:
+        return now + timedelta(days=fields.trial_period_days)
+    assert fields.trial_end is not None
+    if fields.trial_end <= now:
+        raise TrialEndInPast("trial_end must lie in the future", param="trial_end")
+    if fields.trial_end > now + timedelta(days=rules.MAX_TRIAL_DAYS):
+        raise TrialTooLong(f"a trial lasts at most {rules.MAX_TRIAL_DAYS} days", param="trial_end")
+    return fields.trial_end
+
+
 def create_subscription(fields: SubscriptionFields) -> Subscription:
-    """Start a subscription and invoice its first period at once (billing in advance)."""
+    """Start a subscription and invoice its first period at once (billing in advance), or,
+    with a trial, invoice nothing until the billing run finds the trial ended."""
     with transaction() as session:
         customer = get_customer(fields.customer_id)
         price = get_price(fields.price_id, param="price")
@@ -155,6 +195,16 @@ def create_subscription(fields: SubscriptionFields) -> Subscription:
             rules.period_amount(price.unit_amount, fields.quantity)
         except rules.AmountTooLarge as exc:
             raise InvalidRequest(str(exc), param="quantity") from exc
+        trial_end = _trial_end(fields)
+        if trial_end is not None:
+            subscription = _start_trial(session, fields, price, trial_end)
+            log.info(
+                "subscription.created",
+                subscription_id=subscription.id,
+                customer_id=subscription.customer_id,
+                trial_end=trial_end.isoformat(),
+            )
+            return subscription
         anchor = _anchor(fields.start_date)
         first = rules.period(anchor, Interval(price.interval), 0)
         subscription = Subscription(
@@ -181,6 +231,37 @@ def create_subscription(fields: SubscriptionFields) -> Subscription:
         subscription_id=subscription.id,
         customer_id=subscription.customer_id,
         invoice_id=subscription.latest_invoice_id,
+    )
+    return subscription
+
+
+def _start_trial(
+    session: Session, fields: SubscriptionFields, price: Price, trial_end: datetime
+) -> Subscription:
+    """A trialing subscription: its current period is the trial (index -1), so the billing
+    run invoices period 0, anchored on the trial's end, once the trial is over. No invoice
+    now, not even one for zero as Stripe makes: there is nothing to collect, a zero invoice
+    would use up a number of the gapless sequence, and finance would see empty invoices."""
+    now = clock.now()
+    subscription = Subscription(
+        customer_id=fields.customer_id,
+        price=price,
+        quantity=fields.quantity,
+        status=SubscriptionStatus.TRIALING.value,
+        collection_method=fields.collection_method.value,
+        days_until_due=fields.days_until_due,
+        billing_cycle_anchor=trial_end,
+        current_period_index=rules.TRIAL_PERIOD_INDEX,
+        current_period_start=now,
+        current_period_end=trial_end,
+        cancel_at_period_end=False,
+        trial_start=now,
+        trial_end=trial_end,
+    )
+    session.add(subscription)
+    session.flush()
+    events.record(
+        session, EventType.SUBSCRIPTION_CREATED, subscription.id, subscription.customer_id
     )
     return subscription
 
@@ -313,6 +394,11 @@ def _invoice_periods(
         for adjustment in subscription.pending_adjustments:
             adjustment.invoice_id = invoice_id
         subscription.latest_invoice_id = invoice_id
+        if subscription.status == SubscriptionStatus.TRIALING:
+            # Its first paid period: the trial is over.
+            subscription.status = rules.require_transition(
+                subscription.status, SubscriptionStatus.ACTIVE
+            ).value
         subscription.current_period_index = period.index
         subscription.current_period_start = period.start
         subscription.current_period_end = period.end
@@ -397,7 +483,7 @@ def update_subscription(
     old plan's unused days, a charge for the new plan's remaining days."""
     with transaction() as session:
         subscription = _locked(session, subscription_id)
-        if subscription.status != SubscriptionStatus.ACTIVE:
+        if subscription.status not in rules.BILLABLE:
             raise SubscriptionNotActive(f"a {subscription.status} subscription cannot change")
         old_price = subscription.price
         new_price = old_price if price_id is None else get_price(price_id, param="price")
@@ -412,6 +498,22 @@ def update_subscription(
         except rules.AmountTooLarge as exc:
             raise InvalidRequest(str(exc), param="quantity") from exc
         if (new_price.id, new_quantity) == (old_price.id, subscription.quantity):
+            return subscription
+        if subscription.status == SubscriptionStatus.TRIALING:
+            # Nothing was charged for the trial, so nothing is prorated: the first invoice
+            # simply bills the plan as it stands at the trial's end.
+            subscription.price = new_price
+            subscription.quantity = new_quantity
+            events.record(
+                session, EventType.SUBSCRIPTION_UPDATED, subscription.id, subscription.customer_id
+            )
+            log.info(
+                "subscription.updated",
+                subscription_id=subscription_id,
+                price_id=new_price.id,
+                quantity=new_quantity,
+                trialing=True,
+            )
             return subscription
         # The next invoice holds the period's line, every pending adjustment and perhaps a
         # carried credit: a change it could not hold waits until that invoice is issued.
@@ -475,10 +577,11 @@ def cancel_subscription(subscription_id: str, *, at_period_end: bool = True) -> 
     """At period end (the default): no further invoice, canceled by the run when the period
     ends. Now: canceled at once; the period already paid is not refunded (prorated refunds
     are an operator's decision, through POST /v1/invoices/{id}/refund) and pending
-    adjustments are dropped with it."""
+    adjustments are dropped with it. During a trial, either way, nothing is ever charged:
+    the trial's end then ends the subscription instead of invoicing it."""
     with transaction() as session:
         subscription = _locked(session, subscription_id)
-        if subscription.status != SubscriptionStatus.ACTIVE:
+        if not rules.may_become(subscription.status, SubscriptionStatus.CANCELED):
             raise SubscriptionNotActive(f"a {subscription.status} subscription cannot be canceled")
         now = clock.now()
         subscription.canceled_at = now
@@ -514,13 +617,12 @@ def bill_next_period(subscription_id: str, now: datetime) -> str | None:
     "invoiced", "ended", or None when there was nothing to do."""
     with transaction() as session:
         subscription = _locked(session, subscription_id, for_billing=True)
-        if (
-            subscription.status != SubscriptionStatus.ACTIVE
-            or subscription.current_period_end > now
-        ):
+        if subscription.status not in rules.BILLABLE or subscription.current_period_end > now:
             return None
         if subscription.cancel_at_period_end:
-            subscription.status = SubscriptionStatus.CANCELED.value
+            subscription.status = rules.require_transition(
+                subscription.status, SubscriptionStatus.CANCELED
+            ).value
             subscription.ended_at = subscription.current_period_end
             final = _invoice_last_adjustments(session, subscription)
             events.record(
@@ -543,8 +645,9 @@ def bill_next_period(subscription_id: str, now: datetime) -> str | None:
 def bill_due_subscriptions(
     *, batch_size: int = RUN_BATCH, chunk_size: int = RUN_CHUNK
 ) -> BillingRunResult:
-    """Every active subscription whose period ended by now (the service's clock, read once)
-    gets its next period invoiced, missed periods included (up to MAX_PERIODS_PER_RUN each).
+    """Every active (or trialing) subscription whose period (or trial) ended by now (the
+    service's clock, read once) gets its next period invoiced, missed periods included (up
+    to MAX_PERIODS_PER_RUN each).
     Reads ids in batches by keyset (id > last), so memory stays bounded.
 
     The common case goes in chunks: one period for each of `chunk_size` subscriptions in
@@ -560,7 +663,7 @@ def bill_due_subscriptions(
             db.session.scalars(
                 select(Subscription.id)
                 .where(
-                    Subscription.status == SubscriptionStatus.ACTIVE.value,
+                    Subscription.status.in_(rules.BILLABLE),
                     Subscription.current_period_end <= now,
                     Subscription.id > last,
                 )
@@ -645,7 +748,7 @@ def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
                 select(Subscription)
                 .where(
                     Subscription.id.in_(ids),
-                    Subscription.status == SubscriptionStatus.ACTIVE.value,
+                    Subscription.status.in_(rules.BILLABLE),
                     Subscription.current_period_end <= now,
                 )
                 .order_by(Subscription.id)
@@ -683,3 +786,74 @@ def run_billing() -> BillingRunResult:
         if not taken:
             return BillingRunResult(ran=False)
         return bill_due_subscriptions()
+
+
+# --- the notice of a trial's end ----------------------------------------------------------
+
+
+def notify_trials_ending(*, batch_size: int = RUN_BATCH) -> int:
+    """Every trial ending within TRIAL_WILL_END_DAYS and not yet told gets its
+    `subscription.trial_will_end` event and email, each subscription in its own transaction
+    (`notify_trial_ending`). Returns how many were told by this call."""
+    now = clock.now()
+    notice_days = context.settings().trial_will_end_days
+    told = 0
+    last = ""
+    while True:
+        batch = list(
+            db.session.scalars(
+                select(Subscription.id)
+                .where(
+                    Subscription.status == SubscriptionStatus.TRIALING.value,
+                    Subscription.trial_will_end_notified_at.is_(None),
+                    Subscription.trial_end > now,
+                    Subscription.trial_end <= now + timedelta(days=notice_days),
+                    Subscription.id > last,
+                )
+                .order_by(Subscription.id)
+                .limit(batch_size)
+            )
+        )
+        db.session.commit()
+        if not batch:
+            return told
+        for subscription_id in batch:
+            try:
+                told += notify_trial_ending(subscription_id, now, notice_days)
+            except Exception:  # one subscription must not keep the others untold
+                log.exception("trial_will_end.failed", subscription_id=subscription_id)
+        last = batch[-1]
+
+
+def notify_trial_ending(subscription_id: str, now: datetime, notice_days: int) -> bool:
+    """In one transaction, with the subscription's row locked: mark it told, record the
+    event and queue the email. A second run (or a concurrent one, waiting on the lock)
+    finds it told and does nothing; the email's ledger key, named after the trial's end,
+    is the wall behind that. False when there was nothing to do."""
+    with transaction() as session:
+        subscription = _locked(session, subscription_id, for_billing=True)
+        trial_end = subscription.trial_end
+        if (
+            subscription.status != SubscriptionStatus.TRIALING
+            or subscription.trial_will_end_notified_at is not None
+            or trial_end is None
+            or not rules.trial_will_end_due(trial_end, now, notice_days)
+        ):
+            return False
+        subscription.trial_will_end_notified_at = now
+        events.record(
+            session,
+            EventType.SUBSCRIPTION_TRIAL_WILL_END,
+            subscription.id,
+            subscription.customer_id,
+        )
+        deliveries = emails.queue_subscription_email(
+            session, TRIAL_WILL_END_EMAIL, subscription, occasion=trial_end.date().isoformat()
+        )
+    log.info(
+        "subscription.trial_will_end",
+        subscription_id=subscription_id,
+        trial_end=trial_end.isoformat(),
+        deliveries=deliveries,
+    )
+    return True

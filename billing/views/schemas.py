@@ -19,6 +19,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from billing.balances.rules import BalanceTransactionType
+from billing.credit_notes.rules import CreditNoteReason, CreditNoteStatus
 from billing.domain.money import (
     UnknownCurrency,
     UnsupportedCurrency,
@@ -33,7 +35,7 @@ from billing.invoicing.rules import (
     CollectionMethod,
     InvoiceStatus,
 )
-from billing.subscriptions.rules import Interval, SubscriptionStatus
+from billing.subscriptions.rules import MAX_TRIAL_DAYS, Interval, SubscriptionStatus
 
 
 class Strict(BaseModel):
@@ -309,6 +311,9 @@ class CustomerOut(BaseModel):
     billing_emails: list[str]
     stripe_customer_id: str | None
     default_payment_method: str | None
+    balance: int = Field(
+        description="Credit the customer holds, used by its next invoices before any charge."
+    )
     delinquent: bool = Field(
         description="Dunning gave up on one of its invoices, and it is not paid yet."
     )
@@ -560,6 +565,18 @@ class SubscriptionCreate(Strict):
         description="The billing cycle anchor (UTC midnight), today or up to a year back; "
         "default: now.",
     )
+    trial_period_days: Annotated[int, Field(ge=1, le=MAX_TRIAL_DAYS)] | None = Field(
+        default=None,
+        description="A free trial of this many days from now: nothing is invoiced until it "
+        "ends, and the first period starts at its end. Not with trial_end or start_date.",
+    )
+    # Bounded by the last second a datetime holds (9999-12-31), so that any accepted value
+    # converts; the service then refuses what lies past MAX_TRIAL_DAYS.
+    trial_end: Annotated[int, Field(ge=0, le=253402300799)] | None = Field(
+        default=None,
+        description="A free trial until this time (Unix seconds, in the future, at most "
+        f"{MAX_TRIAL_DAYS} days ahead). Not with trial_period_days or start_date.",
+    )
 
 
 class SubscriptionUpdate(Strict):
@@ -598,6 +615,8 @@ class SubscriptionOut(BaseModel):
     canceled_at: int | None
     ended_at: int | None
     latest_invoice: str | None
+    trial_start: int | None
+    trial_end: int | None
     created: int
 
 
@@ -614,6 +633,128 @@ class Health(BaseModel):
 
 # --- events and webhook endpoints -----------------------------------------------------------
 
+# Credit notes and the customer balance ------------------------------------------------
+
+
+class CreditNoteLineCreate(Strict):
+    invoice_line: ObjectId = Field(description="The invoice's line this credits.")
+    quantity: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = Field(
+        default=None, description="Units of the line to credit (or give amount)."
+    )
+    amount: Annotated[int, Field(ge=1, le=99_999_999_999)] | None = Field(
+        default=None, description="Net amount of the line to credit (or give quantity)."
+    )
+
+
+class SettlementIn(Strict):
+    """How the credit note's total is settled; the parts sum to it."""
+
+    amount_due: Amount = Field(default=0, description="Taken off the open invoice's amount due.")
+    refund: Amount = Field(default=0, description="Refunded on the invoice's payment.")
+    credit_balance: Amount = Field(default=0, description="Credited to the customer's balance.")
+    out_of_band: Amount = Field(default=0, description="Settled outside; recorded only.")
+
+
+class CreditNoteCreate(Strict):
+    invoice: ObjectId
+    lines: Annotated[list[CreditNoteLineCreate], Field(max_length=MAX_LINES_PER_INVOICE)] = []
+    amount: Annotated[int, Field(ge=1, le=99_999_999_999)] | None = Field(
+        default=None,
+        description="A free amount, tax included, spread over the invoice's tax rates.",
+    )
+    reason: CreditNoteReason = CreditNoteReason.OTHER
+    memo: Annotated[Memo, StringConstraints(max_length=1000)] | None = None
+    currency: Currency | None = Field(default=None, description="Must be the invoice's.")
+    settlement: SettlementIn | None = Field(
+        default=None,
+        description="Required unless the invoice is open and still asks at least the "
+        "credit note's total, which is then taken off its amount due.",
+    )
+    metadata: Metadata = {}
+
+
+class CreditNoteListQuery(ListQuery):
+    customer: ObjectId | None = None
+    invoice: ObjectId | None = None
+    status: CreditNoteStatus | None = None
+
+
+class CreditNoteLineOut(BaseModel):
+    id: str | None
+    object: Literal["credit_note_line_item"] = "credit_note_line_item"
+    invoice_line: str | None
+    description: str
+    quantity: int | None
+    tax_rate: TaxRate
+    amount: int = Field(description="Net of tax.")
+    tax: int
+
+
+class SettlementOut(BaseModel):
+    amount_due: int
+    refund: int
+    credit_balance: int
+    out_of_band: int
+
+
+class CreditNoteOut(BaseModel):
+    id: str | None = Field(description="None on a preview.")
+    object: Literal["credit_note"] = "credit_note"
+    number: str | None = Field(description="None on a preview.")
+    invoice: str
+    customer: str
+    currency: str
+    status: CreditNoteStatus | None = Field(description="None on a preview.")
+    reason: CreditNoteReason
+    memo: str | None
+    lines: list[CreditNoteLineOut]
+    subtotal: int
+    tax: int
+    total: int
+    total_tax_amounts: list[TaxAmount]
+    settlement: SettlementOut
+    refund: str | None = Field(default=None, description="The refund settling it, if any.")
+    metadata: dict[str, str]
+    created: int | None
+    voided_at: int | None
+
+
+class CreditNoteList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CreditNoteOut]
+    has_more: bool
+
+
+class BalanceTransactionCreate(Strict):
+    amount: Annotated[int, Field(ge=-99_999_999_999, le=99_999_999_999)] = Field(
+        description="Credit given (positive) or taken back (negative), in the customer's "
+        "currency's minor units."
+    )
+    description: Annotated[Text, StringConstraints(min_length=1, max_length=500)] = Field(
+        description="Why: kept with the transaction."
+    )
+
+
+class BalanceTransactionOut(BaseModel):
+    id: str
+    object: Literal["customer_balance_transaction"] = "customer_balance_transaction"
+    customer: str
+    type: BalanceTransactionType
+    amount: int
+    currency: str
+    balance_after: int = Field(description="The customer's balance after it.")
+    credit_note: str | None
+    invoice: str | None
+    description: str | None
+    created: int
+
+
+class BalanceTransactionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BalanceTransactionOut]
+    has_more: bool
+
+
 UnixTime = Annotated[int, Field(ge=0, le=2**40)]
 
 
@@ -625,7 +766,18 @@ class EventListQuery(ListQuery):
 
 
 class EventData(BaseModel):
-    object_type: Literal["customer", "invoice", "refund", "subscription", "email"]
+    object_type: Literal[
+        "customer",
+        "invoice",
+        "refund",
+        "subscription",
+        "email",
+        "credit_note",
+        "customer_balance_transaction",
+        "coupon",
+        "promotion_code",
+        "discount",
+    ]
     object: dict[str, Any] = Field(description="The object as the API showed it then.")
 
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from flask import Response, jsonify
 
 from billing.charging.rules import ChargeStatus
+from billing.credit_notes.credit_notes import Preview
+from billing.credit_notes.rules import CreditLine, Settlement
 from billing.domain.jobs import JobState
 from billing.dunning.rules import DunningStep
 from billing.invoicing.invoices import (
@@ -19,7 +21,9 @@ from billing.invoicing.invoices import (
 )
 from billing.models import (
     ChargeAttempt,
+    CreditNote,
     Customer,
+    CustomerBalanceTransaction,
     EmailDelivery,
     Invoice,
     InvoiceDocument,
@@ -51,6 +55,7 @@ def customer_out(customer: Customer, *, sync_job: str | None = None) -> schemas.
         billing_emails=list(customer.billing_emails or []),
         stripe_customer_id=customer.stripe_customer_id,
         default_payment_method=customer.default_payment_method,
+        balance=customer.balance,
         delinquent=customer.delinquent,
         created=_ts(customer.created_at) or 0,
         sync_job=sync_job,
@@ -285,6 +290,8 @@ def subscription_out(subscription: Subscription) -> schemas.SubscriptionOut:
         canceled_at=_ts(subscription.canceled_at),
         ended_at=_ts(subscription.ended_at),
         latest_invoice=subscription.latest_invoice_id,
+        trial_start=_ts(subscription.trial_start),
+        trial_end=_ts(subscription.trial_end),
         created=_ts(subscription.created_at) or 0,
     )
 
@@ -343,4 +350,101 @@ def webhook_delivery_out(
         next_attempt=_ts(delivery.next_attempt_at),
         created=_ts(delivery.created_at) or 0,
         finished_at=_ts(delivery.finished_at),
+    )
+
+
+def _tax_amounts(lines: list[Any]) -> list[schemas.TaxAmount]:
+    by_rate: dict[Any, schemas.TaxAmount] = {}
+    for line in lines:
+        entry = by_rate.setdefault(
+            line.tax_rate, schemas.TaxAmount(tax_rate=line.tax_rate, taxable_amount=0, amount=0)
+        )
+        entry.taxable_amount += line.amount
+        entry.amount += line.tax
+    return list(by_rate.values())
+
+
+def _credit_line_out(line: Any) -> schemas.CreditNoteLineOut:
+    return schemas.CreditNoteLineOut(
+        id=getattr(line, "id", None),
+        invoice_line=line.invoice_line_id,
+        description=line.description,
+        quantity=line.quantity,
+        tax_rate=line.tax_rate,
+        amount=line.amount,
+        tax=line.tax,
+    )
+
+
+def credit_note_out(note: CreditNote) -> schemas.CreditNoteOut:
+    return schemas.CreditNoteOut(
+        id=note.id,
+        number=note.number,
+        invoice=note.invoice_id,
+        customer=note.customer_id,
+        currency=note.currency,
+        status=note.status,  # type: ignore[arg-type]
+        reason=note.reason,  # type: ignore[arg-type]
+        memo=note.memo,
+        lines=[_credit_line_out(line) for line in note.lines],
+        subtotal=note.subtotal,
+        tax=note.tax,
+        total=note.total,
+        total_tax_amounts=_tax_amounts(list(note.lines)),
+        settlement=schemas.SettlementOut(
+            amount_due=note.amount_due_reduction,
+            refund=note.refund_amount,
+            credit_balance=note.credit_balance_amount,
+            out_of_band=note.out_of_band_amount,
+        ),
+        refund=note.refund.id if note.refund is not None else None,
+        metadata=note.metadata_,
+        created=_ts(note.issued_at),
+        voided_at=_ts(note.voided_at),
+    )
+
+
+def credit_note_preview_out(
+    preview: Preview, reason: str, memo: str | None
+) -> schemas.CreditNoteOut:
+    computation = preview.computation
+    lines: list[CreditLine] = computation.lines
+    return schemas.CreditNoteOut(
+        id=None,
+        number=None,
+        invoice=preview.invoice.id,
+        customer=preview.invoice.customer_id,
+        currency=preview.invoice.currency,
+        status=None,
+        reason=reason,  # type: ignore[arg-type]
+        memo=memo,
+        lines=[_credit_line_out(line) for line in lines],
+        subtotal=computation.subtotal,
+        tax=computation.tax,
+        total=computation.total,
+        total_tax_amounts=_tax_amounts(list(lines)),
+        settlement=schemas.SettlementOut(
+            amount_due=preview.settlement.get(Settlement.AMOUNT_DUE, 0),
+            refund=preview.settlement.get(Settlement.REFUND, 0),
+            credit_balance=preview.settlement.get(Settlement.CREDIT_BALANCE, 0),
+            out_of_band=preview.settlement.get(Settlement.OUT_OF_BAND, 0),
+        ),
+        metadata={},
+        created=None,
+        voided_at=None,
+    )
+
+
+def balance_transaction_out(entry: CustomerBalanceTransaction) -> schemas.BalanceTransactionOut:
+    return schemas.BalanceTransactionOut(
+        id=entry.id,
+        customer=entry.customer_id,
+        type=entry.type,  # type: ignore[arg-type]
+        amount=entry.amount,
+        currency=entry.currency,
+        balance_after=entry.balance_after,
+        credit_note=entry.credit_note_id,
+        invoice=entry.invoice_id,
+        description=entry.description,
+        created=_ts(entry.created_at) or 0,
     )

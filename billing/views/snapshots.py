@@ -14,8 +14,17 @@ from sqlalchemy.orm import Session, selectinload
 from billing.events import events
 from billing.events.rules import EventType
 from billing.invoicing.invoices import invoice_histories, shown_invoices
-from billing.models import Customer, EmailDelivery, Refund, Subscription
+from billing.models import (
+    CreditNote,
+    Customer,
+    CustomerBalanceTransaction,
+    EmailDelivery,
+    Refund,
+    Subscription,
+)
 from billing.views.serializers import (
+    balance_transaction_out,
+    credit_note_out,
     customer_out,
     email_out,
     invoice_body,
@@ -59,13 +68,34 @@ def _subscriptions(session: Session, ids: Recorded) -> Mapping[str, dict[str, An
 
 
 def email_snapshot(delivery: Any) -> dict[str, Any]:
-    """An email as its invoice's `emails` list shows it, with the invoice it is about."""
-    return {**email_out(delivery).model_dump(mode="json"), "invoice": delivery.invoice_id}
+    """An email as its invoice's `emails` list shows it, with the invoice it is about (or
+    the subscription, for an email about a subscription alone)."""
+    return {
+        **email_out(delivery).model_dump(mode="json"),
+        "invoice": delivery.invoice_id,
+        "subscription": delivery.subscription_id,
+    }
 
 
 def _emails(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
     rows = session.scalars(select(EmailDelivery).where(EmailDelivery.id.in_(list(ids))))
     return {e.id: email_snapshot(e) for e in rows}
+
+
+def _credit_notes(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(
+        select(CreditNote)
+        .where(CreditNote.id.in_(list(ids)))
+        .options(selectinload(CreditNote.lines), selectinload(CreditNote.refund))
+    )
+    return {n.id: credit_note_out(n).model_dump(mode="json") for n in rows}
+
+
+def _balance_transactions(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(
+        select(CustomerBalanceTransaction).where(CustomerBalanceTransaction.id.in_(list(ids)))
+    )
+    return {t.id: balance_transaction_out(t).model_dump(mode="json") for t in rows}
 
 
 def register() -> None:
@@ -74,3 +104,5 @@ def register() -> None:
     events.register_snapshot("refund", _refunds)
     events.register_snapshot("subscription", _subscriptions)
     events.register_snapshot("email", _emails, email_snapshot)
+    events.register_snapshot("credit_note", _credit_notes)
+    events.register_snapshot("customer_balance_transaction", _balance_transactions)

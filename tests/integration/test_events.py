@@ -135,7 +135,7 @@ def test_a_sent_email_is_an_event_showing_it_as_its_invoice_does(admin, make_cus
     run_jobs()
     [event] = _events(admin, type="email.sent")
     [shown] = admin.get(f"/v1/invoices/{invoice['id']}").get_json()["emails"]
-    assert event["data"]["object"] == {**shown, "invoice": invoice["id"]}
+    assert event["data"]["object"] == {**shown, "invoice": invoice["id"], "subscription": None}
 
 
 def test_an_email_refused_for_good_is_an_event_and_a_deferral_is_not(

@@ -3,7 +3,7 @@ from datetime import date
 import pytest
 
 from billing.invoicing.rules import InvoiceStatus
-from billing.notifications.compose import TEMPLATES
+from billing.notifications.compose import TEMPLATES, compose
 from billing.notifications.kinds import KINDS, Attachment, Facts, resend_refusal
 from billing.notifications.rules import (
     DeliveryStatus,
@@ -145,3 +145,29 @@ def test_a_credit_note_email_is_sent_again_only_while_the_credit_note_stands():
     assert refuse({"status": "issued"}) is None
     assert refuse({"status": "void"}) == "the credit note is void"
     assert refuse(None) == "the credit note is gone"
+
+
+def test_a_trial_s_end_email_is_about_its_subscription_and_never_resent_for_an_invoice():
+    trial = KINDS["trial_will_end"]
+    assert trial.attaches is None and trial.occasion is None
+    assert all(resend_refusal(trial, status) for status in InvoiceStatus)
+
+
+def test_a_trial_s_end_email_names_the_day_the_plan_and_what_will_be_charged():
+    view = {
+        "seller_name": "Example SaaS Ltd",
+        "seller_email": None,
+        "portal_url": None,
+        "customer_name": "Acme GmbH",
+        "product": "Team plan",
+        "quantity": 3,
+        "unit_amount": "12,50 €",
+        "period_amount": "37,50 €",
+        "interval": "month",
+        "trial_end_date": "14. Februar 2026",
+    }
+    email = compose("trial_will_end", view)
+    assert email.subject == "Your trial of Team plan ends on 14. Februar 2026"
+    for body in (email.text, email.html):
+        assert "37,50 €" in body and "3 x 12,50 €" in body and "14. Februar 2026" in body
+    assert "Invoice" not in email.html

@@ -126,7 +126,7 @@ def test_the_refusal_names_the_machine_and_both_states():
         (LedgerState, ["started", "succeeded", "failed", "unknown"]),
         (EventStatus, ["received", "processed", "ignored", "failed"]),
         (DeliveryStatus, ["pending", "sent", "failed"]),
-        (SubscriptionStatus, ["active", "canceled"]),
+        (SubscriptionStatus, ["active", "canceled", "trialing"]),
     ],
 )
 def test_states_are_the_strings_the_database_holds(states, values):
@@ -206,7 +206,9 @@ def test_webhook_events():
 def test_email_deliveries_and_subscriptions():
     assert emails.MACHINE.terminal == {DeliveryStatus.SENT}
     assert subscriptions.MACHINE.pairs() == {
-        (SubscriptionStatus.ACTIVE, SubscriptionStatus.CANCELED)
+        (SubscriptionStatus.ACTIVE, SubscriptionStatus.CANCELED),
+        (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE),
+        (SubscriptionStatus.TRIALING, SubscriptionStatus.CANCELED),
     }
 
 

@@ -6,12 +6,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.subscriptions.rules import (
+    TRIAL_PERIOD_INDEX,
+    IllegalSubscriptionTransition,
     Interval,
+    SubscriptionStatus,
     add_months,
     days_left,
+    may_become,
     period,
     prorate,
     prorate_change,
+    require_transition,
+    trial_will_end_due,
 )
 
 
@@ -116,3 +122,28 @@ def test_every_period_starts_on_the_anchor_day_or_its_months_last_day(anchor, mo
     assert moved.time() == anchor.time()
     last_of_month = (moved + timedelta(days=1)).month != moved.month
     assert moved.day == anchor.day or (moved.day < anchor.day and last_of_month)
+
+
+def test_a_trial_becomes_active_or_canceled_and_never_comes_back():
+    assert require_transition("trialing", SubscriptionStatus.ACTIVE) is SubscriptionStatus.ACTIVE
+    assert may_become("trialing", SubscriptionStatus.CANCELED)
+    for status in ("active", "canceled"):
+        assert not may_become(status, SubscriptionStatus.TRIALING)
+    with pytest.raises(IllegalSubscriptionTransition):
+        require_transition("canceled", SubscriptionStatus.ACTIVE)
+
+
+def test_the_first_paid_period_after_a_trial_starts_at_the_trial_s_end():
+    trial_end = at(2026, 2, 14, 9)
+    first = period(trial_end, Interval.MONTH, TRIAL_PERIOD_INDEX + 1)
+    assert (first.index, first.start, first.end) == (0, trial_end, at(2026, 3, 14, 9))
+
+
+def test_the_trial_will_end_notice_is_due_within_its_days_before_the_end_and_not_after():
+    end = at(2026, 2, 14, 9)
+    assert not trial_will_end_due(end, at(2026, 2, 11, 8), 3)  # an hour too early
+    assert trial_will_end_due(end, at(2026, 2, 11, 9), 3)
+    assert trial_will_end_due(end, at(2026, 2, 14, 8), 3)
+    assert not trial_will_end_due(end, at(2026, 2, 14, 9), 3)  # over: it is being invoiced
+    # A trial shorter than the notice is told at once.
+    assert trial_will_end_due(at(2026, 2, 2), at(2026, 2, 1), 3)
