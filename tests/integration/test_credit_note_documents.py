@@ -335,3 +335,49 @@ def test_the_newest_credit_note_document_is_served_to_its_own_customer_only(
     other = make_customer(email="other@example.com")
     with pytest.raises(NotFound):
         documents.credit_note_pdf_of(credit_note_id, customer_scope=other["id"])
+
+
+def test_a_credit_note_issued_through_the_api_is_on_its_own_pdf_and_on_the_invoice_s_next(
+    admin, make_customer, run_jobs, mailbox
+):
+    """With the credit notes use case: what it computed (the tax reversed per rate, the
+    amount due reduced) is what the two papers show. Until the use case records the
+    renders itself, the test records them right after it (recording twice is harmless)."""
+    from billing.documents import documents
+    from tests.support.papers import pdf_text
+
+    invoice = _send_invoice(admin, make_customer())
+    run_jobs()
+    seats = next(
+        line for line in invoice["lines"]["data"] if line["description"] == "Platform seats"
+    )
+    response = admin.post(
+        "/v1/credit_notes",
+        json={
+            "invoice": invoice["id"],
+            "lines": [{"invoice_line": seats["id"], "quantity": 3}],
+            "reason": "duplicate",
+        },
+    )
+    assert response.status_code == 200, response.get_json()
+    note = response.get_json()
+    with transaction() as session:
+        documents.request_credit_note_renders(session, [note["id"]])
+        documents.request_renders(session, [invoice["id"]])
+    run_jobs()
+
+    [document] = _versions(note["id"])
+    flat = squeezed(pdf_text(_content(document)))
+    assert squeezed(f"Credit note number {note['number']}") in flat
+    assert squeezed(f"Credit note for invoice {invoice['number']}") in flat
+    assert squeezed("Platform seats 3 €75.00 0% €0.00") in flat
+    assert squeezed("Reason Duplicate charge") in flat
+    assert squeezed("Deducted from the invoice's amount due €75.00") in flat
+
+    newest_invoice_pdf = admin.get(f"/v1/invoices/{invoice['id']}/pdf").data
+    due = admin.get(f"/v1/invoices/{invoice['id']}").get_json()["amount_due"]
+    assert due == invoice["amount_due"] - 7500
+    invoice_text = squeezed(pdf_text(newest_invoice_pdf))
+    assert squeezed("Credited €75.00") in invoice_text
+    assert squeezed(f"Amount due €{due / 100:,.2f}") in invoice_text
+    assert [m for m in mailbox.messages if note["number"] in m.message["Subject"]]
