@@ -381,3 +381,22 @@ def test_a_credit_note_issued_through_the_api_is_on_its_own_pdf_and_on_the_invoi
     assert squeezed("Credited €75.00") in invoice_text
     assert squeezed(f"Amount due €{due / 100:,.2f}") in invoice_text
     assert [m for m in mailbox.messages if note["number"] in m.message["Subject"]]
+
+
+def test_an_operator_resends_a_credit_note_s_email_with_its_pdf_until_it_is_voided(
+    credited, run_jobs, mailbox
+):
+    from billing.operations.operations import EmailNotResendable, resend_invoice_email
+
+    invoice, credit_note_id = credited
+    run_jobs()
+    mailbox.handler.reset()
+    resent = resend_invoice_email(invoice["id"], "credit_note_issued")
+    run_jobs()
+    assert sorted(resent.recipients) == ["ap@initech.example", "finance@initech.example"]
+    [again, _] = [m for m in mailbox.messages if "CN-2026-000001" in m.message["Subject"]]
+    [attachment] = list(again.message.iter_attachments())
+    assert attachment.get_filename() == "credit-note-CN-2026-000001.pdf"
+    _void(credit_note_id)
+    with pytest.raises(EmailNotResendable, match="the credit note is void"):
+        resend_invoice_email(invoice["id"], "credit_note_issued")
