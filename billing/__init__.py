@@ -99,6 +99,7 @@ def create_app(
     from billing.api import (
         credit_notes,
         customers,
+        discounts,
         events,
         health,
         invoices,
@@ -120,6 +121,8 @@ def create_app(
     for blueprint in (prices.bp, subscriptions.bp, metrics.bp, events.bp, webhook_endpoints.bp):
         app.register_blueprint(blueprint)
     for blueprint in (credit_notes.bp, credit_notes.balance_bp):
+        app.register_blueprint(blueprint)
+    for blueprint in (discounts.coupons_bp, discounts.promotion_codes_bp, discounts.discounts_bp):
         app.register_blueprint(blueprint)
 
     from billing.cli import register_cli

@@ -26,7 +26,8 @@ from billing.platform.unit_of_work import transaction
 
 # Longer than gunicorn's worker timeout: a request still holding its key is alive.
 IDEMPOTENT_REQUEST_LEASE = timedelta(seconds=60)
-_PATH_ID = re.compile(r"[a-z]{2,4}_[0-9a-z]{1,36}")
+# Our prefixes run from "in" to "promo" (promotion codes, as Stripe names them).
+_PATH_ID = re.compile(r"[a-z]{2,5}_[0-9a-z]{1,36}")
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 ViewResult = tuple[BaseModel | None, int] | Response

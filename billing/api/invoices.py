@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from billing.api.discounts import redemption
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
 from billing.charging import charges
 from billing.documents import documents
@@ -55,6 +56,7 @@ def create_invoice(body: schemas.InvoiceCreate) -> ViewResult:
             description=body.description,
             metadata=body.metadata,
             lines=[_line(line) for line in body.lines],
+            discounts=[redemption(d) for d in body.discounts],
         )
     )
     return invoice_out(invoice), 200

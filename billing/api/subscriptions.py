@@ -7,11 +7,23 @@ from datetime import UTC, datetime
 from flask import Blueprint
 
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
+from billing.api.errors import RequestInvalid
+from billing.discounts.discounts import Redemption
 from billing.subscriptions import subscriptions as service
 from billing.views import schemas
 from billing.views.serializers import subscription_out
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
+
+
+def _discount_of(body: schemas.SubscriptionCreate) -> Redemption | None:
+    if body.coupon is None and body.promotion_code is None:
+        return None
+    if body.coupon is not None and body.promotion_code is not None:
+        raise RequestInvalid(
+            400, "parameter_invalid", "give a coupon or a promotion_code, not both", param="coupon"
+        )
+    return Redemption(coupon_id=body.coupon, promotion_code_id=body.promotion_code)
 
 
 @endpoint(
@@ -38,6 +50,7 @@ def create_subscription(body: schemas.SubscriptionCreate) -> ViewResult:
             trial_end=(
                 datetime.fromtimestamp(body.trial_end, UTC) if body.trial_end is not None else None
             ),
+            discount=_discount_of(body),
         )
     )
     return subscription_out(subscription), 200

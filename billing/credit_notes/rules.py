@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
+from billing.invoicing.rules import largest_remainders
+
 
 class CreditNoteStatus(enum.StrEnum):
     ISSUED = "issued"
@@ -125,21 +127,6 @@ def _share(whole: int, numerator: int, denominator: int) -> int:
     if denominator == 0:
         return 0
     return _round(Decimal(whole) * numerator / denominator)
-
-
-def largest_remainders(amount: int, weights: Sequence[int]) -> list[int]:
-    """`amount` split in proportion to non-negative `weights`, each part whole and the parts
-    summing to `amount`: the floors, then one more unit to the largest remainders (the
-    first in order among equals)."""
-    total = sum(weights)
-    if total <= 0:
-        raise ValueError("nothing to split over")
-    floors = [amount * w // total for w in weights]
-    remainders = [amount * w % total for w in weights]
-    left = amount - sum(floors)
-    for index in sorted(range(len(weights)), key=lambda i: (-remainders[i], i))[:left]:
-        floors[index] += 1
-    return floors
 
 
 @dataclass

@@ -20,9 +20,10 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
+    type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by, distinct_on
 from sqlalchemy.orm import Session, joinedload
 
 from billing.balances import balances
@@ -30,6 +31,7 @@ from billing.charging import charges
 from billing.charging import rules as charge_rules
 from billing.charging.rules import ChargeStatus
 from billing.customers.customers import get_customer
+from billing.discounts import discounts
 from billing.documents import documents
 from billing.domain import parties
 from billing.domain.money import AmountNotChargeable, charge_step, normalize_currency
@@ -44,6 +46,7 @@ from billing.models import (
     Customer,
     EmailDelivery,
     Invoice,
+    InvoiceDiscount,
     InvoiceDocument,
     InvoiceLine,
     Refund,
@@ -84,6 +87,11 @@ class InvoiceFields:
     description: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     lines: list[LineFields] = field(default_factory=list)
+    # Its own discounts, made for it alone.
+    discounts: list[discounts.Redemption] = field(default_factory=list)
+    # The subscription it bills (a final invoice): that subscription's discounts apply
+    # instead of the customer's.
+    subscription_id: str | None = None
 
 
 def _now() -> datetime:
@@ -151,6 +159,8 @@ class ShownInvoice:
     voided_at: datetime | None
     marked_uncollectible_at: datetime | None
     dunning_started_on: date | None
+    # Its discount lines as the API shows them: {id, coupon, description, amount}.
+    discounts: list[dict[str, Any]]
     lines: list[ShownLine] = field(default_factory=list)
     charge_attempts: list[ShownAttempt] = field(default_factory=list)
 
@@ -161,7 +171,8 @@ class ShownInvoice:
     @classmethod
     def of(cls, invoice: Invoice) -> ShownInvoice:
         """The model of an invoice just changed, as its response shows it."""
-        shown = cls(*(getattr(invoice, column.key) for column in _INVOICE_COLUMNS))
+        columns = {name: getattr(invoice, name) for name in _INVOICE_FIELDS[:-1]}
+        shown = cls(**columns, discounts=discount_lines(invoice.id))
         shown.lines = [_shown(ShownLine, line) for line in invoice.lines]
         shown.charge_attempts = [_shown(ShownAttempt, a) for a in invoice.charge_attempts]
         return shown
@@ -176,10 +187,39 @@ def _shown(kind: type[_Row], model: Any) -> _Row:
 
 # In the order of the fields of ShownInvoice, ShownLine and ShownAttempt: rows are unpacked
 # into them.
+# Its discount lines come last: a model has no column of them.
+_INVOICE_FIELDS = tuple(
+    name for name in ShownInvoice.__dataclass_fields__ if name not in ("lines", "charge_attempts")
+)
+assert _INVOICE_FIELDS[-1] == "discounts"
+# An invoice's discount lines ride along as one JSON array with its row: reading an
+# invoice takes no statement more for them, however many it has.
+_DISCOUNT_LINE = func.jsonb_build_object(
+    literal_column("'id'"),
+    InvoiceDiscount.discount_id,
+    literal_column("'coupon'"),
+    InvoiceDiscount.coupon_id,
+    literal_column("'description'"),
+    InvoiceDiscount.description,
+    literal_column("'amount'"),
+    InvoiceDiscount.amount,
+)
+_DISCOUNT_LINES = (
+    select(
+        func.coalesce(
+            func.jsonb_agg(aggregate_order_by(_DISCOUNT_LINE, InvoiceDiscount.id)),
+            literal_column("'[]'::jsonb"),
+        )
+    )
+    .where(InvoiceDiscount.invoice_id == Invoice.id)
+    .correlate(Invoice)
+    .scalar_subquery()
+)
 _INVOICE_COLUMNS = tuple(
-    getattr(Invoice, name)
-    for name in ShownInvoice.__dataclass_fields__
-    if name not in ("lines", "charge_attempts")
+    type_coerce(_DISCOUNT_LINES, JSONB).label("discounts")
+    if name == "discounts"
+    else getattr(Invoice, name)
+    for name in _INVOICE_FIELDS
 )
 _LINE_COLUMNS = tuple(getattr(InvoiceLine, name) for name in ShownLine._fields)
 _ATTEMPT_COLUMNS = tuple(getattr(ChargeAttempt, name) for name in ShownAttempt._fields)
@@ -426,17 +466,50 @@ def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
     return line
 
 
-def _recompute_totals(invoice: Invoice) -> None:
+def discount_lines(invoice_id: str) -> list[dict[str, Any]]:
+    """An invoice's discount lines as ShownInvoice holds them."""
+    return list(
+        db.session.scalar(
+            select(type_coerce(_DISCOUNT_LINES, JSONB))
+            .select_from(Invoice)
+            .where(Invoice.id == invoice_id)
+        )
+        or []
+    )
+
+
+def _recompute_totals(
+    invoice: Invoice, applied: Sequence[discounts.AppliedDiscount] = ()
+) -> rules.InvoiceTotals:
+    """The invoice's totals, and each line's discount share and tax, less `applied`."""
     try:
         totals = rules.invoice_totals(
             ((ln.quantity, ln.unit_amount, ln.tax_rate) for ln in invoice.lines),
             step=charge_step(invoice.currency),
+            discounts=[a.terms for a in applied],
         )
     except rules.AmountTooLarge as exc:
         raise InvalidRequest(str(exc), param="lines") from exc
     except AmountNotChargeable as exc:
         raise UnchargeableAmount(str(exc), param="lines") from exc
-    invoice.subtotal, invoice.tax, invoice.total = totals.subtotal, totals.tax, totals.total
+    for line, discount, tax in zip(
+        invoice.lines, totals.line_discounts, totals.line_taxes, strict=True
+    ):
+        line.discount_amount, line.tax = discount, tax
+    invoice.subtotal, invoice.discount = totals.subtotal, totals.discount
+    invoice.tax, invoice.total = totals.tax, totals.total
+    return totals
+
+
+def _recompute_draft(session: Session, invoice: Invoice) -> None:
+    """A draft's totals after its lines changed: the discounts it took when it was made
+    are shared anew, and its discount lines replaced."""
+    applied = discounts.discounts_on_invoice(session, invoice.id)
+    totals = _recompute_totals(invoice, applied)
+    if applied:
+        discounts.record_invoice_discounts(
+            session, invoice.id, applied, totals.discount_amounts, replace=True
+        )
 
 
 def create_invoice(fields: InvoiceFields) -> Invoice:
@@ -471,6 +544,31 @@ def create_invoice(fields: InvoiceFields) -> Invoice:
         _recompute_totals(invoice)
         session.add(invoice)
         session.flush()
+        for index, redemption in enumerate(fields.discounts):
+            discounts.redeem(
+                session,
+                customer,
+                redemption,
+                invoice_id=invoice.id,
+                param=f"discounts.{index}",
+            )
+        (applied,) = discounts.applicable_discounts(
+            session,
+            [
+                discounts.InvoiceDiscountsWanted(
+                    customer_id=customer.id,
+                    subscription_id=fields.subscription_id,
+                    invoice_id=invoice.id if fields.discounts else None,
+                    period_start=_now(),
+                    currency=currency,
+                )
+            ],
+        )
+        if applied:
+            totals = _recompute_totals(invoice, applied)
+            discounts.record_invoice_discounts(
+                session, invoice.id, applied, totals.discount_amounts
+            )
         events.record(session, EventType.INVOICE_CREATED, invoice.id, invoice.customer_id)
     log.info("invoice.created", invoice_id=invoice.id, customer_id=invoice.customer_id)
     return invoice
@@ -482,7 +580,7 @@ def add_line(invoice_id: str, fields: LineFields) -> InvoiceLine:
         if not rules.lines_are_editable(InvoiceStatus(invoice.status)):
             raise InvoiceNotEditable(f"lines of a {invoice.status} invoice cannot change")
         line = _add_line(invoice, fields)
-        _recompute_totals(invoice)
+        _recompute_draft(session, invoice)
     log.info("invoice.line_added", invoice_id=invoice_id, line_id=line.id)
     return line
 
@@ -496,7 +594,7 @@ def delete_line(invoice_id: str, line_id: str) -> Invoice:
         if not rules.lines_are_editable(InvoiceStatus(invoice.status)):
             raise InvoiceNotEditable(f"lines of a {invoice.status} invoice cannot change")
         invoice.lines.remove(line)
-        _recompute_totals(invoice)
+        _recompute_draft(session, invoice)
     log.info("invoice.line_deleted", invoice_id=invoice_id, line_id=line_id)
     return invoice
 

@@ -8,12 +8,31 @@ per line (as Stripe does) keeps every printed line consistent with the total.
 Where Stripe charges a currency less finely than its minor unit (tens of fils for the
 three-decimal currencies: ``money.charge_step``), taxes round to that step instead and
 line amounts must be multiples of it, so that every total is chargeable as printed.
+
+Discount rounding rule (docs/design/discounts.md). An invoice's discounts apply one after
+the other, in the order they were attached (oldest first). Each works on a *base*: what
+the positive lines have left once the discounts before it are taken off. Lines with a
+negative amount (proration credits) get no discount and keep their own tax.
+
+- percent off: ``base * percent / 100`` rounded to the charge step, halves away from zero;
+- amount off: ``min(amount_off, base)``, the coupon's amount rounded down to the step;
+- neither ever takes the invoice below zero: each is capped at
+  ``subtotal - the discounts before it`` (a credit line may already have eaten the
+  positive lines), and at zero when that is negative.
+
+A discount's amount is shared among the positive lines in proportion to what each has
+left, by largest remainders in units of the charge step (ties to the earlier line), so
+that each line's share is a multiple of the step and the shares add up exactly. Each
+line's tax is then ``(amount - discount_amount) * rate / 100`` rounded to the step, halves
+away from zero. So, always: total = subtotal - discount + tax; the lines' discount_amounts
+add up to the invoice's discount, and so do the discounts' amounts; the tax is the sum of
+the lines' taxes; and no line's discount exceeds its amount.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -88,11 +107,29 @@ class LineAmounts:
 
 
 @dataclass(frozen=True)
+class DiscountTerms:
+    """What one discount takes: a percentage, or an amount in the invoice's currency."""
+
+    percent_off: Decimal | None = None
+    amount_off: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.percent_off is None) == (self.amount_off is None):
+            raise ValueError("a discount is a percentage or an amount, not both or neither")
+
+
+@dataclass(frozen=True)
 class InvoiceTotals:
     subtotal: int
     tax: int
     total: int
     tax_by_rate: dict[Decimal, int]
+    discount: int = 0
+    # In the order of the lines given: each one's share of the discounts, and its tax.
+    line_discounts: tuple[int, ...] = ()
+    line_taxes: tuple[int, ...] = ()
+    # In the order of the discounts given: what each took.
+    discount_amounts: tuple[int, ...] = ()
 
 
 def line_amounts(
@@ -113,20 +150,82 @@ def line_amounts(
     return LineAmounts(amount=amount, tax=tax)
 
 
-def invoice_totals(lines: Iterable[tuple[int, int, Decimal]], *, step: int = 1) -> InvoiceTotals:
+def invoice_totals(
+    lines: Iterable[tuple[int, int, Decimal]],
+    *,
+    step: int = 1,
+    discounts: Sequence[DiscountTerms] = (),
+) -> InvoiceTotals:
     """Totals of (quantity, unit_amount, tax_rate) lines, all in one currency whose charge
-    step is `step`: every amount, and so the total, is a multiple of it."""
-    subtotal = 0
+    step is `step`, less `discounts` in their order (the rule in this module's docstring):
+    every amount, and so the total, is a multiple of the step."""
+    given = list(lines)
+    amounts = [line_amounts(q, u, rate, step=step).amount for q, u, rate in given]
+    subtotal = sum(amounts)
+    line_discounts, discount_amounts = allocate_discounts(amounts, discounts, step=step)
     tax = 0
     by_rate: dict[Decimal, int] = {}
-    for quantity, unit_amount, rate in lines:
-        amounts = line_amounts(quantity, unit_amount, rate, step=step)
-        subtotal += amounts.amount
-        tax += amounts.tax
-        by_rate[rate] = by_rate.get(rate, 0) + amounts.tax
-    if abs(subtotal + tax) > MAX_AMOUNT:
+    line_taxes = []
+    for (_, _, rate), amount, discount in zip(given, amounts, line_discounts, strict=True):
+        line_tax = round_to_step(Decimal(amount - discount) * rate / 100, step)
+        line_taxes.append(line_tax)
+        tax += line_tax
+        by_rate[rate] = by_rate.get(rate, 0) + line_tax
+    discount = sum(discount_amounts)
+    total = subtotal - discount + tax
+    if abs(subtotal) > MAX_AMOUNT or abs(total) > MAX_AMOUNT:
         raise AmountTooLarge(f"an invoice's total cannot exceed {MAX_AMOUNT} minor units")
-    return InvoiceTotals(subtotal=subtotal, tax=tax, total=subtotal + tax, tax_by_rate=by_rate)
+    return InvoiceTotals(
+        subtotal=subtotal,
+        tax=tax,
+        total=total,
+        tax_by_rate=by_rate,
+        discount=discount,
+        line_discounts=tuple(line_discounts),
+        line_taxes=tuple(line_taxes),
+        discount_amounts=tuple(discount_amounts),
+    )
+
+
+def allocate_discounts(
+    amounts: Sequence[int], discounts: Sequence[DiscountTerms], *, step: int = 1
+) -> tuple[list[int], list[int]]:
+    """Each line's share of the discounts, and each discount's amount (the rule in this
+    module's docstring). `amounts` are multiples of `step`."""
+    left = [max(amount, 0) for amount in amounts]  # what each line has not had taken off
+    shares = [0] * len(amounts)
+    taken: list[int] = []
+    room = max(sum(amounts), 0)  # no discount takes the invoice below zero
+    for terms in discounts:
+        base = sum(left)
+        if terms.percent_off is not None:
+            wanted = round_to_step(Decimal(base) * terms.percent_off / 100, step)
+        else:
+            wanted = (terms.amount_off or 0) // step * step
+        amount = max(min(wanted, base, room), 0)
+        for index, units in enumerate(
+            largest_remainders(amount // step, [x // step for x in left])
+        ):
+            shares[index] += units * step
+            left[index] -= units * step
+        room -= amount
+        taken.append(amount)
+    return shares, taken
+
+
+def largest_remainders(units: int, weights: Sequence[int]) -> list[int]:
+    """`units` shared in proportion to `weights` (units <= sum of weights): each gets the
+    floor of its exact share, and the units left over go one each to the largest
+    remainders, the earlier weight first on a tie; so no share exceeds its weight."""
+    whole = sum(weights)
+    if units == 0 or whole == 0:
+        return [0] * len(weights)
+    shares = [units * weight // whole for weight in weights]
+    remainders = [units * weight % whole for weight in weights]
+    leftover = units - sum(shares)
+    for index in sorted(range(len(weights)), key=lambda i: (-remainders[i], i))[:leftover]:
+        shares[index] += 1
+    return shares
 
 
 def format_invoice_number(year: int, sequence: int) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, joinedload
 
 from billing.customers.customers import get_customer
+from billing.discounts import discounts
 from billing.domain.money import charge_step
 from billing.events import events
 from billing.events.rules import EventType
@@ -27,6 +28,7 @@ from billing.invoicing import invoices
 from billing.invoicing import rules as invoice_rules
 from billing.invoicing.rules import CollectionMethod, InvoiceStatus
 from billing.models import (
+    Customer,
     Invoice,
     InvoiceLine,
     Price,
@@ -90,6 +92,8 @@ class SubscriptionFields:
     start_date: date | None = None
     trial_period_days: int | None = None
     trial_end: datetime | None = None
+    # A discount of its own from its start (a coupon or a promotion code).
+    discount: discounts.Redemption | None = None
 
 
 def get_subscription(subscription_id: str, *, customer_scope: str | None = None) -> Subscription:
@@ -173,6 +177,20 @@ def _trial_end(fields: SubscriptionFields) -> datetime | None:
     return fields.trial_end
 
 
+def _redeem_own_discount(
+    session: Session, customer: Customer, fields: SubscriptionFields, subscription: Subscription
+) -> None:
+    """A discount asked for at the start is the subscription's from then, trial or not."""
+    if fields.discount is not None:
+        discounts.redeem(
+            session,
+            customer,
+            fields.discount,
+            subscription_id=subscription.id,
+            param="promotion_code" if fields.discount.promotion_code_id else "coupon",
+        )
+
+
 def create_subscription(fields: SubscriptionFields) -> Subscription:
     """Start a subscription and invoice its first period at once (billing in advance), or,
     with a trial, invoice nothing until the billing run finds the trial ended."""
@@ -198,6 +216,7 @@ def create_subscription(fields: SubscriptionFields) -> Subscription:
         trial_end = _trial_end(fields)
         if trial_end is not None:
             subscription = _start_trial(session, fields, price, trial_end)
+            _redeem_own_discount(session, customer, fields, subscription)
             log.info(
                 "subscription.created",
                 subscription_id=subscription.id,
@@ -225,6 +244,7 @@ def create_subscription(fields: SubscriptionFields) -> Subscription:
         events.record(
             session, EventType.SUBSCRIPTION_CREATED, subscription.id, subscription.customer_id
         )
+        _redeem_own_discount(session, customer, fields, subscription)
         _invoice_periods(session, [(subscription, first)], clock.now())
     log.info(
         "subscription.created",
@@ -318,7 +338,22 @@ def _invoice_periods(
     line_rows: list[dict[str, Any]] = []
     period_rows: list[dict[str, Any]] = []
     carried_rows: list[dict[str, Any]] = []
-    for subscription, period in due:
+    discount_rows: list[tuple[str, list[discounts.AppliedDiscount], tuple[int, ...]]] = []
+    # Which discounts each period's invoice gets, read (and locked) for all at once.
+    applicable = discounts.applicable_discounts(
+        session,
+        [
+            discounts.InvoiceDiscountsWanted(
+                customer_id=subscription.customer_id,
+                subscription_id=subscription.id,
+                invoice_id=None,
+                period_start=period.start,
+                currency=subscription.price.currency,
+            )
+            for subscription, period in due
+        ],
+    )
+    for (subscription, period), applied in zip(due, applicable, strict=True):
         currency = subscription.price.currency
         lines = _period_lines(subscription, period)
         step = charge_step(currency)
@@ -343,9 +378,15 @@ def _invoice_periods(
                     "currency": currency,
                 }
             )
+        if applied or totals.total < 0:
+            # A carried credit brings the invoice to zero, and no discount takes it below.
             totals = invoice_rules.invoice_totals(
-                ((line.quantity, line.unit_amount, line.tax_rate) for line in lines), step=step
+                ((line.quantity, line.unit_amount, line.tax_rate) for line in lines),
+                step=step,
+                discounts=[a.terms for a in applied],
             )
+        if applied:
+            discount_rows.append((invoice_id, applied, totals.discount_amounts))
         send_invoice = subscription.collection_method == CollectionMethod.SEND_INVOICE
         days = subscription.days_until_due
         invoice_rows.append(
@@ -362,14 +403,14 @@ def _invoice_periods(
                 "description": _period_description(subscription, period),
                 "metadata": _period_metadata(subscription, period),
                 "subtotal": totals.subtotal,
+                "discount": totals.discount,
                 "tax": totals.tax,
                 "total": totals.total,
             }
         )
-        for line in lines:
-            amounts = invoice_rules.line_amounts(
-                line.quantity, line.unit_amount, line.tax_rate, step=step
-            )
+        for line, discount, tax in zip(
+            lines, totals.line_discounts, totals.line_taxes, strict=True
+        ):
             line_rows.append(
                 {
                     "id": new_id("il"),
@@ -378,8 +419,9 @@ def _invoice_periods(
                     "quantity": line.quantity,
                     "unit_amount": line.unit_amount,
                     "tax_rate": line.tax_rate,
-                    "amount": amounts.amount,
-                    "tax": amounts.tax,
+                    "amount": line.quantity * line.unit_amount,
+                    "discount_amount": discount,
+                    "tax": tax,
                 }
             )
         period_rows.append(
@@ -420,6 +462,7 @@ def _invoice_periods(
         # locked costs more than locking it after.
         session.execute(insert(InvoiceLine.__table__), line_rows)
         session.execute(insert(SubscriptionPeriod.__table__), period_rows)
+        discounts.record_many_invoice_discounts(session, discount_rows)
         if carried_rows:
             session.execute(insert(SubscriptionAdjustment.__table__), carried_rows)
     for row in period_rows:
@@ -462,6 +505,7 @@ def _invoice_last_adjustments(session: Session, subscription: Subscription) -> s
             ),
             description=f"Final invoice of the subscription to {subscription.price.product}",
             metadata={"subscription": subscription.id, "final": "true"},
+            subscription_id=subscription.id,
             lines=[
                 invoices.LineFields(description=a.description, quantity=1, unit_amount=a.amount)
                 for a in adjustments

@@ -16,6 +16,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -259,6 +260,54 @@ Lines = Annotated[
 ]
 
 
+# --- coupons, promotion codes and discounts (requests) --------------------------------------
+
+
+def _percent_off(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError('must be a number of percent, such as 20 or "12.5"')
+    try:
+        percent = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValueError('must be a number of percent, such as 20 or "12.5"') from exc
+    if not percent.is_finite() or percent <= 0 or percent > 100:
+        raise ValueError("must be above 0 and at most 100 percent")
+    if percent != percent.quantize(TAX_RATE_QUANTUM):
+        raise ValueError("has at most four decimal places")
+    return percent.quantize(TAX_RATE_QUANTUM)
+
+
+PercentOff = Annotated[
+    Decimal,
+    BeforeValidator(_percent_off),
+    PlainSerializer(tax_rate_text, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\d{1,3}(\.\d{1,4})?$"}],
+            "description": "Percent, above 0 and at most 100, at most four decimals.",
+        }
+    ),
+]
+# Up to the last second of 9999: further than any date Python can hold is refused, not a 500.
+Timestamp = Annotated[int, Field(ge=0, le=253_402_300_799, description="Unix seconds.")]
+PromotionCodeText = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+]
+
+
+class DiscountCreate(Strict):
+    """A coupon, or a promotion code (by its id): exactly one."""
+
+    coupon: ObjectId | None = None
+    promotion_code: ObjectId | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DiscountCreate:
+        if (self.coupon is None) == (self.promotion_code is None):
+            raise ValueError("give a coupon or a promotion_code, exactly one")
+        return self
+
+
 class InvoiceCreate(Strict):
     customer: ObjectId
     collection_method: CollectionMethod = CollectionMethod.CHARGE_AUTOMATICALLY
@@ -268,6 +317,11 @@ class InvoiceCreate(Strict):
     description: Annotated[Memo, StringConstraints(max_length=5000)] | None = None
     metadata: Metadata = Field(default_factory=dict)
     lines: Lines = Field(default_factory=list)
+    discounts: list[DiscountCreate] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Its own discounts; the customer's apply as well.",
+    )
 
 
 class ListQuery(Strict):
@@ -432,6 +486,13 @@ class PdfPending(BaseModel):
     message: str
 
 
+class InvoiceDiscountOut(BaseModel):
+    id: str = Field(description="The discount.")
+    coupon: str
+    description: str
+    amount: int
+
+
 class InvoiceOut(BaseModel):
     id: str
     object: Literal["invoice"] = "invoice"
@@ -447,6 +508,10 @@ class InvoiceOut(BaseModel):
     lines: LineList
     subtotal: int = Field(description="The lines' amounts, before discounts.")
     discount: int = Field(description="What the invoice's discounts took off the subtotal.")
+    discounts: list[InvoiceDiscountOut] = Field(
+        description="One line per discount, in the order they applied; their amounts add up "
+        "to `discount`."
+    )
     tax: int
     total: int = Field(description="subtotal - discount + tax.")
     total_tax_amounts: list[TaxAmount]
@@ -576,6 +641,10 @@ class SubscriptionCreate(Strict):
         default=None,
         description="A free trial until this time (Unix seconds, in the future, at most "
         f"{MAX_TRIAL_DAYS} days ahead). Not with trial_period_days or start_date.",
+    )
+    coupon: ObjectId | None = Field(default=None, description="A discount of its own.")
+    promotion_code: ObjectId | None = Field(
+        default=None, description="A discount of its own, from this promotion code's coupon."
     )
 
 
@@ -888,3 +957,100 @@ class WebhookDeliveryList(BaseModel):
     object: Literal["list"] = "list"
     data: list[WebhookDeliveryOut]
     has_more: bool
+
+
+# --- coupons, promotion codes and discounts ----------------------------------------------
+
+
+class CouponCreate(Strict):
+    name: Name
+    percent_off: PercentOff | None = None
+    amount_off: Annotated[int, Field(ge=1, le=99_999_999_999)] | None = Field(
+        default=None, description="Minor units of `currency`."
+    )
+    currency: Currency | None = None
+    duration: Literal["once", "repeating", "forever"] = "once"
+    duration_in_months: Annotated[int, Field(ge=1, le=120)] | None = None
+    max_redemptions: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    redeem_by: Timestamp | None = Field(default=None, description="The last moment to redeem it.")
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class CouponOut(BaseModel):
+    id: str
+    object: Literal["coupon"] = "coupon"
+    name: str
+    percent_off: PercentOff | None
+    amount_off: int | None
+    currency: str | None
+    duration: Literal["once", "repeating", "forever"]
+    duration_in_months: int | None
+    max_redemptions: int | None
+    redeem_by: int | None
+    times_redeemed: int
+    valid: bool = Field(description="It can still be redeemed.")
+    metadata: dict[str, str]
+    created: int
+
+
+class CouponList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CouponOut]
+    has_more: bool
+
+
+class PromotionCodeCreate(Strict):
+    code: PromotionCodeText = Field(description="What customers type; unique, whatever its case.")
+    coupon: ObjectId
+    customer: ObjectId | None = Field(default=None, description="Only this customer may use it.")
+    max_redemptions: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    expires_at: Timestamp | None = None
+    active: bool = True
+
+
+class PromotionCodeUpdate(Strict):
+    active: bool
+
+
+class PromotionCodeListQuery(ListQuery):
+    code: PromotionCodeText | None = None
+    coupon: ObjectId | None = None
+    active: bool | None = None
+
+
+class PromotionCodeOut(BaseModel):
+    id: str
+    object: Literal["promotion_code"] = "promotion_code"
+    code: str
+    coupon: CouponOut
+    active: bool
+    customer: str | None
+    max_redemptions: int | None
+    expires_at: int | None
+    times_redeemed: int
+    created: int
+
+
+class PromotionCodeList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PromotionCodeOut]
+    has_more: bool
+
+
+class DiscountOut(BaseModel):
+    id: str
+    object: Literal["discount"] = "discount"
+    coupon: CouponOut
+    promotion_code: str | None
+    customer: str
+    subscription: str | None
+    invoice: str | None
+    start: int
+    end: int | None = Field(description="When a repeating discount ends.")
+    ended_at: int | None = Field(description="When it stopped early: removed, or used up.")
+    created: int
+
+
+class DiscountList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DiscountOut]

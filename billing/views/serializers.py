@@ -21,20 +21,24 @@ from billing.invoicing.invoices import (
 )
 from billing.models import (
     ChargeAttempt,
+    Coupon,
     CreditNote,
     Customer,
     CustomerBalanceTransaction,
+    Discount,
     EmailDelivery,
     Invoice,
     InvoiceDocument,
     OutboxJob,
     Price,
+    PromotionCode,
     Refund,
     Subscription,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
 )
+from billing.platform import clock
 from billing.views import schemas
 
 
@@ -182,6 +186,7 @@ def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, An
         "lines": {"object": "list", "data": lines},
         "subtotal": invoice.subtotal,
         "discount": invoice.discount,
+        "discounts": invoice.discounts,
         "tax": invoice.tax,
         "total": invoice.total,
         "total_tax_amounts": list(by_rate.values()),
@@ -447,4 +452,55 @@ def balance_transaction_out(entry: CustomerBalanceTransaction) -> schemas.Balanc
         invoice=entry.invoice_id,
         description=entry.description,
         created=_ts(entry.created_at) or 0,
+    )
+
+
+def coupon_out(coupon: Coupon) -> schemas.CouponOut:
+    exhausted = (
+        coupon.max_redemptions is not None and coupon.times_redeemed >= coupon.max_redemptions
+    )
+    expired = coupon.redeem_by is not None and coupon.redeem_by < clock.now()
+    return schemas.CouponOut(
+        id=coupon.id,
+        name=coupon.name,
+        percent_off=coupon.percent_off,
+        amount_off=coupon.amount_off,
+        currency=coupon.currency,
+        duration=coupon.duration,  # type: ignore[arg-type]
+        duration_in_months=coupon.duration_in_months,
+        max_redemptions=coupon.max_redemptions,
+        redeem_by=_ts(coupon.redeem_by),
+        times_redeemed=coupon.times_redeemed,
+        valid=coupon.deleted_at is None and not exhausted and not expired,
+        metadata=coupon.metadata_,
+        created=_ts(coupon.created_at) or 0,
+    )
+
+
+def promotion_code_out(promotion_code: PromotionCode, coupon: Coupon) -> schemas.PromotionCodeOut:
+    return schemas.PromotionCodeOut(
+        id=promotion_code.id,
+        code=promotion_code.code,
+        coupon=coupon_out(coupon),
+        active=promotion_code.active,
+        customer=promotion_code.customer_id,
+        max_redemptions=promotion_code.max_redemptions,
+        expires_at=_ts(promotion_code.expires_at),
+        times_redeemed=promotion_code.times_redeemed,
+        created=_ts(promotion_code.created_at) or 0,
+    )
+
+
+def discount_out(discount: Discount, coupon: Coupon) -> schemas.DiscountOut:
+    return schemas.DiscountOut(
+        id=discount.id,
+        coupon=coupon_out(coupon),
+        promotion_code=discount.promotion_code_id,
+        customer=discount.customer_id,
+        subscription=discount.subscription_id,
+        invoice=discount.invoice_id,
+        start=_ts(discount.start) or 0,
+        end=_ts(discount.end),
+        ended_at=_ts(discount.ended_at),
+        created=_ts(discount.created_at) or 0,
     )

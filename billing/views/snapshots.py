@@ -15,19 +15,25 @@ from billing.events import events
 from billing.events.rules import EventType
 from billing.invoicing.invoices import invoice_histories, shown_invoices
 from billing.models import (
+    Coupon,
     CreditNote,
     Customer,
     CustomerBalanceTransaction,
+    Discount,
     EmailDelivery,
+    PromotionCode,
     Refund,
     Subscription,
 )
 from billing.views.serializers import (
     balance_transaction_out,
+    coupon_out,
     credit_note_out,
     customer_out,
+    discount_out,
     email_out,
     invoice_body,
+    promotion_code_out,
     refund_out,
     subscription_out,
 )
@@ -65,6 +71,29 @@ def _subscriptions(session: Session, ids: Recorded) -> Mapping[str, dict[str, An
         .options(selectinload(Subscription.price))
     )
     return {s.id: subscription_out(s).model_dump(mode="json") for s in rows}
+
+
+def _coupons(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    rows = session.scalars(select(Coupon).where(Coupon.id.in_(list(ids))))
+    return {c.id: coupon_out(c).model_dump(mode="json") for c in rows}
+
+
+def _promotion_codes(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    rows = session.execute(
+        select(PromotionCode, Coupon)
+        .join(Coupon, Coupon.id == PromotionCode.coupon_id)
+        .where(PromotionCode.id.in_(list(ids)))
+    )
+    return {p.id: promotion_code_out(p, c).model_dump(mode="json") for p, c in rows}
+
+
+def _discounts(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
+    rows = session.execute(
+        select(Discount, Coupon)
+        .join(Coupon, Coupon.id == Discount.coupon_id)
+        .where(Discount.id.in_(list(ids)))
+    )
+    return {d.id: discount_out(d, c).model_dump(mode="json") for d, c in rows}
 
 
 def email_snapshot(delivery: Any) -> dict[str, Any]:
@@ -106,3 +135,6 @@ def register() -> None:
     events.register_snapshot("email", _emails, email_snapshot)
     events.register_snapshot("credit_note", _credit_notes)
     events.register_snapshot("customer_balance_transaction", _balance_transactions)
+    events.register_snapshot("coupon", _coupons)
+    events.register_snapshot("promotion_code", _promotion_codes)
+    events.register_snapshot("discount", _discounts)

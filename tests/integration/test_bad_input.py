@@ -174,3 +174,80 @@ def test_deeply_nested_json_with_an_idempotency_key_is_refused(admin):
         headers={"Authorization": f"Bearer {admin.secret}", "Idempotency-Key": "deep"},
     )
     assert _error(response, 400)["code"] == "invalid_json"
+
+
+COUPON = {"name": "Spring sale", "percent_off": 20}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({**COUPON, "percent_off": 0}, 400, "parameter_invalid", "percent_off"),
+        ({**COUPON, "percent_off": 100.5}, 400, "parameter_invalid", "percent_off"),
+        ({**COUPON, "percent_off": "abc"}, 400, "parameter_invalid", "percent_off"),
+        ({**COUPON, "percent_off": True}, 400, "parameter_invalid", "percent_off"),
+        ({**COUPON, "amount_off": 500, "currency": "eur"}, 422, "coupon_invalid", "percent_off"),
+        ({"name": "x"}, 422, "coupon_invalid", "percent_off"),
+        ({"name": "x", "amount_off": 500}, 422, "coupon_invalid", "currency"),
+        ({"name": "x", "amount_off": 0, "currency": "eur"}, 400, "parameter_invalid", "amount_off"),
+        ({"name": "x", "amount_off": 1005, "currency": "kwd"}, 422, "coupon_invalid", "amount_off"),
+        ({**COUPON, "duration": "repeating"}, 422, "coupon_invalid", "duration_in_months"),
+        ({**COUPON, "duration_in_months": 3}, 422, "coupon_invalid", "duration_in_months"),
+        (
+            {**COUPON, "duration": "repeating", "duration_in_months": 0},
+            400,
+            "parameter_invalid",
+            "duration_in_months",
+        ),
+        ({**COUPON, "duration": "weekly"}, 400, "parameter_invalid", "duration"),
+        ({**COUPON, "max_redemptions": 0}, 400, "parameter_invalid", "max_redemptions"),
+        ({**COUPON, "redeem_by": 1_000}, 422, "coupon_invalid", "redeem_by"),
+        ({**COUPON, "name": "Evil\r\nBcc: x@y.z"}, 400, "invalid_characters", "name"),
+    ],
+)
+def test_invalid_coupons_are_refused_with_a_stable_code_and_nothing_is_made(
+    admin, body, status, code, param
+):
+    from billing.models import Coupon
+
+    error = _error(admin.post("/v1/coupons", json=body), status)
+    assert (error["code"], error["param"]) == (code, param)
+    assert db.session.scalar(select(func.count()).select_from(Coupon)) == 0
+
+
+@pytest.mark.parametrize(
+    ("discount", "param"),
+    [
+        ({}, "discounts.0"),
+        ({"coupon": "co_1", "promotion_code": "promo_1"}, "discounts.0"),
+        ({"coupon": "Spring"}, "discounts.0.coupon"),
+        ({"percent_off": 10}, "discounts.0.percent_off"),
+    ],
+)
+def test_invalid_invoice_discounts_are_refused_and_no_invoice_is_made(
+    admin, make_customer, discount, param
+):
+    customer = make_customer()
+    line = {"description": "x", "unit_amount": 100}
+    response = admin.post(
+        "/v1/invoices", json={"customer": customer["id"], "lines": [line], "discounts": [discount]}
+    )
+    assert _error(response, 400)["param"] == param
+    assert db.session.scalar(select(func.count()).select_from(Invoice)) == 0
+
+
+def test_a_missing_coupon_or_promotion_code_answers_404_and_nothing_is_made(admin, make_customer):
+    customer = make_customer()
+    for body, param in (
+        ({"coupon": "co_01missing"}, "coupon"),
+        ({"promotion_code": "promo_01missing"}, "promotion_code"),
+    ):
+        response = admin.post(f"/v1/customers/{customer['id']}/discounts", json=body)
+        assert (_error(response, 404)["code"], response.get_json()["error"]["param"]) == (
+            "resource_missing",
+            param,
+        )
+    response = admin.post("/v1/promotion_codes", json={"code": "X", "coupon": "co_01missing"})
+    assert _error(response, 404)["param"] == "coupon"
+    response = admin.post("/v1/promotion_codes", json={"code": "a b", "coupon": "co_01missing"})
+    assert _error(response, 400)["param"] == "code"
