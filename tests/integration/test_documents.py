@@ -279,3 +279,38 @@ def test_a_discounted_invoice_paid_partly_from_the_balance_shows_both_on_its_pdf
     assert flat.index(squeezed("Subtotal €399.00")) < flat.index(squeezed("Discount -€89.80"))
     assert flat.index(squeezed("Discount -€89.80")) < flat.index(squeezed("Tax €58.75"))
     assert flat.index(squeezed("Total €367.95")) < flat.index(squeezed("Amount due €317.95"))
+
+
+def test_a_coupon_given_through_the_api_is_a_discount_line_on_the_invoice_pdf(
+    admin, make_customer, run_jobs
+):
+    from tests.support.papers import squeezed
+
+    coupon = admin.post("/v1/coupons", json={"name": "Spring sale", "percent_off": 20})
+    assert coupon.status_code == 200, coupon.get_json()
+    draft = admin.post(
+        "/v1/invoices",
+        json={
+            "customer": make_customer()["id"],
+            "collection_method": "send_invoice",
+            "lines": [
+                {"description": "Seats", "quantity": 1, "unit_amount": 10_000, "tax_rate": 19},
+                {"description": "Handbook", "quantity": 1, "unit_amount": 5_000, "tax_rate": 7},
+            ],
+            "discounts": [{"coupon": coupon.get_json()["id"]}],
+        },
+    ).get_json()
+    invoice = admin.post(f"/v1/invoices/{draft['id']}/finalize").get_json()
+    run_jobs()
+    flat = squeezed(pdf_text(admin.get(f"/v1/invoices/{invoice['id']}/pdf").data))
+    for row in (
+        "Subtotal €150.00",
+        "Spring sale (20% off) -€30.00",
+        "Tax €18.00",
+        "Total €138.00",
+        "Amount due €138.00",
+        # Each rate's net after the discount, and the tax computed on it.
+        "7% €40.00 €2.80",
+        "19% €80.00 €15.20",
+    ):
+        assert squeezed(row) in flat, row
