@@ -12,3 +12,8 @@ from workers.runner import run_outbox_job
 @shared_task(name=jobs.RENDER_INVOICE_PDF, bind=True)
 def render_invoice(self: Task, job_id: str) -> None:
     run_outbox_job(self, job_id, documents.render_invoice)
+
+
+@shared_task(name=jobs.RENDER_CREDIT_NOTE_PDF, bind=True)
+def render_credit_note(self: Task, job_id: str) -> None:
+    run_outbox_job(self, job_id, documents.render_credit_note)

@@ -80,6 +80,7 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         # Rendering even a long invoice takes a small share of this; the rest is one
         # storage put, bounded by botocore's own timeouts. Rendering again is harmless.
         jobs.RENDER_INVOICE_PDF: 120,
+        jobs.RENDER_CREDIT_NOTE_PDF: 120,
         # A kept connection found dead (the NOOP), a reconnect and the send: three
         # MAIL_TIMEOUTs, plus the job's statements.
         jobs.SEND_EMAIL: 3 * settings.mail["MAIL_TIMEOUT"] + 15,

@@ -1,4 +1,5 @@
-"""Invoice PDFs: `render_invoice_pdf(invoice, seller, locale)`.
+"""Invoice PDFs: `render_invoice_pdf(invoice, seller, locale)`, and the renderer every
+document (invoices, credit notes: billing.documents.credit_note_pdf) shares.
 
 Pure: no database session and no Flask app. The invoice (an ORM `Invoice` with `.customer`
 and `.lines` loaded) becomes a plain view model first (`billing.documents.view`), then one
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,13 +27,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from weasyprint.text.fonts import FontConfiguration
 
 from billing.documents.fetcher import TEMPLATES_DIR, TemplateOnlyFetcher
-from billing.documents.view import InvoiceView, invoice_view
+from billing.documents.view import invoice_view
 
 if TYPE_CHECKING:
-    from billing.models import Invoice
+    from billing.models import Invoice, InvoiceDiscount
 
 # Bump when invoice.html, invoice.css, fonts.css or the fonts change: stored PDFs record it.
-TEMPLATE_VERSION = "invoice-2"
+TEMPLATE_VERSION = "invoice-3"
 RENDERER_VERSION = f"weasyprint {weasyprint.__version__}"
 STYLESHEETS = ("fonts.css", "invoice.css")
 LOGO_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}
@@ -68,8 +70,9 @@ def logo_data_uri(path: str) -> str:
     return f"data:{media_type};base64,{encoded}"
 
 
-class InvoiceRenderer:
-    """Everything that costs to set up, made once: reuse one instance for every render."""
+class DocumentRenderer:
+    """Everything that costs to set up, made once: reuse one instance for every render of
+    every kind of document. Each kind is one HTML template; they share the stylesheets."""
 
     def __init__(self, templates: Path = TEMPLATES_DIR) -> None:
         self.templates = templates
@@ -82,7 +85,6 @@ class InvoiceRenderer:
             undefined=StrictUndefined,
             auto_reload=False,
         )
-        self.template = self.environment.get_template("invoice.html")
         # Parsing the CSS also loads the shipped fonts into this font configuration.
         self.stylesheets = [
             weasyprint.CSS(
@@ -97,12 +99,20 @@ class InvoiceRenderer:
         # Pango's font map is shared by every render: one render at a time per process.
         self.lock = threading.Lock()
 
-    def html(self, view: InvoiceView) -> str:
-        generator = f"billing {TEMPLATE_VERSION}, {RENDERER_VERSION}"
-        return self.template.render(v=view, generator=generator)
+    def html(
+        self, view: Any, template: str = "invoice.html", version: str = TEMPLATE_VERSION
+    ) -> str:
+        generator = f"billing {version}, {RENDERER_VERSION}"
+        return self.environment.get_template(template).render(v=view, generator=generator)
 
-    def pdf(self, view: InvoiceView, identifier: bytes) -> bytes:
-        html = self.html(view)
+    def pdf(
+        self,
+        view: Any,
+        identifier: bytes,
+        template: str = "invoice.html",
+        version: str = TEMPLATE_VERSION,
+    ) -> bytes:
+        html = self.html(view, template, version)
         with self.lock:
             document = weasyprint.HTML(
                 string=html, base_url=self.base_url, url_fetcher=self.fetcher
@@ -116,17 +126,17 @@ class InvoiceRenderer:
         return content
 
 
-_renderer: InvoiceRenderer | None = None
+_renderer: DocumentRenderer | None = None
 _renderer_lock = threading.Lock()
 
 
-def renderer() -> InvoiceRenderer:
+def renderer() -> DocumentRenderer:
     """The process's warm renderer, made on first use (never at import time)."""
     global _renderer
     if _renderer is None:
         with _renderer_lock:
             if _renderer is None:
-                _renderer = InvoiceRenderer()
+                _renderer = DocumentRenderer()
     return _renderer
 
 
@@ -136,13 +146,22 @@ def document_identifier(invoice: Invoice) -> bytes:
     return hashlib.sha256(key).hexdigest()[:32].encode("ascii")
 
 
-def render_invoice_pdf(invoice: Invoice, seller: Seller, locale: str = "en_US") -> RenderedPdf:
-    logo = logo_data_uri(seller.logo_path) if seller.logo_path else None
-    view = invoice_view(invoice, seller, locale, logo_uri=logo)
-    content = renderer().pdf(view, document_identifier(invoice))
+def rendered(content: bytes, template_version: str) -> RenderedPdf:
     return RenderedPdf(
         content=content,
         sha256=hashlib.sha256(content).hexdigest(),
-        template_version=TEMPLATE_VERSION,
+        template_version=template_version,
         renderer_version=RENDERER_VERSION,
     )
+
+
+def render_invoice_pdf(
+    invoice: Invoice,
+    seller: Seller,
+    locale: str = "en_US",
+    discounts: Sequence[InvoiceDiscount] = (),
+) -> RenderedPdf:
+    """`discounts`: the invoice's discount lines (its `invoice_discounts` rows)."""
+    logo = logo_data_uri(seller.logo_path) if seller.logo_path else None
+    view = invoice_view(invoice, seller, locale, logo_uri=logo, discounts=discounts)
+    return rendered(renderer().pdf(view, document_identifier(invoice)), TEMPLATE_VERSION)

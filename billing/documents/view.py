@@ -1,15 +1,17 @@
-"""The invoice as the template sees it: plain, already formatted strings, no ORM objects.
+"""Invoices and credit notes as their templates see them: plain, already formatted
+strings, no ORM objects.
 
 Built from a `billing.models.Invoice` (with `.customer` and `.lines` loaded) and the
 seller's details; a finalized invoice shows the parties it was issued with (its
-snapshot), a draft the current ones. Every amount and date is formatted here for the
+snapshot), a draft the current ones. A credit note shows the parties of the invoice it
+corrects. Every amount and date is formatted here for the
 reader's locale with Babel, so the template only places text. Nothing here touches a
 database session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -20,11 +22,12 @@ from babel.dates import format_date
 from babel.numbers import format_currency, format_decimal, format_percent
 
 from billing.domain import parties
+from billing.domain.credit_note_words import reason_in_words, settlement_in_words
 from billing.domain.money import Money
 
 if TYPE_CHECKING:
     from billing.documents.invoice_pdf import Seller
-    from billing.models import Customer, Invoice, InvoiceLine
+    from billing.models import CreditNote, Customer, Invoice, InvoiceDiscount, InvoiceLine
 
 # Countries whose postal addresses put the city first: "City, ST 12345".
 CITY_FIRST = frozenset({"US", "CA", "AU"})
@@ -159,21 +162,33 @@ def _rate(value: Any) -> Decimal:
     return Decimal(str(value if value is not None else 0))
 
 
-def tax_summary(lines: Iterable[InvoiceLine], formatter: Formatter) -> tuple[TaxRowView, ...]:
-    """Net and tax per rate, lowest rate first; the sums of the lines' own rounded taxes."""
+def tax_summary(
+    rows: Iterable[tuple[Any, int, int]], formatter: Formatter
+) -> tuple[TaxRowView, ...]:
+    """Net and tax per rate, lowest rate first, from (rate, net, tax) per line: the sums of
+    the lines' own rounded taxes."""
     per_rate: dict[Decimal, list[int]] = {}
-    for line in lines:
-        sums = per_rate.setdefault(_rate(line.tax_rate).normalize(), [0, 0])
-        sums[0] += _amount(line.amount)
-        sums[1] += _amount(line.tax)
+    for rate, net, tax in rows:
+        sums = per_rate.setdefault(_rate(rate).normalize(), [0, 0])
+        sums[0] += net
+        sums[1] += tax
     return tuple(
         TaxRowView(formatter.rate(rate), formatter.money(net), formatter.money(tax))
         for rate, (net, tax) in sorted(per_rate.items())
     )
 
 
+def taxed_net(lines: Iterable[InvoiceLine]) -> list[tuple[Any, int, int]]:
+    """Each line's rate, the net its tax was computed on (its amount less its share of the
+    invoice's discounts) and that tax."""
+    return [
+        (line.tax_rate, _amount(line.amount) - _amount(line.discount_amount), _amount(line.tax))
+        for line in lines
+    ]
+
+
 def payment(invoice: Invoice, seller: Seller, formatter: Formatter) -> PaymentView:
-    due = formatter.money(_amount(invoice.total) - _amount(invoice.amount_paid))
+    due = formatter.money(invoice.amount_due)
     due_date = formatter.date(invoice.due_date)
     if invoice.status == "paid":
         paid_on = formatter.date(invoice.paid_at)
@@ -199,21 +214,42 @@ def payment(invoice: Invoice, seller: Seller, formatter: Formatter) -> PaymentVi
     return PaymentView(kind, headline, details)
 
 
-def totals(invoice: Invoice, formatter: Formatter) -> tuple[TotalRowView, ...]:
-    total, paid, refunded = (
-        _amount(invoice.total),
-        _amount(invoice.amount_paid),
-        _amount(invoice.amount_refunded),
-    )
+def discount_rows(
+    invoice: Invoice, discounts: Sequence[InvoiceDiscount], formatter: Formatter
+) -> list[TotalRowView]:
+    """One row per coupon that took something off, as a deduction; then their sum as
+    "Discount" when there are several (or, for an invoice whose discount lines are
+    missing, the invoice's discount alone)."""
+    rows = [
+        TotalRowView(str(d.description), formatter.money(-_amount(d.amount)), "discount")
+        for d in discounts
+        if _amount(d.amount) > 0
+    ]
+    discount = _amount(invoice.discount)
+    if discount > 0 and len(rows) != 1:
+        rows.append(TotalRowView("Discount", formatter.money(-discount), "discount"))
+    return rows
+
+
+def totals(
+    invoice: Invoice, formatter: Formatter, discounts: Sequence[InvoiceDiscount] = ()
+) -> tuple[TotalRowView, ...]:
     rows = [
         TotalRowView("Subtotal", formatter.money(_amount(invoice.subtotal))),
+        *discount_rows(invoice, discounts, formatter),
         TotalRowView("Tax", formatter.money(_amount(invoice.tax))),
-        TotalRowView("Total", formatter.money(total), "grand"),
-        TotalRowView("Amount paid", formatter.money(paid)),
+        TotalRowView("Total", formatter.money(_amount(invoice.total)), "grand"),
+        TotalRowView("Amount paid", formatter.money(_amount(invoice.amount_paid))),
     ]
-    if refunded > 0:
-        rows.append(TotalRowView("Amount refunded", formatter.money(refunded)))
-    rows.append(TotalRowView("Amount due", formatter.money(total - paid), "due"))
+    # What settled part of it without a payment: shown only where it happened.
+    for label, amount in (
+        ("Applied from your credit balance", invoice.balance_applied),
+        ("Credited", invoice.amount_credited),
+        ("Amount refunded", invoice.amount_refunded),
+    ):
+        if _amount(amount) > 0:
+            rows.append(TotalRowView(label, formatter.money(_amount(amount))))
+    rows.append(TotalRowView("Amount due", formatter.money(invoice.amount_due), "due"))
     return tuple(rows)
 
 
@@ -247,7 +283,11 @@ def buyer(invoice: Invoice, formatter: Formatter) -> PartyView:
 
 
 def invoice_view(
-    invoice: Invoice, seller: Seller, locale: str, logo_uri: str | None = None
+    invoice: Invoice,
+    seller: Seller,
+    locale: str,
+    logo_uri: str | None = None,
+    discounts: Sequence[InvoiceDiscount] = (),
 ) -> InvoiceView:
     formatter = Formatter(locale, invoice.currency)
     lines = list(invoice.lines)
@@ -274,8 +314,104 @@ def invoice_view(
             )
             for line in lines
         ),
-        tax_summary=tax_summary(lines, formatter),
-        totals=totals(invoice, formatter),
+        tax_summary=tax_summary(taxed_net(lines), formatter),
+        totals=totals(invoice, formatter, discounts),
         payment=payment(invoice, seller, formatter),
         created=_w3c(issued or invoice.created_at),
+    )
+
+
+@dataclass(frozen=True)
+class CreditLineView:
+    description: str
+    quantity: str  # "" for a free amount
+    tax_rate: str
+    amount: str  # net
+    tax: str
+
+
+@dataclass(frozen=True)
+class CreditNoteView:
+    title: str
+    number: str
+    status: str
+    lang: str
+    issue_date: str | None
+    # "Credit note for invoice INV-2026-000012 of Mar 5, 2026"
+    reference: str
+    invoice_number: str
+    seller: PartyView
+    logo_uri: str | None
+    buyer: PartyView
+    reason: str | None
+    memo: str | None
+    currency: str
+    lines: tuple[CreditLineView, ...]
+    tax_summary: tuple[TaxRowView, ...]
+    totals: tuple[TotalRowView, ...]
+    # How its total was settled: (what happened, amount) for each part that is not zero.
+    settlement: tuple[TotalRowView, ...]
+    void_notice: str | None  # set when void: the stamp and why nothing stands
+    created: str | None
+
+
+def credit_note_view(
+    credit_note: CreditNote,
+    invoice: Invoice,
+    seller: Seller,
+    locale: str,
+    logo_uri: str | None = None,
+) -> CreditNoteView:
+    """`invoice` is the one the note corrects (its customer loaded), whose parties it shows."""
+    formatter = Formatter(locale, credit_note.currency)
+    lines = list(credit_note.lines)
+    invoice_number = invoice.number or invoice.id
+    invoice_date = formatter.date(invoice.finalized_at)
+    reference = f"Credit note for invoice {invoice_number}"
+    if invoice_date:
+        reference += f" of {invoice_date}"
+    void_notice = None
+    if credit_note.status == "void":
+        voided_on = formatter.date(credit_note.voided_at)
+        when = f" on {voided_on}" if voided_on else ""
+        void_notice = f"This credit note was voided{when}. It credits nothing."
+    return CreditNoteView(
+        title="Credit note",
+        number=credit_note.number,
+        status=credit_note.status,
+        lang=str(formatter.locale).replace("_", "-"),
+        issue_date=formatter.date(credit_note.issued_at),
+        reference=reference,
+        invoice_number=invoice_number,
+        seller=seller_view(invoice, seller),
+        logo_uri=logo_uri,
+        buyer=buyer(invoice, formatter),
+        reason=reason_in_words(credit_note.reason),
+        memo=_text(credit_note.memo),
+        currency=credit_note.currency.upper(),
+        lines=tuple(
+            CreditLineView(
+                description=str(line.description),
+                quantity=formatter.quantity(line.quantity) if line.quantity else "",
+                tax_rate=formatter.rate(_rate(line.tax_rate)),
+                amount=formatter.money(_amount(line.amount)),
+                tax=formatter.money(_amount(line.tax)),
+            )
+            for line in lines
+        ),
+        tax_summary=tax_summary(
+            [(line.tax_rate, _amount(line.amount), _amount(line.tax)) for line in lines],
+            formatter,
+        ),
+        totals=(
+            TotalRowView("Subtotal", formatter.money(_amount(credit_note.subtotal))),
+            TotalRowView("Tax", formatter.money(_amount(credit_note.tax))),
+            TotalRowView("Total", formatter.money(_amount(credit_note.total)), "grand"),
+        ),
+        settlement=tuple(
+            TotalRowView(words, formatter.money(amount))
+            for words, amount in settlement_in_words(credit_note)
+        ),
+        void_notice=void_notice,
+        created=_w3c(credit_note.issued_at),
     )

@@ -48,9 +48,17 @@ from billing.domain.money import format_money
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
-from billing.models import Customer, EmailDelivery, Invoice, InvoiceDocument, Price, Subscription
+from billing.models import (
+    CreditNoteDocument,
+    Customer,
+    EmailDelivery,
+    Invoice,
+    InvoiceDocument,
+    Price,
+    Subscription,
+)
 from billing.notifications.compose import compose, single_line
-from billing.notifications.kinds import KINDS, EmailKind, Facts
+from billing.notifications.kinds import KINDS, Attachment, EmailKind, Facts
 from billing.notifications.rules import DeliveryStatus, SendOutcome, after_try, may_be_sent
 from billing.platform import context, jobs, ledger, outbox
 from billing.platform.errors import NotFound, PermanentJobError, TransientJobError
@@ -289,8 +297,11 @@ class Outgoing:
     invoice_status: str | None
     collection_method: str | None
     total: int | None
+    discount: int | None
     amount_paid: int | None
     amount_refunded: int | None
+    balance_applied: int | None
+    amount_credited: int | None
     finalized_at: datetime | None
     due_date: date | None
     paid_at: datetime | None
@@ -307,7 +318,9 @@ class Outgoing:
     # were kept): its emails name them as its document does.
     seller_party: dict[str, Any] | None
     buyer_party: dict[str, Any] | None
-    document_key: str | None  # the newest PDF's storage key
+    # The storage key of the newest PDF it attaches: the invoice's, or the credit note's
+    # its occasion names (see EmailKind.attaches).
+    document_key: str | None
     # Its bytes, for a kind that attaches it, when they live in PostgreSQL.
     document_content: bytes | None
 
@@ -316,6 +329,7 @@ _deliveries = EmailDelivery.__table__
 _invoices = Invoice.__table__
 _customers = Customer.__table__
 _documents = InvoiceDocument.__table__
+_credit_note_documents = CreditNoteDocument.__table__
 _subscriptions = Subscription.__table__
 _prices = Price.__table__
 
@@ -323,6 +337,10 @@ _prices = Price.__table__
 def _is_any(column: Any, values: Sequence[str]) -> Any:
     # Equalities, not IN: a prebuilt statement takes no expanding list parameter.
     return or_(false(), *(column == value for value in values))
+
+
+def _kinds_attaching(attachment: Attachment) -> list[str]:
+    return [kind.name for kind in KINDS.values() if kind.attaches is attachment]
 
 
 def _take_statement() -> Prebuilt:
@@ -338,12 +356,26 @@ def _take_statement() -> Prebuilt:
         select(started.c.args["delivery_id"].astext).scalar_subquery(),
         bindparam("b_delivery_id", type_=String()),
     )
-    newest_document = (
+    newest_invoice_document = (
         select(_documents.c.storage_key)
         .where(_documents.c.invoice_id == _invoices.c.id)
         .order_by(_documents.c.version.desc())
         .limit(1)
         .scalar_subquery()
+    )
+    newest_credit_note_document = (
+        select(_credit_note_documents.c.storage_key)
+        .where(_credit_note_documents.c.credit_note_id == _deliveries.c.occasion)
+        .order_by(_credit_note_documents.c.version.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    newest_document = case(
+        (
+            _is_any(_deliveries.c.kind, _kinds_attaching(Attachment.CREDIT_NOTE_PDF)),
+            newest_credit_note_document,
+        ),
+        else_=newest_invoice_document,
     )
     taken = (
         select(
@@ -367,8 +399,11 @@ def _take_statement() -> Prebuilt:
             _invoices.c.status.label("invoice_status"),
             _invoices.c.collection_method,
             _invoices.c.total,
+            _invoices.c.discount,
             _invoices.c.amount_paid,
             _invoices.c.amount_refunded,
+            _invoices.c.balance_applied,
+            _invoices.c.amount_credited,
             _invoices.c.finalized_at,
             _invoices.c.due_date,
             _invoices.c.paid_at,
@@ -401,7 +436,7 @@ def _take_statement() -> Prebuilt:
         .cte("delivery")
     )
     attaches_pdf = _is_any(
-        taken.c.kind, [kind.name for kind in KINDS.values() if kind.attaches_invoice_pdf]
+        taken.c.kind, [kind.name for kind in KINDS.values() if kind.attaches is not None]
     )
     claim = ledger.claim_or_resume(
         LEDGER_SCOPE,
@@ -635,6 +670,12 @@ def _buyer_name(mail: Outgoing) -> str:
     return str(parties.shown(mail.buyer_party, {"name": mail.customer_name}).get("name") or "")
 
 
+def _amount_due(mail: Outgoing) -> int:
+    """As Invoice.amount_due: what neither payment, balance nor credit note has settled."""
+    settled = (mail.amount_paid or 0) + (mail.balance_applied or 0) + (mail.amount_credited or 0)
+    return (mail.total or 0) - settled
+
+
 def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -> dict[str, Any]:
     """The invoice's fields every email shows, and those its kind adds."""
     settings = context.settings()
@@ -667,18 +708,34 @@ def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -
     return {**view, **kind.view(facts)}
 
 
+def _attachment_name(
+    attachment: Attachment, mail: Outgoing, occasion: Mapping[str, Any] | None
+) -> str:
+    if attachment is Attachment.CREDIT_NOTE_PDF:
+        return f"credit-note-{(occasion or {}).get('number') or mail.occasion}.pdf"
+    return f"invoice-{mail.number or mail.invoice_id}.pdf"
+
+
 def _invoice_view(
     mail: Outgoing, money: Callable[[int], str], day: Callable[[date | datetime | None], str]
 ) -> dict[str, Any]:
     """The invoice's fields every email about an invoice shows."""
-    total, paid = mail.total or 0, mail.amount_paid or 0
+    discount, applied, credited = (
+        mail.discount or 0,
+        mail.balance_applied or 0,
+        mail.amount_credited or 0,
+    )
     return {
         "invoice_number": mail.number or mail.invoice_id,
         "status": mail.invoice_status,
         "collection_method": mail.collection_method,
-        "total": money(total),
-        "amount_paid": money(paid),
-        "amount_due": money(max(total - paid, 0)),
+        "total": money(mail.total or 0),
+        "amount_paid": money(mail.amount_paid or 0),
+        "amount_due": money(max(_amount_due(mail), 0)),
+        # What took part of the invoice off without a payment: "" when nothing did.
+        "discount": money(-discount) if discount else "",
+        "balance_applied": money(applied) if applied else "",
+        "amount_credited": money(credited) if credited else "",
         "amount_refunded": money(mail.amount_refunded or 0),
         "issue_date": day(mail.finalized_at),
         "due_date": day(mail.due_date),
@@ -720,13 +777,13 @@ def build_message(mail: Outgoing, work: outbox.JobWork | None = None) -> Message
         extra_headers={"Auto-Submitted": "auto-generated"},
     )
     message.msgId = mail.message_id
-    if kind.attaches_invoice_pdf:
+    if kind.attaches is not None:
         assert mail.document_key is not None  # send_email sends nothing without it
         content = mail.document_content
         if content is None:  # not read with the take: stored elsewhere (S3)
             content = work.gateways.storage.get(mail.document_key)
         message.attach(
-            filename=f"invoice-{mail.number or mail.invoice_id}.pdf",
+            filename=_attachment_name(kind.attaches, mail, occasion),
             content_type="application/pdf",
             data=bytes(content),
         )
@@ -746,9 +803,11 @@ def send_email(
     if not may_be_sent(mail.status):
         EMAILS.labels(kind=mail.kind, outcome="skipped").inc()
         return "sent"
-    if KINDS[mail.kind].attaches_invoice_pdf and mail.document_key is None:
+    if KINDS[mail.kind].attaches is not None and mail.document_key is None:
         # The take claimed nothing: the key stays free until the PDF is there.
-        raise TransientJobError(f"invoice {mail.invoice_id} has no PDF yet", retry_after=10)
+        raise TransientJobError(
+            f"the {mail.kind} email of invoice {mail.invoice_id} has no PDF yet", retry_after=10
+        )
     if claimed.claim is Claim.DONE:
         # The ledger's success is recorded with the delivery's, in one statement: an entry
         # done for a delivery still to send was changed by hand, and sending could repeat it.

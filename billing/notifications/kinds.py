@@ -7,12 +7,15 @@ views take what the mail service read and formatted, and return the fields they 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from billing.charging.declines import explain_decline
+from billing.credit_notes.rules import CreditNoteStatus
+from billing.domain.credit_note_words import reason_in_words, settlement_in_words
 from billing.invoicing.rules import InvoiceStatus
 
 
@@ -38,6 +41,15 @@ def _nothing_more(facts: Facts) -> dict[str, Any]:
     return {}
 
 
+class Attachment(enum.StrEnum):
+    """Which PDF an email carries; it waits until that PDF is stored."""
+
+    # The invoice's newest document.
+    INVOICE_PDF = "invoice_pdf"
+    # The newest document of the credit note the delivery's occasion names.
+    CREDIT_NOTE_PDF = "credit_note_pdf"
+
+
 @dataclass(frozen=True)
 class EmailKind:
     name: str
@@ -50,8 +62,8 @@ class EmailKind:
     # Why a resend is refused although the invoice's status allows it, given the occasion's
     # row as it is now (None: allowed).
     refuse_resend: Callable[[Mapping[str, Any] | None], str | None] | None = None
-    # The invoice's newest PDF goes with it; it waits until there is one.
-    attaches_invoice_pdf: bool = False
+    # The PDF that goes with it, if any; it waits until there is one.
+    attaches: Attachment | None = None
 
     @property
     def template(self) -> str:
@@ -94,6 +106,29 @@ def _refund(facts: Facts) -> dict[str, Any]:
     return {"refund_amount": facts.money(refund["amount"] if refund is not None else 0)}
 
 
+def _credit_note(facts: Facts) -> dict[str, Any]:
+    """The credit note the occasion names: its number, total and how it was settled."""
+    note = facts.occasion or {}
+    return {
+        "credit_note_number": note.get("number") or "",
+        "credit_note_total": facts.money(int(note.get("total") or 0)),
+        "credit_note_date": facts.date(note.get("issued_at")),
+        "credit_note_reason": reason_in_words(note.get("reason")) or "",
+        "settlement": [
+            {"words": words, "amount": facts.money(amount)}
+            for words, amount in settlement_in_words(note)
+        ],
+    }
+
+
+def _credit_note_stands(credit_note: Mapping[str, Any] | None) -> str | None:
+    if credit_note is None:
+        return "the credit note is gone"
+    if credit_note["status"] != CreditNoteStatus.ISSUED:
+        return f"the credit note is {credit_note['status']}"
+    return None
+
+
 def _overdue(facts: Facts) -> dict[str, Any]:
     as_of_text = facts.context.get("as_of")
     as_of = date.fromisoformat(as_of_text) if as_of_text else date.today()
@@ -112,7 +147,7 @@ KINDS: dict[str, EmailKind] = {
         EmailKind(
             "invoice_issued",
             resendable_in=frozenset({_OPEN, _PAID, _UNCOLLECTIBLE}),
-            attaches_invoice_pdf=True,
+            attaches=Attachment.INVOICE_PDF,
         ),
         EmailKind("payment_receipt", resendable_in=frozenset({_PAID})),
         EmailKind(
@@ -136,6 +171,14 @@ KINDS: dict[str, EmailKind] = {
         ),
         EmailKind("payment_reminder", resendable_in=frozenset({_OPEN}), view=_overdue),
         EmailKind("final_notice", resendable_in=frozenset({_UNCOLLECTIBLE})),
+        EmailKind(
+            "credit_note_issued",
+            resendable_in=frozenset({_OPEN, _PAID, _UNCOLLECTIBLE}),
+            view=_credit_note,
+            occasion="credit_notes",
+            refuse_resend=_credit_note_stands,
+            attaches=Attachment.CREDIT_NOTE_PDF,
+        ),
         # About a subscription alone, with no invoice: nothing an invoice's status could
         # allow resending, and the trial's end passes by soon anyway.
         EmailKind("trial_will_end", resendable_in=frozenset()),

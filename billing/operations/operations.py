@@ -166,7 +166,7 @@ def resend_invoice_email(invoice_id: str, kind: str) -> Resend:
         if not previous:
             # A kind with the PDF attached may wait for it (the issued email is recorded
             # once the first PDF is stored).
-            waits = declared.attaches_invoice_pdf
+            waits = declared.attaches is not None
             why = " (it waits for the PDF: billing outbox status)" if waits else ""
             raise EmailNotResendable(
                 f"no {kind} email was ever recorded for {invoice_id}: nothing to send again{why}"

@@ -233,3 +233,84 @@ def test_an_invoice_email_attaches_the_pdf_stored_in_s3(s3_app, admin, make_cust
     [attachment] = [part for part in received.message.walk() if part.get_filename()]
     assert invoice["number"] in pdf_text(attachment.get_payload(decode=True))
     assert db.session.scalar(select(func.count()).select_from(StoredBlob)) == 0
+
+
+def test_a_discounted_invoice_paid_partly_from_the_balance_shows_both_on_its_pdf(
+    admin, make_customer, run_jobs, tmp_path
+):
+    from tests.support.discounted import DISCOUNTED_LINES, give_discounts_and_balance
+    from tests.support.papers import inked_share, page_images, squeezed
+
+    customer = make_customer()
+    draft = admin.post(
+        "/v1/invoices",
+        json={
+            "customer": customer["id"],
+            "collection_method": "send_invoice",
+            "lines": DISCOUNTED_LINES,
+        },
+    ).get_json()
+    invoice = admin.post(f"/v1/invoices/{draft['id']}/finalize").get_json()
+    give_discounts_and_balance(invoice["id"])
+    run_jobs()
+    [document] = _versions(invoice["id"])
+    content = db.session.get(StoredBlob, document.storage_key).content
+
+    [page] = page_images(content, tmp_path, "invoice")
+    assert 0.01 < inked_share(page) < 0.5
+    flat = squeezed(pdf_text(content))
+    for row in (
+        "Subtotal €399.00",
+        "Spring sale (20% off) -€79.80",
+        "Loyalty credit (€10.00 off) -€10.00",
+        "Discount -€89.80",
+        "Tax €58.75",
+        "Total €367.95",
+        "Amount paid €0.00",
+        "Applied from your credit balance €50.00",
+        "Amount due €317.95",
+        "Please pay €317.95",
+        # The tax was computed on the discounted lines: €309.20 at 19 %.
+        "19% €309.20 €58.75",
+    ):
+        assert squeezed(row) in flat, row
+    assert "Credited" not in flat
+    # The rows follow each other in that order down the totals.
+    assert flat.index(squeezed("Subtotal €399.00")) < flat.index(squeezed("Discount -€89.80"))
+    assert flat.index(squeezed("Discount -€89.80")) < flat.index(squeezed("Tax €58.75"))
+    assert flat.index(squeezed("Total €367.95")) < flat.index(squeezed("Amount due €317.95"))
+
+
+def test_a_coupon_given_through_the_api_is_a_discount_line_on_the_invoice_pdf(
+    admin, make_customer, run_jobs
+):
+    from tests.support.papers import squeezed
+
+    coupon = admin.post("/v1/coupons", json={"name": "Spring sale", "percent_off": 20})
+    assert coupon.status_code == 200, coupon.get_json()
+    draft = admin.post(
+        "/v1/invoices",
+        json={
+            "customer": make_customer()["id"],
+            "collection_method": "send_invoice",
+            "lines": [
+                {"description": "Seats", "quantity": 1, "unit_amount": 10_000, "tax_rate": 19},
+                {"description": "Handbook", "quantity": 1, "unit_amount": 5_000, "tax_rate": 7},
+            ],
+            "discounts": [{"coupon": coupon.get_json()["id"]}],
+        },
+    ).get_json()
+    invoice = admin.post(f"/v1/invoices/{draft['id']}/finalize").get_json()
+    run_jobs()
+    flat = squeezed(pdf_text(admin.get(f"/v1/invoices/{invoice['id']}/pdf").data))
+    for row in (
+        "Subtotal €150.00",
+        "Spring sale (20% off) -€30.00",
+        "Tax €18.00",
+        "Total €138.00",
+        "Amount due €138.00",
+        # Each rate's net after the discount, and the tax computed on it.
+        "7% €40.00 €2.80",
+        "19% €80.00 €15.20",
+    ):
+        assert squeezed(row) in flat, row

@@ -442,3 +442,31 @@ def test_a_ledger_entry_done_for_an_email_still_to_send_stops_it_for_an_operator
     else:
         raise AssertionError("an email the ledger says went out must not go out again")
     assert len(_by_kind(mailbox, "is due")) == 1
+
+
+def test_an_issued_invoice_email_shows_its_discount_the_balance_applied_and_what_is_left_due(
+    admin, make_customer, run_jobs, mailbox
+):
+    from tests.support.discounted import DISCOUNTED_LINES, give_discounts_and_balance
+
+    draft = admin.post(
+        "/v1/invoices",
+        json={
+            "customer": make_customer()["id"],
+            "collection_method": "send_invoice",
+            "lines": DISCOUNTED_LINES,
+        },
+    ).get_json()
+    invoice = admin.post(f"/v1/invoices/{draft['id']}/finalize").get_json()
+    give_discounts_and_balance(invoice["id"])
+    run_jobs()
+    [issued] = _by_kind(mailbox, "Invoice")
+    text = issued.message.get_body(("plain",)).get_content()
+    assert "Please pay €317.95 by" in text
+    assert "Discount:   -€89.80" in text
+    assert "Total:      €367.95" in text
+    assert "Applied from your credit balance: €50.00" in text
+    assert "Amount due: €317.95" in text
+    assert "Credited" not in text
+    html = issued.message.get_body(("html",)).get_content()
+    assert "Applied from your credit balance</td><td>€50.00" in html

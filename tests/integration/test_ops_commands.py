@@ -400,7 +400,7 @@ def test_a_rerender_after_a_template_fix_stores_a_new_version_and_keeps_the_old(
     with (before_fix / "invoice.css").open("a") as css:
         css.write("\nbody { color: #444444; }\n")
     current = invoice_pdf.renderer()
-    monkeypatch.setattr(invoice_pdf, "_renderer", invoice_pdf.InvoiceRenderer(before_fix))
+    monkeypatch.setattr(invoice_pdf, "_renderer", invoice_pdf.DocumentRenderer(before_fix))
     invoice = admin.post(
         "/v1/invoices",
         json={

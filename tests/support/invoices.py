@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.domain.money import round_half_up
-from billing.models import Customer, Invoice, InvoiceLine
+from billing.models import CreditNote, CreditNoteLine, Customer, Invoice, InvoiceLine
 
 FINALIZED_AT = datetime(2026, 3, 5, 10, 30, tzinfo=UTC)
 
@@ -81,3 +81,50 @@ def make_invoice(
     }
     fields.update(overrides)
     return Invoice(customer=customer or make_customer(), lines=lines, **fields)
+
+
+def make_credit_note(invoice: Invoice, **overrides: Any) -> CreditNote:
+    """An issued credit note on `invoice` taking back one unit of its first line (at its
+    rate) and a free €10.00 at 7 %, all off the amount due."""
+    first = invoice.lines[0]
+    lines = [
+        CreditNoteLine(
+            id="cnl_0001",
+            invoice_line_id=first.id,
+            description=first.description,
+            quantity=1,
+            tax_rate=first.tax_rate,
+            amount=first.unit_amount,
+            tax=round_half_up(first.unit_amount * Decimal(first.tax_rate) / 100),
+        ),
+        CreditNoteLine(
+            id="cnl_0002",
+            description="Goodwill credit",
+            quantity=None,
+            tax_rate=Decimal(7),
+            amount=1_000,
+            tax=70,
+        ),
+    ]
+    subtotal = sum(line.amount for line in lines)
+    tax = sum(line.tax for line in lines)
+    fields: dict[str, Any] = {
+        "id": "cn_test",
+        "number": "CN-2026-000007",
+        "invoice_id": invoice.id,
+        "customer_id": invoice.customer.id,
+        "currency": invoice.currency,
+        "status": "issued",
+        "reason": "order_change",
+        "memo": None,
+        "subtotal": subtotal,
+        "tax": tax,
+        "total": subtotal + tax,
+        "amount_due_reduction": subtotal + tax,
+        "refund_amount": 0,
+        "credit_balance_amount": 0,
+        "out_of_band_amount": 0,
+        "issued_at": datetime(2026, 3, 12, 14, 0, tzinfo=UTC),
+    }
+    fields.update(overrides)
+    return CreditNote(lines=lines, **fields)

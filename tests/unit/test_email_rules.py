@@ -4,7 +4,7 @@ import pytest
 
 from billing.invoicing.rules import InvoiceStatus
 from billing.notifications.compose import TEMPLATES, compose
-from billing.notifications.kinds import KINDS, Facts, resend_refusal
+from billing.notifications.kinds import KINDS, Attachment, Facts, resend_refusal
 from billing.notifications.rules import (
     DeliveryStatus,
     IllegalDeliveryTransition,
@@ -44,8 +44,12 @@ def test_every_declared_kind_has_its_three_templates_and_every_folder_is_a_kind(
     assert folders == {kind.template for kind in KINDS.values()}
 
 
-def test_only_the_issued_invoice_email_attaches_the_pdf():
-    assert [k.name for k in KINDS.values() if k.attaches_invoice_pdf] == ["invoice_issued"]
+def test_only_the_issued_emails_attach_a_pdf_the_invoice_s_or_the_credit_note_s():
+    attached = {k.name: k.attaches for k in KINDS.values() if k.attaches is not None}
+    assert attached == {
+        "invoice_issued": Attachment.INVOICE_PDF,
+        "credit_note_issued": Attachment.CREDIT_NOTE_PDF,
+    }
 
 
 def test_a_resend_is_refused_outside_the_invoice_states_its_kind_declares():
@@ -113,9 +117,39 @@ def test_a_refund_shows_its_amount_and_a_reminder_its_days_overdue():
     assert KINDS["final_notice"].view(_facts()) == {}
 
 
+def test_a_credit_note_email_shows_its_number_total_and_settlement_in_words():
+    note = {
+        "number": "CN-2026-000007",
+        "status": "issued",
+        "reason": "product_unsatisfactory",
+        "total": 11900,
+        "issued_at": date(2026, 3, 20),
+        "amount_due_reduction": 0,
+        "refund_amount": 9900,
+        "credit_balance_amount": 0,
+        "out_of_band_amount": 2000,
+    }
+    view = KINDS["credit_note_issued"].view(_facts(note))
+    assert view["credit_note_number"] == "CN-2026-000007"
+    assert view["credit_note_total"] == "EUR 119.00"
+    assert view["credit_note_reason"] == "Product unsatisfactory"
+    assert view["settlement"] == [
+        {"words": "Refunded to the original payment method", "amount": "EUR 99.00"},
+        {"words": "Settled separately", "amount": "EUR 20.00"},
+    ]
+
+
+def test_a_credit_note_email_is_sent_again_only_while_the_credit_note_stands():
+    refuse = KINDS["credit_note_issued"].refuse_resend
+    assert refuse is not None
+    assert refuse({"status": "issued"}) is None
+    assert refuse({"status": "void"}) == "the credit note is void"
+    assert refuse(None) == "the credit note is gone"
+
+
 def test_a_trial_s_end_email_is_about_its_subscription_and_never_resent_for_an_invoice():
     trial = KINDS["trial_will_end"]
-    assert not trial.attaches_invoice_pdf and trial.occasion is None
+    assert trial.attaches is None and trial.occasion is None
     assert all(resend_refusal(trial, status) for status in InvoiceStatus)
 
 

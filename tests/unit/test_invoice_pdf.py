@@ -18,6 +18,7 @@ import pytest
 import weasyprint
 
 from billing.documents import TEMPLATE_VERSION, Seller, render_invoice_pdf
+from billing.documents.credit_note_pdf import TEMPLATE_VERSION as CREDIT_NOTE_TEMPLATE_VERSION
 from billing.documents.fetcher import TEMPLATES_DIR, FetchRefused, TemplateOnlyFetcher
 from billing.documents.invoice_pdf import RENDERER_VERSION
 from tests.support.invoices import make_customer, make_invoice, make_line
@@ -34,6 +35,11 @@ TEMPLATE_FINGERPRINTS = {
     "invoice-1": "0fd6650932f0054622a8d8eb681e48715b36b9d347b8a07b8741119a686e906a",
     # Seller, meta and summary columns as CSS tables: the floats overlapped the lines.
     "invoice-2": "74012d7371091118f26ce434951e71496fde3e5ecc0924e22541ea6eb00e5f02",
+    # Discount lines, the balance applied and credited, amount due net of both.
+    "invoice-3": "614749b1db3dc6e02da48d809a0125d0723e4a039f15d879b50715b1ce94c27b",
+}
+CREDIT_NOTE_TEMPLATE_FINGERPRINTS = {
+    "credit-note-1": "38f713f7336d7dedbc982d932a832a259b20f9e783fcc1f1a94fb410e777b241",
 }
 
 
@@ -200,6 +206,43 @@ def test_a_refund_is_listed_only_when_there_is_one():
     assert "Amount refunded" not in text_of(render_invoice_pdf(invoice, SELLER).content)
     invoice.amount_refunded = 5_000
     assert "Amount refunded €50.00" in text_of(render_invoice_pdf(invoice, SELLER).content)
+
+
+def test_what_the_balance_and_credit_notes_settled_is_listed_and_no_longer_due():
+    invoice = make_invoice()
+    assert "Applied from your credit balance" not in text_of(
+        render_invoice_pdf(invoice, SELLER).content
+    )
+    invoice.balance_applied, invoice.amount_credited = 10_000, 2_500
+    due = invoice.total - 12_500
+    content = render_invoice_pdf(invoice, SELLER).content
+    assert contains(
+        content,
+        "Applied from your credit balance €100.00",
+        "Credited €25.00",
+        f"Amount due €{due / 100:,.2f}",
+        f"Please pay €{due / 100:,.2f} by Apr 4, 2026",
+    )
+
+
+def test_each_coupon_is_a_deduction_under_the_subtotal_and_the_tax_is_on_the_discounted_lines():
+    from billing.models import InvoiceDiscount
+
+    lines = [make_line(0, quantity=1, unit_amount=10_000, tax_rate="19")]
+    lines[0].discount_amount, lines[0].tax = 2_500, 1_425  # 19 % of €75.00
+    invoice = make_invoice(lines, discount=2_500, tax=1_425, total=10_000 - 2_500 + 1_425)
+    discounts = [InvoiceDiscount(description="Launch offer (25% off)", amount=2_500)]
+    text = squeezed(text_of(render_invoice_pdf(invoice, SELLER, discounts=discounts).content))
+    for row in (
+        "Subtotal €100.00",
+        "Launch offer (25% off) -€25.00",
+        "Tax €14.25",
+        "Total €89.25",
+        "19% €75.00 €14.25",
+    ):
+        assert squeezed(row) in text, row
+    # One coupon is its own sum: no "Discount" row repeats it.
+    assert "Discount-€25.00" not in text
 
 
 def test_a_void_invoice_is_marked_void_and_asks_for_nothing():
@@ -370,17 +413,32 @@ def test_the_fetcher_serves_template_files_and_data_uris():
     assert data.read() == b"hello"
 
 
-def _templates_fingerprint() -> str:
+def _templates_fingerprint(other_documents_template: str) -> str:
+    """The template folder as one document kind sees it: all but the other kind's HTML."""
     digest = hashlib.sha256()
     for path in sorted(p for p in TEMPLATES_DIR.rglob("*") if p.is_file()):
+        if path.name == other_documents_template:
+            continue
         digest.update(str(path.relative_to(TEMPLATES_DIR)).encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
 def test_changing_the_template_means_bumping_its_version():
-    assert TEMPLATE_FINGERPRINTS.get(TEMPLATE_VERSION) == _templates_fingerprint(), (
+    assert TEMPLATE_FINGERPRINTS.get(TEMPLATE_VERSION) == _templates_fingerprint(
+        "credit_note.html"
+    ), (
         "billing/documents/templates changed: bump TEMPLATE_VERSION and record the new "
+        "fingerprint here"
+    )
+
+
+def test_changing_the_credit_note_template_means_bumping_its_version():
+    assert CREDIT_NOTE_TEMPLATE_FINGERPRINTS.get(
+        CREDIT_NOTE_TEMPLATE_VERSION
+    ) == _templates_fingerprint("invoice.html"), (
+        "the credit note's template, the stylesheets or the fonts changed: bump "
+        "billing/documents/credit_note_pdf.py's TEMPLATE_VERSION and record the new "
         "fingerprint here"
     )
 
