@@ -5,10 +5,13 @@ from __future__ import annotations
 from flask import Blueprint
 
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
+from billing.api.pdf import pdf_response, pending_response
 from billing.balances import balances
 from billing.credit_notes import credit_notes as service
 from billing.credit_notes.rules import LineRequest, Settlement
+from billing.documents import documents
 from billing.views import schemas
+from billing.views.schemas import CreditNotePdfPending
 from billing.views.serializers import (
     balance_transaction_out,
     credit_note_out,
@@ -107,6 +110,36 @@ def get_credit_note(credit_note_id: str) -> ViewResult:
     return credit_note_out(
         service.get_credit_note(credit_note_id, customer_scope=customer_scope())
     ), 200
+
+
+@endpoint(
+    bp,
+    "/<credit_note_id>/pdf",
+    "GET",
+    summary="Download the credit note's newest PDF (202 with Retry-After while it is rendered)",
+    response=None,
+    media_type="application/pdf",
+    other_answers=(
+        (
+            202,
+            "The PDF is being rendered; ask again after Retry-After seconds",
+            CreditNotePdfPending,
+        ),
+        (304, "Not modified (If-None-Match named the current ETag)", None),
+    ),
+    errors=(404,),
+)
+def get_credit_note_pdf(credit_note_id: str) -> ViewResult:
+    answer = documents.credit_note_pdf_of(credit_note_id, customer_scope=customer_scope())
+    if answer.document is None:
+        return pending_response(
+            CreditNotePdfPending(
+                credit_note=credit_note_id,
+                render_pending=answer.render_pending,
+                message="The PDF is being rendered; ask again shortly.",
+            )
+        )
+    return pdf_response(answer.document, f"credit-note-{answer.credit_note.number}.pdf")
 
 
 @endpoint(

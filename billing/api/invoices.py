@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint
 
 from billing.api.discounts import redemption
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
+from billing.api.pdf import pdf_response, pending_response
 from billing.charging import charges
 from billing.documents import documents
 from billing.dunning import dunning
@@ -208,10 +209,6 @@ def refund_invoice(invoice_id: str, body: schemas.RefundCreate) -> ViewResult:
     return refund_out(request.refund, job_id=request.job_id), 202
 
 
-# What a client should wait before asking again for a PDF still being rendered.
-PDF_RETRY_AFTER_SECONDS = 2
-
-
 @endpoint(
     bp,
     "/<invoice_id>/pdf",
@@ -227,26 +224,12 @@ PDF_RETRY_AFTER_SECONDS = 2
 )
 def get_invoice_pdf(invoice_id: str) -> ViewResult:
     answer = documents.pdf_of(invoice_id, customer_scope=customer_scope())
-    document = answer.document
-    if document is None:
-        pending = PdfPending(
-            invoice=invoice_id,
-            render_pending=answer.render_pending,
-            message="The PDF is being rendered; ask again shortly.",
+    if answer.document is None:
+        return pending_response(
+            PdfPending(
+                invoice=invoice_id,
+                render_pending=answer.render_pending,
+                message="The PDF is being rendered; ask again shortly.",
+            )
         )
-        response = jsonify(pending.model_dump(mode="json"))
-        response.status_code = 202
-        response.headers["Retry-After"] = str(PDF_RETRY_AFTER_SECONDS)
-        return response
-    etag = document.sha256
-    if etag in request.if_none_match:
-        response = Response(status=304)
-        response.set_etag(etag)
-        return response
-    response = Response(documents.document_content(document), mimetype="application/pdf")
-    response.set_etag(etag)
-    number = answer.invoice.number or invoice_id
-    response.headers["Content-Disposition"] = f'inline; filename="invoice-{number}.pdf"'
-    # Each version is immutable; a client revalidates with the ETag to see a newer one.
-    response.headers["Cache-Control"] = "private, no-cache"
-    return response
+    return pdf_response(answer.document, f"invoice-{answer.invoice.number or invoice_id}.pdf")

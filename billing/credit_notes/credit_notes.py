@@ -22,6 +22,7 @@ from billing.credit_notes.rules import (
     LineRequest,
     Settlement,
 )
+from billing.documents import documents
 from billing.domain.money import normalize_currency
 from billing.events import events
 from billing.events.rules import EventType
@@ -232,6 +233,7 @@ def create_credit_note(fields: CreditNoteFields) -> CreditNote:
             )
         if reduction:
             _reduce_amount_due(session, invoice, reduction, recharge=recharge)
+        _request_papers(session, note)
         events.record(session, EventType.CREDIT_NOTE_CREATED, note.id, note.customer_id)
     log.info(
         "credit_note.issued",
@@ -284,6 +286,14 @@ def _reduce_amount_due(
         charges.start_attempt(session, invoice, source="automatic")
 
 
+def _request_papers(session: Session, note: CreditNote) -> None:
+    """Its PDF (the first one is emailed to the customer; a void one is stamped VOID), and
+    its invoice's next PDF when the invoice's amount due changed with it."""
+    documents.request_credit_note_renders(session, [note.id])
+    if note.amount_due_reduction:
+        documents.request_renders(session, [note.invoice_id])
+
+
 def void_credit_note(credit_note_id: str) -> CreditNote:
     """Void a credit note while nothing it settled has moved: no refund, no reduction of
     an invoice since paid, and its balance credit still unspent (it is taken back)."""
@@ -326,6 +336,7 @@ def void_credit_note(credit_note_id: str) -> CreditNote:
         invoice.amount_credited -= note.amount_due_reduction
         note.status = CreditNoteStatus.VOID.value
         note.voided_at = clock.now()
+        _request_papers(session, note)
         events.record(session, EventType.CREDIT_NOTE_VOIDED, note.id, note.customer_id)
     log.info("credit_note.voided", credit_note_id=credit_note_id)
     return note

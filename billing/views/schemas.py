@@ -486,6 +486,13 @@ class PdfPending(BaseModel):
     message: str
 
 
+class CreditNotePdfPending(BaseModel):
+    object: Literal["pdf_pending"] = "pdf_pending"
+    credit_note: str
+    render_pending: bool = Field(description="A render job is queued or running.")
+    message: str
+
+
 class InvoiceDiscountOut(BaseModel):
     id: str = Field(description="The discount.")
     coupon: str

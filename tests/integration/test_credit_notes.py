@@ -311,3 +311,25 @@ def test_a_customer_key_reads_its_own_credit_notes_and_issues_none(
     stranger = customer_api(other["id"])
     assert stranger.get(f"/v1/credit_notes/{note['id']}").status_code == 404
     assert stranger.get("/v1/credit_notes").get_json()["data"] == []
+
+
+def test_a_credit_note_pdf_is_pending_then_served_with_its_etag_to_its_customer_only(
+    admin, make_customer, customer_api, run_jobs
+):
+    customer, other = make_customer(), make_customer()
+    invoice = _transfer_invoice(admin, customer, TWO_RATES)
+    run_jobs()
+    note = _credit(admin, {"invoice": invoice["id"], "amount": 500})
+    path = f"/v1/credit_notes/{note['id']}/pdf"
+    pending = admin.get(path)
+    assert pending.status_code == 202
+    assert pending.headers["Retry-After"] == "2"
+    assert pending.get_json()["credit_note"] == note["id"]
+    run_jobs()
+    served = customer_api(customer["id"]).get(path)
+    assert served.status_code == 200
+    assert served.data.startswith(b"%PDF")
+    assert note["number"] in served.headers["Content-Disposition"]
+    again = admin.get(path, headers={"If-None-Match": served.headers["ETag"]})
+    assert again.status_code == 304
+    assert customer_api(other["id"]).get(path).status_code == 404
