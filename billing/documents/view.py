@@ -1,5 +1,10 @@
-"""Invoices and credit notes as their templates see them: plain, already formatted
-strings, no ORM objects.
+"""Invoices and credit notes as their documents see them: plain values, no ORM objects.
+
+Two layers: the figures (`DocumentFigures`: every amount in minor units, each line's net,
+discount, rate, tax and tax reason, the totals), read once from the invoice or the credit
+note, and the text the PDF templates place, formatted from those figures. The e-invoice
+(`billing.einvoices`) reads the same figures, so the PDF and the XML can never disagree on
+an amount.
 
 Built from a `billing.models.Invoice` (with `.customer` and `.lines` loaded) and the
 seller's details; a finalized invoice shows the parties it was issued with (its
@@ -72,6 +77,55 @@ class PaymentView:
 
 
 @dataclass(frozen=True)
+class LineFigures:
+    """One line in minor units: `amount` before discounts, `net` = amount - discount, the
+    amount its tax was computed on."""
+
+    id: str
+    description: str
+    quantity: int | None  # None: a credit note's free amount
+    unit_amount: int | None
+    amount: int
+    discount: int
+    net: int
+    tax_rate: Decimal
+    tax: int
+    # Why its rate (standard, reverse_charge, zero_rated_export, exempt, manual) or None.
+    tax_reason: str | None
+
+
+@dataclass(frozen=True)
+class DocumentFigures:
+    """An invoice's or a credit note's amounts in minor units of `currency` (lower case)."""
+
+    currency: str
+    lines: tuple[LineFigures, ...]
+    subtotal: int  # the lines' amounts before discounts
+    discount: int
+    tax: int
+    total: int  # subtotal - discount + tax
+    amount_paid: int = 0
+    balance_applied: int = 0
+    amount_credited: int = 0
+    amount_refunded: int = 0
+    # (description, amount) of each discount that took something off.
+    discounts: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def net_total(self) -> int:
+        return self.subtotal - self.discount
+
+    @property
+    def prepaid(self) -> int:
+        """What settled part of the total before now: paid, the balance applied, credited."""
+        return self.amount_paid + self.balance_applied + self.amount_credited
+
+    @property
+    def amount_due(self) -> int:
+        return self.total - self.prepaid
+
+
+@dataclass(frozen=True)
 class InvoiceView:
     title: str
     number: str
@@ -89,6 +143,7 @@ class InvoiceView:
     totals: tuple[TotalRowView, ...]
     payment: PaymentView
     created: str | None  # W3C date-time for the PDF metadata: the invoice's, never now()
+    figures: DocumentFigures
 
 
 def _utc(moment: datetime) -> datetime:
@@ -178,13 +233,76 @@ def tax_summary(
     )
 
 
-def taxed_net(lines: Iterable[InvoiceLine]) -> list[tuple[Any, int, int]]:
+def taxed_net(lines: Iterable[LineFigures]) -> list[tuple[Any, int, int]]:
     """Each line's rate, the net its tax was computed on (its amount less its share of the
     invoice's discounts) and that tax."""
-    return [
-        (line.tax_rate, _amount(line.amount) - _amount(line.discount_amount), _amount(line.tax))
-        for line in lines
-    ]
+    return [(line.tax_rate, line.net, line.tax) for line in lines]
+
+
+def tax_reason(line: Any) -> str | None:
+    # Read softly: the column comes with the tax rules and older rows have none.
+    reason = getattr(line, "tax_reason", None)
+    return str(reason) if reason else None
+
+
+def invoice_line_figures(line: InvoiceLine) -> LineFigures:
+    amount, discount = _amount(line.amount), _amount(line.discount_amount)
+    return LineFigures(
+        id=str(line.id),
+        description=str(line.description),
+        quantity=int(line.quantity),
+        unit_amount=_amount(line.unit_amount),
+        amount=amount,
+        discount=discount,
+        net=amount - discount,
+        tax_rate=_rate(line.tax_rate),
+        tax=_amount(line.tax),
+        tax_reason=tax_reason(line),
+    )
+
+
+def invoice_figures(invoice: Invoice, discounts: Sequence[InvoiceDiscount] = ()) -> DocumentFigures:
+    return DocumentFigures(
+        currency=invoice.currency.lower(),
+        lines=tuple(invoice_line_figures(line) for line in invoice.lines),
+        subtotal=_amount(invoice.subtotal),
+        discount=_amount(invoice.discount),
+        tax=_amount(invoice.tax),
+        total=_amount(invoice.total),
+        amount_paid=_amount(invoice.amount_paid),
+        balance_applied=_amount(invoice.balance_applied),
+        amount_credited=_amount(invoice.amount_credited),
+        amount_refunded=_amount(invoice.amount_refunded),
+        discounts=tuple(
+            (str(d.description), _amount(d.amount)) for d in discounts if _amount(d.amount) > 0
+        ),
+    )
+
+
+def credit_note_figures(credit_note: CreditNote) -> DocumentFigures:
+    lines = tuple(
+        LineFigures(
+            id=str(line.id),
+            description=str(line.description),
+            quantity=int(line.quantity) if line.quantity else None,
+            unit_amount=None,
+            amount=_amount(line.amount),
+            discount=0,
+            net=_amount(line.amount),
+            tax_rate=_rate(line.tax_rate),
+            tax=_amount(line.tax),
+            tax_reason=tax_reason(line),
+        )
+        for line in credit_note.lines
+    )
+    return DocumentFigures(
+        currency=credit_note.currency.lower(),
+        lines=lines,
+        subtotal=_amount(credit_note.subtotal),
+        discount=0,
+        tax=_amount(credit_note.tax),
+        total=_amount(credit_note.total),
+    )
 
 
 def payment(invoice: Invoice, seller: Seller, formatter: Formatter) -> PaymentView:
@@ -214,42 +332,37 @@ def payment(invoice: Invoice, seller: Seller, formatter: Formatter) -> PaymentVi
     return PaymentView(kind, headline, details)
 
 
-def discount_rows(
-    invoice: Invoice, discounts: Sequence[InvoiceDiscount], formatter: Formatter
-) -> list[TotalRowView]:
+def discount_rows(figures: DocumentFigures, formatter: Formatter) -> list[TotalRowView]:
     """One row per coupon that took something off, as a deduction; then their sum as
     "Discount" when there are several (or, for an invoice whose discount lines are
     missing, the invoice's discount alone)."""
     rows = [
-        TotalRowView(str(d.description), formatter.money(-_amount(d.amount)), "discount")
-        for d in discounts
-        if _amount(d.amount) > 0
+        TotalRowView(description, formatter.money(-amount), "discount")
+        for description, amount in figures.discounts
     ]
-    discount = _amount(invoice.discount)
+    discount = figures.discount
     if discount > 0 and len(rows) != 1:
         rows.append(TotalRowView("Discount", formatter.money(-discount), "discount"))
     return rows
 
 
-def totals(
-    invoice: Invoice, formatter: Formatter, discounts: Sequence[InvoiceDiscount] = ()
-) -> tuple[TotalRowView, ...]:
+def totals(figures: DocumentFigures, formatter: Formatter) -> tuple[TotalRowView, ...]:
     rows = [
-        TotalRowView("Subtotal", formatter.money(_amount(invoice.subtotal))),
-        *discount_rows(invoice, discounts, formatter),
-        TotalRowView("Tax", formatter.money(_amount(invoice.tax))),
-        TotalRowView("Total", formatter.money(_amount(invoice.total)), "grand"),
-        TotalRowView("Amount paid", formatter.money(_amount(invoice.amount_paid))),
+        TotalRowView("Subtotal", formatter.money(figures.subtotal)),
+        *discount_rows(figures, formatter),
+        TotalRowView("Tax", formatter.money(figures.tax)),
+        TotalRowView("Total", formatter.money(figures.total), "grand"),
+        TotalRowView("Amount paid", formatter.money(figures.amount_paid)),
     ]
     # What settled part of it without a payment: shown only where it happened.
     for label, amount in (
-        ("Applied from your credit balance", invoice.balance_applied),
-        ("Credited", invoice.amount_credited),
-        ("Amount refunded", invoice.amount_refunded),
+        ("Applied from your credit balance", figures.balance_applied),
+        ("Credited", figures.amount_credited),
+        ("Amount refunded", figures.amount_refunded),
     ):
-        if _amount(amount) > 0:
-            rows.append(TotalRowView(label, formatter.money(_amount(amount))))
-    rows.append(TotalRowView("Amount due", formatter.money(invoice.amount_due), "due"))
+        if amount > 0:
+            rows.append(TotalRowView(label, formatter.money(amount)))
+    rows.append(TotalRowView("Amount due", formatter.money(figures.amount_due), "due"))
     return tuple(rows)
 
 
@@ -290,7 +403,7 @@ def invoice_view(
     discounts: Sequence[InvoiceDiscount] = (),
 ) -> InvoiceView:
     formatter = Formatter(locale, invoice.currency)
-    lines = list(invoice.lines)
+    figures = invoice_figures(invoice, discounts)
     issued = invoice.finalized_at
     return InvoiceView(
         title="Invoice",
@@ -306,18 +419,19 @@ def invoice_view(
         currency=invoice.currency.upper(),
         lines=tuple(
             LineView(
-                description=str(line.description),
-                quantity=formatter.quantity(line.quantity),
-                unit_price=formatter.money(_amount(line.unit_amount)),
-                tax_rate=formatter.rate(_rate(line.tax_rate)),
-                amount=formatter.money(_amount(line.amount)),
+                description=line.description,
+                quantity=formatter.quantity(line.quantity or 0),
+                unit_price=formatter.money(line.unit_amount or 0),
+                tax_rate=formatter.rate(line.tax_rate),
+                amount=formatter.money(line.amount),
             )
-            for line in lines
+            for line in figures.lines
         ),
-        tax_summary=tax_summary(taxed_net(lines), formatter),
-        totals=totals(invoice, formatter, discounts),
+        tax_summary=tax_summary(taxed_net(figures.lines), formatter),
+        totals=totals(figures, formatter),
         payment=payment(invoice, seller, formatter),
         created=_w3c(issued or invoice.created_at),
+        figures=figures,
     )
 
 
@@ -353,6 +467,7 @@ class CreditNoteView:
     settlement: tuple[TotalRowView, ...]
     void_notice: str | None  # set when void: the stamp and why nothing stands
     created: str | None
+    figures: DocumentFigures
 
 
 def credit_note_view(
@@ -364,7 +479,7 @@ def credit_note_view(
 ) -> CreditNoteView:
     """`invoice` is the one the note corrects (its customer loaded), whose parties it shows."""
     formatter = Formatter(locale, credit_note.currency)
-    lines = list(credit_note.lines)
+    figures = credit_note_figures(credit_note)
     invoice_number = invoice.number or invoice.id
     invoice_date = formatter.date(invoice.finalized_at)
     reference = f"Credit note for invoice {invoice_number}"
@@ -391,22 +506,19 @@ def credit_note_view(
         currency=credit_note.currency.upper(),
         lines=tuple(
             CreditLineView(
-                description=str(line.description),
+                description=line.description,
                 quantity=formatter.quantity(line.quantity) if line.quantity else "",
-                tax_rate=formatter.rate(_rate(line.tax_rate)),
-                amount=formatter.money(_amount(line.amount)),
-                tax=formatter.money(_amount(line.tax)),
+                tax_rate=formatter.rate(line.tax_rate),
+                amount=formatter.money(line.amount),
+                tax=formatter.money(line.tax),
             )
-            for line in lines
+            for line in figures.lines
         ),
-        tax_summary=tax_summary(
-            [(line.tax_rate, _amount(line.amount), _amount(line.tax)) for line in lines],
-            formatter,
-        ),
+        tax_summary=tax_summary(taxed_net(figures.lines), formatter),
         totals=(
-            TotalRowView("Subtotal", formatter.money(_amount(credit_note.subtotal))),
-            TotalRowView("Tax", formatter.money(_amount(credit_note.tax))),
-            TotalRowView("Total", formatter.money(_amount(credit_note.total)), "grand"),
+            TotalRowView("Subtotal", formatter.money(figures.subtotal)),
+            TotalRowView("Tax", formatter.money(figures.tax)),
+            TotalRowView("Total", formatter.money(figures.total), "grand"),
         ),
         settlement=tuple(
             TotalRowView(words, formatter.money(amount))
@@ -414,4 +526,5 @@ def credit_note_view(
         ),
         void_notice=void_notice,
         created=_w3c(credit_note.issued_at),
+        figures=figures,
     )
