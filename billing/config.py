@@ -290,6 +290,19 @@ class Settings(BaseSettings):
     seller_email: str | None = None
     seller_logo_path: str | None = None
     seller_payment_instructions: str | None = None
+    # The seller's address in parts, contact and bank account, as e-invoices (EN 16931)
+    # need them; kept with every invoice finalized from then on, as the block above.
+    seller_street: str | None = None
+    seller_city: str | None = None
+    seller_postal_code: str | None = None
+    # ISO 3166-1 alpha-2. The tax rules define SELLER_COUNTRY too: one of the two goes.
+    seller_country: str | None = None
+    seller_phone: str | None = None
+    seller_iban: str | None = None
+    seller_bic: str | None = None
+    # Refuse to finalize any invoice that cannot yield a valid e-invoice (not only those to
+    # businesses in the EU, which are always checked).
+    einvoice_required: Switch = False
     # Where customers manage their billing (finish 3-D Secure, change their card).
     customer_portal_url: str | None = None
 

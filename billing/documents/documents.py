@@ -78,35 +78,29 @@ def request_credit_note_renders(session: Session, credit_note_ids: Sequence[str]
 
 
 @lru_cache(maxsize=4)
-def _seller(
-    name: str,
-    address: tuple[str, ...],
-    tax_id: str | None,
-    email: str | None,
-    logo_path: str | None,
-    payment_instructions: str | None,
-) -> Seller:
+def _seller(**fields: Any) -> Seller:
     from billing.documents.invoice_pdf import Seller
 
-    return Seller(
-        name=name,
-        address_lines=address,
-        tax_id=tax_id,
-        email=email,
-        logo_path=logo_path,
-        payment_instructions=payment_instructions,
-    )
+    return Seller(**fields)
 
 
 def seller() -> Seller:
     s = context.settings()
     return _seller(
-        s.seller_name,
-        s.seller_address,
-        s.seller_tax_id,
-        s.seller_email,
-        s.seller_logo_path,
-        s.seller_payment_instructions,
+        name=s.seller_name,
+        address_lines=s.seller_address,
+        tax_id=s.seller_tax_id,
+        email=s.seller_email,
+        logo_path=s.seller_logo_path,
+        payment_instructions=s.seller_payment_instructions,
+        street=s.seller_street,
+        city=s.seller_city,
+        postal_code=s.seller_postal_code,
+        # SELLER_COUNTRY belongs to the tax rules' settings; read softly until they land.
+        country=getattr(s, "seller_country", None),
+        phone=s.seller_phone,
+        iban=s.seller_iban,
+        bic=s.seller_bic,
     )
 
 

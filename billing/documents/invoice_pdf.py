@@ -50,6 +50,14 @@ class Seller:
     email: str | None = None
     logo_path: str | None = None  # a PNG/SVG file on disk, read once and embedded (data: URI)
     payment_instructions: str | None = None  # e.g. bank transfer details for send_invoice
+    # The address in parts and how to pay, as an e-invoice needs them.
+    street: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+    country: str | None = None  # ISO 3166-1 alpha-2
+    phone: str | None = None
+    iban: str | None = None
+    bic: str | None = None
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,24 @@ CITY_FIRST = frozenset({"US", "CA", "AU"})
 
 
 @dataclass(frozen=True)
+class PostalAddress:
+    """An address in parts, as an e-invoice needs it; `country` is ISO 3166-1 alpha-2."""
+
+    street: str | None = None
+    additional: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+    region: str | None = None
+    country: str | None = None
+
+
+@dataclass(frozen=True)
 class PartyView:
     name: str
     address_lines: tuple[str, ...] = ()
     tax_id: str | None = None
     email: str | None = None
+    postal: PostalAddress = PostalAddress()
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,10 @@ class InvoiceView:
     payment: PaymentView
     created: str | None  # W3C date-time for the PDF metadata: the invoice's, never now()
     figures: DocumentFigures
+    issued_on: date | None = None
+    due_on: date | None = None
+    collection_method: str = "send_invoice"
+    buyer_reference: str | None = None
 
 
 def _utc(moment: datetime) -> datetime:
@@ -366,17 +383,55 @@ def totals(figures: DocumentFigures, formatter: Formatter) -> tuple[TotalRowView
     return tuple(rows)
 
 
+def _day(moment: date | datetime | None) -> date | None:
+    if moment is None:
+        return None
+    return _utc(moment).date() if isinstance(moment, datetime) else moment
+
+
 def seller_view(invoice: Invoice, seller: Seller) -> PartyView:
     """The seller as the invoice was issued by, else as configured now (a draft)."""
+    configured_postal = parties.seller_postal_address(
+        seller.street, seller.city, seller.postal_code, seller.country
+    )
     party = parties.shown(
         invoice.seller_party,
-        parties.seller_party(seller.name, seller.address_lines, seller.tax_id, seller.email),
+        parties.seller_party(
+            seller.name, seller.address_lines, seller.tax_id, seller.email, configured_postal
+        ),
     )
+    # Invoices issued before the seller's address was kept in parts take today's.
+    postal = party.get("postal_address") or configured_postal or {}
     return PartyView(
         name=str(party.get("name") or ""),
         address_lines=tuple(str(line) for line in party.get("address_lines") or ()),
         tax_id=_text(party.get("tax_id")),
         email=_text(party.get("email")),
+        postal=PostalAddress(
+            street=_text(postal.get("street")),
+            city=_text(postal.get("city")),
+            postal_code=_text(postal.get("postal_code")),
+            country=_country(postal.get("country")),
+        ),
+    )
+
+
+def _country(value: Any) -> str | None:
+    text = _text(value)
+    return text.upper() if text else None
+
+
+def postal_address(address: Mapping[str, Any] | None) -> PostalAddress:
+    """Stripe-shaped address JSON in parts."""
+    if not isinstance(address, Mapping):
+        return PostalAddress()
+    return PostalAddress(
+        street=_text(address.get("line1")),
+        additional=_text(address.get("line2")),
+        city=_text(address.get("city")),
+        postal_code=_text(address.get("postal_code")),
+        region=_text(address.get("state")),
+        country=_country(address.get("country")),
     )
 
 
@@ -392,6 +447,7 @@ def buyer(invoice: Invoice, formatter: Formatter) -> PartyView:
         address_lines=address_lines(party.get("address"), formatter),
         tax_id=_text(party.get("tax_id")),
         email=_text(party.get("email")),
+        postal=postal_address(party.get("address")),
     )
 
 
@@ -432,6 +488,10 @@ def invoice_view(
         payment=payment(invoice, seller, formatter),
         created=_w3c(issued or invoice.created_at),
         figures=figures,
+        issued_on=_day(issued),
+        due_on=invoice.due_date,
+        collection_method=str(invoice.collection_method or "send_invoice"),
+        buyer_reference=_text(getattr(invoice, "buyer_reference", None)),
     )
 
 
@@ -468,6 +528,9 @@ class CreditNoteView:
     void_notice: str | None  # set when void: the stamp and why nothing stands
     created: str | None
     figures: DocumentFigures
+    issued_on: date | None = None
+    invoice_issued_on: date | None = None
+    buyer_reference: str | None = None  # the corrected invoice's
 
 
 def credit_note_view(
@@ -527,4 +590,7 @@ def credit_note_view(
         void_notice=void_notice,
         created=_w3c(credit_note.issued_at),
         figures=figures,
+        issued_on=_day(credit_note.issued_at),
+        invoice_issued_on=_day(invoice.finalized_at),
+        buyer_reference=_text(getattr(invoice, "buyer_reference", None)),
     )

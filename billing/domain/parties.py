@@ -19,22 +19,48 @@ BUYER_KEYS = ("name", "email", "address", "tax_id")
 
 
 def seller_party(
-    name: str, address_lines: Sequence[str], tax_id: str | None, email: str | None
+    name: str,
+    address_lines: Sequence[str],
+    tax_id: str | None,
+    email: str | None,
+    postal_address: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The seller's block. The logo and the payment instructions are not part of it: they
-    say how to pay today, not who issued the invoice."""
-    return {
+    say how to pay today, not who issued the invoice. `postal_address` (the address in
+    parts an e-invoice needs) is kept only when configured."""
+    party: dict[str, Any] = {
         "name": name,
         "address_lines": list(address_lines),
         "tax_id": tax_id,
         "email": email,
     }
+    if postal_address:
+        party["postal_address"] = dict(postal_address)
+    return party
+
+
+def seller_postal_address(
+    street: str | None, city: str | None, postal_code: str | None, country: str | None
+) -> dict[str, Any] | None:
+    """The seller's address in parts, or None when none of them is configured."""
+    parts = {"street": street, "city": city, "postal_code": postal_code, "country": country}
+    return parts if any(parts.values()) else None
 
 
 def configured_seller(settings: Settings) -> dict[str, Any]:
     """The seller's block as the settings (SELLER_*) give it now."""
     return seller_party(
-        settings.seller_name, settings.seller_address, settings.seller_tax_id, settings.seller_email
+        settings.seller_name,
+        settings.seller_address,
+        settings.seller_tax_id,
+        settings.seller_email,
+        seller_postal_address(
+            settings.seller_street,
+            settings.seller_city,
+            settings.seller_postal_code,
+            # SELLER_COUNTRY belongs to the tax rules' settings; read softly until they land.
+            getattr(settings, "seller_country", None),
+        ),
     )
 
 
