@@ -117,6 +117,9 @@ class Invoice(db.Model):  # type: ignore[name-defined]
     days_until_due: Mapped[int | None] = mapped_column(Integer)
     due_date: Mapped[date | None] = mapped_column(Date)
     description: Mapped[str | None] = mapped_column(Text)
+    # The buyer's reference (its purchase order number, a German public buyer's
+    # Leitweg-ID): BT-10 of the e-invoice, which XRechnung requires.
+    buyer_reference: Mapped[str | None] = mapped_column(String(200))
     metadata_: Mapped[dict[str, str]] = mapped_column(
         "metadata", JSONB, default=dict, server_default=text("'{}'::jsonb")
     )
