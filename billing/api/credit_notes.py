@@ -5,11 +5,12 @@ from __future__ import annotations
 from flask import Blueprint
 
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
-from billing.api.pdf import pdf_response, pending_response
+from billing.api.pdf import pdf_response, pending_response, xml_response
 from billing.balances import balances
 from billing.credit_notes import credit_notes as service
 from billing.credit_notes.rules import LineRequest, Settlement
 from billing.documents import documents
+from billing.einvoices import service as einvoices
 from billing.views import schemas
 from billing.views.schemas import CreditNotePdfPending
 from billing.views.serializers import (
@@ -140,6 +141,23 @@ def get_credit_note_pdf(credit_note_id: str) -> ViewResult:
             )
         )
     return pdf_response(answer.document, f"credit-note-{answer.credit_note.number}.pdf")
+
+
+@endpoint(
+    bp,
+    "/<credit_note_id>/einvoice",
+    "GET",
+    summary="Download the credit note's EN 16931 e-invoice (CII or UBL XML)",
+    query=schemas.EInvoiceQuery,
+    response=None,
+    media_type="application/xml",
+    errors=(404, 422),
+)
+def get_credit_note_einvoice(credit_note_id: str, query: schemas.EInvoiceQuery) -> ViewResult:
+    xml = einvoices.credit_note_einvoice(
+        credit_note_id, query.syntax, customer_scope=customer_scope()
+    )
+    return xml_response(xml.content, xml.filename)
 
 
 @endpoint(

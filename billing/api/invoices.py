@@ -6,10 +6,11 @@ from flask import Blueprint
 
 from billing.api.discounts import redemption
 from billing.api.endpoint import ViewResult, customer_scope, endpoint
-from billing.api.pdf import pdf_response, pending_response
+from billing.api.pdf import pdf_response, pending_response, xml_response
 from billing.charging import charges
 from billing.documents import documents
 from billing.dunning import dunning
+from billing.einvoices import service as einvoices
 from billing.invoicing import invoices as service
 from billing.platform import context
 from billing.refunds import refunds
@@ -55,6 +56,7 @@ def create_invoice(body: schemas.InvoiceCreate) -> ViewResult:
             days_until_due=body.days_until_due,
             due_date=body.due_date,
             description=body.description,
+            buyer_reference=body.buyer_reference,
             metadata=body.metadata,
             lines=[_line(line) for line in body.lines],
             discounts=[redemption(d) for d in body.discounts],
@@ -233,3 +235,18 @@ def get_invoice_pdf(invoice_id: str) -> ViewResult:
             )
         )
     return pdf_response(answer.document, f"invoice-{answer.invoice.number or invoice_id}.pdf")
+
+
+@endpoint(
+    bp,
+    "/<invoice_id>/einvoice",
+    "GET",
+    summary="Download the invoice's EN 16931 e-invoice (CII or UBL XML)",
+    query=schemas.EInvoiceQuery,
+    response=None,
+    media_type="application/xml",
+    errors=(404, 409, 422),
+)
+def get_invoice_einvoice(invoice_id: str, query: schemas.EInvoiceQuery) -> ViewResult:
+    xml = einvoices.invoice_einvoice(invoice_id, query.syntax, customer_scope=customer_scope())
+    return xml_response(xml.content, xml.filename)

@@ -26,6 +26,13 @@ def pdf_response(document: documents.Document, filename: str) -> Response:
     return response
 
 
+def xml_response(content: bytes, filename: str) -> Response:
+    response = Response(content, mimetype="application/xml")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
+
+
 def pending_response(pending: BaseModel) -> Response:
     response = jsonify(pending.model_dump(mode="json"))
     response.status_code = 202

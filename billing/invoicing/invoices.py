@@ -36,6 +36,7 @@ from billing.documents import documents
 from billing.domain import parties
 from billing.domain.money import AmountNotChargeable, charge_step, normalize_currency
 from billing.dunning.schedule import next_payment_attempts
+from billing.einvoices import service as einvoices
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
@@ -85,6 +86,8 @@ class InvoiceFields:
     days_until_due: int | None = None
     due_date: date | None = None
     description: str | None = None
+    # BT-10 of its e-invoice: the buyer's purchase order number or reference.
+    buyer_reference: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     lines: list[LineFields] = field(default_factory=list)
     # Its own discounts, made for it alone.
@@ -143,6 +146,7 @@ class ShownInvoice:
     days_until_due: int | None
     due_date: date | None
     description: str | None
+    buyer_reference: str | None
     metadata_: dict[str, str]
     subtotal: int
     discount: int
@@ -536,6 +540,7 @@ def create_invoice(fields: InvoiceFields) -> Invoice:
             days_until_due=fields.days_until_due,
             due_date=fields.due_date,
             description=fields.description,
+            buyer_reference=fields.buyer_reference,
             metadata_=fields.metadata,
             status=InvoiceStatus.DRAFT.value,
         )
@@ -664,6 +669,7 @@ def finalize_invoice(invoice_id: str) -> Invoice:
         if invoice.total < 0:
             raise InvalidRequest("an invoice's total cannot be negative")
         session.flush()
+        einvoices.check_before_finalizing(session, invoice)
         finalize_many(session, [invoice_id], _now())
         session.expire(invoice)
     log.info("invoice.finalized", invoice_id=invoice_id, number=invoice.number)

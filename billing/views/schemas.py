@@ -315,6 +315,13 @@ class InvoiceCreate(Strict):
     days_until_due: Annotated[int, Field(ge=0, le=365)] | None = None
     due_date: date | None = Field(default=None, json_schema_extra={"format": "date"})
     description: Annotated[Memo, StringConstraints(max_length=5000)] | None = None
+    buyer_reference: Annotated[Text, StringConstraints(min_length=1, max_length=200)] | None = (
+        Field(
+            default=None,
+            description="The buyer's reference or purchase order number, BT-10 of the "
+            "e-invoice (XRechnung, for a buyer in Germany, requires it).",
+        )
+    )
     metadata: Metadata = Field(default_factory=dict)
     lines: Lines = Field(default_factory=list)
     discounts: list[DiscountCreate] = Field(
@@ -332,6 +339,15 @@ class ListQuery(Strict):
 
 class CustomerListQuery(ListQuery):
     pass
+
+
+class EInvoiceQuery(Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    syntax: Literal["cii", "ubl"] = Field(
+        default="cii",
+        description="cii: UN/CEFACT CII, the Factur-X EN 16931 profile; ubl: OASIS UBL 2.1 "
+        "(XRechnung 3.0 for a buyer in Germany).",
+    )
 
 
 class InvoiceListQuery(ListQuery):
@@ -511,6 +527,7 @@ class InvoiceOut(BaseModel):
     days_until_due: int | None
     due_date: date | None
     description: str | None
+    buyer_reference: str | None = None
     metadata: dict[str, str]
     lines: LineList
     subtotal: int = Field(description="The lines' amounts, before discounts.")

@@ -182,6 +182,7 @@ def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, An
         "days_until_due": invoice.days_until_due,
         "due_date": invoice.due_date.isoformat() if invoice.due_date is not None else None,
         "description": invoice.description,
+        "buyer_reference": invoice.buyer_reference,
         "metadata": invoice.metadata_,
         "lines": {"object": "list", "data": lines},
         "subtotal": invoice.subtotal,

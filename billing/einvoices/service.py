@@ -1,0 +1,126 @@
+"""E-invoices for the API and the finalization check.
+
+`invoice_einvoice` / `credit_note_einvoice` answer the XML of one document in one syntax,
+scoped to a customer as the PDFs are; `check_before_finalizing` refuses a draft whose
+e-invoice could not be valid when one is required: when EINVOICE_REQUIRED is set, or when
+a seller established in the EU invoices a business in the EU (a VAT id and an address in a
+member state), where e-invoicing between businesses is the rule or becoming it. A seller
+with no country configured is not judged (it cannot issue a valid one at all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from billing.documents import documents
+from billing.documents.view import credit_note_view, invoice_view
+from billing.einvoices import cii, model, ubl
+from billing.einvoices.amounts import AmountNotRepresentable
+from billing.einvoices.categories import InconsistentTaxReason
+from billing.extensions import db
+from billing.models import CreditNote, Invoice, InvoiceDiscount
+from billing.platform import clock, context
+from billing.platform.errors import InvalidRequest, NotFound
+
+SYNTAXES: dict[str, Callable[[model.EInvoice], bytes]] = {"cii": cii.to_cii, "ubl": ubl.to_ubl}
+XML = "application/xml"
+
+
+class EInvoiceFieldMissing(InvalidRequest):
+    """A field a valid e-invoice needs is not set; `param` names it."""
+
+    code = "einvoice_field_missing"
+
+
+class EInvoiceNotPossible(InvalidRequest):
+    """The document's own figures cannot be stated in EN 16931 (a tax reason contradicting
+    its rate, an amount finer than two decimals)."""
+
+    code = "einvoice_not_possible"
+
+
+@dataclass(frozen=True)
+class EInvoiceXml:
+    content: bytes
+    filename: str
+
+
+def _locale(invoice: Invoice) -> str:
+    return invoice.customer.locale or "en_US"
+
+
+def _complete(build: Callable[[], model.EInvoice]) -> model.EInvoice:
+    try:
+        return model.require_complete(build())
+    except model.EInvoiceFieldMissing as missing:
+        raise EInvoiceFieldMissing(str(missing), param=missing.field) from missing
+    except (InconsistentTaxReason, AmountNotRepresentable) as impossible:
+        raise EInvoiceNotPossible(str(impossible), param="lines") from impossible
+
+
+def of_invoice(invoice: Invoice, discounts: Sequence[InvoiceDiscount]) -> model.EInvoice:
+    """The complete e-invoice of a finalized invoice (customer and lines loaded)."""
+    seller = documents.seller()
+    view = invoice_view(invoice, seller, _locale(invoice), discounts=discounts)
+    return _complete(lambda: model.of_invoice(view, seller))
+
+
+def of_credit_note(credit_note: CreditNote, invoice: Invoice) -> model.EInvoice:
+    seller = documents.seller()
+    view = credit_note_view(credit_note, invoice, seller, _locale(invoice))
+    return _complete(lambda: model.of_credit_note(view, seller))
+
+
+def _syntax(syntax: str) -> Callable[[model.EInvoice], bytes]:
+    write = SYNTAXES.get(syntax)
+    if write is None:
+        raise InvalidRequest("syntax must be cii or ubl", param="syntax")
+    return write
+
+
+def invoice_einvoice(invoice_id: str, syntax: str, *, customer_scope: str | None) -> EInvoiceXml:
+    write = _syntax(syntax)
+    session = db.session()
+    paper = documents.INVOICES.load(session, invoice_id)
+    if paper is None or customer_scope not in (None, paper.invoice.customer_id):
+        raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
+    if paper.invoice.status == "draft":
+        raise documents.InvoiceNotFinalized("a draft invoice has no e-invoice yet", param="id")
+    content = write(of_invoice(paper.invoice, paper.discounts))
+    session.rollback()
+    return EInvoiceXml(content, f"invoice-{paper.invoice.number}.{syntax}.xml")
+
+
+def credit_note_einvoice(
+    credit_note_id: str, syntax: str, *, customer_scope: str | None
+) -> EInvoiceXml:
+    write = _syntax(syntax)
+    session = db.session()
+    paper = documents.CREDIT_NOTES.load(session, credit_note_id)
+    if paper is None or customer_scope not in (None, paper.credit_note.customer_id):
+        raise NotFound(f"No such credit note: '{credit_note_id}'", param="id")
+    content = write(of_credit_note(paper.credit_note, paper.invoice))
+    session.rollback()
+    return EInvoiceXml(content, f"credit-note-{paper.credit_note.number}.{syntax}.xml")
+
+
+def check_before_finalizing(session: Session, invoice: Invoice) -> None:
+    """Raise EInvoiceFieldMissing (422, `param` the field) when the draft, finalized now
+    with today's parties, could not yield a valid e-invoice and one is required."""
+    seller = documents.seller()
+    paper = documents.INVOICES.load(session, invoice.id)
+    assert paper is not None  # the caller holds its row lock
+    view = invoice_view(paper.invoice, seller, _locale(invoice), discounts=paper.discounts)
+    # As finalization will date and number it.
+    view = dataclasses.replace(view, issued_on=clock.now().date(), number="DRAFT")
+    try:
+        einvoice = model.of_invoice(view, seller)
+    except InconsistentTaxReason as impossible:
+        raise EInvoiceNotPossible(str(impossible), param="lines") from impossible
+    if not (context.settings().einvoice_required or model.is_intra_eu_b2b(einvoice)):
+        return
+    _complete(lambda: einvoice)
