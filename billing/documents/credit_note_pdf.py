@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING
 
 from billing.documents.invoice_pdf import RenderedPdf, Seller, logo_data_uri, rendered, renderer
 from billing.documents.view import credit_note_view
+from billing.einvoices import model as einvoice
+from billing.einvoices.facturx_pdf import factur_x
 
 if TYPE_CHECKING:
     from billing.models import CreditNote, Invoice
 
 # Bump when credit_note.html, invoice.css, fonts.css or the fonts change: stored PDFs
 # record it, and it is part of every credit note's fingerprint.
-TEMPLATE_VERSION = "credit-note-1"
+# credit-note-2: PDF/A-3b, with the CII e-invoice embedded (Factur-X) when it is complete.
+TEMPLATE_VERSION = "credit-note-2"
 TEMPLATE = "credit_note.html"
 
 
@@ -35,7 +38,15 @@ def render_credit_note_pdf(
 ) -> RenderedPdf:
     logo = logo_data_uri(seller.logo_path) if seller.logo_path else None
     view = credit_note_view(credit_note, invoice, seller, locale, logo_uri=logo)
-    content = renderer().pdf(
+    pdf = renderer().pdf(
         view, document_identifier(credit_note), template=TEMPLATE, version=TEMPLATE_VERSION
+    )
+    content = factur_x(
+        pdf,
+        lambda: einvoice.of_credit_note(view, seller),
+        moment=credit_note.issued_at,
+        title=f"Credit note {view.number}",
+        author=view.seller.name,
+        lang=view.lang,
     )
     return rendered(content, TEMPLATE_VERSION)

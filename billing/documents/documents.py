@@ -114,7 +114,15 @@ def _seller_source(issued_party: dict[str, Any] | None) -> Any:
     current = seller()
     if issued_party is None:
         return repr(current)
-    return [issued_party, current.logo_path, current.payment_instructions]
+    # What the embedded e-invoice takes from today's settings: the contact, the bank
+    # account, and the address in parts of an invoice issued before it was kept.
+    return [
+        issued_party,
+        current.logo_path,
+        current.payment_instructions,
+        [current.street, current.city, current.postal_code, current.country],
+        [current.phone, current.iban, current.bic],
+    ]
 
 
 def _buyer_source(invoice: Invoice) -> Any:
@@ -271,6 +279,7 @@ def source_fingerprint(
                 invoice.currency,
                 invoice.collection_method,
                 invoice.description,
+                invoice.buyer_reference,
                 str(invoice.due_date),
                 str(invoice.finalized_at),
                 str(invoice.paid_at),
@@ -295,6 +304,7 @@ def source_fingerprint(
                     line.amount,
                     line.discount_amount,
                     line.tax,
+                    getattr(line, "tax_reason", None),
                 ]
                 for line in invoice.lines
             ],
@@ -378,7 +388,12 @@ class CreditNoteSubject(DocumentSubject[CreditNotePaper, CreditNoteDocument]):
                 "template": template_version,
                 "seller": _seller_source(invoice.seller_party),
                 "customer": _buyer_source(invoice),
-                "invoice": [invoice.id, invoice.number, str(invoice.finalized_at)],
+                "invoice": [
+                    invoice.id,
+                    invoice.number,
+                    str(invoice.finalized_at),
+                    invoice.buyer_reference,
+                ],
                 "credit_note": [
                     note.id,
                     note.number,
@@ -404,6 +419,7 @@ class CreditNoteSubject(DocumentSubject[CreditNotePaper, CreditNoteDocument]):
                         str(line.tax_rate),
                         line.amount,
                         line.tax,
+                        getattr(line, "tax_reason", None),
                     ]
                     for line in note.lines
                 ],

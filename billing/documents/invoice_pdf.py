@@ -28,14 +28,19 @@ from weasyprint.text.fonts import FontConfiguration
 
 from billing.documents.fetcher import TEMPLATES_DIR, TemplateOnlyFetcher
 from billing.documents.view import invoice_view
+from billing.einvoices import model as einvoice
+from billing.einvoices.facturx_pdf import factur_x
 
 if TYPE_CHECKING:
     from billing.models import Invoice, InvoiceDiscount
 
 # Bump when invoice.html, invoice.css, fonts.css or the fonts change: stored PDFs record it.
-TEMPLATE_VERSION = "invoice-3"
+# invoice-4: PDF/A-3b, with the CII e-invoice embedded (Factur-X) when it is complete.
+TEMPLATE_VERSION = "invoice-4"
 RENDERER_VERSION = f"weasyprint {weasyprint.__version__}"
 STYLESHEETS = ("fonts.css", "invoice.css")
+# Archivable, and the PDF/A flavour Factur-X requires for the embedded XML.
+PDF_VARIANT = "pdf/a-3b"
 LOGO_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}
 LOGO_TYPES[".jpeg"] = "image/jpeg"
 
@@ -129,6 +134,7 @@ class DocumentRenderer:
                 stylesheets=self.stylesheets,
                 font_config=self.font_config,
                 pdf_identifier=identifier,
+                pdf_variant=PDF_VARIANT,
                 cache=self.image_cache,
             )
         return content
@@ -172,4 +178,13 @@ def render_invoice_pdf(
     """`discounts`: the invoice's discount lines (its `invoice_discounts` rows)."""
     logo = logo_data_uri(seller.logo_path) if seller.logo_path else None
     view = invoice_view(invoice, seller, locale, logo_uri=logo, discounts=discounts)
-    return rendered(renderer().pdf(view, document_identifier(invoice)), TEMPLATE_VERSION)
+    pdf = renderer().pdf(view, document_identifier(invoice))
+    content = factur_x(
+        pdf,
+        lambda: einvoice.of_invoice(view, seller),
+        moment=invoice.finalized_at or invoice.created_at,
+        title=f"Invoice {view.number}",
+        author=view.seller.name,
+        lang=view.lang,
+    )
+    return rendered(content, TEMPLATE_VERSION)

@@ -52,6 +52,10 @@ class EInvoiceFieldMissing(ValueError):
         self.field = field
 
 
+class NotIssued(ValueError):
+    """A draft, or a credit note not issued: no e-invoice yet."""
+
+
 @dataclass(frozen=True)
 class Party:
     name: str
@@ -159,7 +163,7 @@ def _payment_means(collection_method: str, seller: Seller, currency: str) -> Pay
 def of_invoice(view: InvoiceView, seller: Seller) -> EInvoice:
     """The e-invoice of a finalized invoice, from its PDF's view."""
     if view.issued_on is None:
-        raise ValueError("a draft has no e-invoice")
+        raise NotIssued("a draft has no e-invoice")
     currency = view.figures.currency.upper()
     terms = None
     if view.figures.amount_due > 0 and view.payment.details:
@@ -186,7 +190,7 @@ def of_invoice(view: InvoiceView, seller: Seller) -> EInvoice:
 def of_credit_note(view: CreditNoteView, seller: Seller) -> EInvoice:
     """The e-invoice of a credit note, referring to the invoice it corrects (BT-25)."""
     if view.issued_on is None:
-        raise ValueError("a credit note not issued has no e-invoice")
+        raise NotIssued("a credit note not issued has no e-invoice")
     note = "\n".join(part for part in (view.reason, view.memo) if part) or None
     return EInvoice(
         type_code=CREDIT_NOTE,

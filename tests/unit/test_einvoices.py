@@ -3,6 +3,8 @@ checked against its syntax's XSD and the official Schematron rules."""
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -11,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
+from pypdf import PdfReader
 
-from billing.documents.invoice_pdf import Seller
+from billing.documents.credit_note_pdf import render_credit_note_pdf
+from billing.documents.invoice_pdf import Seller, render_invoice_pdf
 from billing.documents.view import Formatter, credit_note_view, invoice_view
 from billing.domain.money import round_half_up
 from billing.einvoices import cii, model, ubl
@@ -334,3 +338,45 @@ def test_generated_invoices_agree_with_their_pdf_and_api_figures_and_pass_every_
         namespaces=CII,
     )
     assert sum(Decimal(net) for net in nets) * exponent == expected["BT-106"]
+
+
+# The PDF is Factur-X: PDF/A-3 with the CII e-invoice attached.
+
+# The XMP states the PDF/A part as an element or as an attribute, by who wrote it last.
+PDF_A_3 = re.compile(r'pdfaid:part(>|=")3\b')
+
+
+def _attachment_and_xmp(pdf: bytes) -> tuple[dict[str, list[bytes]], str]:
+    reader = PdfReader(io.BytesIO(pdf))
+    metadata = reader.trailer["/Root"]["/Metadata"].get_object().get_data().decode("utf-8")
+    return reader.attachments, metadata
+
+
+def test_an_invoice_pdf_is_pdf_a_3_with_its_e_invoice_attached_the_same_every_time() -> None:
+    invoice = invoice_of([line(0), line(1, rate="7", discount=500)])
+    rendered = render_invoice_pdf(invoice, SELLER, "de_DE")
+    attachments, xmp = _attachment_and_xmp(rendered.content)
+    assert PDF_A_3.search(xmp)
+    assert "<fx:ConformanceLevel>EN 16931</fx:ConformanceLevel>" in xmp
+    (xml,) = attachments["factur-x.xml"]
+    assert xml == cii.to_cii(einvoice_of(invoice))
+    assert_valid(xml, "cii")
+    again = render_invoice_pdf(invoice, SELLER, "de_DE")
+    assert again.sha256 == rendered.sha256
+
+
+def test_a_credit_note_pdf_carries_its_own_e_invoice() -> None:
+    invoice = invoice_of([line(0), line(1, rate="7")])
+    note = make_credit_note(invoice)
+    attachments, _ = _attachment_and_xmp(render_credit_note_pdf(note, invoice, SELLER).content)
+    (xml,) = attachments["factur-x.xml"]
+    assert b"<ram:TypeCode>381</ram:TypeCode>" in xml
+    assert_valid(xml, "cii")
+
+
+def test_without_a_complete_e_invoice_the_pdf_is_a_plain_pdf_a_3() -> None:
+    seller = Seller(name="Nowhere Ltd")  # no country, no VAT id
+    rendered = render_invoice_pdf(invoice_of([line(0)]), seller)
+    attachments, xmp = _attachment_and_xmp(rendered.content)
+    assert attachments == {}
+    assert PDF_A_3.search(xmp)

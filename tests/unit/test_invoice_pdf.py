@@ -37,9 +37,13 @@ TEMPLATE_FINGERPRINTS = {
     "invoice-2": "74012d7371091118f26ce434951e71496fde3e5ecc0924e22541ea6eb00e5f02",
     # Discount lines, the balance applied and credited, amount due net of both.
     "invoice-3": "614749b1db3dc6e02da48d809a0125d0723e4a039f15d879b50715b1ce94c27b",
+    # The same folder: the PDF became PDF/A-3b with its e-invoice embedded (Factur-X).
+    "invoice-4": "614749b1db3dc6e02da48d809a0125d0723e4a039f15d879b50715b1ce94c27b",
 }
 CREDIT_NOTE_TEMPLATE_FINGERPRINTS = {
     "credit-note-1": "38f713f7336d7dedbc982d932a832a259b20f9e783fcc1f1a94fb410e777b241",
+    # The same folder: the PDF became PDF/A-3b with its e-invoice embedded (Factur-X).
+    "credit-note-2": "38f713f7336d7dedbc982d932a832a259b20f9e783fcc1f1a94fb410e777b241",
 }
 
 
