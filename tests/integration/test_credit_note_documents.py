@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from billing.documents.credit_note_pdf import TEMPLATE_VERSION as CREDIT_NOTE_TEMPLATE_VERSION
 from billing.extensions import db
 from billing.models import (
     CreditNote,
@@ -175,7 +176,7 @@ def test_the_credit_note_pdf_is_stored_once_with_its_version_hash_template_and_r
     )
     assert document.size == len(content)
     assert document.storage_key == f"{credit_note_id}/{document.sha256}.pdf"
-    assert document.template_version == "credit-note-1"
+    assert document.template_version == CREDIT_NOTE_TEMPLATE_VERSION
     assert document.renderer_version.startswith("weasyprint")
     assert documents.render_credit_note(credit_note_id) == "unchanged"
     assert documents.render_credit_note(credit_note_id, force=True) == "unchanged"

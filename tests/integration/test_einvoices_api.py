@@ -5,12 +5,14 @@ required and could not be valid."""
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from lxml import etree
+from pypdf import PdfReader
 
 from billing.models import CreditNote, CreditNoteLine, Invoice
 from billing.platform.unit_of_work import transaction
@@ -140,3 +142,15 @@ def test_a_credit_note_s_e_invoice_corrects_its_invoice(admin, make_customer) ->
         assert response.status_code == 200, response.get_json()
         assert_valid(response.data, syntax)
         assert invoice["number"].encode() in response.data
+
+
+def test_the_stored_invoice_pdf_is_factur_x_with_the_e_invoice_the_api_answers(
+    admin, make_customer, run_jobs
+) -> None:
+    customer = make_customer(**GERMAN_BUSINESS)
+    invoice = _finalized(admin, customer, buyer_reference="PO-4711").get_json()
+    run_jobs()
+    pdf = admin.get(f"/v1/invoices/{invoice['id']}/pdf")
+    assert pdf.status_code == 200
+    (embedded,) = PdfReader(io.BytesIO(pdf.data)).attachments["factur-x.xml"]
+    assert embedded == admin.get(f"/v1/invoices/{invoice['id']}/einvoice?syntax=cii").data
