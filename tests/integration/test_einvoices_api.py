@@ -79,9 +79,22 @@ def test_an_invoice_s_e_invoice_is_valid_in_both_syntaxes_and_states_its_totals(
         assert_valid(response.data, syntax)
     ubl = etree.fromstring(admin.get(f"/v1/invoices/{invoice['id']}/einvoice?syntax=ubl").data)
     ns = {"cbc": "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"}
-    assert ubl.xpath("string(//cbc:PayableAmount)", namespaces=ns) == (
-        f"{Decimal(invoice['amount_due']) / 100:.2f}"
+
+    def cents(element: str) -> int:
+        return int(Decimal(ubl.xpath(f"string(//cbc:{element})", namespaces=ns)) * 100)
+
+    # BT-106, BT-109, BT-110, BT-112, BT-115 against what the API answers.
+    assert cents("LineExtensionAmount") == invoice["subtotal"] - invoice["discount"]
+    assert cents("TaxExclusiveAmount") == invoice["total"] - invoice["tax"]
+    assert (
+        int(
+            Decimal(ubl.xpath("string(/*/*[local-name()='TaxTotal']/cbc:TaxAmount)", namespaces=ns))
+            * 100
+        )
+        == invoice["tax"]
     )
+    assert cents("TaxInclusiveAmount") == invoice["total"]
+    assert cents("PayableAmount") == invoice["amount_due"]
     assert ubl.xpath("string(//cbc:BuyerReference)", namespaces=ns) == "PO-4711"
 
 
