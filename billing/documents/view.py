@@ -491,7 +491,7 @@ def invoice_view(
         issued_on=_day(issued),
         due_on=invoice.due_date,
         collection_method=str(invoice.collection_method or "send_invoice"),
-        buyer_reference=_text(getattr(invoice, "buyer_reference", None)),
+        buyer_reference=_text(invoice.buyer_reference),
     )
 
 
@@ -592,5 +592,5 @@ def credit_note_view(
         figures=figures,
         issued_on=_day(credit_note.issued_at),
         invoice_issued_on=_day(invoice.finalized_at),
-        buyer_reference=_text(getattr(invoice, "buyer_reference", None)),
+        buyer_reference=_text(invoice.buyer_reference),
     )
