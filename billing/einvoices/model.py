@@ -209,15 +209,17 @@ def of_credit_note(view: CreditNoteView, seller: Seller) -> EInvoice:
     )
 
 
-def is_eu_business(buyer: Party) -> bool:
-    """A buyer in the EU with a VAT id."""
-    return bool(buyer.vat_id) and buyer.postal.country in EU_COUNTRIES
-
-
-def is_intra_eu_b2b(einvoice: EInvoice) -> bool:
-    """A seller established in the EU invoicing a business in the EU: the case the EU's
-    e-invoicing mandates (Germany's since 2025, France's, ViDA) bind."""
-    return einvoice.seller.postal.country in EU_COUNTRIES and is_eu_business(einvoice.buyer)
+def intra_eu_b2b(
+    seller_country: str | None, buyer_vat_id: str | None, buyer_country: str | None
+) -> bool:
+    """A seller established in the EU invoicing a business in the EU (a VAT id, an address
+    in a member state): the case the EU's e-invoicing mandates (Germany's since 2025,
+    France's, ViDA) bind."""
+    return (
+        (seller_country or "").upper() in EU_COUNTRIES
+        and bool(buyer_vat_id)
+        and (buyer_country or "").upper() in EU_COUNTRIES
+    )
 
 
 def missing_fields(einvoice: EInvoice) -> list[str]:

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from billing.documents import documents
-from billing.documents.view import credit_note_view, invoice_view
+from billing.documents.view import (
+    credit_note_view,
+    current_buyer,
+    invoice_view,
+    postal_address,
+)
 from billing.einvoices import cii, model, ubl
 from billing.einvoices.amounts import AmountNotRepresentable
 from billing.einvoices.categories import InconsistentTaxReason
@@ -112,15 +117,16 @@ def check_before_finalizing(session: Session, invoice: Invoice) -> None:
     """Raise EInvoiceFieldMissing (422, `param` the field) when the draft, finalized now
     with today's parties, could not yield a valid e-invoice and one is required."""
     seller = documents.seller()
+    # Decided from the current parties (what finalizing will keep) before any view is
+    # built: most invoices need no e-invoice, and finalizing is the hottest request.
+    buyer = current_buyer(invoice.customer)
+    if not context.settings().einvoice_required and not model.intra_eu_b2b(
+        seller.country, buyer.get("tax_id"), postal_address(buyer.get("address")).country
+    ):
+        return
     paper = documents.INVOICES.load(session, invoice.id)
     assert paper is not None  # the caller holds its row lock
     view = invoice_view(paper.invoice, seller, _locale(invoice), discounts=paper.discounts)
     # As finalization will date and number it.
     view = dataclasses.replace(view, issued_on=clock.now().date(), number="DRAFT")
-    try:
-        einvoice = model.of_invoice(view, seller)
-    except InconsistentTaxReason as impossible:
-        raise EInvoiceNotPossible(str(impossible), param="lines") from impossible
-    if not (context.settings().einvoice_required or model.is_intra_eu_b2b(einvoice)):
-        return
-    _complete(lambda: einvoice)
+    _complete(lambda: model.of_invoice(view, seller))

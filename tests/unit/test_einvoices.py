@@ -380,3 +380,20 @@ def test_without_a_complete_e_invoice_the_pdf_is_a_plain_pdf_a_3() -> None:
     attachments, xmp = _attachment_and_xmp(rendered.content)
     assert attachments == {}
     assert PDF_A_3.search(xmp)
+
+
+@pytest.mark.parametrize(
+    ("seller_country", "buyer_vat_id", "buyer_country", "required"),
+    [
+        ("DE", "FR40303265045", "FR", True),
+        ("de", "DE123456789", "de", True),
+        ("DE", None, "FR", False),  # a consumer
+        ("DE", "GB123456789", "GB", False),  # a business outside the EU
+        (None, "FR40303265045", "FR", False),  # a seller not configured for e-invoices
+        ("GB", "FR40303265045", "FR", False),  # a seller outside the EU
+    ],
+)
+def test_an_e_invoice_is_required_between_businesses_in_the_eu(
+    seller_country: str | None, buyer_vat_id: str | None, buyer_country: str, required: bool
+) -> None:
+    assert model.intra_eu_b2b(seller_country, buyer_vat_id, buyer_country) is required
