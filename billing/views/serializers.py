@@ -12,6 +12,8 @@ from billing.credit_notes.credit_notes import Preview
 from billing.credit_notes.rules import CreditLine, Settlement
 from billing.domain.jobs import JobState
 from billing.dunning.rules import DunningStep
+from billing.events import events
+from billing.extensions import db
 from billing.invoicing.invoices import (
     InvoiceHistory,
     ShownAttempt,
@@ -218,7 +220,11 @@ def invoice_out(invoice: Invoice, *, just_finalized: bool = False) -> schemas.In
     two queries the hottest request can skip."""
     shown = ShownInvoice.of(invoice)
     history = invoice_histories([shown], just_finalized=just_finalized)[invoice.id]
-    return schemas.InvoiceOut.model_validate(invoice_body(shown, history))
+    body = invoice_body(shown, history)
+    # A response is shaped last, from the change's own transaction: the invoice's event
+    # of this change shows the same body rather than reading the invoice once more.
+    events.offer_snapshot(db.session(), "invoice", invoice.id, body)
+    return schemas.InvoiceOut.model_validate(body)
 
 
 def invoice_response(invoice: ShownInvoice) -> Response:
