@@ -399,7 +399,10 @@ _NEWEST_DOCUMENTS_OF = Prebuilt(
 
 
 def invoice_histories(
-    invoices: Sequence[ShownInvoice], *, just_finalized: bool = False
+    invoices: Sequence[ShownInvoice],
+    *,
+    just_finalized: bool = False,
+    just_paid: frozenset[str] = frozenset(),
 ) -> dict[str, InvoiceHistory]:
     """The history of each invoice, by id, read for all of them at once: at most one
     statement for refunds, one for emails, one for documents and two for dunning, whatever
@@ -408,8 +411,9 @@ def invoice_histories(
     A refund is only ever recorded against money paid, and amount_paid never goes down: an
     invoice with nothing paid has none. A draft has neither emails nor documents, and nor
     has an invoice numbered by this very request (`just_finalized`): both are made by jobs
-    recorded in its transaction."""
-    paid = [invoice.id for invoice in invoices if invoice.amount_paid]
+    recorded in its transaction. An invoice paid in this very transaction (`just_paid`)
+    had nothing paid before it, so nothing refunded either."""
+    paid = [i.id for i in invoices if i.amount_paid and i.id not in just_paid]
     issued = [] if just_finalized else [invoice.id for invoice in invoices if invoice.number]
     refunds: dict[str, list[Any]] = defaultdict(list)
     emails: dict[str, list[Any]] = defaultdict(list)
