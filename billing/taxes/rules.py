@@ -26,7 +26,7 @@ A caller's own percentage on a line (or a chosen rate object) is `manual`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -87,6 +87,13 @@ def legal_notice(reason: str | None) -> str | None:
         return _NOTICES.get(TaxReason(reason))
     except ValueError:
         return None
+
+
+def legal_notices(reasons: Iterable[str | None]) -> tuple[str, ...]:
+    """The wordings a document with lines taxed for `reasons` prints, each once, in the
+    order of the lines."""
+    notices = (legal_notice(reason) for reason in reasons)
+    return tuple(dict.fromkeys(notice for notice in notices if notice is not None))
 
 
 @dataclass(frozen=True)
