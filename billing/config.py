@@ -164,6 +164,15 @@ def _lines(value: Any) -> Any:
     return tuple(line.strip() for line in value.replace("|", "\n").splitlines() if line.strip())
 
 
+def _country(value: Any, info: ValidationInfo) -> Any:
+    if value is None:
+        return None
+    code = str(value).strip().upper()
+    if len(code) != 2 or not code.isascii() or not code.isalpha():
+        raise ValueError(f"{_name(info)} must be an ISO 3166 alpha-2 country code, got {value!r}")
+    return code
+
+
 def _rate_limit(value: Any, info: ValidationInfo) -> Any:
     """A Flask-Limiter limit string ("100 per second;3000 per minute"), checked now so that a
     typo stops the app at start rather than lifting the limit in the first request."""
@@ -290,6 +299,14 @@ class Settings(BaseSettings):
     seller_email: str | None = None
     seller_logo_path: str | None = None
     seller_payment_instructions: str | None = None
+    # Where the seller is established (ISO alpha-2): the tax rules' home country. Unset,
+    # the rules charge no tax but the caller's own (billing.taxes.rules).
+    seller_country: Annotated[str | None, BeforeValidator(_country)] = None
+    # VIES's REST API, asked at finalization to confirm a reverse-charged buyer's VAT id
+    # (billing.adapters.vies); unset, nobody is asked.
+    vies_url: str | None = None
+    # VIES is often slow; finalization waits no longer than this for its word.
+    vies_timeout_seconds: Integer = 5
     # Where customers manage their billing (finish 3-D Secure, change their card).
     customer_portal_url: str | None = None
 

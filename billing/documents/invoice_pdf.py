@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from billing.models import Invoice, InvoiceDiscount
 
 # Bump when invoice.html, invoice.css, fonts.css or the fonts change: stored PDFs record it.
-TEMPLATE_VERSION = "invoice-3"
+TEMPLATE_VERSION = "invoice-4"
 RENDERER_VERSION = f"weasyprint {weasyprint.__version__}"
 STYLESHEETS = ("fonts.css", "invoice.css")
 LOGO_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}

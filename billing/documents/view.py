@@ -24,6 +24,7 @@ from babel.numbers import format_currency, format_decimal, format_percent
 from billing.domain import parties
 from billing.domain.credit_note_words import reason_in_words, settlement_in_words
 from billing.domain.money import Money
+from billing.taxes.rules import legal_notices
 
 if TYPE_CHECKING:
     from billing.documents.invoice_pdf import Seller
@@ -89,6 +90,8 @@ class InvoiceView:
     totals: tuple[TotalRowView, ...]
     payment: PaymentView
     created: str | None  # W3C date-time for the PDF metadata: the invoice's, never now()
+    # What the law asks printed for its lines' tax treatment (reverse charge, export...).
+    tax_notices: tuple[str, ...] = ()
 
 
 def _utc(moment: datetime) -> datetime:
@@ -318,6 +321,7 @@ def invoice_view(
         totals=totals(invoice, formatter, discounts),
         payment=payment(invoice, seller, formatter),
         created=_w3c(issued or invoice.created_at),
+        tax_notices=legal_notices(line.tax_reason for line in lines),
     )
 
 
