@@ -108,6 +108,7 @@ def create_app(
         openapi,
         prices,
         subscriptions,
+        tax_rates,
         webhook_endpoints,
         webhooks,
     )
@@ -120,7 +121,7 @@ def create_app(
         app.register_blueprint(blueprint)
     for blueprint in (prices.bp, subscriptions.bp, metrics.bp, events.bp, webhook_endpoints.bp):
         app.register_blueprint(blueprint)
-    for blueprint in (credit_notes.bp, credit_notes.balance_bp):
+    for blueprint in (credit_notes.bp, credit_notes.balance_bp, tax_rates.bp):
         app.register_blueprint(blueprint)
     for blueprint in (discounts.coupons_bp, discounts.promotion_codes_bp, discounts.discounts_bp):
         app.register_blueprint(blueprint)

@@ -164,6 +164,15 @@ def _lines(value: Any) -> Any:
     return tuple(line.strip() for line in value.replace("|", "\n").splitlines() if line.strip())
 
 
+def _country(value: Any, info: ValidationInfo) -> Any:
+    if value is None:
+        return None
+    code = str(value).strip().upper()
+    if len(code) != 2 or not code.isascii() or not code.isalpha():
+        raise ValueError(f"{_name(info)} must be an ISO 3166 alpha-2 country code, got {value!r}")
+    return code
+
+
 def _rate_limit(value: Any, info: ValidationInfo) -> Any:
     """A Flask-Limiter limit string ("100 per second;3000 per minute"), checked now so that a
     typo stops the app at start rather than lifting the limit in the first request."""
@@ -290,19 +299,29 @@ class Settings(BaseSettings):
     seller_email: str | None = None
     seller_logo_path: str | None = None
     seller_payment_instructions: str | None = None
-    # The seller's address in parts, contact and bank account, as e-invoices (EN 16931)
-    # need them; kept with every invoice finalized from then on, as the block above.
+    # Where the seller is established (ISO alpha-2): the tax rules' home country. Unset,
+    # the rules charge no tax but the caller's own (billing.taxes.rules).
+    seller_country: Annotated[str | None, BeforeValidator(_country)] = None
+    # VIES's REST API, asked at finalization to confirm a reverse-charged buyer's VAT id
+    # (billing.adapters.vies); unset, nobody is asked.
+    vies_url: str | None = None
+    # VIES is often slow; finalization waits no longer than this for its word.
+    vies_timeout_seconds: Integer = 5
+    # The seller's address in parts (its country: seller_country), contact and bank
+    # account, as e-invoices (EN 16931) need them; kept with every invoice finalized from
+    # then on, as the block above.
     seller_street: str | None = None
     seller_city: str | None = None
     seller_postal_code: str | None = None
-    # ISO 3166-1 alpha-2. The tax rules define SELLER_COUNTRY too: one of the two goes.
-    seller_country: str | None = None
     seller_phone: str | None = None
     seller_iban: str | None = None
     seller_bic: str | None = None
-    # Refuse to finalize any invoice that cannot yield a valid e-invoice (not only those to
-    # businesses in the EU, which are always checked).
-    einvoice_required: Switch = False
+    # Which invoices must be able to yield a valid e-invoice to be finalized: none, those a
+    # seller in the EU issues to businesses in the EU (the EU's mandates), or all. Opt-in:
+    # SELLER_COUNTRY alone also switches the tax rules on, and must not stop finalizing.
+    einvoice_required: Annotated[
+        Literal["never", "eu_business", "always"], _one_of("never", "eu_business", "always")
+    ] = "never"
     # Where customers manage their billing (finish 3-D Secure, change their card).
     customer_portal_url: str | None = None
 

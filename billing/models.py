@@ -45,6 +45,7 @@ from billing.platform.ids import new_id
 from billing.refunds.rules import RefundStatus
 from billing.stripe_events.rules import EventStatus
 from billing.subscriptions.rules import BILLABLE, SubscriptionStatus
+from billing.taxes.rules import TaxCategory, TaxIdType, TaxReason, TaxStatus
 from billing.webhooks.rules import DeliveryState
 
 Timestamp = DateTime(timezone=True)
@@ -63,6 +64,10 @@ JOB_STATES = list(JobState)
 CHARGE_STATUSES = list(ChargeStatus)
 # An attempt in one of these may still move money: at most one per invoice at a time.
 CHARGE_IN_FLIGHT = charge_rules.IN_FLIGHT
+TAX_STATUSES = list(TaxStatus)
+TAX_ID_TYPES = list(TaxIdType)
+TAX_CATEGORIES = list(TaxCategory)
+TAX_REASONS = list(TaxReason)
 
 
 class Customer(db.Model):  # type: ignore[name-defined]
@@ -74,6 +79,13 @@ class Customer(db.Model):  # type: ignore[name-defined]
     currency: Mapped[str] = mapped_column(String(3))
     address: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     tax_id: Mapped[str | None] = mapped_column(String(64))
+    # What kind of number tax_id is (billing.taxes.rules.TaxIdType); it was checked, and
+    # stored compact, when given. NULL for the free-text ids kept from before.
+    tax_id_type: Mapped[str | None] = mapped_column(String(16))
+    # business, individual or exempt: with the address's country, it decides the tax rules.
+    tax_status: Mapped[str] = mapped_column(
+        String(16), default=TaxStatus.BUSINESS.value, server_default=TaxStatus.BUSINESS.value
+    )
     metadata_: Mapped[dict[str, str]] = mapped_column(
         "metadata", JSONB, default=dict, server_default=text("'{}'::jsonb")
     )
@@ -100,6 +112,11 @@ class Customer(db.Model):  # type: ignore[name-defined]
     __table_args__ = (
         CheckConstraint("currency = lower(currency)", name="currency_lowercase"),
         CheckConstraint("balance >= 0", name="balance_not_negative"),
+        CheckConstraint(_in("tax_status", TAX_STATUSES), name="tax_status_known"),
+        CheckConstraint(
+            f"tax_id_type IS NULL OR {_in('tax_id_type', TAX_ID_TYPES)}",
+            name="tax_id_type_known",
+        ),
     )
 
 
@@ -154,6 +171,9 @@ class Invoice(db.Model):  # type: ignore[name-defined]
     # drafts, and on invoices finalized before these were kept (they show current values).
     seller_party: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     buyer_party: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # What VIES said of the buyer's VAT id when a reverse-charged invoice was finalized
+    # (billing.adapters.vies): the seller's proof that reverse charge applied.
+    tax_evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     customer: Mapped[Customer] = relationship(back_populates="invoices")
     charge_attempts: Mapped[list[ChargeAttempt]] = relationship(
@@ -214,7 +234,12 @@ class InvoiceLine(db.Model):  # type: ignore[name-defined]
     description: Mapped[str] = mapped_column(String(500))
     quantity: Mapped[int] = mapped_column(BigInteger)
     unit_amount: Mapped[int] = mapped_column(BigInteger)
+    # The percentage it was taxed at, its own copy: the rate object may change or retire.
     tax_rate: Mapped[Decimal] = mapped_column(Numeric(7, 4), default=Decimal(0))
+    # The rate object the rules (or the caller) chose, if any, and why this percentage
+    # (billing.taxes.rules.TaxReason). NULL on lines made before tax rules existed.
+    tax_rate_id: Mapped[str | None] = mapped_column(ForeignKey("tax_rates.id"))
+    tax_reason: Mapped[str | None] = mapped_column(String(24))
     amount: Mapped[int] = mapped_column(BigInteger)
     # Its share of the invoice's discounts: its tax is on amount - discount_amount.
     discount_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -226,11 +251,42 @@ class InvoiceLine(db.Model):  # type: ignore[name-defined]
     __table_args__ = (
         CheckConstraint("quantity > 0", name="quantity_positive"),
         CheckConstraint("tax_rate >= 0 AND tax_rate <= 100", name="tax_rate_percent"),
+        CheckConstraint(
+            f"tax_reason IS NULL OR {_in('tax_reason', TAX_REASONS)}", name="tax_reason_known"
+        ),
         CheckConstraint("amount = quantity * unit_amount", name="amount_is_product"),
         CheckConstraint(
             "discount_amount >= 0 AND discount_amount <= greatest(amount, 0)",
             name="discount_bounded",
         ),
+    )
+
+
+class TaxRate(db.Model):  # type: ignore[name-defined]
+    """A tax the seller charges: a percentage of a country (and region) for one category
+    of products. Archived (active false), it is chosen no more, and stays on the lines that
+    used it."""
+
+    __tablename__ = "tax_rates"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=partial(new_id, "txr"))
+    display_name: Mapped[str] = mapped_column(String(50))
+    percentage: Mapped[Decimal] = mapped_column(Numeric(7, 4))
+    inclusive: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    country: Mapped[str] = mapped_column(String(2))
+    region: Mapped[str | None] = mapped_column(String(100))
+    tax_category: Mapped[str] = mapped_column(
+        String(16), default=TaxCategory.STANDARD.value, server_default=TaxCategory.STANDARD.value
+    )
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("percentage >= 0 AND percentage <= 100", name="percentage_percent"),
+        CheckConstraint("country ~ '^[A-Z]{2}$'", name="country_alpha2"),
+        CheckConstraint(_in("tax_category", TAX_CATEGORIES), name="tax_category_known"),
+        # The rules look rates up by country among the active ones.
+        Index("ix_tax_rates_active_country", "country", postgresql_where=text("active")),
     )
 
 
@@ -540,10 +596,15 @@ class Price(db.Model):  # type: ignore[name-defined]
     unit_amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     interval: Mapped[str] = mapped_column(String(8))
+    # Which of a country's rates its lines take (billing.taxes.rules.TaxCategory).
+    tax_category: Mapped[str] = mapped_column(
+        String(16), default=TaxCategory.STANDARD.value, server_default=TaxCategory.STANDARD.value
+    )
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
     __table_args__ = (
         CheckConstraint("unit_amount >= 0", name="unit_amount_not_negative"),
+        CheckConstraint(_in("tax_category", TAX_CATEGORIES), name="tax_category_known"),
         CheckConstraint(_in("interval", PRICE_INTERVALS), name="interval_known"),
         CheckConstraint("currency = lower(currency)", name="currency_lowercase"),
     )
@@ -657,6 +718,9 @@ class SubscriptionAdjustment(db.Model):  # type: ignore[name-defined]
     description: Mapped[str] = mapped_column(String(500))
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
+    # A credit carried from an invoice it would have taken below zero: its amount holds
+    # that invoice's tax already, so its line takes no more.
+    tax_included: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     invoice_id: Mapped[str | None] = mapped_column(ForeignKey("invoices.id"))
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 

@@ -30,7 +30,7 @@ TEST_REDIS_DBS = range(10, 16)
 # BILLING_TEST_SERVERS=embedded ignores the machine's own servers: how a fresh machine runs.
 USE_LOCAL_SERVERS = os.environ.get("BILLING_TEST_SERVERS") != "embedded"
 TABLES = (
-    "webhook_attempts, webhook_deliveries, webhook_secrets, webhook_endpoints, events, "
+    "tax_rates, webhook_attempts, webhook_deliveries, webhook_secrets, webhook_endpoints, events, "
     "dunning_steps, email_deliveries, invoice_documents, stored_blobs, stripe_events, refunds, "
     "charge_attempts, invoice_lines, invoices, api_keys, customers, "
     "ledger_entries, outbox_jobs, invoice_number_sequences, "

@@ -15,6 +15,7 @@ from billing.platform import context, jobs, ledger, locks, outbox
 from billing.refunds import refunds
 from billing.stripe_events import stripe_events
 from billing.subscriptions import subscriptions
+from billing.taxes import evidence
 from workers.runner import run_outbox_job
 
 
@@ -36,6 +37,11 @@ def refund_invoice(self: Task, job_id: str) -> None:
 @shared_task(name=jobs.PROCESS_STRIPE_EVENT, bind=True)
 def process_stripe_event(self: Task, job_id: str) -> None:
     run_outbox_job(self, job_id, stripe_events.process_event)
+
+
+@shared_task(name=jobs.CHECK_VAT_EVIDENCE, bind=True)
+def check_vat_evidence(self: Task, job_id: str) -> None:
+    run_outbox_job(self, job_id, evidence.check_vat_evidence)
 
 
 # Scheduled jobs: each under its advisory lock, so that a doubled beat (or a run that

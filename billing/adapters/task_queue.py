@@ -77,6 +77,8 @@ def task_time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         jobs.CHARGE_INVOICE: stripe_job,
         jobs.REFUND_INVOICE: stripe_job,
         jobs.PROCESS_STRIPE_EVENT: stripe_job,
+        # One VIES call, bounded by VIES_TIMEOUT_SECONDS, and two short transactions.
+        jobs.CHECK_VAT_EVIDENCE: settings.vies_timeout_seconds + 20,
         # Rendering even a long invoice takes a small share of this; the rest is one
         # storage put, bounded by botocore's own timeouts. Rendering again is harmless.
         jobs.RENDER_INVOICE_PDF: 120,

@@ -31,6 +31,8 @@ def create_customer(body: schemas.CustomerCreate) -> ViewResult:
             currency=body.currency,
             address=body.address.model_dump(exclude_none=True) if body.address else None,
             tax_id=body.tax_id,
+            tax_id_type=body.tax_id_type,
+            tax_status=body.tax_status,
             metadata=body.metadata,
             locale=body.locale,
             billing_emails=body.billing_emails,

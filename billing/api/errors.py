@@ -55,6 +55,7 @@ _PYDANTIC_CODES = {
     # Our own validators' refusals, each with its own code.
     "invalid_characters": "invalid_characters",
     "too_many_lines": "too_many_lines",
+    "country_unknown": "country_unknown",
 }
 
 

@@ -34,6 +34,8 @@ def _line(line: schemas.LineCreate) -> service.LineFields:
         quantity=line.quantity,
         unit_amount=line.unit_amount,
         tax_rate=line.tax_rate,
+        tax_rate_id=line.tax_rate_id,
+        tax_category=line.tax_category,
     )
 
 

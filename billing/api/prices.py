@@ -28,6 +28,7 @@ def create_price(body: schemas.PriceCreate) -> ViewResult:
         unit_amount=body.unit_amount,
         currency=body.currency,
         interval=body.interval,
+        tax_category=body.tax_category,
     )
     return price_out(price), 200
 

@@ -30,6 +30,8 @@ from billing.platform.logging import get_logger
 from billing.platform.outbox import JobWork, record_job
 from billing.platform.pagination import Page, paginate
 from billing.platform.unit_of_work import transaction
+from billing.taxes import tax_rates
+from billing.taxes.rules import TaxIdType, TaxStatus
 
 log = get_logger(__name__)
 
@@ -46,6 +48,8 @@ class CustomerFields:
     currency: str
     address: dict[str, Any] | None = None
     tax_id: str | None = None
+    tax_id_type: TaxIdType | None = None
+    tax_status: TaxStatus = TaxStatus.BUSINESS
     metadata: dict[str, str] | None = None
     locale: str = "en_US"
     billing_emails: list[str] | None = None
@@ -87,7 +91,9 @@ def create_customer(fields: CustomerFields) -> tuple[Customer, str]:
             email=fields.email,
             currency=normalize_currency(fields.currency),
             address=fields.address,
-            tax_id=fields.tax_id,
+            tax_id=tax_rates.compact_tax_id(fields.tax_id_type, fields.tax_id),
+            tax_id_type=fields.tax_id_type.value if fields.tax_id_type else None,
+            tax_status=fields.tax_status.value,
             metadata_=fields.metadata or {},
             locale=fields.locale,
             billing_emails=list(fields.billing_emails or []),
@@ -122,9 +128,19 @@ def update_customer(
                     "the currency of a customer with invoices cannot change", param="currency"
                 )
             customer.currency = normalize_currency(changes["currency"])
-        for field in ("name", "email", "address", "tax_id", "locale", "billing_emails"):
+        for field in ("name", "email", "address", "locale", "billing_emails"):
             if field in changes:
                 setattr(customer, field, changes[field])
+        if "tax_status" in changes:
+            customer.tax_status = TaxStatus(changes["tax_status"]).value
+        if "tax_id" in changes or "tax_id_type" in changes:
+            # The id and its type are checked together, whichever of the two changed; a
+            # bad one raises inside the transaction, so nothing else changes either.
+            tax_id = changes.get("tax_id", customer.tax_id)
+            kind = changes.get("tax_id_type", customer.tax_id_type)
+            kind = TaxIdType(kind) if kind is not None else None
+            customer.tax_id = tax_rates.compact_tax_id(kind, tax_id)
+            customer.tax_id_type = kind.value if kind is not None and tax_id is not None else None
         if "metadata" in changes:
             try:
                 customer.metadata_ = metadata.merge(customer.metadata_, changes["metadata"] or {})

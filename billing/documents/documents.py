@@ -96,8 +96,7 @@ def seller() -> Seller:
         street=s.seller_street,
         city=s.seller_city,
         postal_code=s.seller_postal_code,
-        # SELLER_COUNTRY belongs to the tax rules' settings; read softly until they land.
-        country=getattr(s, "seller_country", None),
+        country=s.seller_country,
         phone=s.seller_phone,
         iban=s.seller_iban,
         bic=s.seller_bic,

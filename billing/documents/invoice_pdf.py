@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from billing.models import Invoice, InvoiceDiscount
 
 # Bump when invoice.html, invoice.css, fonts.css or the fonts change: stored PDFs record it.
-# invoice-4: PDF/A-3b, with the CII e-invoice embedded (Factur-X) when it is complete.
-TEMPLATE_VERSION = "invoice-4"
+# invoice-5: PDF/A-3b, with the CII e-invoice embedded (Factur-X) when it is complete.
+TEMPLATE_VERSION = "invoice-5"
 RENDERER_VERSION = f"weasyprint {weasyprint.__version__}"
 STYLESHEETS = ("fonts.css", "invoice.css")
 # Archivable, and the PDF/A flavour Factur-X requires for the embedded XML.

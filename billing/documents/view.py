@@ -29,6 +29,7 @@ from babel.numbers import format_currency, format_decimal, format_percent
 from billing.domain import parties
 from billing.domain.credit_note_words import reason_in_words, settlement_in_words
 from billing.domain.money import Money
+from billing.taxes.rules import legal_notices
 
 if TYPE_CHECKING:
     from billing.documents.invoice_pdf import Seller
@@ -157,6 +158,8 @@ class InvoiceView:
     payment: PaymentView
     created: str | None  # W3C date-time for the PDF metadata: the invoice's, never now()
     figures: DocumentFigures
+    # What the law asks printed for its lines' tax treatment (reverse charge, export...).
+    tax_notices: tuple[str, ...] = ()
     issued_on: date | None = None
     due_on: date | None = None
     collection_method: str = "send_invoice"
@@ -492,6 +495,7 @@ def invoice_view(
         due_on=invoice.due_date,
         collection_method=str(invoice.collection_method or "send_invoice"),
         buyer_reference=_text(invoice.buyer_reference),
+        tax_notices=legal_notices(line.tax_reason for line in figures.lines),
     )
 
 

@@ -58,8 +58,7 @@ def configured_seller(settings: Settings) -> dict[str, Any]:
             settings.seller_street,
             settings.seller_city,
             settings.seller_postal_code,
-            # SELLER_COUNTRY belongs to the tax rules' settings; read softly until they land.
-            getattr(settings, "seller_country", None),
+            settings.seller_country,
         ),
     )
 

@@ -2,10 +2,10 @@
 
 `invoice_einvoice` / `credit_note_einvoice` answer the XML of one document in one syntax,
 scoped to a customer as the PDFs are; `check_before_finalizing` refuses a draft whose
-e-invoice could not be valid when one is required: when EINVOICE_REQUIRED is set, or when
-a seller established in the EU invoices a business in the EU (a VAT id and an address in a
-member state), where e-invoicing between businesses is the rule or becoming it. A seller
-with no country configured is not judged (it cannot issue a valid one at all).
+e-invoice could not be valid when one is required (EINVOICE_REQUIRED): `always`, or with
+`eu_business` when a seller established in the EU invoices a business in the EU (a VAT id
+and an address in a member state), where e-invoicing between businesses is the rule or
+becoming it; `never` (the default) checks nothing.
 """
 
 from __future__ import annotations
@@ -119,8 +119,11 @@ def check_before_finalizing(session: Session, invoice: Invoice) -> None:
     seller = documents.seller()
     # Decided from the current parties (what finalizing will keep) before any view is
     # built: most invoices need no e-invoice, and finalizing is the hottest request.
+    required = context.settings().einvoice_required
+    if required == "never":
+        return
     buyer = current_buyer(invoice.customer)
-    if not context.settings().einvoice_required and not model.intra_eu_b2b(
+    if required == "eu_business" and not model.intra_eu_b2b(
         seller.country, buyer.get("tax_id"), postal_address(buyer.get("address")).country
     ):
         return

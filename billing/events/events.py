@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CTE, String, bindparam, delete, func, insert, literal, select
+from sqlalchemy import CTE, String, bindparam, delete, event, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from billing.events.rules import EventType
 from billing.extensions import db
@@ -143,20 +143,46 @@ def record_many(
     )
 
 
+_OFFERED = "events_offered_snapshots"
+
+
+def offer_snapshot(
+    session: Session, object_type: str, object_id: str, snapshot: dict[str, Any]
+) -> None:
+    """A snapshot of an object as this transaction leaves it, shaped anyway by the caller
+    (a response body, built once the change is complete): the object's events of this
+    transaction take it instead of reading the object again. Forgotten when the
+    transaction ends, committed or not."""
+    session.info.setdefault(_OFFERED, {})[(object_type, object_id)] = snapshot
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_offers(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_OFFERED, None)
+
+
 def _write(session: Session, recorded: list[_Recorded]) -> None:
     session.flush()
-    snapshots: dict[str, Mapping[str, dict[str, Any]]] = {}
+    offered: dict[tuple[str, str], dict[str, Any]] = session.info.pop(_OFFERED, {})
+    snapshots: dict[str, dict[str, dict[str, Any]]] = {}
     for object_type in {r.type.object_type for r in recorded}:
+        types: dict[str, set[EventType]] = {}
+        shown = snapshots[object_type] = {}
+        for r in recorded:
+            if r.type.object_type != object_type:
+                continue
+            snapshot = offered.get((object_type, r.object_id))
+            if snapshot is not None:
+                shown[r.object_id] = snapshot
+            else:
+                types.setdefault(r.object_id, set()).add(r.type)
+        if not types:
+            continue
         loader = _LOADERS.get(object_type)
         if loader is None:
             raise SnapshotMissing(f"no snapshot loader for {object_type} is registered")
-        types: dict[str, set[EventType]] = {}
-        for r in recorded:
-            if r.type.object_type == object_type:
-                types.setdefault(r.object_id, set()).add(r.type)
-        snapshots[object_type] = loader(
-            session, {i: frozenset(t) for i, t in sorted(types.items())}
-        )
+        shown.update(loader(session, {i: frozenset(t) for i, t in sorted(types.items())}))
     rows = []
     for r in recorded:
         data = snapshots[r.type.object_type].get(r.object_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from itertools import chain
@@ -66,16 +66,51 @@ from billing.platform.logging import get_logger
 from billing.platform.pagination import Page
 from billing.platform.prebuilt import Prebuilt
 from billing.platform.unit_of_work import transaction
+from billing.taxes import evidence, tax_rates
+from billing.taxes.rules import TaxCategory, TaxDecision, TaxReason
+from billing.taxes.tax_rates import TaxBook
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class LineFields:
+    """A line to add. Its tax is the caller's own (`tax_rate` or a chosen `tax_rate_id`:
+    `manual`), already decided (`tax_reason` set), or else the tax rules' for its
+    customer and `tax_category`."""
+
     description: str
     quantity: int
     unit_amount: int
-    tax_rate: Decimal = Decimal(0)
+    tax_rate: Decimal | None = None
+    tax_rate_id: str | None = None
+    tax_reason: TaxReason | None = None
+    tax_category: TaxCategory = TaxCategory.STANDARD
+
+    @property
+    def percentage(self) -> Decimal:
+        return self.tax_rate if self.tax_rate is not None else Decimal(0)
+
+    def taxed(self, decision: TaxDecision) -> LineFields:
+        return replace(
+            self,
+            tax_rate=decision.percentage,
+            tax_rate_id=decision.rate_id,
+            tax_reason=decision.reason,
+        )
+
+
+def taxed_line(
+    session: Session, book: TaxBook, customer: Customer, fields: LineFields
+) -> LineFields:
+    """The line with its tax decided: the rate it takes, the rate object, and why."""
+    if fields.tax_reason is not None:
+        return fields
+    if fields.tax_rate_id is not None:
+        return fields.taxed(tax_rates.chosen_rate(session, fields.tax_rate_id, param="tax_rate_id"))
+    if fields.tax_rate is not None:
+        return fields.taxed(TaxDecision(fields.tax_rate, TaxReason.MANUAL))
+    return fields.taxed(book.decide(customer, fields.tax_category))
 
 
 @dataclass(frozen=True)
@@ -112,6 +147,8 @@ class ShownLine(NamedTuple):
     amount: int
     discount_amount: int
     tax: int
+    tax_rate_id: str | None
+    tax_reason: str | None
 
 
 class ShownAttempt(NamedTuple):
@@ -403,7 +440,10 @@ _NEWEST_DOCUMENTS_OF = Prebuilt(
 
 
 def invoice_histories(
-    invoices: Sequence[ShownInvoice], *, just_finalized: bool = False
+    invoices: Sequence[ShownInvoice],
+    *,
+    just_finalized: bool = False,
+    just_paid: frozenset[str] = frozenset(),
 ) -> dict[str, InvoiceHistory]:
     """The history of each invoice, by id, read for all of them at once: at most one
     statement for refunds, one for emails, one for documents and two for dunning, whatever
@@ -412,8 +452,9 @@ def invoice_histories(
     A refund is only ever recorded against money paid, and amount_paid never goes down: an
     invoice with nothing paid has none. A draft has neither emails nor documents, and nor
     has an invoice numbered by this very request (`just_finalized`): both are made by jobs
-    recorded in its transaction."""
-    paid = [invoice.id for invoice in invoices if invoice.amount_paid]
+    recorded in its transaction. An invoice paid in this very transaction (`just_paid`)
+    had nothing paid before it, so nothing refunded either."""
+    paid = [i.id for i in invoices if i.amount_paid and i.id not in just_paid]
     issued = [] if just_finalized else [invoice.id for invoice in invoices if invoice.number]
     refunds: dict[str, list[Any]] = defaultdict(list)
     emails: dict[str, list[Any]] = defaultdict(list)
@@ -446,13 +487,17 @@ class TooManyLines(ServiceError):
 
 
 def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
+    """The line, taxed already (`taxed_line`); its tax is settled with the totals."""
     if len(invoice.lines) >= rules.MAX_LINES_PER_INVOICE:
         raise TooManyLines(
             f"an invoice holds at most {rules.MAX_LINES_PER_INVOICE} lines", param="lines"
         )
     try:
         amounts = rules.line_amounts(
-            fields.quantity, fields.unit_amount, fields.tax_rate, step=charge_step(invoice.currency)
+            fields.quantity,
+            fields.unit_amount,
+            fields.percentage,
+            step=charge_step(invoice.currency),
         )
     except rules.AmountTooLarge as exc:
         raise InvalidRequest(str(exc), param="unit_amount") from exc
@@ -462,12 +507,24 @@ def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
         description=fields.description,
         quantity=fields.quantity,
         unit_amount=fields.unit_amount,
-        tax_rate=fields.tax_rate,
+        tax_rate=fields.percentage,
+        tax_rate_id=fields.tax_rate_id,
+        tax_reason=fields.tax_reason.value if fields.tax_reason is not None else None,
         amount=amounts.amount,
         tax=amounts.tax,
     )
     invoice.lines.append(line)
     return line
+
+
+def _taxed_at(
+    session: Session, book: TaxBook, customer: Customer, fields: LineFields, param: str
+) -> LineFields:
+    try:
+        return taxed_line(session, book, customer, fields)
+    except ServiceError as exc:
+        exc.param = f"{param}.{exc.param}" if exc.param else param
+        raise
 
 
 def discount_lines(invoice_id: str) -> list[dict[str, Any]]:
@@ -544,8 +601,9 @@ def create_invoice(fields: InvoiceFields) -> Invoice:
             metadata_=fields.metadata,
             status=InvoiceStatus.DRAFT.value,
         )
-        for line in fields.lines:
-            _add_line(invoice, line)
+        book = TaxBook(session)
+        for index, line in enumerate(fields.lines):
+            _add_line(invoice, _taxed_at(session, book, customer, line, f"lines.{index}"))
         _recompute_totals(invoice)
         session.add(invoice)
         session.flush()
@@ -584,7 +642,8 @@ def add_line(invoice_id: str, fields: LineFields) -> InvoiceLine:
         invoice = _locked_invoice(session, invoice_id, None)
         if not rules.lines_are_editable(InvoiceStatus(invoice.status)):
             raise InvoiceNotEditable(f"lines of a {invoice.status} invoice cannot change")
-        line = _add_line(invoice, fields)
+        customer = session.get_one(Customer, invoice.customer_id)
+        line = _add_line(invoice, taxed_line(session, TaxBook(session), customer, fields))
         _recompute_draft(session, invoice)
     log.info("invoice.line_added", invoice_id=invoice_id, line_id=line.id)
     return line
@@ -783,6 +842,7 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
     # its invoice (key share), and updating a row this transaction has locked costs more.
     charges.start_attempts(session, charged, source="automatic")
     documents.request_renders(session, ids)
+    evidence.request_checks(session, ids)
     customers = {draft.id: draft.customer_id for draft in drafts}
     events.record_many(session, EventType.INVOICE_FINALIZED, list(customers.items()))
     events.record_many(

@@ -1,9 +1,12 @@
 """Invoice rules: line amounts, tax rounding, totals, the state machine, numbering.
 
-Tax rounding rule: each line's tax is ``amount * rate / 100`` rounded to a whole
-minor unit, halves away from zero; the invoice's tax is the sum of its lines'
-taxes, and the per-rate summary is the sum of the lines at that rate. Rounding
-per line (as Stripe does) keeps every printed line consistent with the total.
+Tax rounding rule (EN 16931, docs/design/taxes.md): the tax of each rate is the rate's
+taxable total (its lines' amounts less their discounts) times the rate, rounded *once* to
+the charge step, halves away from zero; the invoice's tax is the sum of its rates' taxes.
+Line amounts stay exact. Each line's ``tax`` is its share of its rate's tax: the floor of
+its exact tax (``net * rate / 100``, in charge steps), plus one step to the lines with the
+largest remainders (ties to the earlier line) until the rate's tax is reached; so a rate's
+lines add up exactly to its tax, whatever their signs.
 
 Where Stripe charges a currency less finely than its minor unit (tens of fils for the
 three-decimal currencies: ``money.charge_step``), taxes round to that step instead and
@@ -22,11 +25,12 @@ negative amount (proration credits) get no discount and keep their own tax.
 
 A discount's amount is shared among the positive lines in proportion to what each has
 left, by largest remainders in units of the charge step (ties to the earlier line), so
-that each line's share is a multiple of the step and the shares add up exactly. Each
-line's tax is then ``(amount - discount_amount) * rate / 100`` rounded to the step, halves
-away from zero. So, always: total = subtotal - discount + tax; the lines' discount_amounts
-add up to the invoice's discount, and so do the discounts' amounts; the tax is the sum of
-the lines' taxes; and no line's discount exceeds its amount.
+that each line's share is a multiple of the step and the shares add up exactly. Tax is
+then computed on the discounted amounts, per rate, by the tax rounding rule above. So,
+always: total = subtotal - discount + tax; the lines' discount_amounts add up to the
+invoice's discount, and so do the discounts' amounts; the tax is the sum of the lines'
+taxes, and each rate's tax is its rounded taxable total times the rate; and no line's
+discount exceeds its amount.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 
 from billing.domain.money import AmountNotChargeable, round_to_step
 from billing.domain.states import IllegalTransition, StateMachine
@@ -163,14 +167,9 @@ def invoice_totals(
     amounts = [line_amounts(q, u, rate, step=step).amount for q, u, rate in given]
     subtotal = sum(amounts)
     line_discounts, discount_amounts = allocate_discounts(amounts, discounts, step=step)
-    tax = 0
-    by_rate: dict[Decimal, int] = {}
-    line_taxes = []
-    for (_, _, rate), amount, discount in zip(given, amounts, line_discounts, strict=True):
-        line_tax = round_to_step(Decimal(amount - discount) * rate / 100, step)
-        line_taxes.append(line_tax)
-        tax += line_tax
-        by_rate[rate] = by_rate.get(rate, 0) + line_tax
+    nets = [amount - discount for amount, discount in zip(amounts, line_discounts, strict=True)]
+    line_taxes, by_rate = tax_per_rate([rate for _, _, rate in given], nets, step=step)
+    tax = sum(by_rate.values())
     discount = sum(discount_amounts)
     total = subtotal - discount + tax
     if abs(subtotal) > MAX_AMOUNT or abs(total) > MAX_AMOUNT:
@@ -185,6 +184,32 @@ def invoice_totals(
         line_taxes=tuple(line_taxes),
         discount_amounts=tuple(discount_amounts),
     )
+
+
+def tax_per_rate(
+    rates: Sequence[Decimal], nets: Sequence[int], *, step: int = 1
+) -> tuple[list[int], dict[Decimal, int]]:
+    """Each line's tax, and each rate's, for lines taxed at `rates` on `nets` (multiples of
+    `step`), by the tax rounding rule in this module's docstring."""
+    exact = [Decimal(net) * rate / 100 / step for net, rate in zip(nets, rates, strict=True)]
+    by_rate: dict[Decimal, int] = {}
+    members: dict[Decimal, list[int]] = {}
+    for index, rate in enumerate(rates):
+        members.setdefault(rate, []).append(index)
+    line_taxes = [0] * len(rates)
+    for rate, indexes in members.items():
+        rate_tax = round_to_step(Decimal(sum(nets[i] for i in indexes)) * rate / 100, step)
+        by_rate[rate] = rate_tax
+        floors = {i: int(exact[i].to_integral_value(rounding=ROUND_FLOOR)) for i in indexes}
+        # Never negative and at most one per line: the rounded sum lies between the sum
+        # of the floors and the sum of the ceilings.
+        leftover = rate_tax // step - sum(floors.values())
+        by_remainder = sorted(indexes, key=lambda i: (floors[i] - exact[i], i))
+        for i in indexes:
+            line_taxes[i] = floors[i] * step
+        for i in by_remainder[:leftover]:
+            line_taxes[i] += step
+    return line_taxes, by_rate
 
 
 def allocate_discounts(

@@ -13,11 +13,19 @@ from billing.platform.logging import get_logger
 from billing.platform.pagination import Page, paginate
 from billing.platform.unit_of_work import transaction
 from billing.subscriptions.rules import Interval
+from billing.taxes.rules import TaxCategory
 
 log = get_logger(__name__)
 
 
-def create_price(*, product: str, unit_amount: int, currency: str, interval: Interval) -> Price:
+def create_price(
+    *,
+    product: str,
+    unit_amount: int,
+    currency: str,
+    interval: Interval,
+    tax_category: TaxCategory = TaxCategory.STANDARD,
+) -> Price:
     if not 0 <= unit_amount <= MAX_AMOUNT:
         raise InvalidRequest(f"unit_amount lies between 0 and {MAX_AMOUNT}", param="unit_amount")
     step = charge_step(currency)
@@ -33,6 +41,7 @@ def create_price(*, product: str, unit_amount: int, currency: str, interval: Int
             unit_amount=unit_amount,
             currency=normalize_currency(currency),
             interval=interval.value,
+            tax_category=tax_category.value,
         )
         session.add(price)
     log.info("price.created", price_id=price.id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -46,6 +47,8 @@ from billing.platform.unit_of_work import transaction
 from billing.subscriptions import rules
 from billing.subscriptions.prices import get_price
 from billing.subscriptions.rules import Interval, SubscriptionStatus
+from billing.taxes.rules import TaxCategory, TaxDecision, TaxReason
+from billing.taxes.tax_rates import TaxBook
 
 log = get_logger(__name__)
 
@@ -286,23 +289,34 @@ def _start_trial(
     return subscription
 
 
+# A credit carried between invoices moves what is owed, tax and all; it is not a supply of
+# its own, so it takes no tax (and says so: a rate set here, not by the rules).
+UNTAXED_CARRY = TaxDecision(Decimal(0), TaxReason.MANUAL)
+
+
 def _period_lines(
     subscription: Subscription,
     period: rules.Period,
+    book: TaxBook,
     adjustments: list[SubscriptionAdjustment] | None = None,
 ) -> list[invoices.LineFields]:
-    """The period's line, then each pending adjustment (proration) as a line of its own."""
+    """The period's line, then each pending adjustment (proration) as a line of its own,
+    all taxed by the tax rules for the customer and the price's tax category (a proration
+    credit takes back tax at the rate its charge would take)."""
     price = subscription.price
     span = rules.describe_period(period.start, period.end)
     pending = subscription.pending_adjustments if adjustments is None else adjustments
+    decision = book.decide(subscription.customer, TaxCategory(price.tax_category))
     return [
         invoices.LineFields(
             description=f"{price.product} ({span})",
             quantity=subscription.quantity,
             unit_amount=price.unit_amount,
-        ),
+        ).taxed(decision),
         *(
-            invoices.LineFields(description=a.description, quantity=1, unit_amount=a.amount)
+            invoices.LineFields(description=a.description, quantity=1, unit_amount=a.amount).taxed(
+                UNTAXED_CARRY if a.tax_included else decision
+            )
             for a in pending
         ),
     ]
@@ -339,6 +353,7 @@ def _invoice_periods(
     period_rows: list[dict[str, Any]] = []
     carried_rows: list[dict[str, Any]] = []
     discount_rows: list[tuple[str, list[discounts.AppliedDiscount], tuple[int, ...]]] = []
+    book = TaxBook(session)
     # Which discounts each period's invoice gets, read (and locked) for all at once.
     applicable = discounts.applicable_discounts(
         session,
@@ -355,19 +370,20 @@ def _invoice_periods(
     )
     for (subscription, period), applied in zip(due, applicable, strict=True):
         currency = subscription.price.currency
-        lines = _period_lines(subscription, period)
+        lines = _period_lines(subscription, period, book)
         step = charge_step(currency)
         totals = invoice_rules.invoice_totals(
-            ((line.quantity, line.unit_amount, line.tax_rate) for line in lines), step=step
+            ((line.quantity, line.unit_amount, line.percentage) for line in lines), step=step
         )
         invoice_id = new_id("in")
         if totals.total < 0:
+            # Tax included: it moves what is owed, tax and all, and is not itself a supply.
             lines.append(
                 invoices.LineFields(
                     description="Credit carried forward to the next invoice",
                     quantity=1,
                     unit_amount=-totals.total,
-                )
+                ).taxed(UNTAXED_CARRY)
             )
             carried_rows.append(
                 {
@@ -376,12 +392,13 @@ def _invoice_periods(
                     "description": "Credit carried forward from the previous invoice",
                     "amount": totals.total,
                     "currency": currency,
+                    "tax_included": True,
                 }
             )
         if applied or totals.total < 0:
             # A carried credit brings the invoice to zero, and no discount takes it below.
             totals = invoice_rules.invoice_totals(
-                ((line.quantity, line.unit_amount, line.tax_rate) for line in lines),
+                ((line.quantity, line.unit_amount, line.percentage) for line in lines),
                 step=step,
                 discounts=[a.terms for a in applied],
             )
@@ -418,7 +435,9 @@ def _invoice_periods(
                     "description": line.description,
                     "quantity": line.quantity,
                     "unit_amount": line.unit_amount,
-                    "tax_rate": line.tax_rate,
+                    "tax_rate": line.percentage,
+                    "tax_rate_id": line.tax_rate_id,
+                    "tax_reason": line.tax_reason.value if line.tax_reason else None,
                     "amount": line.quantity * line.unit_amount,
                     "discount_amount": discount,
                     "tax": tax,
@@ -507,7 +526,19 @@ def _invoice_last_adjustments(session: Session, subscription: Subscription) -> s
             metadata={"subscription": subscription.id, "final": "true"},
             subscription_id=subscription.id,
             lines=[
-                invoices.LineFields(description=a.description, quantity=1, unit_amount=a.amount)
+                invoices.LineFields(
+                    description=a.description,
+                    quantity=1,
+                    unit_amount=a.amount,
+                    tax_category=TaxCategory(subscription.price.tax_category),
+                ).taxed(UNTAXED_CARRY)
+                if a.tax_included
+                else invoices.LineFields(
+                    description=a.description,
+                    quantity=1,
+                    unit_amount=a.amount,
+                    tax_category=TaxCategory(subscription.price.tax_category),
+                )
                 for a in adjustments
             ],
         )
@@ -799,6 +830,7 @@ def _bill_chunk(ids: list[str], now: datetime) -> _ChunkOutcome:
                 .with_for_update(of=Subscription)
                 .options(
                     joinedload(Subscription.price),
+                    joinedload(Subscription.customer),
                     joinedload(Subscription.pending_adjustments),
                 )
                 .execution_options(populate_existing=True)

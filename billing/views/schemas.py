@@ -37,6 +37,7 @@ from billing.invoicing.rules import (
     InvoiceStatus,
 )
 from billing.subscriptions.rules import MAX_TRIAL_DAYS, Interval, SubscriptionStatus
+from billing.taxes.rules import TaxCategory, TaxIdType, TaxReason, TaxStatus
 
 
 class Strict(BaseModel):
@@ -102,6 +103,23 @@ def _tax_rate(value: Any) -> Decimal:
     if rate != rate.quantize(TAX_RATE_QUANTUM):
         raise ValueError("has at most four decimal places")
     return rate.quantize(TAX_RATE_QUANTUM)
+
+
+def _country(value: str) -> str:
+    from babel import Locale
+
+    # CLDR's territories: the ISO 3166 alpha-2 codes (and a few regions of digits, or
+    # codes such as EU and ZZ that no tax authority is).
+    code = value.upper()
+    if (
+        code not in Locale("en").territories
+        or not code.isalpha()
+        or code in {"EU", "EZ", "UN", "ZZ", "QO"}
+    ):
+        raise PydanticCustomError(
+            "country_unknown", "'{code}' is not an ISO 3166 alpha-2 country code", {"code": value}
+        )
+    return code
 
 
 def _no_nul(value: str) -> str:
@@ -204,6 +222,10 @@ class CustomerCreate(Strict):
     currency: Currency
     address: Address | None = None
     tax_id: Annotated[Text, StringConstraints(max_length=64)] | None = None
+    tax_id_type: TaxIdType | None = Field(
+        default=None, description="Checked for format and check digits; stored compact."
+    )
+    tax_status: TaxStatus = TaxStatus.BUSINESS
     metadata: Metadata = Field(default_factory=dict)
     locale: Locale = "en_US"
     billing_emails: BillingEmails = Field(default_factory=list)
@@ -228,6 +250,8 @@ class CustomerUpdate(Strict):
     currency: Currency = None  # type: ignore[assignment]
     address: Address | None = None
     tax_id: Annotated[Text, StringConstraints(max_length=64)] | None = None
+    tax_id_type: TaxIdType | None = None
+    tax_status: TaxStatus = None  # type: ignore[assignment]
     metadata: Metadata = None  # type: ignore[assignment]
     locale: Locale = None  # type: ignore[assignment]
     billing_emails: BillingEmails = None  # type: ignore[assignment]
@@ -238,10 +262,22 @@ class PaymentMethodAttach(Strict):
 
 
 class LineCreate(Strict):
+    """Its tax: a percentage of the caller's own (`tax_rate`) or a tax rate object
+    (`tax_rate_id`), both `manual`; or, with neither, the tax rules' for the customer and
+    `tax_category`."""
+
     description: Annotated[Text, StringConstraints(min_length=1, max_length=500)]
     quantity: Quantity = 1
     unit_amount: Amount
-    tax_rate: TaxRate = Decimal(0)
+    tax_rate: TaxRate | None = None
+    tax_rate_id: ObjectId | None = None
+    tax_category: TaxCategory = TaxCategory.STANDARD
+
+    @model_validator(mode="after")
+    def _one_tax(self) -> LineCreate:
+        if self.tax_rate is not None and self.tax_rate_id is not None:
+            raise ValueError("give tax_rate or tax_rate_id, not both")
+        return self
 
 
 def _line_count(value: Any) -> Any:
@@ -376,6 +412,8 @@ class CustomerOut(BaseModel):
     currency: str
     address: Address | None
     tax_id: str | None
+    tax_id_type: TaxIdType | None
+    tax_status: TaxStatus
     metadata: dict[str, str]
     locale: str
     billing_emails: list[str]
@@ -406,7 +444,15 @@ class LineOut(BaseModel):
     tax_rate: TaxRate
     amount: int
     discount_amount: int = Field(description="Its share of the invoice's discounts.")
-    tax: int = Field(description="On amount - discount_amount.")
+    tax: int = Field(
+        description="Its share of its rate's tax, which is rounded once on the rate's "
+        "taxable total (amount - discount_amount of its lines)."
+    )
+    tax_rate_id: str | None = Field(description="The tax rate object it used, if any.")
+    tax_reason: TaxReason | None = Field(
+        description="Why this rate: standard, reverse_charge, zero_rated_export, exempt or "
+        "manual; null on lines made before tax rules."
+    )
 
 
 class LineList(BaseModel):
@@ -620,6 +666,7 @@ class PriceCreate(Strict):
     unit_amount: Annotated[Amount, Field(description="Per unit and interval, minor units.")]
     currency: Currency
     interval: Interval
+    tax_category: TaxCategory = TaxCategory.STANDARD
 
 
 class PriceListQuery(ListQuery):
@@ -633,12 +680,64 @@ class PriceOut(BaseModel):
     unit_amount: int
     currency: str
     interval: Interval
+    tax_category: TaxCategory
     created: int
 
 
 class PriceList(BaseModel):
     object: Literal["list"] = "list"
     data: list[PriceOut]
+    has_more: bool
+
+
+# Tax rates ----------------------------------------------------------------------------
+
+
+Country = Annotated[
+    str,
+    StringConstraints(min_length=2, max_length=2),
+    AfterValidator(lambda value: _country(value)),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Z]{2}$", "example": "DE"}),
+]
+
+
+class TaxRateCreate(Strict):
+    display_name: Annotated[Text, StringConstraints(min_length=1, max_length=50)] = Field(
+        description="What the invoice calls it: VAT, GST, Sales tax."
+    )
+    percentage: TaxRate
+    inclusive: bool = Field(
+        default=False, description="Tax-inclusive rates are refused for now (422)."
+    )
+    country: Country
+    region: Annotated[Text, StringConstraints(min_length=1, max_length=100)] | None = None
+    tax_category: TaxCategory = TaxCategory.STANDARD
+
+
+class TaxRateArchive(Strict):
+    active: Literal[False] = Field(description="Only archiving: false.")
+
+
+class TaxRateListQuery(ListQuery):
+    active: bool | None = None
+
+
+class TaxRateOut(BaseModel):
+    id: str
+    object: Literal["tax_rate"] = "tax_rate"
+    display_name: str
+    percentage: TaxRate
+    inclusive: bool
+    country: str
+    region: str | None
+    tax_category: TaxCategory
+    active: bool
+    created: int
+
+
+class TaxRateList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TaxRateOut]
     has_more: bool
 
 

@@ -12,6 +12,8 @@ from billing.credit_notes.credit_notes import Preview
 from billing.credit_notes.rules import CreditLine, Settlement
 from billing.domain.jobs import JobState
 from billing.dunning.rules import DunningStep
+from billing.events import events
+from billing.extensions import db
 from billing.invoicing.invoices import (
     InvoiceHistory,
     ShownAttempt,
@@ -34,6 +36,7 @@ from billing.models import (
     PromotionCode,
     Refund,
     Subscription,
+    TaxRate,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
@@ -54,6 +57,8 @@ def customer_out(customer: Customer, *, sync_job: str | None = None) -> schemas.
         currency=customer.currency,
         address=schemas.Address.model_validate(customer.address) if customer.address else None,
         tax_id=customer.tax_id,
+        tax_id_type=customer.tax_id_type,  # type: ignore[arg-type]
+        tax_status=customer.tax_status,  # type: ignore[arg-type]
         metadata=customer.metadata_,
         locale=customer.locale,
         billing_emails=list(customer.billing_emails or []),
@@ -148,6 +153,8 @@ def _line_body(line: ShownLine, rate: str) -> dict[str, Any]:
         "amount": line.amount,
         "discount_amount": line.discount_amount,
         "tax": line.tax,
+        "tax_rate_id": line.tax_rate_id,
+        "tax_reason": line.tax_reason,
     }
 
 
@@ -219,7 +226,11 @@ def invoice_out(invoice: Invoice, *, just_finalized: bool = False) -> schemas.In
     two queries the hottest request can skip."""
     shown = ShownInvoice.of(invoice)
     history = invoice_histories([shown], just_finalized=just_finalized)[invoice.id]
-    return schemas.InvoiceOut.model_validate(invoice_body(shown, history))
+    body = invoice_body(shown, history)
+    # A response is shaped last, from the change's own transaction: the invoice's event
+    # of this change shows the same body rather than reading the invoice once more.
+    events.offer_snapshot(db.session(), "invoice", invoice.id, body)
+    return schemas.InvoiceOut.model_validate(body)
 
 
 def invoice_response(invoice: ShownInvoice) -> Response:
@@ -276,7 +287,22 @@ def price_out(price: Price) -> schemas.PriceOut:
         unit_amount=price.unit_amount,
         currency=price.currency,
         interval=price.interval,  # type: ignore[arg-type]
+        tax_category=price.tax_category,  # type: ignore[arg-type]
         created=_ts(price.created_at) or 0,
+    )
+
+
+def tax_rate_out(rate: TaxRate) -> schemas.TaxRateOut:
+    return schemas.TaxRateOut(
+        id=rate.id,
+        display_name=rate.display_name,
+        percentage=rate.percentage,
+        inclusive=rate.inclusive,
+        country=rate.country,
+        region=rate.region,
+        tax_category=rate.tax_category,  # type: ignore[arg-type]
+        active=rate.active,
+        created=_ts(rate.created_at) or 0,
     )
 
 

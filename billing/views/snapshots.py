@@ -52,9 +52,11 @@ def _invoices(session: Session, ids: Recorded) -> Mapping[str, dict[str, Any]]:
     # history has none to read (as invoice_out(just_finalized=True) knows).
     fresh = [v for i, v in shown.items() if EventType.INVOICE_FINALIZED in ids[i]]
     older = [v for i, v in shown.items() if EventType.INVOICE_FINALIZED not in ids[i]]
+    # Paid in this very transaction: nothing was paid before, so nothing refunded.
+    just_paid = frozenset(i for i, types in ids.items() if EventType.INVOICE_PAID in types)
     histories = {
-        **invoice_histories(fresh, just_finalized=True),
-        **invoice_histories(older),
+        **invoice_histories(fresh, just_finalized=True, just_paid=just_paid),
+        **invoice_histories(older, just_paid=just_paid),
     }
     return {i: invoice_body(invoice, histories[i]) for i, invoice in shown.items()}
 

@@ -1,7 +1,7 @@
 """Invoices' buyer reference
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-03 17:45:00.000000
 
 The e-invoice's BT-10 (the buyer's purchase order number, or a German public buyer's
@@ -9,16 +9,13 @@ Leitweg-ID), given when the invoice is created.
 
 Safe while the previous release serves: one nullable column without a default, added
 without rewriting the table; the previous release never reads or writes it.
-
-Chained after 0014 on this branch; the tax rules' 0015 comes between them when both are
-merged (set down_revision to '0015' then).
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '0016'
-down_revision = '0014'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,5 @@
-"""EINVOICE_REQUIRED=true: any invoice, whoever the buyer, must be able to yield a valid
-e-invoice to be finalized; without it (the default) a seller with no country configured
-finalizes as before."""
+"""EINVOICE_REQUIRED=always: any invoice, whoever the buyer, must be able to yield a valid
+e-invoice to be finalized."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import pytest
 
 @pytest.fixture
 def service_env(service_env: dict[str, str]) -> dict[str, str]:
-    return {**service_env, "EINVOICE_REQUIRED": "true", "SELLER_TAX_ID": "GB123456789"}
+    return {**service_env, "EINVOICE_REQUIRED": "always", "SELLER_TAX_ID": "GB123456789"}
 
 
 def _draft(admin: Any, customer: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from billing.platform.unit_of_work import transaction
 from tests.support.einvoice_validation import assert_valid
 
 SELLER = {
+    "EINVOICE_REQUIRED": "eu_business",
     "SELLER_NAME": "Example Billing GmbH",
     "SELLER_TAX_ID": "DE987654321",
     "SELLER_EMAIL": "billing@example.com",

@@ -53,6 +53,25 @@ def test_an_invoice_s_events_carry_growing_sequences_in_the_order_of_its_changes
     assert shown[0]["data"]["object"]["status"] == "void"
 
 
+def test_each_invoice_event_shows_the_invoice_as_the_response_to_its_change_did(
+    admin, make_customer
+):
+    customer = make_customer()
+    lines = [{"description": "Seats", "quantity": 2, "unit_amount": 1000, "tax_rate": "19"}]
+    created = admin.post("/v1/invoices", json={"customer": customer["id"], "lines": lines})
+    invoice_id = created.get_json()["id"]
+    finalized = admin.post(f"/v1/invoices/{invoice_id}/finalize")
+    voided = admin.post(f"/v1/invoices/{invoice_id}/void")
+    shown = {e["type"]: e["data"]["object"] for e in _events(admin, object_id=invoice_id)}
+    assert shown == {
+        "invoice.created": created.get_json(),
+        "invoice.finalized": finalized.get_json(),
+        "invoice.voided": voided.get_json(),
+    }
+    # And as reading it back shows it: the response was not shaped apart from the rows.
+    assert admin.get(f"/v1/invoices/{invoice_id}").get_json() == voided.get_json()
+
+
 def test_a_change_that_rolls_back_leaves_no_event(app, admin, make_customer):
     customer = make_customer()
     before = db.session.scalar(select(db.func.count()).select_from(Event))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from billing.discounts import rules
 from billing.discounts.rules import Candidate, CouponDuration, CouponInvalid, CouponTerms
-from billing.domain.money import charge_step
+from billing.domain.money import charge_step, round_to_step
 from billing.invoicing.rules import DiscountTerms, invoice_totals
 
 # Two-decimal, zero-decimal (JPY, ISK) and three-decimal (KWD, charged in tens of fils).
@@ -73,7 +73,26 @@ def test_an_invoice_without_credits_is_never_negative_and_each_line_is_taxed_on_
         lines, totals.line_discounts, totals.line_taxes, strict=True
     ):
         rest = Decimal(quantity * unit - discount) * rate / 100
-        assert abs(tax - rest) <= Decimal(step) / 2
+        # Its share of its rate's tax: within one charge step of its own exact tax.
+        assert abs(tax - rest) < step
+
+
+@settings(max_examples=400, deadline=None)
+@given(invoices())
+def test_each_rate_s_tax_is_its_taxable_total_times_the_rate_rounded_once(invoice):
+    _, step, lines, discounts = invoice
+    totals = invoice_totals(lines, step=step, discounts=discounts)
+    nets: dict[Decimal, int] = {}
+    shares: dict[Decimal, int] = {}
+    for (quantity, unit, rate), discount, tax in zip(
+        lines, totals.line_discounts, totals.line_taxes, strict=True
+    ):
+        nets[rate] = nets.get(rate, 0) + quantity * unit - discount
+        shares[rate] = shares.get(rate, 0) + tax
+        assert abs(tax - Decimal(quantity * unit - discount) * rate / 100) < step
+    for rate, net in nets.items():
+        assert totals.tax_by_rate[rate] == round_to_step(Decimal(net) * rate / 100, step)
+        assert shares[rate] == totals.tax_by_rate[rate]
 
 
 @settings(max_examples=300, deadline=None)
@@ -133,8 +152,10 @@ def test_a_discount_is_shared_by_largest_remainders_and_the_tax_is_on_the_rest()
         discounts=[DiscountTerms(amount_off=10)],
     )
     assert totals.line_discounts == (4, 3, 3)
-    assert totals.line_taxes == (18, 18, 18)  # 19% of 96 = 18.24; of 97 = 18.43
-    assert totals.total == 300 - 10 + 54
+    # 19% of the 290 left is 55.1: 55, shared as 18.24, 18.43, 18.43 (floors 18 each, the
+    # unit left to the larger remainder, the earlier on a tie).
+    assert totals.line_taxes == (18, 19, 18)
+    assert totals.total == 300 - 10 + 55
 
 
 JAN_31 = datetime(2026, 1, 31, 9, tzinfo=UTC)

@@ -37,8 +37,10 @@ TEMPLATE_FINGERPRINTS = {
     "invoice-2": "74012d7371091118f26ce434951e71496fde3e5ecc0924e22541ea6eb00e5f02",
     # Discount lines, the balance applied and credited, amount due net of both.
     "invoice-3": "614749b1db3dc6e02da48d809a0125d0723e4a039f15d879b50715b1ce94c27b",
+    # The legal notice of the lines' tax treatment (reverse charge...) under the totals.
+    "invoice-4": "42bb0f47e48d25c82230a6ae4cddc3ce550cd53656f9010375c671a8d893deee",
     # The same folder: the PDF became PDF/A-3b with its e-invoice embedded (Factur-X).
-    "invoice-4": "614749b1db3dc6e02da48d809a0125d0723e4a039f15d879b50715b1ce94c27b",
+    "invoice-5": "42bb0f47e48d25c82230a6ae4cddc3ce550cd53656f9010375c671a8d893deee",
 }
 CREDIT_NOTE_TEMPLATE_FINGERPRINTS = {
     "credit-note-1": "38f713f7336d7dedbc982d932a832a259b20f9e783fcc1f1a94fb410e777b241",
@@ -159,6 +161,26 @@ def test_an_issued_invoice_shows_the_parties_it_was_issued_with_and_a_draft_the_
         "Northwind Traders GmbH",
         "DE123456789",
     )
+
+
+def test_a_reverse_charged_invoice_prints_the_directive_s_wording_and_the_buyer_s_vat_id():
+    line = make_line(0, tax_rate="0")
+    line.tax_reason = "reverse_charge"
+    content = render_invoice_pdf(make_invoice([line, make_line(1, tax_rate="0")]), SELLER).content
+    assert contains(
+        content,
+        "Reverse charge: VAT to be accounted for by the recipient, "
+        "Article 196 Council Directive 2006/112/EC",
+        "Tax ID: DE123456789",
+    )
+
+
+def test_an_invoice_taxed_as_usual_prints_no_tax_notice():
+    line = make_line(0)
+    line.tax_reason = "standard"
+    content = render_invoice_pdf(make_invoice([line]), SELLER).content
+    assert not contains(content, "Reverse charge")
+    assert not contains(content, "Exempt")
 
 
 def test_a_200_line_invoice_runs_over_several_pages_each_with_its_page_number_and_header_row():

@@ -27,12 +27,40 @@ def test_line_tax_is_rounded_half_up_to_a_minor_unit():
     assert line_amounts(1, 1000, Decimal("7.7")).tax == 77
 
 
-def test_tax_is_rounded_per_line_not_on_the_sum():
-    # Two lines of 19% of 250 each: 48 + 48 = 96, where the sum would give 95.
+def test_tax_is_rounded_once_per_rate_on_its_taxable_total_not_per_line():
+    # Two lines of 19% of 250 each: 19% of 500 is 95, where rounding each line gave 96.
     totals = invoice_totals([(1, 250, Decimal(19)), (1, 250, Decimal(19))])
-    assert totals.tax == 96
+    assert totals.tax == 95
+    assert totals.tax_by_rate == {Decimal(19): 95}
     assert totals.subtotal == 500
-    assert totals.total == 596
+    assert totals.total == 595
+
+
+def test_each_line_gets_its_share_of_its_rate_s_tax_and_the_shares_add_up_exactly():
+    # 47.5 and 47.5: floors 47 and 47, the one unit left to the earlier line on a tie.
+    totals = invoice_totals([(1, 250, Decimal(19)), (1, 250, Decimal(19))])
+    assert totals.line_taxes == (48, 47)
+    # Three lines of 19% of 1: 0.19 each, 0.57 in all, rounded to 1, given to the first.
+    totals = invoice_totals([(1, 1, Decimal(19))] * 3)
+    assert totals.line_taxes == (1, 0, 0)
+
+
+def test_a_negative_line_shares_its_rate_s_tax_by_floors_and_remainders_too():
+    # 19% of 250 is 47.5, of -100 is -19: the rate's 150 net takes 28.5, rounded to 29.
+    totals = invoice_totals([(1, 250, Decimal(19)), (1, -100, Decimal(19))])
+    assert totals.tax == 29
+    assert totals.line_taxes == (48, -19)
+    # 47.5 and -47.5 floor to 47 and -48; the rate's tax is 0 (no net), so the one unit
+    # left goes to the earlier of the equal remainders: a credit cancels its charge.
+    totals = invoice_totals([(1, 250, Decimal(19)), (1, -250, Decimal(19))])
+    assert totals.line_taxes == (48, -48)
+
+
+def test_rates_are_rounded_each_on_its_own():
+    totals = invoice_totals([(1, 250, Decimal(19)), (1, 250, Decimal(7)), (1, 250, Decimal(19))])
+    # 19% of 500 = 95; 7% of 250 = 17.5 -> 18.
+    assert totals.tax_by_rate == {Decimal(19): 95, Decimal(7): 18}
+    assert totals.line_taxes == (48, 18, 47)
 
 
 def test_totals_group_tax_by_rate():
