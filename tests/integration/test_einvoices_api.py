@@ -168,3 +168,32 @@ def test_the_stored_invoice_pdf_is_factur_x_with_the_e_invoice_the_api_answers(
     assert pdf.status_code == 200
     (embedded,) = PdfReader(io.BytesIO(pdf.data)).attachments["factur-x.xml"]
     assert embedded == admin.get(f"/v1/invoices/{invoice['id']}/einvoice?syntax=cii").data
+
+
+def test_the_tax_rules_reverse_charge_is_category_ae_with_its_exemption_code(
+    admin, make_customer
+) -> None:
+    admin.post("/v1/tax_rates", json={"display_name": "VAT", "percentage": 19, "country": "DE"})
+    customer = make_customer(
+        name="Client SARL",
+        address={
+            "line1": "1 rue de la Paix",
+            "city": "Paris",
+            "postal_code": "75002",
+            "country": "FR",
+        },
+        tax_id="FR40303265045",
+        tax_id_type="eu_vat",
+        tax_status="business",
+    )
+    finalized = _finalized(admin, customer)
+    assert finalized.status_code == 200, finalized.get_json()
+    invoice = finalized.get_json()
+    # The seats take the rules' reverse charge; the onboarding's own 7 % stays (manual).
+    reasons = [line["tax_reason"] for line in invoice["lines"]["data"]]
+    assert sorted(reasons) == ["manual", "reverse_charge"]
+    for syntax in ("cii", "ubl"):
+        response = admin.get(f"/v1/invoices/{invoice['id']}/einvoice?syntax={syntax}")
+        assert response.status_code == 200, response.get_json()
+        assert_valid(response.data, syntax)
+        assert b"VATEX-EU-AE" in response.data
