@@ -200,6 +200,8 @@ class ShownInvoice:
     voided_at: datetime | None
     marked_uncollectible_at: datetime | None
     dunning_started_on: date | None
+    # What VIES answered about a reverse-charged invoice's buyer, when it was asked.
+    tax_evidence: dict[str, Any] | None
     # Its discount lines as the API shows them: {id, coupon, description, amount}.
     discounts: list[dict[str, Any]]
     lines: list[ShownLine] = field(default_factory=list)

@@ -610,6 +610,10 @@ class InvoiceOut(BaseModel):
     paid_at: int | None
     voided_at: int | None
     marked_uncollectible_at: int | None
+    tax_evidence: dict[str, Any] | None = Field(
+        description="A reverse-charged invoice's VIES check of the buyer's VAT id, as "
+        "answered (status, date, name), once asked; null otherwise."
+    )
 
 
 # A field named `date` would shadow the type inside the class body.

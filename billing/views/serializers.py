@@ -217,6 +217,7 @@ def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, An
         "paid_at": _ts(invoice.paid_at),
         "voided_at": _ts(invoice.voided_at),
         "marked_uncollectible_at": _ts(invoice.marked_uncollectible_at),
+        "tax_evidence": invoice.tax_evidence,
     }
 
 

@@ -173,6 +173,8 @@ def test_an_eu_business_abroad_with_a_vat_id_is_reverse_charged_and_vies_confirm
         "CLIENT SARL",
         "2026-03-05T10:00:00.000Z",
     )
+    # Shown with the invoice, for whoever must prove the reverse charge was due.
+    assert admin.get(f"/v1/invoices/{invoice['id']}").get_json()["tax_evidence"] == evidence
 
 
 def test_vies_down_leaves_the_invoice_finalized_with_its_unavailability_as_evidence(
