@@ -56,6 +56,8 @@ class PartyView:
     name: str
     address_lines: tuple[str, ...] = ()
     tax_id: str | None = None
+    # The buyer's tax id scheme (billing.taxes.rules.TaxIdType), when it has one.
+    tax_id_type: str | None = None
     email: str | None = None
     postal: PostalAddress = PostalAddress()
 
@@ -439,7 +441,9 @@ def postal_address(address: Mapping[str, Any] | None) -> PostalAddress:
 
 
 def current_buyer(customer: Customer) -> dict[str, Any]:
-    return parties.buyer_party(customer.name, customer.email, customer.address, customer.tax_id)
+    return parties.buyer_party(
+        customer.name, customer.email, customer.address, customer.tax_id, customer.tax_id_type
+    )
 
 
 def buyer(invoice: Invoice, formatter: Formatter) -> PartyView:
@@ -449,6 +453,7 @@ def buyer(invoice: Invoice, formatter: Formatter) -> PartyView:
         name=str(party.get("name") or ""),
         address_lines=address_lines(party.get("address"), formatter),
         tax_id=_text(party.get("tax_id")),
+        tax_id_type=_text(party.get("tax_id_type")),
         email=_text(party.get("email")),
         postal=postal_address(party.get("address")),
     )

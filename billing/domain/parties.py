@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from billing.config import Settings
 
 # The buyer's snapshot: these keys, from the customer's columns of the same names.
-BUYER_KEYS = ("name", "email", "address", "tax_id")
+BUYER_KEYS = ("name", "email", "address", "tax_id", "tax_id_type")
 
 
 def seller_party(
@@ -64,13 +64,19 @@ def configured_seller(settings: Settings) -> dict[str, Any]:
 
 
 def buyer_party(
-    name: str, email: str | None, address: Mapping[str, Any] | None, tax_id: str | None
+    name: str,
+    email: str | None,
+    address: Mapping[str, Any] | None,
+    tax_id: str | None,
+    tax_id_type: str | None = None,
 ) -> dict[str, Any]:
     return {
         "name": name,
         "email": email,
         "address": dict(address) if address is not None else None,
         "tax_id": tax_id,
+        # Which scheme the id is in (a VAT id, or an EIN that no e-invoice calls a VAT id).
+        "tax_id_type": tax_id_type,
     }
 
 

@@ -29,6 +29,7 @@ from billing.documents.view import (
     PostalAddress,
 )
 from billing.einvoices.categories import VatCategory, vat_category
+from billing.taxes.rules import vat_identifier
 
 if TYPE_CHECKING:
     from billing.documents.invoice_pdf import Seller
@@ -139,6 +140,17 @@ def _party(view: PartyView, phone: str | None = None) -> Party:
     )
 
 
+def _buyer(view: PartyView) -> Party:
+    """Only a VAT id is the buyer's VAT identifier (BT-48): an EIN or an ABN is not."""
+    return Party(
+        name=view.name,
+        postal=view.postal,
+        vat_id=vat_identifier(view.tax_id_type, view.tax_id),
+        email=view.email,
+        phone=None,
+    )
+
+
 def _lines(figures: DocumentFigures) -> tuple[Line, ...]:
     lines = []
     for line in figures.lines:
@@ -177,7 +189,7 @@ def of_invoice(view: InvoiceView, seller: Seller) -> EInvoice:
         due_on=view.due_on,
         currency=currency,
         seller=_party(view.seller, seller.phone),
-        buyer=_party(view.buyer),
+        buyer=_buyer(view.buyer),
         lines=_lines(view.figures),
         figures=view.figures,
         buyer_reference=view.buyer_reference,
@@ -199,7 +211,7 @@ def of_credit_note(view: CreditNoteView, seller: Seller) -> EInvoice:
         due_on=None,
         currency=view.figures.currency.upper(),
         seller=_party(view.seller, seller.phone),
-        buyer=_party(view.buyer),
+        buyer=_buyer(view.buyer),
         lines=_lines(view.figures),
         figures=view.figures,
         buyer_reference=view.buyer_reference,

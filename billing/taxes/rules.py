@@ -218,6 +218,20 @@ def validate_tax_id(kind: TaxIdType, value: str) -> str:
     return compact
 
 
+VAT_ID_TYPES = frozenset({TaxIdType.EU_VAT, TaxIdType.GB_VAT, TaxIdType.CH_VAT, TaxIdType.NO_VAT})
+
+
+def vat_identifier(kind: str | None, tax_id: str | None) -> str | None:
+    """The buyer's VAT identifier as an e-invoice states it (country prefix first), or None
+    when its tax id is of another kind (an EIN, an ABN): those are no VAT ids. A tax id
+    typed before ids had a kind counts as a VAT id when it starts with a country prefix."""
+    if not tax_id:
+        return None
+    if kind is None:
+        return tax_id if tax_id[:2].isalpha() else None
+    return tax_id if kind in VAT_ID_TYPES else None
+
+
 def vat_number_parts(compact_eu_vat: str) -> tuple[str, str]:
     """(countryCode, vatNumber) as VIES asks them: "DE", "123456789"."""
     return compact_eu_vat[:2], compact_eu_vat[2:]

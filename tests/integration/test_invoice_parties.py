@@ -33,6 +33,8 @@ ISSUED_TO = {
     "email": "ap@globex.example",
     "address": {"line1": "12 Old Road", "postal_code": "20095", "city": "Hamburg", "country": "DE"},
     "tax_id": "DE123456789",
+    # Typed without its kind: kept as given.
+    "tax_id_type": None,
 }
 LATER_BUYER = {
     "name": "Globex International",

@@ -161,6 +161,23 @@ def test_an_export_is_category_g_and_an_exempt_line_category_e() -> None:
     assert sorted(codes) == ["E", "G"]
 
 
+def test_a_buyer_s_ein_is_no_vat_identifier_and_the_export_stays_valid() -> None:
+    with_ein = make_customer(
+        id="cus_us_ein",
+        name="Acme Corp.",
+        tax_id="123456789",
+        tax_id_type="us_ein",
+        currency="usd",
+        address=AMERICAN_BUSINESS.address,
+    )
+    invoice = invoice_of(
+        [line(0, rate="0", reason="zero_rated_export")], customer=with_ein, currency="usd"
+    )
+    assert einvoice_of(invoice).buyer.vat_id is None
+    written = both_valid(einvoice_of(invoice))
+    assert b"123456789" not in written["cii"]
+
+
 def test_discounted_lines_carry_their_share_as_a_line_allowance_and_the_sums_hold() -> None:
     lines = [line(0, unit_amount=10_000, discount=1_000), line(1, rate="7", discount=333)]
     invoice = invoice_of(lines)
