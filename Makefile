@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint typecheck unit install bench clean flower
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/ensure-system-libs scripts/ensure-chromium
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@sh scripts/ensure-system-libs
+	@sh scripts/ensure-chromium
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 

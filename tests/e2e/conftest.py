@@ -142,6 +142,8 @@ def start_stack(
         **(extra_env or {}),
     }
     stack = Stack(env, redis_url)
+    # Links in emails and API answers point at the stack itself.
+    stack.env.setdefault("PUBLIC_BASE_URL", stack.url)
     stack.redis.flushdb()
     for log in LOGS.glob("*.log"):
         log.unlink()
