@@ -126,6 +126,10 @@ def create_app(
     for blueprint in (discounts.coupons_bp, discounts.promotion_codes_bp, discounts.discounts_bp):
         app.register_blueprint(blueprint)
 
+    from billing.api.hosted import register_hosted_pages
+
+    register_hosted_pages(app, app.extensions["billing.limiter"], settings)
+
     from billing.cli import register_cli
 
     register_cli(app)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -72,6 +73,8 @@ ENVIRONMENTS = ("development", "production")
 DEVELOPMENT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/billing"
 DEVELOPMENT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEVELOPMENT_STRIPE_API_KEY = "sk_test_local"
+# Signs hosted invoice links on a developer's machine; never valid in production.
+DEVELOPMENT_HOSTED_LINK_KEY = "dev:development-only-hosted-link-signing-key"
 # What each role of the image (BILLING_ROLE, which every task definition sets and the image
 # defaults to web) cannot run without in production. Beat only sends messages; only web
 # serves /metrics on the public listener; Stripe's key is checked where it is used, since
@@ -162,6 +165,12 @@ def _lines(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     return tuple(line.strip() for line in value.replace("|", "\n").splitlines() if line.strip())
+
+
+def _hex_colour(value: str) -> str:
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+        raise ValueError(f"must be a colour as #rrggbb, got {value!r}")
+    return value.lower()
 
 
 def _country(value: Any, info: ValidationInfo) -> Any:
@@ -322,8 +331,30 @@ class Settings(BaseSettings):
     einvoice_required: Annotated[
         Literal["never", "eu_business", "always"], _one_of("never", "eu_business", "always")
     ] = "never"
-    # Where customers manage their billing (finish 3-D Secure, change their card).
+    # Where customers manage their billing in the company's own app: when set, an extra
+    # link in every email, beside the invoice's own hosted page.
     customer_portal_url: str | None = None
+    # The address customers reach this service's hosted invoice pages at (scheme, host and
+    # any path prefix); links in emails and the API are made from it. Unset in development,
+    # the address `make run` serves on.
+    public_base_url: str | None = None
+    # Keys that sign hosted invoice links, as "kid:secret" separated by commas: the first
+    # signs, every one verifies, so a key is rotated by putting a new one first and dropping
+    # the old one once its links may go. Unset in production: no hosted pages.
+    hosted_link_keys: SecretStr = Field(None, validate_default=True)
+    # A hosted link keeps working while its invoice is open and this many days after it is
+    # paid, voided or written off; a link asked for again lasts as long from then.
+    hosted_link_days: Annotated[int, BeforeValidator(_integer), Field(ge=1, le=3650)] = 30
+    # Requests to the hosted pages per link and per client address: a person reads, pays
+    # and downloads a few times a minute; a guesser or a card tester asks far more.
+    hosted_link_rate_limit: RateLimit = "60 per minute;600 per hour"
+    hosted_address_rate_limit: RateLimit = "120 per minute;2000 per hour"
+    # Stripe.js on the hosted page: the publishable key of the same account as
+    # STRIPE_API_KEY, and where the script is served from (an emulator serves its own).
+    stripe_publishable_key: str | None = None
+    stripe_js_url: str = "https://js.stripe.com/v3/"
+    # The hosted page's accent colour (links, buttons), as CSS hex.
+    brand_color: Annotated[str, AfterValidator(_hex_colour)] = "#1f4e79"
 
     # Where rendered PDFs are kept: "postgres" (no other server needed) or "s3".
     document_storage: Annotated[Literal["postgres", "s3"], _one_of("postgres", "s3")] = "postgres"
@@ -450,6 +481,19 @@ class Settings(BaseSettings):
     def _stripe_api_key(cls, value: Any, info: ValidationInfo) -> str:
         return _unset_in_production(value, info, DEVELOPMENT_STRIPE_API_KEY)
 
+    @field_validator("hosted_link_keys", mode="before")
+    @classmethod
+    def _hosted_link_keys(cls, value: Any, info: ValidationInfo) -> str:
+        keys = _unset_in_production(value, info, DEVELOPMENT_HOSTED_LINK_KEY)
+        for entry in filter(None, (part.strip() for part in keys.split(","))):
+            kid, _, secret = entry.partition(":")
+            if not kid or len(secret) < 32:
+                raise ValueError(
+                    f"{_name(info)} must be 'kid:secret' pairs separated by commas, each "
+                    "secret at least 32 characters"
+                )
+        return keys
+
     @field_validator("metrics_token", mode="before")
     @classmethod
     def _metrics_token(cls, value: Any, info: ValidationInfo) -> str:
@@ -518,6 +562,14 @@ class Settings(BaseSettings):
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def hosted_base_url(self) -> str | None:
+        """Where hosted invoice pages are reached: PUBLIC_BASE_URL, or in development the
+        address this service listens on."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return None if self.production else f"http://127.0.0.1:{self.port}"
 
     @property
     def mail(self) -> dict[str, Any]:

@@ -340,6 +340,9 @@ def main() -> int:
             servers.append(ls)
             env["STRIPE_API_BASE"] = ls.start()
             env["STRIPE_API_KEY"] = LOCAL_STRIPE_API_KEY
+            # The hosted invoice pages load the emulator's own Stripe.js.
+            env.setdefault("STRIPE_PUBLISHABLE_KEY", "pk_test_local")
+            env.setdefault("STRIPE_JS_URL", f"{env['STRIPE_API_BASE']}/js.stripe.com/v3/")
             _say(f"localstripe: {env['STRIPE_API_BASE']} (log {ls.log_path})")
         mail_sink_folder: Path | None = None
         if not env.get("MAIL_SERVER"):
@@ -361,6 +364,7 @@ def main() -> int:
         # the web's counts into a worker's, and each would wipe the other's at start.
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
         env["PYTHONPATH"] = _prepend_path(env.get("PYTHONPATH"), str(REPO_ROOT))
         sup.check()
 

@@ -82,6 +82,31 @@ class RefundResult:
     amount: int
 
 
+@dataclass(frozen=True)
+class SetupIntentResult:
+    """A SetupIntent: how a customer saves a card on a page, Stripe.js taking the number
+    (and any 3-D Secure) so that it never reaches this service."""
+
+    id: str
+    status: str
+    client_secret: str | None
+    stripe_customer_id: str | None
+    payment_method: str | None
+
+
+def _setup_result(raw: dict[str, Any]) -> SetupIntentResult:
+    method = raw.get("payment_method")
+    if isinstance(method, dict):
+        method = method.get("id")
+    return SetupIntentResult(
+        id=raw["id"],
+        status=raw["status"],
+        client_secret=raw.get("client_secret"),
+        stripe_customer_id=raw.get("customer"),
+        payment_method=method,
+    )
+
+
 class CardDeclined(StripeRejected):
     """Stripe refused the charge itself: a definite, final failure of this attempt."""
 
@@ -137,6 +162,12 @@ class StripeGateway(Protocol):
     def find_refunds_by_metadata(
         self, payment_intent_id: str, key: str, value: str
     ) -> list[RefundResult]: ...
+
+    def create_setup_intent(
+        self, *, stripe_customer_id: str, metadata: dict[str, str]
+    ) -> SetupIntentResult: ...
+
+    def retrieve_setup_intent(self, setup_intent_id: str) -> SetupIntentResult: ...
 
 
 class StripeSdkGateway:
@@ -245,6 +276,27 @@ class StripeSdkGateway:
         with _translated_errors():
             intent = self._client.v1.payment_intents.retrieve(payment_intent_id)
         return _intent_result(intent.to_dict())
+
+    def create_setup_intent(
+        self, *, stripe_customer_id: str, metadata: dict[str, str]
+    ) -> SetupIntentResult:
+        # No idempotency key: each press of the button may ask for a new one, and an
+        # unconfirmed SetupIntent charges nothing and expires on its own.
+        with _translated_errors():
+            intent = self._client.v1.setup_intents.create(
+                params={  # type: ignore[arg-type]
+                    "customer": stripe_customer_id,
+                    "usage": "off_session",
+                    "payment_method_types": ["card"],
+                    "metadata": metadata,
+                }
+            )
+        return _setup_result(intent.to_dict())
+
+    def retrieve_setup_intent(self, setup_intent_id: str) -> SetupIntentResult:
+        with _translated_errors():
+            intent = self._client.v1.setup_intents.retrieve(setup_intent_id)
+        return _setup_result(intent.to_dict())
 
     def cancel_payment_intent(self, payment_intent_id: str) -> PaymentIntentResult:
         with _translated_errors():

@@ -49,7 +49,7 @@ def register_middleware(app: Flask) -> None:
 
     # Between the two: a request is counted under its key, or under its address when it
     # names no valid key, so that a flood of bad keys is refused too.
-    init_rate_limits(app, app.config["BILLING_SETTINGS"])
+    app.extensions["billing.limiter"] = init_rate_limits(app, app.config["BILLING_SETTINGS"])
 
     @app.before_request
     def _refuse_unauthenticated() -> None:

@@ -210,10 +210,11 @@ def request_charge(
     customer_scope: str | None = None,
     source: str = "api",
     daily_attempt_cap: int | None = None,
+    event: EventType | None = None,
 ) -> ChargeRequest:
     """Ask for a charge now: the attempt started, or the one already in flight. With a
     `daily_attempt_cap`, no new attempt is started once the invoice has had that many in
-    24 hours."""
+    24 hours. An `event` about the invoice is recorded with a new attempt."""
     with transaction() as session:
         invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
         if invoice is None or customer_scope not in (None, invoice.customer_id):
@@ -228,6 +229,8 @@ def request_charge(
         if daily_attempt_cap is not None:
             _refuse_past_daily_cap(session, invoice_id, daily_attempt_cap)
         attempt, job_id = start_attempt(session, invoice, source=source)
+        if event is not None:
+            events.record(session, event, invoice.id, invoice.customer_id)
     return ChargeRequest(attempt, job_id, created=True)
 
 

@@ -16,6 +16,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -568,19 +569,45 @@ class PdfAnswer:
     render_pending: bool
 
 
-def pdf_of(invoice_id: str, *, customer_scope: str | None) -> PdfAnswer:
-    """The newest document of an invoice, or that one is on its way."""
+def pdf_of(invoice_id: str, *, customer_scope: str | None, version: int | None = None) -> PdfAnswer:
+    """The newest document of an invoice (or its `version`), or that one is on its way."""
     session = db.session()
     invoice = session.get(Invoice, invoice_id)
     if invoice is None or customer_scope not in (None, invoice.customer_id):
         raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
     if invoice.status == "draft":
         raise InvoiceNotFinalized("a draft invoice has no document yet", param="id")
+    if version is not None:
+        document = session.scalar(
+            select(InvoiceDocument).where(
+                InvoiceDocument.invoice_id == invoice_id, InvoiceDocument.version == version
+            )
+        )
+        if document is None:
+            raise NotFound(f"{invoice_id} has no version {version}", param="version")
+        return PdfAnswer(invoice, document, render_pending=False)
     return PdfAnswer(
         invoice,
         latest_document(session, invoice_id),
         _render_pending(session, INVOICES, invoice_id),
     )
+
+
+@dataclass(frozen=True)
+class DocumentVersion:
+    version: int
+    invoice_status: str
+    created_at: datetime
+
+
+def versions_of(invoice_id: str) -> list[DocumentVersion]:
+    """Every stored version of an invoice's document, newest first."""
+    rows = db.session.execute(
+        select(InvoiceDocument.version, InvoiceDocument.invoice_status, InvoiceDocument.created_at)
+        .where(InvoiceDocument.invoice_id == invoice_id)
+        .order_by(InvoiceDocument.version.desc())
+    ).all()
+    return [DocumentVersion(*row) for row in rows]
 
 
 @dataclass(frozen=True)

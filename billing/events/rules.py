@@ -24,6 +24,10 @@ class EventType(enum.StrEnum):
     INVOICE_VOIDED = "invoice.voided"
     INVOICE_MARKED_UNCOLLECTIBLE = "invoice.marked_uncollectible"
     INVOICE_OVERDUE = "invoice.overdue"
+    # What a customer did on the invoice's hosted page.
+    INVOICE_PAYMENT_REQUESTED = "invoice.payment_requested"
+    INVOICE_PAYMENT_METHOD_SAVED = "invoice.payment_method_saved"
+    INVOICE_LINK_REQUESTED = "invoice.link_requested"
     REFUND_SUCCEEDED = "refund.succeeded"
     REFUND_FAILED = "refund.failed"
     SUBSCRIPTION_CREATED = "subscription.created"

@@ -48,6 +48,7 @@ from billing.domain.money import format_money
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
+from billing.hosted import urls
 from billing.models import (
     CreditNoteDocument,
     Customer,
@@ -305,6 +306,8 @@ class Outgoing:
     finalized_at: datetime | None
     due_date: date | None
     paid_at: datetime | None
+    # When it was paid, voided or written off: how long its hosted page's link lasts.
+    closed_at: datetime | None
     subscription_id: str | None
     trial_end: datetime | None
     product: str | None
@@ -407,6 +410,9 @@ def _take_statement() -> Prebuilt:
             _invoices.c.finalized_at,
             _invoices.c.due_date,
             _invoices.c.paid_at,
+            func.coalesce(
+                _invoices.c.paid_at, _invoices.c.voided_at, _invoices.c.marked_uncollectible_at
+            ).label("closed_at"),
             _subscriptions.c.id.label("subscription_id"),
             _subscriptions.c.trial_end,
             _prices.c.product,
@@ -688,10 +694,12 @@ def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -
     def day(value: date | datetime | None) -> str:
         return _date(value, locale)
 
+    invoice_url = urls.hosted_url(mail.number, mail.closed_at, fresh=True)
     view: dict[str, Any] = {
         "seller_name": seller.get("name") or "",
         "seller_email": seller.get("email"),
         "portal_url": settings.customer_portal_url,
+        "invoice_url": invoice_url,
         "payment_instructions": settings.seller_payment_instructions,
         "customer_name": _buyer_name(mail),
         **(_invoice_view(mail, money, day) if mail.invoice_id is not None else {}),
@@ -702,6 +710,7 @@ def _view(mail: Outgoing, kind: EmailKind, occasion: Mapping[str, Any] | None) -
         context=mail.context or {},
         due_date=mail.due_date,
         portal_url=settings.customer_portal_url,
+        invoice_url=invoice_url,
         money=money,
         date=day,
     )

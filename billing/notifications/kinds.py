@@ -29,6 +29,8 @@ class Facts:
     context: Mapping[str, Any]
     due_date: date | None
     portal_url: str | None
+    # The invoice's hosted page (None for a subscription's email, or with the pages off).
+    invoice_url: str | None
     # Formatting in the invoice's currency and the customer's locale.
     money: Callable[[int], str]
     date: Callable[[date | datetime | None], str]
@@ -71,11 +73,15 @@ class EmailKind:
         return self.name
 
 
-def _action_url(attempt: Mapping[str, Any] | None, portal_url: str | None) -> str | None:
+def _action_url(attempt: Mapping[str, Any] | None, facts: Facts) -> str | None:
+    """Where the customer acts: the invoice's hosted page (which completes 3-D Secure and
+    replaces a card), else Stripe's own redirect, else the company's portal."""
+    if facts.invoice_url:
+        return facts.invoice_url
     next_action = (attempt or {}).get("next_action") or {}
     redirect = next_action.get("redirect_to_url") or {}
     url = redirect.get("url") if isinstance(redirect, dict) else None
-    return str(url) if url else portal_url
+    return str(url) if url else facts.portal_url
 
 
 def _payment_trouble(facts: Facts) -> dict[str, Any]:
@@ -86,7 +92,7 @@ def _payment_trouble(facts: Facts) -> dict[str, Any]:
     view = {
         "reason": explanation.reason,
         "what_to_do": explanation.what_to_do,
-        "action_url": _action_url(attempt, facts.portal_url),
+        "action_url": _action_url(attempt, facts),
         "next_retry_date": facts.date(date.fromisoformat(retry)) if retry else "",
     }
     if attempt is not None:

@@ -614,6 +614,10 @@ class InvoiceOut(BaseModel):
         description="A reverse-charged invoice's VIES check of the buyer's VAT id, as "
         "answered (status, date, name), once asked; null otherwise."
     )
+    hosted_invoice_url: str | None = Field(
+        description="The invoice's own page for its customer (view, download, pay, replace "
+        "the card), signed and unguessable; null for a draft or when hosted pages are off."
+    )
 
 
 # A field named `date` would shadow the type inside the class body.

@@ -14,6 +14,7 @@ from billing.domain.jobs import JobState
 from billing.dunning.rules import DunningStep
 from billing.events import events
 from billing.extensions import db
+from billing.hosted import urls
 from billing.invoicing.invoices import (
     InvoiceHistory,
     ShownAttempt,
@@ -218,6 +219,10 @@ def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, An
         "voided_at": _ts(invoice.voided_at),
         "marked_uncollectible_at": _ts(invoice.marked_uncollectible_at),
         "tax_evidence": invoice.tax_evidence,
+        "hosted_invoice_url": urls.hosted_url(
+            invoice.number,
+            invoice.paid_at or invoice.voided_at or invoice.marked_uncollectible_at,
+        ),
     }
 
 

@@ -311,6 +311,7 @@ SECRETS = {
     "MAIL_USERNAME": "smtp-user-hunter2",
     "MAIL_PASSWORD": "smtp-password-hunter2",
     "METRICS_TOKEN": "metrics-hunter2",
+    "HOSTED_LINK_KEYS": "k1:hosted-link-hunter2-hosted-link-hunter2",
 }
 
 

@@ -81,6 +81,7 @@ def _facts(occasion=None, context=None, due_date=None):
         context=context or {},
         due_date=due_date,
         portal_url="https://portal.example",
+        invoice_url=None,
         money=lambda amount: f"EUR {amount / 100:.2f}",
         date=lambda value: value.isoformat() if value else "",
     )
