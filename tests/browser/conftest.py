@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from devstack.servers import LocalStripe
 from devstack.smtp import SmtpSink
@@ -70,15 +71,37 @@ def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
     """Opens pages (each in a context of its own, like a separate tab session) at the
     desktop width unless told otherwise; all closed after the test."""
     contexts: list[BrowserContext] = []
+    journal: list[str] = []
 
     def make(viewport: ViewportSize = DESKTOP) -> Page:
         context = _context(browser, viewport)
         contexts.append(context)
-        return context.new_page()
+        page = context.new_page()
+        _keep_journal(page, journal)
+        return page
 
     yield make
     for context in contexts:
         context.close()
+    # Shown by pytest with a failing test's output: what the browser saw go wrong.
+    if journal:
+        print("browser journal:\n" + "\n".join(journal))
+
+
+def _keep_journal(page: Page, journal: list[str]) -> None:
+    """Notes the page's console messages, script errors and refused requests."""
+
+    def on_response(response: Any) -> None:
+        if response.status >= 400:
+            try:
+                body = response.text()[:300]
+            except PlaywrightError:  # the body may be gone with its page
+                body = ""
+            journal.append(f"{response.status} {response.request.method} {response.url} {body}")
+
+    page.on("console", lambda message: journal.append(f"console.{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: journal.append(f"page error: {error}"))
+    page.on("response", on_response)
 
 
 @pytest.fixture
@@ -153,6 +176,17 @@ def stack(
     localstripe.reset()
     smtp_server.handler.clear()
     extra_env = {
+        # A seller complete enough for a valid e-invoice, as the page offers one.
+        "SELLER_NAME": "Example Billing GmbH",
+        "SELLER_TAX_ID": "DE987654321",
+        "SELLER_EMAIL": "billing@example.com",
+        "SELLER_STREET": "Friedrichstraße 1",
+        "SELLER_CITY": "Berlin",
+        "SELLER_POSTAL_CODE": "10117",
+        "SELLER_COUNTRY": "DE",
+        "SELLER_PHONE": "+49 30 1234567",
+        "SELLER_IBAN": "DE89370400440532013000",
+        "SELLER_BIC": "COBADEFFXXX",
         "STRIPE_PUBLISHABLE_KEY": "pk_test_local",
         "STRIPE_JS_URL": f"{localstripe.url}/js.stripe.com/v3/",
         "HOSTED_LINK_KEYS": f"k1:{secrets.token_urlsafe(32)}",
