@@ -109,6 +109,11 @@ def save_card(invoice: Invoice, setup_intent_id: str, *, pay: bool) -> SavedCard
         )
     started = dunning.retry_after_new_payment_method(customer.id, intent.payment_method)
     charge = None
+    # A customer who replaces the card on the page of an invoice whose last charge was
+    # declined means that card for it: it is retried now, not on dunning's next day.
+    if not pay:
+        latest = charges.latest_attempt(invoice.id)
+        pay = latest is not None and latest.status == "failed"
     if pay and not started:
         db.session.refresh(invoice)
         charge = pay_with_saved_card(invoice)
