@@ -376,3 +376,15 @@ def test_requests_beyond_a_link_s_limit_are_refused(service_env, make_customer, 
     client = limited.test_client()
     answers = [client.get(path_of(invoice)).status_code for _ in range(4)]
     assert answers == [200, 200, 200, 429]
+
+
+def test_following_a_payment_and_loading_the_page_s_assets_use_up_no_link_s_budget(
+    service_env, make_customer, open_invoice
+):
+    invoice = open_invoice(make_customer())
+    limited = create_app({**service_env, "HOSTED_LINK_RATE_LIMIT": "2 per minute"})
+    client = limited.test_client()
+    for _ in range(5):
+        assert client.get(f"{path_of(invoice)}/status").status_code == 200
+        assert client.get("/pay/assets/hosted.css").status_code == 200
+    assert [client.get(path_of(invoice)).status_code for _ in range(3)] == [200, 200, 429]
