@@ -102,7 +102,7 @@ class LineFields:
             tax_inclusive=decision.inclusive,
         )
 
-    def taxed_line(self) -> rules.TaxedLine:
+    def for_totals(self) -> rules.TaxedLine:
         return rules.TaxedLine(self.quantity, self.unit_amount, self.percentage, self.tax_inclusive)
 
 

@@ -372,7 +372,7 @@ def _invoice_periods(
         currency = subscription.price.currency
         lines = _period_lines(subscription, period, book)
         step = charge_step(currency)
-        totals = invoice_rules.invoice_totals((line.taxed_line() for line in lines), step=step)
+        totals = invoice_rules.invoice_totals((line.for_totals() for line in lines), step=step)
         invoice_id = new_id("in")
         if totals.total < 0:
             # Tax included: it moves what is owed, tax and all, and is not itself a supply.
@@ -396,7 +396,7 @@ def _invoice_periods(
         if applied or totals.total < 0:
             # A carried credit brings the invoice to zero, and no discount takes it below.
             totals = invoice_rules.invoice_totals(
-                (line.taxed_line() for line in lines),
+                (line.for_totals() for line in lines),
                 step=step,
                 discounts=[a.terms for a in applied],
             )
