@@ -305,6 +305,8 @@ def source_fingerprint(
                     line.discount_amount,
                     line.tax,
                     getattr(line, "tax_reason", None),
+                    # Only where it is set: every other invoice's fingerprint stays as it was.
+                    *(["tax_inclusive"] if getattr(line, "tax_inclusive", False) else []),
                 ]
                 for line in invoice.lines
             ],

@@ -373,9 +373,7 @@ def _invoice_periods(
         currency = subscription.price.currency
         lines = _period_lines(subscription, period, book)
         step = charge_step(currency)
-        totals = invoice_rules.invoice_totals(
-            ((line.quantity, line.unit_amount, line.percentage) for line in lines), step=step
-        )
+        totals = invoice_rules.invoice_totals((line.for_totals() for line in lines), step=step)
         invoice_id = new_id("in")
         if totals.total < 0:
             # Tax included: it moves what is owed, tax and all, and is not itself a supply.
@@ -399,7 +397,7 @@ def _invoice_periods(
         if applied or totals.total < 0:
             # A carried credit brings the invoice to zero, and no discount takes it below.
             totals = invoice_rules.invoice_totals(
-                ((line.quantity, line.unit_amount, line.percentage) for line in lines),
+                (line.for_totals() for line in lines),
                 step=step,
                 discounts=[a.terms for a in applied],
             )
@@ -426,8 +424,8 @@ def _invoice_periods(
                 "total": totals.total,
             }
         )
-        for line, discount, tax in zip(
-            lines, totals.line_discounts, totals.line_taxes, strict=True
+        for line, net, discount, tax in zip(
+            lines, totals.line_nets, totals.line_discounts, totals.line_taxes, strict=True
         ):
             line_rows.append(
                 {
@@ -439,7 +437,8 @@ def _invoice_periods(
                     "tax_rate": line.percentage,
                     "tax_rate_id": line.tax_rate_id,
                     "tax_reason": line.tax_reason.value if line.tax_reason else None,
-                    "amount": line.quantity * line.unit_amount,
+                    "tax_inclusive": line.tax_inclusive,
+                    "amount": net,
                     "discount_amount": discount,
                     "tax": tax,
                 }
