@@ -32,8 +32,28 @@ from billing.domain.money import Money
 from billing.taxes.rules import legal_notices
 
 if TYPE_CHECKING:
-    from billing.documents.invoice_pdf import Seller
     from billing.models import CreditNote, Customer, Invoice, InvoiceDiscount, InvoiceLine
+
+
+@dataclass(frozen=True)
+class Seller:
+    """Who issues the invoices, from configuration."""
+
+    name: str
+    address_lines: tuple[str, ...] = ()
+    tax_id: str | None = None
+    email: str | None = None
+    logo_path: str | None = None  # a PNG/SVG file on disk, read once and embedded (data: URI)
+    payment_instructions: str | None = None  # e.g. bank transfer details for send_invoice
+    # The address in parts and how to pay, as an e-invoice needs them.
+    street: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+    country: str | None = None  # ISO 3166-1 alpha-2
+    phone: str | None = None
+    iban: str | None = None
+    bic: str | None = None
+
 
 # Countries whose postal addresses put the city first: "City, ST 12345".
 CITY_FIRST = frozenset({"US", "CA", "AU"})
