@@ -331,6 +331,9 @@ class Settings(BaseSettings):
     einvoice_required: Annotated[
         Literal["never", "eu_business", "always"], _one_of("never", "eu_business", "always")
     ] = "never"
+    # Emails that carry an invoice's or credit note's PDF (a Factur-X file) carry its CII
+    # XML beside it too, for a buyer whose system reads the XML alone.
+    einvoice_email_attachment: bool = False
     # Where customers manage their billing in the company's own app: when set, an extra
     # link in every email, beside the invoice's own hosted page.
     customer_portal_url: str | None = None

@@ -224,6 +224,14 @@ class Invoice(db.Model):  # type: ignore[name-defined]
         return (self.total or 0) - settled
 
 
+# A tax-inclusive line takes no discount (billing.invoicing.rules), so its net and its tax
+# add up to its gross.
+AMOUNT_IS_PRODUCT = (
+    "CASE WHEN tax_inclusive THEN amount + tax = quantity * unit_amount "
+    "ELSE amount = quantity * unit_amount END"
+)
+
+
 class InvoiceLine(db.Model):  # type: ignore[name-defined]
     __tablename__ = "invoice_lines"
 
@@ -240,6 +248,9 @@ class InvoiceLine(db.Model):  # type: ignore[name-defined]
     # (billing.taxes.rules.TaxReason). NULL on lines made before tax rules existed.
     tax_rate_id: Mapped[str | None] = mapped_column(ForeignKey("tax_rates.id"))
     tax_reason: Mapped[str | None] = mapped_column(String(24))
+    # Its unit_amount holds its tax (a tax-inclusive rate): its amount is then the net
+    # worked out of quantity * unit_amount, which its amount and tax add up to.
+    tax_inclusive: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     amount: Mapped[int] = mapped_column(BigInteger)
     # Its share of the invoice's discounts: its tax is on amount - discount_amount.
     discount_amount: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -254,7 +265,7 @@ class InvoiceLine(db.Model):  # type: ignore[name-defined]
         CheckConstraint(
             f"tax_reason IS NULL OR {_in('tax_reason', TAX_REASONS)}", name="tax_reason_known"
         ),
-        CheckConstraint("amount = quantity * unit_amount", name="amount_is_product"),
+        CheckConstraint(AMOUNT_IS_PRODUCT, name="amount_is_product"),
         CheckConstraint(
             "discount_amount >= 0 AND discount_amount <= greatest(amount, 0)",
             name="discount_bounded",

@@ -279,6 +279,14 @@ def logo() -> Response:
     return send_file(path, max_age=300)
 
 
+# Counted under the API's own limit per address only: the page's style, script and fonts
+# come with every view.
+_ASSETS = frozenset({"hosted.static", "hosted.theme", "hosted.font", "hosted.logo"})
+# Not counted per link either: the page asks for its status every few seconds while a
+# payment settles, and must not use up what its customer's clicks need.
+_FOLLOWING = _ASSETS | {"hosted.status"}
+
+
 def _link_key() -> str:
     token = (request.view_args or {}).get("token")
     return f"link:{token}" if token else f"address:{get_remote_address() or 'unknown'}"
@@ -298,11 +306,17 @@ def register_hosted_pages(app: Flask, limiter: Limiter, settings: Settings) -> N
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SECURE"] = (settings.public_base_url or "").startswith("https:")
     csrf.init_app(app)
-    limiter.limit(settings.hosted_link_rate_limit, key_func=_link_key, scope="hosted-link")(bp)
+    limiter.limit(
+        settings.hosted_link_rate_limit,
+        key_func=_link_key,
+        scope="hosted-link",
+        exempt_when=lambda: request.endpoint in _FOLLOWING,
+    )(bp)
     limiter.limit(
         settings.hosted_address_rate_limit,
         key_func=lambda: f"address:{get_remote_address() or 'unknown'}",
         scope="hosted-address",
+        exempt_when=lambda: request.endpoint in _ASSETS,
     )(bp)
     app.register_blueprint(bp)
 

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from billing.credit_notes.rules import CreditNoteStatus
+from billing.documents.view import Seller
 from billing.extensions import db
 from billing.models import (
     CreditNote,
@@ -42,7 +43,7 @@ from billing.platform.unit_of_work import transaction
 
 if TYPE_CHECKING:
     from billing.adapters.storage import DocumentStorage
-    from billing.documents.invoice_pdf import RenderedPdf, Seller
+    from billing.documents.invoice_pdf import RenderedPdf
 
 log = get_logger(__name__)
 
@@ -80,8 +81,6 @@ def request_credit_note_renders(session: Session, credit_note_ids: Sequence[str]
 
 @lru_cache(maxsize=4)
 def _seller(**fields: Any) -> Seller:
-    from billing.documents.invoice_pdf import Seller
-
     return Seller(**fields)
 
 
@@ -305,6 +304,8 @@ def source_fingerprint(
                     line.discount_amount,
                     line.tax,
                     getattr(line, "tax_reason", None),
+                    # Only where it is set: every other invoice's fingerprint stays as it was.
+                    *(["tax_inclusive"] if getattr(line, "tax_inclusive", False) else []),
                 ]
                 for line in invoice.lines
             ],

@@ -27,7 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from weasyprint.text.fonts import FontConfiguration
 
 from billing.documents.fetcher import TEMPLATES_DIR, TemplateOnlyFetcher
-from billing.documents.view import invoice_view
+from billing.documents.view import Seller, invoice_view
 from billing.einvoices import model as einvoice
 from billing.einvoices.facturx_pdf import factur_x
 
@@ -43,26 +43,6 @@ STYLESHEETS = ("fonts.css", "invoice.css")
 PDF_VARIANT = "pdf/a-3b"
 LOGO_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}
 LOGO_TYPES[".jpeg"] = "image/jpeg"
-
-
-@dataclass(frozen=True)
-class Seller:
-    """Who issues the invoices, from configuration."""
-
-    name: str
-    address_lines: tuple[str, ...] = ()
-    tax_id: str | None = None
-    email: str | None = None
-    logo_path: str | None = None  # a PNG/SVG file on disk, read once and embedded (data: URI)
-    payment_instructions: str | None = None  # e.g. bank transfer details for send_invoice
-    # The address in parts and how to pay, as an e-invoice needs them.
-    street: str | None = None
-    city: str | None = None
-    postal_code: str | None = None
-    country: str | None = None  # ISO 3166-1 alpha-2
-    phone: str | None = None
-    iban: str | None = None
-    bic: str | None = None
 
 
 @dataclass(frozen=True)

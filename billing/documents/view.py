@@ -32,8 +32,28 @@ from billing.domain.money import Money
 from billing.taxes.rules import legal_notices
 
 if TYPE_CHECKING:
-    from billing.documents.invoice_pdf import Seller
     from billing.models import CreditNote, Customer, Invoice, InvoiceDiscount, InvoiceLine
+
+
+@dataclass(frozen=True)
+class Seller:
+    """Who issues the invoices, from configuration."""
+
+    name: str
+    address_lines: tuple[str, ...] = ()
+    tax_id: str | None = None
+    email: str | None = None
+    logo_path: str | None = None  # a PNG/SVG file on disk, read once and embedded (data: URI)
+    payment_instructions: str | None = None  # e.g. bank transfer details for send_invoice
+    # The address in parts and how to pay, as an e-invoice needs them.
+    street: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+    country: str | None = None  # ISO 3166-1 alpha-2
+    phone: str | None = None
+    iban: str | None = None
+    bic: str | None = None
+
 
 # Countries whose postal addresses put the city first: "City, ST 12345".
 CITY_FIRST = frozenset({"US", "CA", "AU"})
@@ -108,6 +128,9 @@ class LineFigures:
     tax: int
     # Why its rate (standard, reverse_charge, zero_rated_export, exempt, manual) or None.
     tax_reason: str | None
+    # A tax-inclusive line's unit price as given, tax included; its `unit_amount` is then
+    # None: its net unit price need not be a whole number of minor units.
+    unit_amount_with_tax: int | None = None
 
 
 @dataclass(frozen=True)
@@ -269,11 +292,14 @@ def tax_reason(line: Any) -> str | None:
 
 def invoice_line_figures(line: InvoiceLine) -> LineFigures:
     amount, discount = _amount(line.amount), _amount(line.discount_amount)
+    # Read softly, as tax_reason: older rows have no such column.
+    inclusive = bool(getattr(line, "tax_inclusive", False))
     return LineFigures(
         id=str(line.id),
         description=str(line.description),
         quantity=int(line.quantity),
-        unit_amount=_amount(line.unit_amount),
+        unit_amount=None if inclusive else _amount(line.unit_amount),
+        unit_amount_with_tax=_amount(line.unit_amount) if inclusive else None,
         amount=amount,
         discount=discount,
         net=amount - discount,
@@ -281,6 +307,14 @@ def invoice_line_figures(line: InvoiceLine) -> LineFigures:
         tax=_amount(line.tax),
         tax_reason=tax_reason(line),
     )
+
+
+def unit_price(line: LineFigures, formatter: Formatter) -> str:
+    """The unit price a document prints: net, or as given with its tax for a tax-inclusive
+    line (whose amount column is still net)."""
+    if line.unit_amount_with_tax is not None:
+        return f"{formatter.money(line.unit_amount_with_tax)} incl. tax"
+    return formatter.money(line.unit_amount or 0)
 
 
 def invoice_figures(invoice: Invoice, discounts: Sequence[InvoiceDiscount] = ()) -> DocumentFigures:
@@ -485,7 +519,7 @@ def invoice_view(
             LineView(
                 description=line.description,
                 quantity=formatter.quantity(line.quantity or 0),
-                unit_price=formatter.money(line.unit_amount or 0),
+                unit_price=unit_price(line, formatter),
                 tax_rate=formatter.rate(line.tax_rate),
                 amount=formatter.money(line.amount),
             )

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from billing.documents.view import (
     CreditNoteView,
@@ -27,12 +26,10 @@ from billing.documents.view import (
     LineFigures,
     PartyView,
     PostalAddress,
+    Seller,
 )
 from billing.einvoices.categories import VatCategory, vat_category
 from billing.taxes.rules import vat_identifier
-
-if TYPE_CHECKING:
-    from billing.documents.invoice_pdf import Seller
 
 INVOICE = "380"
 CREDIT_NOTE = "381"

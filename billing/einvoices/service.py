@@ -113,6 +113,30 @@ def credit_note_einvoice(
     return EInvoiceXml(content, f"credit-note-{paper.credit_note.number}.{syntax}.xml")
 
 
+def required() -> bool:
+    """Whether any invoice may need to yield a valid e-invoice to be finalized."""
+    return context.settings().einvoice_required != "never"
+
+
+def refusals_before_finalizing(
+    session: Session, invoice_ids: Sequence[str]
+) -> dict[str, EInvoiceFieldMissing | EInvoiceNotPossible]:
+    """`check_before_finalizing` for each of a billing run's drafts (stored with their
+    lines and discounts), answering the refused ones by id instead of raising: one
+    customer's missing address must not stop everyone else's invoice."""
+    refused: dict[str, EInvoiceFieldMissing | EInvoiceNotPossible] = {}
+    if not required():
+        return refused
+    for invoice_id in invoice_ids:
+        invoice = session.get(Invoice, invoice_id)
+        assert invoice is not None
+        try:
+            check_before_finalizing(session, invoice)
+        except (EInvoiceFieldMissing, EInvoiceNotPossible) as refusal:
+            refused[invoice_id] = refusal
+    return refused
+
+
 def check_before_finalizing(session: Session, invoice: Invoice) -> None:
     """Raise EInvoiceFieldMissing (422, `param` the field) when the draft, finalized now
     with today's parties, could not yield a valid e-invoice and one is required."""

@@ -18,6 +18,8 @@ class EventType(enum.StrEnum):
     CUSTOMER_UPDATED = "customer.updated"
     INVOICE_CREATED = "invoice.created"
     INVOICE_FINALIZED = "invoice.finalized"
+    # A billing run left the invoice a draft: it could not yield the e-invoice required.
+    INVOICE_FINALIZATION_FAILED = "invoice.finalization_failed"
     INVOICE_PAID = "invoice.paid"
     INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
     INVOICE_PAYMENT_ACTION_REQUIRED = "invoice.payment_action_required"

@@ -19,7 +19,7 @@ from billing.models import Customer, Invoice
 from billing.notifications.emails import recipients_of
 from billing.operations import operations
 from billing.platform import context
-from billing.platform.errors import Conflict, ServiceError
+from billing.platform.errors import Conflict, PermanentJobError, ServiceError, TransientJobError
 from billing.platform.logging import get_logger
 from billing.platform.unit_of_work import transaction
 
@@ -30,12 +30,6 @@ SOURCE = "hosted_page"
 
 class CardNotSaved(Conflict):
     code = "card_not_saved"
-
-
-class StripeUnreachable(ServiceError):
-    code = "stripe_unavailable"
-    status = 503
-    retryable = True
 
 
 def pay_with_saved_card(invoice: Invoice) -> charges.ChargeRequest:
@@ -66,7 +60,9 @@ def start_card_setup(invoice: Invoice) -> CardSetup:
             metadata={"invoice_number": invoice.number or "", "source": SOURCE},
         )
     except (StripeUnavailable, StripeRateLimited) as exc:
-        raise StripeUnreachable("Stripe did not answer; try again in a moment") from exc
+        raise customers.StripeUnavailableError(
+            "Stripe did not answer; try again in a moment"
+        ) from exc
     assert intent.client_secret is not None
     return CardSetup(intent.client_secret)
 
@@ -74,8 +70,10 @@ def start_card_setup(invoice: Invoice) -> CardSetup:
 def _synced(customer: Customer) -> str:
     try:
         return customers.sync_customer_to_stripe(customer.id)
-    except Exception as exc:
-        raise StripeUnreachable("we could not reach Stripe; try again in a moment") from exc
+    except (TransientJobError, PermanentJobError) as exc:
+        raise customers.StripeUnavailableError(
+            "we could not reach Stripe; try again in a moment"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,9 @@ def save_card(invoice: Invoice, setup_intent_id: str, *, pay: bool) -> SavedCard
     except StripeRejected as exc:
         raise CardNotSaved("that card setup is unknown", param="setup_intent") from exc
     except (StripeUnavailable, StripeRateLimited) as exc:
-        raise StripeUnreachable("Stripe did not answer; try again in a moment") from exc
+        raise customers.StripeUnavailableError(
+            "Stripe did not answer; try again in a moment"
+        ) from exc
     if (
         intent.stripe_customer_id != customer.stripe_customer_id
         or intent.status != "succeeded"
@@ -109,6 +109,11 @@ def save_card(invoice: Invoice, setup_intent_id: str, *, pay: bool) -> SavedCard
         )
     started = dunning.retry_after_new_payment_method(customer.id, intent.payment_method)
     charge = None
+    # A customer who replaces the card on the page of an invoice whose last charge was
+    # declined means that card for it: it is retried now, not on dunning's next day.
+    if not pay:
+        latest = charges.latest_attempt(invoice.id)
+        pay = latest is not None and latest.status == "failed"
     if pay and not started:
         db.session.refresh(invoice)
         charge = pay_with_saved_card(invoice)

@@ -86,6 +86,8 @@ class LineFields:
     tax_rate_id: str | None = None
     tax_reason: TaxReason | None = None
     tax_category: TaxCategory = TaxCategory.STANDARD
+    # Its unit_amount holds its tax: set with a tax-inclusive rate object.
+    tax_inclusive: bool = False
 
     @property
     def percentage(self) -> Decimal:
@@ -97,7 +99,11 @@ class LineFields:
             tax_rate=decision.percentage,
             tax_rate_id=decision.rate_id,
             tax_reason=decision.reason,
+            tax_inclusive=decision.inclusive,
         )
+
+    def for_totals(self) -> rules.TaxedLine:
+        return rules.TaxedLine(self.quantity, self.unit_amount, self.percentage, self.tax_inclusive)
 
 
 def taxed_line(
@@ -149,6 +155,7 @@ class ShownLine(NamedTuple):
     tax: int
     tax_rate_id: str | None
     tax_reason: str | None
+    tax_inclusive: bool
 
 
 class ShownAttempt(NamedTuple):
@@ -483,6 +490,10 @@ def invoice_histories(
     }
 
 
+class DiscountOnInclusiveTax(InvalidRequest):
+    code = "discount_on_tax_inclusive_lines"
+
+
 class TooManyLines(ServiceError):
     code = "too_many_lines"
     status = 400
@@ -500,6 +511,7 @@ def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
             fields.unit_amount,
             fields.percentage,
             step=charge_step(invoice.currency),
+            tax_inclusive=fields.tax_inclusive,
         )
     except rules.AmountTooLarge as exc:
         raise InvalidRequest(str(exc), param="unit_amount") from exc
@@ -512,6 +524,7 @@ def _add_line(invoice: Invoice, fields: LineFields) -> InvoiceLine:
         tax_rate=fields.percentage,
         tax_rate_id=fields.tax_rate_id,
         tax_reason=fields.tax_reason.value if fields.tax_reason is not None else None,
+        tax_inclusive=fields.tax_inclusive,
         amount=amounts.amount,
         tax=amounts.tax,
     )
@@ -547,7 +560,10 @@ def _recompute_totals(
     """The invoice's totals, and each line's discount share and tax, less `applied`."""
     try:
         totals = rules.invoice_totals(
-            ((ln.quantity, ln.unit_amount, ln.tax_rate) for ln in invoice.lines),
+            (
+                rules.TaxedLine(ln.quantity, ln.unit_amount, ln.tax_rate, ln.tax_inclusive)
+                for ln in invoice.lines
+            ),
             step=charge_step(invoice.currency),
             discounts=[a.terms for a in applied],
         )
@@ -555,10 +571,16 @@ def _recompute_totals(
         raise InvalidRequest(str(exc), param="lines") from exc
     except AmountNotChargeable as exc:
         raise UnchargeableAmount(str(exc), param="lines") from exc
-    for line, discount, tax in zip(
-        invoice.lines, totals.line_discounts, totals.line_taxes, strict=True
+    except rules.InclusiveTaxDiscounted as exc:
+        raise DiscountOnInclusiveTax(
+            "discounts do not apply to lines at a tax-inclusive rate yet: give those lines "
+            "an exclusive rate, or invoice them without the discount",
+            param="lines",
+        ) from exc
+    for line, net, discount, tax in zip(
+        invoice.lines, totals.line_nets, totals.line_discounts, totals.line_taxes, strict=True
     ):
-        line.discount_amount, line.tax = discount, tax
+        line.amount, line.discount_amount, line.tax = net, discount, tax
     invoice.subtotal, invoice.discount = totals.subtotal, totals.discount
     invoice.tax, invoice.total = totals.tax, totals.total
     return totals

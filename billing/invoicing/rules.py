@@ -8,6 +8,19 @@ its exact tax (``net * rate / 100``, in charge steps), plus one step to the line
 largest remainders (ties to the earlier line) until the rate's tax is reached; so a rate's
 lines add up exactly to its tax, whatever their signs.
 
+Tax-inclusive rule. A line taxed at an inclusive rate is given tax included: its
+``quantity * unit_amount`` is its gross. Its rate's tax comes from the rate's gross total
+instead, rounded once as above: ``tax = gross * rate / (100 + rate)`` rounded to the charge
+step, halves away from zero, and the rate's net is ``gross - tax``. Each line's tax is its
+share of that tax by the same floors and largest remainders (its exact share being
+``gross * rate / (100 + rate)``), and its net ``amount`` is its gross less its tax; so each
+line's net and tax add up to its gross, its rate's lines add up exactly to the rate's net
+and tax, and the invoice's total is the sum of the gross amounts given. Lines at the same
+percentage but one inclusive and one exclusive are two groups, each rounded by its own
+rule: an invoice may mix them. Discounts do not apply to tax-inclusive lines yet (a
+discount on a gross price would change its net and its tax at once, and the discounts'
+amounts would no longer be the invoice's discount): `invoice_totals` refuses the pair.
+
 Where Stripe charges a currency less finely than its minor unit (tens of fils for the
 three-decimal currencies: ``money.charge_step``), taxes round to that step instead and
 line amounts must be multiples of it, so that every total is chargeable as printed.
@@ -39,6 +52,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
+from typing import NamedTuple
 
 from billing.domain.money import AmountNotChargeable, round_to_step
 from billing.domain.states import IllegalTransition, StateMachine
@@ -106,8 +120,21 @@ def lines_are_editable(status: InvoiceStatus) -> bool:
 
 @dataclass(frozen=True)
 class LineAmounts:
-    amount: int
+    amount: int  # net: for a tax-inclusive line, its gross less its tax
     tax: int
+
+
+class TaxedLine(NamedTuple):
+    """A line as the totals take it: a tax-inclusive line's unit_amount holds its tax."""
+
+    quantity: int
+    unit_amount: int
+    tax_rate: Decimal
+    tax_inclusive: bool = False
+
+
+class InclusiveTaxDiscounted(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -124,7 +151,7 @@ class DiscountTerms:
 
 @dataclass(frozen=True)
 class InvoiceTotals:
-    subtotal: int
+    subtotal: int  # the lines' net amounts before discounts
     tax: int
     total: int
     tax_by_rate: dict[Decimal, int]
@@ -134,12 +161,22 @@ class InvoiceTotals:
     line_taxes: tuple[int, ...] = ()
     # In the order of the discounts given: what each took.
     discount_amounts: tuple[int, ...] = ()
+    # In the order of the lines given: each one's net amount before discounts (for a
+    # tax-inclusive line, its gross less its share of its rate's tax).
+    line_nets: tuple[int, ...] = ()
 
 
 def line_amounts(
-    quantity: int, unit_amount: int, tax_rate: Decimal, *, step: int = 1
+    quantity: int,
+    unit_amount: int,
+    tax_rate: Decimal,
+    *,
+    step: int = 1,
+    tax_inclusive: bool = False,
 ) -> LineAmounts:
-    """A line's amount and tax; `step` is the currency's charge step (money.charge_step)."""
+    """A line's net amount and tax on its own; `step` is the currency's charge step
+    (money.charge_step). On an invoice, its tax is its share of its rate's
+    (`invoice_totals`)."""
     if quantity < 0:
         raise ValueError("quantity cannot be negative")
     amount = quantity * unit_amount
@@ -150,29 +187,46 @@ def line_amounts(
             f"a line's amount must be a multiple of {step} minor units in this currency "
             "(Stripe charges it no finer)"
         )
+    if tax_inclusive:
+        tax = round_to_step(Decimal(amount) * tax_rate / (100 + tax_rate), step)
+        return LineAmounts(amount=amount - tax, tax=tax)
     tax = round_to_step(Decimal(amount) * tax_rate / 100, step)
     return LineAmounts(amount=amount, tax=tax)
 
 
 def invoice_totals(
-    lines: Iterable[tuple[int, int, Decimal]],
+    lines: Iterable[tuple[int, int, Decimal] | TaxedLine],
     *,
     step: int = 1,
     discounts: Sequence[DiscountTerms] = (),
 ) -> InvoiceTotals:
-    """Totals of (quantity, unit_amount, tax_rate) lines, all in one currency whose charge
-    step is `step`, less `discounts` in their order (the rule in this module's docstring):
-    every amount, and so the total, is a multiple of the step."""
-    given = list(lines)
-    amounts = [line_amounts(q, u, rate, step=step).amount for q, u, rate in given]
-    subtotal = sum(amounts)
+    """Totals of (quantity, unit_amount, tax_rate[, tax_inclusive]) lines, all in one
+    currency whose charge step is `step`, less `discounts` in their order (the rules in this
+    module's docstring): every amount, and so the total, is a multiple of the step."""
+    given = [TaxedLine(*line) for line in lines]
+    inclusive = [line.tax_inclusive for line in given]
+    if discounts and any(inclusive):
+        raise InclusiveTaxDiscounted("discounts do not apply to tax-inclusive lines")
+    amounts = [line_amounts(q, u, rate, step=step).amount for q, u, rate, _ in given]
     line_discounts, discount_amounts = allocate_discounts(amounts, discounts, step=step)
-    nets = [amount - discount for amount, discount in zip(amounts, line_discounts, strict=True)]
-    line_taxes, by_rate = tax_per_rate([rate for _, _, rate in given], nets, step=step)
+    bases = [amount - discount for amount, discount in zip(amounts, line_discounts, strict=True)]
+    line_taxes, by_rate = tax_per_rate(
+        [line.tax_rate for line in given], bases, step=step, inclusive=inclusive
+    )
+    # A tax-inclusive line's net is what its gross keeps once its tax is taken out.
+    nets = [
+        amount - tax if incl else amount
+        for amount, tax, incl in zip(amounts, line_taxes, inclusive, strict=True)
+    ]
+    subtotal = sum(nets)
     tax = sum(by_rate.values())
     discount = sum(discount_amounts)
     total = subtotal - discount + tax
-    if abs(subtotal) > MAX_AMOUNT or abs(total) > MAX_AMOUNT:
+    if (
+        abs(subtotal) > MAX_AMOUNT
+        or abs(total) > MAX_AMOUNT
+        or abs(sum(amounts) - discount) > MAX_AMOUNT
+    ):
         raise AmountTooLarge(f"an invoice's total cannot exceed {MAX_AMOUNT} minor units")
     return InvoiceTotals(
         subtotal=subtotal,
@@ -183,33 +237,49 @@ def invoice_totals(
         line_discounts=tuple(line_discounts),
         line_taxes=tuple(line_taxes),
         discount_amounts=tuple(discount_amounts),
+        line_nets=tuple(nets),
     )
 
 
 def tax_per_rate(
-    rates: Sequence[Decimal], nets: Sequence[int], *, step: int = 1
+    rates: Sequence[Decimal],
+    bases: Sequence[int],
+    *,
+    step: int = 1,
+    inclusive: Sequence[bool] = (),
 ) -> tuple[list[int], dict[Decimal, int]]:
-    """Each line's tax, and each rate's, for lines taxed at `rates` on `nets` (multiples of
-    `step`), by the tax rounding rule in this module's docstring."""
-    exact = [Decimal(net) * rate / 100 / step for net, rate in zip(nets, rates, strict=True)]
+    """Each line's tax, and each rate's, for lines taxed at `rates` on `bases` (multiples of
+    `step`): nets, or for the lines flagged in `inclusive`, gross amounts; by the tax
+    rounding rule and the tax-inclusive rule in this module's docstring. Inclusive and
+    exclusive lines at one percentage are rounded as two groups; `tax_by_rate` adds them."""
+    flags = list(inclusive) or [False] * len(rates)
     by_rate: dict[Decimal, int] = {}
-    members: dict[Decimal, list[int]] = {}
-    for index, rate in enumerate(rates):
-        members.setdefault(rate, []).append(index)
+    members: dict[tuple[Decimal, bool], list[int]] = {}
+    for index, (rate, flag) in enumerate(zip(rates, flags, strict=True)):
+        members.setdefault((rate, flag), []).append(index)
     line_taxes = [0] * len(rates)
-    for rate, indexes in members.items():
-        rate_tax = round_to_step(Decimal(sum(nets[i] for i in indexes)) * rate / 100, step)
-        by_rate[rate] = rate_tax
-        floors = {i: int(exact[i].to_integral_value(rounding=ROUND_FLOOR)) for i in indexes}
-        # Never negative and at most one per line: the rounded sum lies between the sum
-        # of the floors and the sum of the ceilings.
-        leftover = rate_tax // step - sum(floors.values())
-        by_remainder = sorted(indexes, key=lambda i: (floors[i] - exact[i], i))
-        for i in indexes:
-            line_taxes[i] = floors[i] * step
-        for i in by_remainder[:leftover]:
-            line_taxes[i] += step
+    for (rate, flag), indexes in members.items():
+        divisor = 100 + rate if flag else Decimal(100)
+        rate_tax = round_to_step(Decimal(sum(bases[i] for i in indexes)) * rate / divisor, step)
+        by_rate[rate] = by_rate.get(rate, 0) + rate_tax
+        exact = [Decimal(bases[i]) * rate / divisor / step for i in indexes]
+        for i, units in zip(indexes, spread_by_remainders(rate_tax // step, exact), strict=True):
+            line_taxes[i] = units * step
     return line_taxes, by_rate
+
+
+def spread_by_remainders(units: int, exact: Sequence[Decimal]) -> list[int]:
+    """`units` (the sum of `exact`, rounded) shared out: each part's floor, plus one to the
+    parts with the largest remainders (ties to the earlier part) until `units` is reached;
+    whatever their signs."""
+    floors = [int(x.to_integral_value(rounding=ROUND_FLOOR)) for x in exact]
+    # Never negative and at most one per part: the rounded sum lies between the sum of
+    # the floors and the sum of the ceilings.
+    leftover = units - sum(floors)
+    by_remainder = sorted(range(len(exact)), key=lambda i: (floors[i] - exact[i], i))
+    for i in by_remainder[:leftover]:
+        floors[i] += 1
+    return floors
 
 
 def allocate_discounts(

@@ -45,6 +45,7 @@ from billing.adapters.mailer import MailRejected, MailTransientError
 from billing.adapters.storage import content_in_sql
 from billing.domain import parties
 from billing.domain.money import format_money
+from billing.einvoices.embedded import embedded_xml
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
@@ -791,11 +792,15 @@ def build_message(mail: Outgoing, work: outbox.JobWork | None = None) -> Message
         content = mail.document_content
         if content is None:  # not read with the take: stored elsewhere (S3)
             content = work.gateways.storage.get(mail.document_key)
-        message.attach(
-            filename=_attachment_name(kind.attaches, mail, occasion),
-            content_type="application/pdf",
-            data=bytes(content),
-        )
+        name = _attachment_name(kind.attaches, mail, occasion)
+        message.attach(filename=name, content_type="application/pdf", data=bytes(content))
+        xml = embedded_xml(bytes(content)) if context.settings().einvoice_email_attachment else None
+        if xml is not None:
+            message.attach(
+                filename=name.removesuffix(".pdf") + ".xml",
+                content_type="application/xml",
+                data=xml,
+            )
     return message
 
 

@@ -10,7 +10,7 @@ and then find nothing due, and the key is the last wall behind it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, joinedload
 from billing.customers.customers import get_customer
 from billing.discounts import discounts
 from billing.domain.money import charge_step
+from billing.einvoices import service as einvoices
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
@@ -372,9 +373,7 @@ def _invoice_periods(
         currency = subscription.price.currency
         lines = _period_lines(subscription, period, book)
         step = charge_step(currency)
-        totals = invoice_rules.invoice_totals(
-            ((line.quantity, line.unit_amount, line.percentage) for line in lines), step=step
-        )
+        totals = invoice_rules.invoice_totals((line.for_totals() for line in lines), step=step)
         invoice_id = new_id("in")
         if totals.total < 0:
             # Tax included: it moves what is owed, tax and all, and is not itself a supply.
@@ -398,7 +397,7 @@ def _invoice_periods(
         if applied or totals.total < 0:
             # A carried credit brings the invoice to zero, and no discount takes it below.
             totals = invoice_rules.invoice_totals(
-                ((line.quantity, line.unit_amount, line.percentage) for line in lines),
+                (line.for_totals() for line in lines),
                 step=step,
                 discounts=[a.terms for a in applied],
             )
@@ -425,8 +424,8 @@ def _invoice_periods(
                 "total": totals.total,
             }
         )
-        for line, discount, tax in zip(
-            lines, totals.line_discounts, totals.line_taxes, strict=True
+        for line, net, discount, tax in zip(
+            lines, totals.line_nets, totals.line_discounts, totals.line_taxes, strict=True
         ):
             line_rows.append(
                 {
@@ -438,7 +437,8 @@ def _invoice_periods(
                     "tax_rate": line.percentage,
                     "tax_rate_id": line.tax_rate_id,
                     "tax_reason": line.tax_reason.value if line.tax_reason else None,
-                    "amount": line.quantity * line.unit_amount,
+                    "tax_inclusive": line.tax_inclusive,
+                    "amount": net,
                     "discount_amount": discount,
                     "tax": tax,
                 }
@@ -475,13 +475,23 @@ def _invoice_periods(
             EventType.INVOICE_CREATED,
             [(row["id"], row["customer_id"]) for row in invoice_rows],
         )
-        invoices.finalize_many(session, ids, now)
-        # After the invoices' own update (finalize_many's first write): a row that refers
-        # to an invoice locks it (key share), and updating a row this transaction has
-        # locked costs more than locking it after.
-        session.execute(insert(InvoiceLine.__table__), line_rows)
-        session.execute(insert(SubscriptionPeriod.__table__), period_rows)
-        discounts.record_many_invoice_discounts(session, discount_rows)
+        if einvoices.required():
+            # Each draft is checked as stored, lines and discounts and all, and one that
+            # cannot yield the e-invoice required stays a draft for an operator to fix.
+            session.execute(insert(InvoiceLine.__table__), line_rows)
+            discounts.record_many_invoice_discounts(session, discount_rows)
+            held = einvoices.refusals_before_finalizing(session, ids)
+            _hold_drafts(session, held, {row["id"]: row["customer_id"] for row in invoice_rows})
+            invoices.finalize_many(session, [i for i in ids if i not in held], now)
+            session.execute(insert(SubscriptionPeriod.__table__), period_rows)
+        else:
+            invoices.finalize_many(session, ids, now)
+            # After the invoices' own update (finalize_many's first write): a row that
+            # refers to an invoice locks it (key share), and updating a row this
+            # transaction has locked costs more than locking it after.
+            session.execute(insert(InvoiceLine.__table__), line_rows)
+            session.execute(insert(SubscriptionPeriod.__table__), period_rows)
+            discounts.record_many_invoice_discounts(session, discount_rows)
         if carried_rows:
             session.execute(insert(SubscriptionAdjustment.__table__), carried_rows)
     for row in period_rows:
@@ -492,6 +502,29 @@ def _invoice_periods(
             period_start=row["period_start"].isoformat(),
         )
     return ids
+
+
+def _hold_drafts(
+    session: Session, held: Mapping[str, ServiceError], customers: Mapping[str, str]
+) -> None:
+    """The period's invoice stays a draft (the period is still invoiced once: by it), its
+    reason recorded as an event and logged; finalizing it through the API once the data
+    is fixed checks again, and charges or sends it as any other."""
+    if not held:
+        return
+    events.record_many(
+        session,
+        EventType.INVOICE_FINALIZATION_FAILED,
+        [(invoice_id, customers[invoice_id]) for invoice_id in held],
+    )
+    for invoice_id, refusal in held.items():
+        log.warning(
+            "subscription.invoice_held_as_draft",
+            invoice_id=invoice_id,
+            code=refusal.code,
+            param=refusal.param,
+            reason=str(refusal),
+        )
 
 
 def _invoice_last_adjustments(session: Session, subscription: Subscription) -> str | None:

@@ -21,6 +21,10 @@ The rules table (docs/design/taxes.md), first match wins:
    object, still `standard`: a seller who configured no taxes charges none, as before.
 
 A caller's own percentage on a line (or a chosen rate object) is `manual`.
+
+The rules choose among exclusive rates only: the prices they tax (products, subscriptions)
+are net. A tax-inclusive rate is one a caller picks for a line whose price holds its tax;
+such a line's net and tax are worked out of its gross by billing.invoicing.rules.
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ class TaxDecision:
     percentage: Decimal
     reason: TaxReason
     rate_id: str | None = None
+    # The line's price holds its tax (a tax-inclusive rate object chosen for it).
+    inclusive: bool = False
 
     @property
     def notice(self) -> str | None:

@@ -22,10 +22,6 @@ from billing.taxes.rules import TaxCategory, TaxDecision, TaxIdType, TaxReason, 
 log = get_logger(__name__)
 
 
-class InclusiveTaxUnsupported(InvalidRequest):
-    code = "tax_rate_inclusive_unsupported"
-
-
 class TaxRateArchived(Conflict):
     code = "tax_rate_archived"
 
@@ -46,13 +42,6 @@ class TaxRateFields:
 
 
 def create_tax_rate(fields: TaxRateFields) -> TaxRate:
-    if fields.inclusive:
-        # Every total here is computed on net amounts (billing.invoicing.rules); a price
-        # that already holds its tax would need the nets worked back out of it first.
-        raise InclusiveTaxUnsupported(
-            "tax-inclusive rates are not supported yet; give the net price and an exclusive rate",
-            param="inclusive",
-        )
     with transaction() as session:
         rate = TaxRate(
             display_name=fields.display_name,
@@ -117,6 +106,7 @@ def buyer_of(customer: Customer) -> rules.Buyer:
 
 
 def active_rates(session: Session) -> list[rules.RateOption]:
+    """The rates the rules may choose: active and exclusive (billing.taxes.rules)."""
     return [
         rules.RateOption(
             id=rate.id,
@@ -125,7 +115,9 @@ def active_rates(session: Session) -> list[rules.RateOption]:
             category=TaxCategory(rate.tax_category),
             region=rate.region,
         )
-        for rate in session.scalars(select(TaxRate).where(TaxRate.active.is_(True)))
+        for rate in session.scalars(
+            select(TaxRate).where(TaxRate.active.is_(True), TaxRate.inclusive.is_(False))
+        )
     ]
 
 
@@ -156,4 +148,4 @@ def chosen_rate(session: Session, tax_rate_id: str, *, param: str) -> TaxDecisio
         raise NotFound(f"No such tax rate: '{tax_rate_id}'", param=param)
     if not rate.active:
         raise TaxRateArchived(f"tax rate '{tax_rate_id}' is archived", param=param)
-    return TaxDecision(rate.percentage, TaxReason.MANUAL, rate.id)
+    return TaxDecision(rate.percentage, TaxReason.MANUAL, rate.id, inclusive=rate.inclusive)

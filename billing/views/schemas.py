@@ -440,9 +440,14 @@ class LineOut(BaseModel):
     object: Literal["line_item"] = "line_item"
     description: str
     quantity: int
-    unit_amount: int
+    unit_amount: int = Field(
+        description="Per unit, minor units; tax included when tax_inclusive is true."
+    )
     tax_rate: TaxRate
-    amount: int
+    amount: int = Field(
+        description="Its net amount before discounts: quantity * unit_amount, or for a "
+        "tax-inclusive line that gross less its tax."
+    )
     discount_amount: int = Field(description="Its share of the invoice's discounts.")
     tax: int = Field(
         description="Its share of its rate's tax, which is rounded once on the rate's "
@@ -452,6 +457,10 @@ class LineOut(BaseModel):
     tax_reason: TaxReason | None = Field(
         description="Why this rate: standard, reverse_charge, zero_rated_export, exempt or "
         "manual; null on lines made before tax rules."
+    )
+    tax_inclusive: bool = Field(
+        description="Its unit_amount includes its tax (a tax-inclusive rate): amount + tax "
+        "= quantity * unit_amount."
     )
 
 
@@ -715,7 +724,11 @@ class TaxRateCreate(Strict):
     )
     percentage: TaxRate
     inclusive: bool = Field(
-        default=False, description="Tax-inclusive rates are refused for now (422)."
+        default=False,
+        description="Prices taxed at it include the tax: a line's net and tax are worked out "
+        "of its gross, the rate's tax rounded once on the rate's gross total. Chosen only "
+        "by tax_rate_id on a line, never by the tax rules; such lines take no discount "
+        "(422 discount_on_tax_inclusive_lines).",
     )
     country: Country
     region: Annotated[Text, StringConstraints(min_length=1, max_length=100)] | None = None

@@ -156,6 +156,7 @@ def _line_body(line: ShownLine, rate: str) -> dict[str, Any]:
         "tax": line.tax,
         "tax_rate_id": line.tax_rate_id,
         "tax_reason": line.tax_reason,
+        "tax_inclusive": line.tax_inclusive,
     }
 
 

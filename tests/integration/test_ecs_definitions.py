@@ -36,6 +36,7 @@ SECRET_NAMES = {
     "MAIL_USERNAME",
     "MAIL_PASSWORD",
     "METRICS_TOKEN",
+    "HOSTED_LINK_KEYS",
 }
 # Each role holds only the secrets it uses: the PDF worker, which renders customer input,
 # and the webhooks worker, which connects to customers' URLs, never hold the Stripe key;
@@ -47,14 +48,25 @@ SECRETS_BY_ROLE = {
         "STRIPE_API_KEY",
         "STRIPE_WEBHOOK_SECRET",
         "METRICS_TOKEN",
+        "HOSTED_LINK_KEYS",
     },
-    "worker-billing": {"DATABASE_URL", "REDIS_URL", "STRIPE_API_KEY"},
+    # Hosted invoice links are signed where invoices are shown: the API, the events the
+    # billing worker records, and the emails.
+    "worker-billing": {"DATABASE_URL", "REDIS_URL", "STRIPE_API_KEY", "HOSTED_LINK_KEYS"},
     "worker-pdf": {"DATABASE_URL", "REDIS_URL"},
-    "worker-mail": {"DATABASE_URL", "REDIS_URL", "MAIL_USERNAME", "MAIL_PASSWORD"},
+    "worker-mail": {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "MAIL_USERNAME",
+        "MAIL_PASSWORD",
+        "HOSTED_LINK_KEYS",
+    },
     "worker-webhooks": {"DATABASE_URL", "REDIS_URL"},
     "beat": {"REDIS_URL"},
     "migrate": {"DATABASE_URL"},
 }
+# A secret whose shape the settings check, in that shape.
+FAKE_SECRETS = {"HOSTED_LINK_KEYS": "k1:" + "x" * 32}
 # The long-running roles, in the deploy order: web, every queue's worker, beat last.
 ROLES_WITH_A_SERVICE = ("web", *(f"worker-{queue}" for queue in QUEUES), "beat")
 FARGATE_MAX_STOP_TIMEOUT = 120
@@ -457,7 +469,7 @@ def test_every_role_gets_the_same_shared_configuration_and_the_service_accepts_i
             # ("Configuration"), the image's own (BILLING_ROLE, METRICS_PORT) in
             # deploy/ecs/README.md.
             assert f"`{variable}`" in configuration or variable in ("BILLING_ROLE", "METRICS_PORT")
-        fake_secrets = {secret: "x" for secret in SECRETS_BY_ROLE[name]}
+        fake_secrets = {secret: FAKE_SECRETS.get(secret, "x") for secret in SECRETS_BY_ROLE[name]}
         settings = Settings.from_env({**env, **fake_secrets})
         assert settings.document_storage == "s3" and settings.s3_bucket
         assert settings.cloudwatch_namespace == "BillingService"

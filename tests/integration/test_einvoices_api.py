@@ -14,6 +14,8 @@ import pytest
 from lxml import etree
 from pypdf import PdfReader
 
+from billing.documents.documents import seller
+from billing.documents.view import invoice_view
 from billing.models import CreditNote, CreditNoteLine, Invoice
 from billing.platform.unit_of_work import transaction
 from tests.support.einvoice_validation import assert_valid
@@ -197,3 +199,128 @@ def test_the_tax_rules_reverse_charge_is_category_ae_with_its_exemption_code(
         assert response.status_code == 200, response.get_json()
         assert_valid(response.data, syntax)
         assert b"VATEX-EU-AE" in response.data
+
+
+def _inclusive_rate(admin: Any, percentage: int) -> dict[str, Any]:
+    body = {"display_name": "VAT", "percentage": percentage, "country": "DE", "inclusive": True}
+    created = admin.post("/v1/tax_rates", json=body)
+    assert created.status_code == 200, created.get_json()
+    assert created.get_json()["inclusive"] is True
+    return created.get_json()  # type: ignore[no-any-return]
+
+
+def test_an_invoice_at_tax_inclusive_rates_records_nets_and_its_e_invoice_is_valid(
+    admin, make_customer, run_jobs
+) -> None:
+    standard, reduced = _inclusive_rate(admin, 19), _inclusive_rate(admin, 7)
+    customer = make_customer(**GERMAN_BUSINESS)
+    gross = {"quantity": 1, "unit_amount": 1000, "tax_rate_id": standard["id"]}
+    draft = admin.post(
+        "/v1/invoices",
+        json={
+            "customer": customer["id"],
+            "collection_method": "send_invoice",
+            "buyer_reference": "PO-4711",
+            "lines": [
+                {"description": "Licence A", **gross},
+                {"description": "Licence B", **gross},
+                {"description": "Licence C", **gross},
+                {
+                    "description": "Handbook",
+                    "quantity": 2,
+                    "unit_amount": 1070,
+                    "tax_rate_id": reduced["id"],
+                },
+                # An exclusive line at the same percentage: a group of its own.
+                {"description": "Support", "quantity": 1, "unit_amount": 2500, "tax_rate": 19},
+            ],
+        },
+    )
+    assert draft.status_code == 200, draft.get_json()
+    lines = draft.get_json()["lines"]["data"]
+    # The 19% inclusive rate's gross 30.00 holds 4.79 tax (rounded once, not 3 x 1.60).
+    assert [(ln["amount"], ln["tax"], ln["tax_inclusive"]) for ln in lines] == [
+        (840, 160, True),
+        (840, 160, True),
+        (841, 159, True),
+        (2000, 140, True),
+        (2500, 475, False),
+    ]
+    assert [ln["unit_amount"] for ln in lines] == [1000, 1000, 1000, 1070, 2500]
+    finalized = admin.post(f"/v1/invoices/{draft.get_json()['id']}/finalize")
+    assert finalized.status_code == 200, finalized.get_json()
+    invoice = finalized.get_json()
+    # The total is what the caller gave tax included, plus the exclusive line's tax.
+    assert (invoice["subtotal"], invoice["tax"], invoice["total"]) == (7021, 1094, 8115)
+    assert invoice["total"] == 3 * 1000 + 2 * 1070 + 2500 + 475
+
+    with transaction() as session:
+        row = session.get_one(Invoice, invoice["id"])
+        view = invoice_view(row, seller(), "en_US")
+        assert [line.unit_price for line in view.lines] == [
+            "€10.00 incl. tax",
+            "€10.00 incl. tax",
+            "€10.00 incl. tax",
+            "€10.70 incl. tax",
+            "€25.00",
+        ]
+        assert [line.amount for line in view.lines] == [
+            "€8.40",
+            "€8.40",
+            "€8.41",
+            "€20.00",
+            "€25.00",
+        ]
+        assert [(r.rate, r.net, r.tax) for r in view.tax_summary] == [
+            ("7%", "€20.00", "€1.40"),
+            ("19%", "€50.21", "€9.54"),
+        ]
+        assert {r.label: r.value for r in view.totals}["Total"] == "€81.15"
+
+    for syntax in ("cii", "ubl"):
+        response = admin.get(f"/v1/invoices/{invoice['id']}/einvoice?syntax={syntax}")
+        assert response.status_code == 200
+        assert_valid(response.data, syntax)
+    ubl = etree.fromstring(admin.get(f"/v1/invoices/{invoice['id']}/einvoice?syntax=ubl").data)
+    ns = {"cbc": "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"}
+    assert ubl.xpath("string(//cbc:TaxExclusiveAmount)", namespaces=ns) == "70.21"
+    assert ubl.xpath("string(//cbc:TaxInclusiveAmount)", namespaces=ns) == "81.15"
+    assert ubl.xpath("string(//cbc:PayableAmount)", namespaces=ns) == "81.15"
+    run_jobs()
+    assert admin.get(f"/v1/invoices/{invoice['id']}/pdf").status_code == 200
+
+    # A credit note takes back a whole inclusive line: its net and its tax.
+    [licence_a] = [ln for ln in invoice["lines"]["data"] if ln["description"] == "Licence A"]
+    credit = {"invoice_line": licence_a["id"], "quantity": 1}
+    note = admin.post("/v1/credit_notes", json={"invoice": invoice["id"], "lines": [credit]})
+    assert note.status_code == 200, note.get_json()
+    credited = note.get_json()
+    assert (credited["subtotal"], credited["tax"], credited["total"]) == (840, 160, 1000)
+    after = admin.get(f"/v1/invoices/{invoice['id']}").get_json()
+    assert after["amount_due"] == 8115 - 1000
+    for syntax in ("cii", "ubl"):
+        response = admin.get(f"/v1/credit_notes/{credited['id']}/einvoice?syntax={syntax}")
+        assert response.status_code == 200, response.get_json()
+        assert_valid(response.data, syntax)
+
+
+def test_a_discount_on_tax_inclusive_lines_is_refused_and_nothing_is_made(
+    admin, make_customer
+) -> None:
+    rate = _inclusive_rate(admin, 19)
+    customer = make_customer(**GERMAN_BUSINESS)
+    coupon = admin.post(
+        "/v1/coupons", json={"percent_off": 10, "duration": "once", "name": "Launch"}
+    )
+    assert coupon.status_code == 200, coupon.get_json()
+    refused = admin.post(
+        "/v1/invoices",
+        json={
+            "customer": customer["id"],
+            "lines": [{"description": "Licence", "unit_amount": 1190, "tax_rate_id": rate["id"]}],
+            "discounts": [{"coupon": coupon.get_json()["id"]}],
+        },
+    )
+    assert refused.status_code == 422, refused.get_json()
+    assert refused.get_json()["error"]["code"] == "discount_on_tax_inclusive_lines"
+    assert admin.get(f"/v1/invoices?customer={customer['id']}").get_json()["data"] == []

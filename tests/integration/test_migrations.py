@@ -1,9 +1,11 @@
 from datetime import date
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 import billing.models  # noqa: F401  (registers the tables)
 from billing.cli import alembic_config
@@ -87,5 +89,73 @@ def test_invoices_whose_charge_failed_before_dunning_existed_enter_dunning(serve
             "in_paid": None,
             "in_never_charged": None,
         }
+    finally:
+        drop_scratch_database(server_database_url, url)
+
+
+def test_lines_issued_before_tax_inclusive_lines_keep_their_amounts(server_database_url):
+    url = create_scratch_database(server_database_url, "billing_inclusive")
+    try:
+        config = alembic_config(url)
+        command.upgrade(config, "0016")
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO customers (id, name, email, currency) "
+                    "VALUES ('cus_old', 'Old Ltd', 'ap@old.example', 'eur')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO invoices (id, customer_id, status, number, currency, "
+                    "collection_method, subtotal, tax, total, finalized_at) "
+                    "VALUES ('in_old', 'cus_old', 'open', 'INV-2026-000001', 'eur', "
+                    "'charge_automatically', 3000, 570, 3570, now())"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO invoice_lines (id, invoice_id, description, quantity, "
+                    "unit_amount, tax_rate, amount, tax) "
+                    "VALUES ('il_old', 'in_old', 'Seats', 3, 1000, 19, 3000, 570)"
+                )
+            )
+        command.upgrade(config, "head")
+        with engine.begin() as connection:
+            old = connection.execute(
+                text(
+                    "SELECT unit_amount, amount, tax, tax_inclusive FROM invoice_lines "
+                    "WHERE id = 'il_old'"
+                )
+            ).one()
+            totals = connection.execute(
+                text("SELECT subtotal, tax, total FROM invoices WHERE id = 'in_old'")
+            ).one()
+        assert tuple(old) == (1000, 3000, 570, False)
+        assert tuple(totals) == (3000, 570, 3570)
+
+        def line(line_id, amount, tax, inclusive):
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO invoice_lines (id, invoice_id, description, quantity, "
+                        "unit_amount, tax_rate, amount, tax, tax_inclusive) "
+                        "VALUES (:id, 'in_old', 'Licence', 1, 1190, 19, :amount, :tax, "
+                        ":inclusive)"
+                    ),
+                    {"id": line_id, "amount": amount, "tax": tax, "inclusive": inclusive},
+                )
+
+        line("il_inclusive", 1000, 190, True)
+        # An inclusive line's net and tax add up to its gross; an exclusive one's amount is
+        # its gross.
+        for line_id, amount, tax, inclusive in (
+            ("il_short", 1000, 189, True),
+            ("il_net", 1000, 190, False),
+        ):
+            with pytest.raises(IntegrityError, match="amount_is_product"):
+                line(line_id, amount, tax, inclusive)
+        engine.dispose()
     finally:
         drop_scratch_database(server_database_url, url)

@@ -88,7 +88,6 @@ def test_only_an_admin_key_may_create_or_archive_a_tax_rate(
         ({"country": "DEU"}, 400, "parameter_invalid"),
         ({"percentage": 101}, 400, "parameter_invalid"),
         ({"percentage": -1}, 400, "parameter_invalid"),
-        ({"inclusive": True}, 422, "tax_rate_inclusive_unsupported"),
     ],
 )
 def test_a_bad_tax_rate_is_refused_with_a_stable_code_and_nothing_made(admin, fields, status, code):
@@ -97,6 +96,41 @@ def test_a_bad_tax_rate_is_refused_with_a_stable_code_and_nothing_made(admin, fi
     assert response.status_code == status, response.get_json()
     assert response.get_json()["error"]["code"] == code
     assert admin.get("/v1/tax_rates").get_json()["data"] == []
+
+
+def test_an_inclusive_rate_is_taken_by_the_lines_that_name_it_never_by_the_rules(
+    admin, make_customer, rates
+):
+    inclusive = rates(inclusive=True)
+    assert inclusive["inclusive"] is True
+    customer = make_customer(address=BERLIN, tax_status="individual")
+    # No exclusive rate for Germany: the rules leave the inclusive one alone.
+    ruled = _line(_invoice(admin, customer))
+    assert (ruled["tax_rate"], ruled["tax_rate_id"], ruled["tax_inclusive"]) == ("0", None, False)
+    invoice = _invoice(admin, customer, unit_amount=11_900, tax_rate_id=inclusive["id"])
+    line = _line(invoice)
+    assert (line["amount"], line["tax"], line["tax_inclusive"]) == (10_000, 1900, True)
+    assert (line["tax_rate"], line["tax_rate_id"], line["tax_reason"]) == (
+        "19",
+        inclusive["id"],
+        "manual",
+    )
+    assert (invoice["subtotal"], invoice["tax"], invoice["total"]) == (10_000, 1900, 11_900)
+    # A line added later is taxed with the others: its rate's tax is rounded once.
+    added = admin.post(
+        f"/v1/invoices/{invoice['id']}/lines",
+        json={"description": "Extra", "unit_amount": 1, "tax_rate_id": inclusive["id"]},
+    )
+    assert added.status_code == 200, added.get_json()
+    after = admin.get(f"/v1/invoices/{invoice['id']}").get_json()
+    assert (after["subtotal"], after["tax"], after["total"]) == (10_001, 1900, 11_901)
+    rows = db.session.scalars(
+        select(InvoiceLine).where(InvoiceLine.invoice_id == invoice["id"]).order_by(InvoiceLine.id)
+    ).all()
+    assert [(r.unit_amount, r.amount, r.tax, r.tax_inclusive) for r in rows] == [
+        (11_900, 10_000, 1900, True),
+        (1, 1, 0, True),
+    ]
 
 
 def test_a_domestic_line_without_a_rate_takes_the_seller_s_standard_rate(

@@ -39,13 +39,13 @@
         .then(function (now) {
           if (now.status !== data.status || now.state !== waiting) {
             window.location.reload();
-          } else if (tries < 180) {
-            window.setTimeout(ask, 1000);
+          } else if (tries < 90) {
+            window.setTimeout(ask, 2000);
           } else {
             say("Your payment is still being processed. Reload this page in a few minutes.");
           }
         })
-        .catch(function () { if (tries < 180) window.setTimeout(ask, 2000); });
+        .catch(function () { if (tries < 90) window.setTimeout(ask, 4000); });
     }
     ask();
   }
