@@ -41,8 +41,6 @@ BLOCKING_IMPACTS = ("serious", "critical")
 # Generous: every wait must hold on a machine half as fast as a developer's.
 TIMEOUT_MS = 30_000
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:

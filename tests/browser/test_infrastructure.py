@@ -6,6 +6,8 @@ import pytest
 
 from tests.browser.conftest import PHONE, axe_results, blocking, describe
 
+pytestmark = pytest.mark.e2e
+
 
 def test_the_api_docs_open_in_chromium_at_both_widths(stack, page, phone_page, screenshot):
     for each in (page, phone_page):
