@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from babel import Locale
@@ -199,6 +200,27 @@ def _w3c(moment: datetime | None) -> str | None:
     return None if moment is None else _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@lru_cache(maxsize=4096)
+def _money(minor_units: int, currency: str, locale: Locale) -> str:
+    """Babel's formatting is a pure function of these and costs far more than a lookup: a
+    document shows the same few amounts (prices, totals) many times."""
+    amount = Money(minor_units, currency)
+    # currency_digits: the currency's own exponent (JPY none, KWD three), as Money uses.
+    return format_currency(
+        amount.as_decimal(), amount.currency.upper(), locale=locale, currency_digits=True
+    )
+
+
+@lru_cache(maxsize=1024)
+def _quantity(quantity: int, locale: Locale) -> str:
+    return format_decimal(quantity, locale=locale)
+
+
+@lru_cache(maxsize=1024)
+def _percent(percent: Decimal, locale: Locale) -> str:
+    return format_percent(percent / 100, locale=locale, decimal_quantization=False)
+
+
 class Formatter:
     """Money, numbers, percentages and dates in one locale."""
 
@@ -207,17 +229,13 @@ class Formatter:
         self.currency = currency
 
     def money(self, minor_units: int) -> str:
-        amount = Money(int(minor_units), self.currency)
-        # currency_digits: the currency's own exponent (JPY none, KWD three), as Money uses.
-        return format_currency(
-            amount.as_decimal(), amount.currency.upper(), locale=self.locale, currency_digits=True
-        )
+        return _money(int(minor_units), self.currency, self.locale)
 
     def quantity(self, quantity: int) -> str:
-        return format_decimal(quantity, locale=self.locale)
+        return _quantity(quantity, self.locale)
 
     def rate(self, percent: Decimal) -> str:
-        return format_percent(percent / 100, locale=self.locale, decimal_quantization=False)
+        return _percent(percent, self.locale)
 
     def date(self, value: date | datetime | None) -> str | None:
         if value is None:

@@ -28,7 +28,14 @@ from billing.charging import rules as charge_rules
 from billing.charging.declines import is_hard_decline
 from billing.charging.rules import ChargeStatus
 from billing.domain.ledger import LedgerState
-from billing.dunning.rules import AUTOMATIC, DunningStep, StepAction, StepStatus, schedule
+from billing.dunning.rules import (
+    AUTOMATIC,
+    DunningFacts,
+    DunningStep,
+    StepAction,
+    StepStatus,
+    schedule,
+)
 from billing.dunning.schedule import (
     facts_from_row,
     facts_query,
@@ -328,4 +335,24 @@ def preview(invoice_id: str, *, customer_scope: str | None = None) -> list[Dunni
     if invoice is None or customer_scope not in (None, invoice.customer_id):
         raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
     facts = load_facts(session, [invoice_id])[invoice_id]
+    return schedule(facts, policy(), clock.today())
+
+
+def plan_of(invoice: Invoice, attempts: Sequence[ChargeAttempt]) -> list[DunningStep]:
+    """`preview` of an invoice already loaded with its customer and its attempts (newest
+    first), as the hosted page has them: the same facts and schedule, with one statement
+    (its recorded steps) instead of two."""
+    last_failed = next((a for a in attempts if a.status == ChargeStatus.FAILED), None)
+    facts = DunningFacts(
+        collection_method=invoice.collection_method,
+        status=invoice.status,
+        due_date=invoice.due_date,
+        started_on=invoice.dunning_started_on,
+        last_decline_code=last_failed.decline_code if last_failed else None,
+        declined_method_still_on_file=last_failed is not None
+        and last_failed.decline_code is not None
+        and last_failed.payment_method == invoice.customer.default_payment_method,
+        attempt_in_flight=any(a.status in charge_rules.IN_FLIGHT for a in attempts),
+        recorded=recorded_steps(db.session(), [invoice.id]).get(invoice.id, {}),
+    )
     return schedule(facts, policy(), clock.today())

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from billing.charging import rules as charge_rules
 from billing.documents import documents
@@ -47,7 +47,13 @@ def open_link(token: str) -> Invoice:
         claim = links.verify(token, urls.link_keys())
     except links.BadLink as exc:
         raise LinkNotValid("this link is not valid") from exc
-    invoice = db.session.scalar(select(Invoice).where(Invoice.number == claim.invoice_number))
+    # With what the page shows of it, in two statements: the invoice with its customer,
+    # and its lines.
+    invoice = db.session.scalar(
+        select(Invoice)
+        .where(Invoice.number == claim.invoice_number)
+        .options(joinedload(Invoice.customer), selectinload(Invoice.lines))
+    )
     if invoice is None:
         raise LinkNotValid("this link is not valid")
     days = context.settings().hosted_link_days
@@ -161,22 +167,27 @@ def pay_state(invoice: Invoice, attempts: list[ChargeAttempt]) -> PayState:
 
 
 def page_of(invoice: Invoice) -> HostedPage:
+    """The page of an invoice as `open_link` loads it. Discounts are read only when the
+    invoice has a discount, refunds only when something was paid."""
     session = db.session()
-    invoice = session.scalars(
-        select(Invoice)
-        .where(Invoice.id == invoice.id)
-        .options(selectinload(Invoice.lines), selectinload(Invoice.customer))
-    ).one()
-    discounts = list(
-        session.scalars(select(InvoiceDiscount).where(InvoiceDiscount.invoice_id == invoice.id))
+    discounts = (
+        list(
+            session.scalars(select(InvoiceDiscount).where(InvoiceDiscount.invoice_id == invoice.id))
+        )
+        if invoice.discount
+        else []
     )
     locale = invoice.customer.locale or "en_US"
     formatter = Formatter(locale, invoice.currency)
     view = invoice_view(invoice, documents.seller(), locale, discounts=discounts)
     attempts = attempts_of(invoice.id)
-    refunds = session.scalars(
-        select(Refund).where(Refund.invoice_id == invoice.id).order_by(Refund.created_at.desc())
-    ).all()
+    refunds = (
+        session.scalars(
+            select(Refund).where(Refund.invoice_id == invoice.id).order_by(Refund.created_at.desc())
+        ).all()
+        if invoice.amount_paid
+        else []
+    )
     rows = [
         PaymentRow(
             on=formatter.date(a.created_at) or "",
@@ -201,7 +212,7 @@ def page_of(invoice: Invoice) -> HostedPage:
     ):
         plan = [
             PlannedStep(formatter.date(step.on) or "", _PLANNED[step.action])
-            for step in dunning.preview(invoice.id)
+            for step in dunning.plan_of(invoice, attempts)
             if step.status == StepStatus.PLANNED
         ]
     return HostedPage(

@@ -11,8 +11,9 @@ import pytest
 from babel.dates import format_date
 from sqlalchemy import func, select, update
 
+from billing.dunning import dunning
 from billing.extensions import db
-from billing.models import ChargeAttempt, DunningStepRecord, EmailDelivery, LedgerEntry
+from billing.models import ChargeAttempt, DunningStepRecord, EmailDelivery, Invoice, LedgerEntry
 from billing.platform import clock
 from tests.conftest import CARD_DECLINED_AFTER_ATTACH, CARD_OK, intents_for_invoice
 
@@ -139,6 +140,7 @@ def test_a_sent_invoice_is_reminded_before_on_and_after_its_due_date(
         nightly()
         for received in mailbox.messages[before:]:
             sent.append((str(received.message["Subject"]), clock.today()))
+        assert _plan_from_loaded(invoice["id"]) == dunning.preview(invoice["id"])
     assert [(day - due).days for subject, day in sent if "Invoice" in subject] == [-3, 0, 3, 7]
     assert [(day - due).days for subject, day in sent if "Final notice" in subject] == [8]
     assert len(_subjects(mailbox, "is due on")) == 1
@@ -171,10 +173,21 @@ def test_a_hard_decline_waits_for_a_new_card_which_is_charged_at_once(
     assert preview["steps"][0]["status"] == "skipped"
     assert "hard decline" in preview["steps"][0]["reason"]
 
+    # The hosted page's plan, from the attempts it loaded, is the nightly run's own.
+    assert _plan_from_loaded(invoice["id"]) == dunning.preview(invoice["id"])
+
     _new_card(admin, stripe_client, customer["id"])
     run_jobs()
     assert admin.get(f"/v1/invoices/{invoice['id']}").get_json()["status"] == "paid"
     assert len(intents_for_invoice(stripe_client, invoice["id"])) == 2
+
+
+def _plan_from_loaded(invoice_id: str) -> list[Any]:
+    db.session.expire_all()
+    invoice = db.session.get(Invoice, invoice_id)
+    assert invoice is not None
+    attempts = sorted(invoice.charge_attempts, key=lambda a: (a.created_at, a.id), reverse=True)
+    return dunning.plan_of(invoice, attempts)
 
 
 def test_two_runs_at_once_and_again_take_every_step_once(
