@@ -152,7 +152,7 @@ def _refused(token: str, error: ServiceError) -> Response:
 
 
 def _status_of(invoice: Invoice) -> dict[str, Any]:
-    page_state = pages.pay_state(invoice, pages.attempts_of(invoice.id))
+    page_state = pages.pay_state(invoice, pages.attempts_of(invoice))
     return {
         "status": invoice.status,
         "state": page_state.state,

@@ -51,6 +51,10 @@ def _limit_key() -> str:
     return f"address:{get_remote_address() or 'unknown'}"
 
 
+def _a_hosted_page() -> bool:
+    return request.blueprint == "hosted"
+
+
 def _unlimited() -> bool:
     return request.path in UNLIMITED_PATHS or request.path.startswith(UNLIMITED_PREFIXES)
 
@@ -81,7 +85,9 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     limiter = Limiter(
         key_func=_limit_key,
         application_limits=[
-            ApplicationLimit(per_key_limit, scope="api"),
+            # The hosted invoice pages count their requests per link and per address
+            # themselves (billing/api/hosted.py), with budgets of their own.
+            ApplicationLimit(per_key_limit, scope="api", exempt_when=_a_hosted_page),
             ApplicationLimit(
                 settings.card_attach_rate_limit,
                 scope="card-attach",

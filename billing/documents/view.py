@@ -221,6 +221,11 @@ def _percent(percent: Decimal, locale: Locale) -> str:
     return format_percent(percent / 100, locale=locale, decimal_quantization=False)
 
 
+@lru_cache(maxsize=1024)
+def _day_text(day: date, locale: Locale) -> str:
+    return format_date(day, format="medium", locale=locale)
+
+
 class Formatter:
     """Money, numbers, percentages and dates in one locale."""
 
@@ -241,7 +246,7 @@ class Formatter:
         if value is None:
             return None
         day = _utc(value).date() if isinstance(value, datetime) else value
-        return format_date(day, format="medium", locale=self.locale)
+        return _day_text(day, self.locale)
 
 
 def _text(value: Any) -> str | None:

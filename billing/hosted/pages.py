@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.orm import joinedload
 
 from billing.charging import rules as charge_rules
 from billing.documents import documents
@@ -47,12 +47,20 @@ def open_link(token: str) -> Invoice:
         claim = links.verify(token, urls.link_keys())
     except links.BadLink as exc:
         raise LinkNotValid("this link is not valid") from exc
-    # With what the page shows of it, in two statements: the invoice with its customer,
-    # and its lines.
-    invoice = db.session.scalar(
-        select(Invoice)
-        .where(Invoice.number == claim.invoice_number)
-        .options(joinedload(Invoice.customer), selectinload(Invoice.lines))
+    # With what the page shows of it, in one statement: the invoice, its customer, its
+    # lines and its payment attempts.
+    invoice = (
+        db.session.scalars(
+            select(Invoice)
+            .where(Invoice.number == claim.invoice_number)
+            .options(
+                joinedload(Invoice.customer),
+                joinedload(Invoice.lines),
+                joinedload(Invoice.charge_attempts),
+            )
+        )
+        .unique()
+        .one_or_none()
     )
     if invoice is None:
         raise LinkNotValid("this link is not valid")
@@ -130,14 +138,9 @@ _PLANNED = {
 }
 
 
-def attempts_of(invoice_id: str) -> list[ChargeAttempt]:
-    return list(
-        db.session.scalars(
-            select(ChargeAttempt)
-            .where(ChargeAttempt.invoice_id == invoice_id)
-            .order_by(ChargeAttempt.created_at.desc(), ChargeAttempt.id.desc())
-        )
-    )
+def attempts_of(invoice: Invoice) -> list[ChargeAttempt]:
+    """Its payment attempts, newest first."""
+    return sorted(invoice.charge_attempts, key=lambda a: (a.created_at, a.id), reverse=True)
 
 
 def pay_state(invoice: Invoice, attempts: list[ChargeAttempt]) -> PayState:
@@ -180,7 +183,7 @@ def page_of(invoice: Invoice) -> HostedPage:
     locale = invoice.customer.locale or "en_US"
     formatter = Formatter(locale, invoice.currency)
     view = invoice_view(invoice, documents.seller(), locale, discounts=discounts)
-    attempts = attempts_of(invoice.id)
+    attempts = attempts_of(invoice)
     refunds = (
         session.scalars(
             select(Refund).where(Refund.invoice_id == invoice.id).order_by(Refund.created_at.desc())
