@@ -235,7 +235,13 @@ def einvoice(token: str) -> Response:
     try:
         xml = einvoices.invoice_einvoice(invoice.id, syntax, customer_scope=None)
     except ServiceError as exc:
-        return _page_shell("unavailable.html", exc.status, token=token, reason=str(exc))
+        return _page_shell(
+            "unavailable.html",
+            exc.status,
+            token=token,
+            heading="This invoice has no e-invoice",
+            reason=f"It cannot be made: {exc}. The PDF has everything the invoice says.",
+        )
     return xml_response(xml.content, xml.filename)
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from billing.charging import rules as charge_rules
+from billing.charging.declines import explain_decline
 from billing.documents import documents
 from billing.documents.view import Formatter, InvoiceView, invoice_view
 from billing.dunning import dunning
@@ -149,20 +150,28 @@ def pay_state(invoice: Invoice, attempts: list[ChargeAttempt]) -> PayState:
     in_progress = any(a.status in charge_rules.IN_FLIGHT for a in attempts)
     secret = None
     message = None
+    saved_card = bool(invoice.customer.default_payment_method)
     if latest is not None and payable:
         if latest.status == "requires_action" and latest.client_secret:
             secret = latest.client_secret
             message = "Your bank asks you to confirm this payment."
         elif latest.status == "failed":
-            reason = latest.failure_message or "no reason given"
-            message = f"The last payment was declined: {reason}"
+            explanation = explain_decline(latest.decline_code)
+            message = f"The last payment was declined. {explanation.reason}"
+            if (
+                explanation.hard
+                and latest.payment_method == invoice.customer.default_payment_method
+            ):
+                # That card will be declined again: only a new one is offered.
+                saved_card = False
+                message += " Please pay with another card."
         elif in_progress:
             message = "Your payment is being processed."
     if invoice.status == invoice_rules.InvoiceStatus.PAID:
         message = "This invoice is paid. Thank you."
     return PayState(
         payable=payable,
-        saved_card=bool(invoice.customer.default_payment_method),
+        saved_card=saved_card,
         in_progress=in_progress and secret is None,
         client_secret=secret,
         message=message,

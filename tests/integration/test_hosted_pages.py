@@ -388,3 +388,32 @@ def test_following_a_payment_and_loading_the_page_s_assets_use_up_no_link_s_budg
         assert client.get(f"{path_of(invoice)}/status").status_code == 200
         assert client.get("/pay/assets/hosted.css").status_code == 200
     assert [client.get(path_of(invoice)).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_after_a_hard_decline_only_a_new_card_is_offered(
+    client, paying_customer, open_invoice, run_jobs
+):
+    invoice = open_invoice(paying_customer(card=CARD_DECLINED_AFTER_ATTACH))
+    run_jobs()
+    soft = client.get(path_of(invoice)).get_data(as_text=True)
+    assert "The last payment was declined. The card was declined by the bank." in soft
+    assert "Pay with saved card" in soft  # a soft decline may pass another time
+    db.session.execute(
+        update(ChargeAttempt)
+        .where(ChargeAttempt.invoice_id == invoice["id"])
+        .values(decline_code="expired_card")
+    )
+    db.session.commit()
+    hard = client.get(path_of(invoice)).get_data(as_text=True)
+    assert "The card has expired. Please pay with another card." in hard
+    assert "Pay with saved card" not in hard and "Pay with this card" in hard
+
+
+def test_an_invoice_that_cannot_yield_an_e_invoice_says_so_on_its_link(
+    client, make_customer, open_invoice
+):
+    invoice = open_invoice(make_customer())
+    answer = client.get(f"{path_of(invoice)}/einvoice?syntax=ubl")
+    assert answer.status_code == 422
+    body = answer.get_data(as_text=True)
+    assert "This invoice has no e-invoice" in body and "The PDF has everything" in body
