@@ -224,7 +224,10 @@ def page_of(invoice: Invoice) -> HostedPage:
     ):
         plan = [
             PlannedStep(formatter.date(step.on) or "", _PLANNED[step.action])
-            for step in dunning.plan_of(invoice, attempts)
+            for step in sorted(
+                dunning.plan_of(invoice, attempts),
+                key=lambda step: (step.on, list(_PLANNED).index(step.action)),
+            )
             if step.status == StepStatus.PLANNED
         ]
     return HostedPage(
