@@ -129,10 +129,11 @@ def _wants_json() -> bool:
     return request.accept_mimetypes.best == "application/json" or request.is_json
 
 
-def _answer(token: str, message: str, status: int = 200) -> Response:
-    """A POST's answer: JSON for the page's script, else back to the page (303)."""
+def _answer(token: str, invoice: Invoice, message: str, status: int = 200) -> Response:
+    """A POST's answer: JSON for the page's script, else back to the page (303). The
+    invoice is read again as the change left it (its commit expired what was loaded)."""
     if _wants_json():
-        response = jsonify({"message": message, **_status_of(pages.open_link(token))})
+        response = jsonify({"message": message, **_status_of(invoice)})
         response.status_code = status
         return response
     back = make_response("", 303)
@@ -140,12 +141,11 @@ def _answer(token: str, message: str, status: int = 200) -> Response:
     return back
 
 
-def _refused(token: str, error: ServiceError) -> Response:
+def _refused(token: str, invoice: Invoice, error: ServiceError) -> Response:
     if _wants_json():
         response = jsonify({"error": {"code": error.code, "message": str(error)}})
         response.status_code = error.status
         return response
-    invoice = pages.open_link(token)
     return _page_shell(
         "page.html", error.status, page=pages.page_of(invoice), token=token, error=str(error)
     )
@@ -179,9 +179,9 @@ def pay(token: str) -> Response:
     try:
         charge = payments.pay_with_saved_card(invoice)
     except (InvoiceNotPayable, TooManyPaymentAttempts) as exc:
-        return _refused(token, exc)
+        return _refused(token, invoice, exc)
     log.info("hosted.pay", invoice_id=invoice.id, started=charge.created)
-    return _answer(token, "Your payment is being processed.", 202)
+    return _answer(token, invoice, "Your payment is being processed.", 202)
 
 
 @bp.post("/<token>/card-setup")
@@ -190,7 +190,7 @@ def card_setup(token: str) -> Response:
     try:
         setup = payments.start_card_setup(invoice)
     except ServiceError as exc:
-        return _refused(token, exc)
+        return _refused(token, invoice, exc)
     return jsonify({"client_secret": setup.client_secret})
 
 
@@ -202,15 +202,17 @@ def save_card(token: str) -> Response:
     pay_now = str(body.get("pay", "")).lower() in ("1", "true", "yes")
     if not setup_intent.startswith("seti_"):
         return _refused(
-            token, payments.CardNotSaved("the card was not confirmed", param="setup_intent")
+            token,
+            invoice,
+            payments.CardNotSaved("the card was not confirmed", param="setup_intent"),
         )
     try:
         saved = payments.save_card(invoice, setup_intent, pay=pay_now)
     except ServiceError as exc:
-        return _refused(token, exc)
+        return _refused(token, invoice, exc)
     paying = saved.charge is not None or bool(saved.retries_started)
     message = "Your card is saved." + (" Your payment is being processed." if paying else "")
-    return _answer(token, message, 202 if paying else 200)
+    return _answer(token, invoice, message, 202 if paying else 200)
 
 
 @bp.get("/<token>/pdf")

@@ -117,15 +117,6 @@ def _in_flight(session: Session, invoice_id: str) -> ChargeAttempt | None:
     ).first()
 
 
-def latest_attempt(invoice_id: str) -> ChargeAttempt | None:
-    return db.session.scalars(
-        select(ChargeAttempt)
-        .where(ChargeAttempt.invoice_id == invoice_id)
-        .order_by(ChargeAttempt.created_at.desc(), ChargeAttempt.id.desc())
-        .limit(1)
-    ).first()
-
-
 def _latest_job_for(session: Session, attempt_id: str) -> str | None:
     return session.scalar(
         select(OutboxJob.id)

@@ -5,7 +5,6 @@ the dunning plan and the documents)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload
@@ -37,11 +36,6 @@ class LinkNotValid(NotFound):
         self.invoice_id = invoice_id
 
 
-def closed_at(invoice: Invoice) -> datetime | None:
-    """When the invoice stopped asking for money: paid, voided or written off."""
-    return invoice.paid_at or invoice.voided_at or invoice.marked_uncollectible_at
-
-
 def open_link(token: str) -> Invoice:
     """The invoice a link names, while the link holds; LinkNotValid otherwise."""
     try:
@@ -66,7 +60,7 @@ def open_link(token: str) -> Invoice:
     if invoice is None:
         raise LinkNotValid("this link is not valid")
     days = context.settings().hosted_link_days
-    if links.expired(claim, closed_at(invoice), clock.now(), days):
+    if links.expired(claim, urls.closed_at(invoice), clock.now(), days):
         raise LinkNotValid("this link has expired", invoice_id=invoice.id)
     return invoice
 

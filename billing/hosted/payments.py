@@ -15,6 +15,7 @@ from billing.dunning import dunning
 from billing.events import events
 from billing.events.rules import EventType
 from billing.extensions import db
+from billing.hosted import pages
 from billing.models import Customer, Invoice
 from billing.notifications.emails import recipients_of
 from billing.operations import operations
@@ -112,8 +113,8 @@ def save_card(invoice: Invoice, setup_intent_id: str, *, pay: bool) -> SavedCard
     # A customer who replaces the card on the page of an invoice whose last charge was
     # declined means that card for it: it is retried now, not on dunning's next day.
     if not pay:
-        latest = charges.latest_attempt(invoice.id)
-        pay = latest is not None and latest.status == "failed"
+        attempts = pages.attempts_of(invoice)
+        pay = bool(attempts) and attempts[0].status == "failed"
     if pay and not started:
         db.session.refresh(invoice)
         charge = pay_with_saved_card(invoice)

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
+from typing import Protocol
 
 from billing.hosted import links
 from billing.platform import clock, context
+
+
+class Closable(Protocol):
+    @property
+    def paid_at(self) -> datetime | None: ...
+    @property
+    def voided_at(self) -> datetime | None: ...
+    @property
+    def marked_uncollectible_at(self) -> datetime | None: ...
+
+
+def closed_at(invoice: Closable) -> datetime | None:
+    """When the invoice stopped asking for money (paid, voided or written off): from then
+    on its link lasts HOSTED_LINK_DAYS."""
+    return invoice.paid_at or invoice.voided_at or invoice.marked_uncollectible_at
 
 
 @lru_cache(maxsize=4)

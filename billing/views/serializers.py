@@ -220,10 +220,7 @@ def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, An
         "voided_at": _ts(invoice.voided_at),
         "marked_uncollectible_at": _ts(invoice.marked_uncollectible_at),
         "tax_evidence": invoice.tax_evidence,
-        "hosted_invoice_url": urls.hosted_url(
-            invoice.number,
-            invoice.paid_at or invoice.voided_at or invoice.marked_uncollectible_at,
-        ),
+        "hosted_invoice_url": urls.hosted_url(invoice.number, urls.closed_at(invoice)),
     }
 
 
