@@ -31,6 +31,7 @@ from tests.e2e.conftest import (  # noqa: F401 (fixtures, shared with the e2e te
     http,
     start_stack,
 )
+from tests.support.sellers import COMPLETE_SELLER_ENV
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = STATE / "browser" / "screenshots"
@@ -175,16 +176,7 @@ def stack(
     smtp_server.handler.clear()
     extra_env = {
         # A seller complete enough for a valid e-invoice, as the page offers one.
-        "SELLER_NAME": "Example Billing GmbH",
-        "SELLER_TAX_ID": "DE987654321",
-        "SELLER_EMAIL": "billing@example.com",
-        "SELLER_STREET": "Friedrichstraße 1",
-        "SELLER_CITY": "Berlin",
-        "SELLER_POSTAL_CODE": "10117",
-        "SELLER_COUNTRY": "DE",
-        "SELLER_PHONE": "+49 30 1234567",
-        "SELLER_IBAN": "DE89370400440532013000",
-        "SELLER_BIC": "COBADEFFXXX",
+        **COMPLETE_SELLER_ENV,
         "STRIPE_PUBLISHABLE_KEY": "pk_test_local",
         "STRIPE_JS_URL": f"{localstripe.url}/js.stripe.com/v3/",
         "HOSTED_LINK_KEYS": f"k1:{secrets.token_urlsafe(32)}",

@@ -19,20 +19,9 @@ from billing.documents.view import invoice_view
 from billing.models import CreditNote, CreditNoteLine, Invoice
 from billing.platform.unit_of_work import transaction
 from tests.support.einvoice_validation import assert_valid
+from tests.support.sellers import COMPLETE_SELLER_ENV
 
-SELLER = {
-    "EINVOICE_REQUIRED": "eu_business",
-    "SELLER_NAME": "Example Billing GmbH",
-    "SELLER_TAX_ID": "DE987654321",
-    "SELLER_EMAIL": "billing@example.com",
-    "SELLER_STREET": "Friedrichstraße 1",
-    "SELLER_CITY": "Berlin",
-    "SELLER_POSTAL_CODE": "10117",
-    "SELLER_COUNTRY": "DE",
-    "SELLER_PHONE": "+49 30 1234567",
-    "SELLER_IBAN": "DE89370400440532013000",
-    "SELLER_BIC": "COBADEFFXXX",
-}
+SELLER = {"EINVOICE_REQUIRED": "eu_business", **COMPLETE_SELLER_ENV}
 GERMAN_BUSINESS = {
     "name": "Northwind Traders GmbH",
     "tax_id": "DE123456789",
