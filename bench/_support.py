@@ -115,3 +115,21 @@ def process_tree_cpu_seconds(pid: int | None) -> float:
         return total
     except psutil.NoSuchProcess:
         return 0.0
+
+
+def matching_processes_cpu_seconds(*needles: str) -> float:
+    """CPU time used so far by the live processes whose command line holds every needle:
+    PostgreSQL names each backend after its database (`postgres: ... dbname host state`),
+    so one database's backends can be told from another's on a shared server."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            command = " ".join(proc.info["cmdline"] or ())
+            if all(needle in command for needle in needles):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total

@@ -44,7 +44,12 @@ import stripe
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._support import connect, process_tree_cpu_seconds, scratch_database  # noqa: E402
+from bench._support import (  # noqa: E402
+    connect,
+    matching_processes_cpu_seconds,
+    process_tree_cpu_seconds,
+    scratch_database,
+)
 from devstack.commands import (  # noqa: E402
     DEFAULT_POOLS,
     WORKER_FLAGS,
@@ -65,18 +70,24 @@ CARD = "4242424242424242"
 
 
 def _cpu_seconds(
-    processes: list[subprocess.Popen[bytes]], emulator: LocalStripe
+    processes: list[subprocess.Popen[bytes]], emulator: LocalStripe, database_url: str
 ) -> dict[str, float]:
     """CPU time used so far by the web server, the billing worker and the emulator, each
-    with its children (gunicorn's and celery's forked workers), and by the whole machine."""
+    with its children (gunicorn's and celery's forked workers), by the PostgreSQL backends
+    serving this run's database, by Redis, and by the whole machine."""
     import psutil
 
     tree = process_tree_cpu_seconds
     machine = psutil.cpu_times()
+    database = database_url.rsplit("/", 1)[1]
     return {
         "web": tree(processes[0].pid),
         "worker": tree(processes[1].pid),
         "emulator": tree(emulator.pid),
+        # Backends connect and leave with the pools: a backend gone between the two
+        # readings drops out, so this is a floor.
+        "postgres": matching_processes_cpu_seconds("postgres:", f" {database} "),
+        "redis": matching_processes_cpu_seconds("redis-server"),
         # Everything else too: PostgreSQL, Redis, this script's own HTTP client.
         "machine": machine.user + machine.system + machine.nice,
     }
@@ -333,7 +344,7 @@ def main() -> int:
         sizes = [args.invoices // rounds + (r < args.invoices % rounds) for r in range(rounds)]
         direct_seconds = service_seconds = finalize_seconds = 0.0
         guide_seconds = guide_requests_seconds = 0.0
-        zero = {"web": 0.0, "worker": 0.0, "emulator": 0.0, "machine": 0.0}
+        zero = dict.fromkeys(("web", "worker", "emulator", "postgres", "redis", "machine"), 0.0)
         cpu, guide_cpu = dict(zero), dict(zero)
         paid_so_far = guide_paid_so_far = 0
         with (
@@ -346,7 +357,7 @@ def main() -> int:
                 emulator.reset()
                 customer_id = paying_customer(api, url, client)
                 drafts = draft_invoices(api, url, customer_id, size)
-                cpu_before = _cpu_seconds(processes, emulator)
+                cpu_before = _cpu_seconds(processes, emulator, database_url)
                 started = time.perf_counter()
                 with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
                     list(pool.map(lambda i: api.post(f"{url}/v1/invoices/{i}/finalize"), drafts))
@@ -354,14 +365,14 @@ def main() -> int:
                 paid_so_far += size
                 wait_for_paid(db, paid_so_far, "service")
                 service_seconds += time.perf_counter() - started
-                for k, v in _cpu_seconds(processes, emulator).items():
+                for k, v in _cpu_seconds(processes, emulator, database_url).items():
                     cpu[k] += v - cpu_before[k]
 
             def guide_round(size: int, *, timed: bool = True) -> None:
                 nonlocal guide_seconds, guide_requests_seconds, guide_paid_so_far
                 emulator.reset()
                 customer_id = guide_customer(client, guide_app)
-                cpu_before = _cpu_seconds(guide_processes, emulator)
+                cpu_before = _cpu_seconds(guide_processes, emulator, guide_database_url)
                 started = time.perf_counter()
                 with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
                     list(
@@ -376,7 +387,7 @@ def main() -> int:
                 if timed:
                     guide_requests_seconds += requests_seconds
                     guide_seconds += time.perf_counter() - started
-                    for k, v in _cpu_seconds(guide_processes, emulator).items():
+                    for k, v in _cpu_seconds(guide_processes, emulator, guide_database_url).items():
                         guide_cpu[k] += v - cpu_before[k]
 
             # Untimed: the guide-style worker is up and its first task's imports are done

@@ -195,7 +195,10 @@ class StripeSdkGateway:
             # 429s are waited out for as long as one call may take: the caller's claim
             # on the side effect (three timeouts) outlasts the wait and the call together.
             http_client=PacedRequestsClient(
-                timeout=timeout, pacer=pacer, rate_limited_budget=timeout
+                timeout=timeout,
+                pacer=pacer,
+                rate_limited_budget=timeout,
+                api_base=api_base or stripe.DEFAULT_API_BASE,
             ),
         )
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+import requests
 import stripe
 
 from billing.platform.logging import get_logger
@@ -73,15 +74,33 @@ class PacedRequestsClient(stripe.RequestsClient):
     later without spending an attempt."""
 
     def __init__(
-        self, *, timeout: float, pacer: StripePacer | None, rate_limited_budget: float
+        self,
+        *,
+        timeout: float,
+        pacer: StripePacer | None,
+        rate_limited_budget: float,
+        api_base: str = stripe.DEFAULT_API_BASE,
     ) -> None:
-        super().__init__(timeout=timeout)
+        # The environment's proxy for Stripe (HTTPS_PROXY, NO_PROXY), read once: requests
+        # would otherwise read the whole environment again on every call.
+        proxies = requests.utils.get_environ_proxies(api_base)
+        proxy = {k: v for k, v in proxies.items() if k in ("http", "https")}
+        super().__init__(timeout=timeout, proxy=proxy or None)  # type: ignore[arg-type]
         self._pacer = pacer
         self._budget = rate_limited_budget
+
+    def _thread_session(self) -> None:
+        # The SDK's one session per thread, made here so that it leaves the environment
+        # alone (the proxy above; the CA bundle is the SDK's own on every call).
+        if getattr(self._thread_local, "session", None) is None:
+            session = requests.Session()
+            session.trust_env = False
+            self._thread_local.session = session
 
     def request(  # type: ignore[override]
         self, method: str, url: str, headers: Mapping[str, str] | None, post_data: Any = None
     ) -> tuple[bytes, int, Mapping[str, str]]:
+        self._thread_session()
         waited = 0.0
         retries = 0
         while True:

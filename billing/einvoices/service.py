@@ -137,6 +137,16 @@ def refusals_before_finalizing(
     return refused
 
 
+def check_draft_before_finalizing(session: Session, invoice_id: str) -> None:
+    """check_before_finalizing for a draft known by its id: read only when a setting may
+    require its e-invoice."""
+    if context.settings().einvoice_required == "never":
+        return
+    invoice = session.get(Invoice, invoice_id)
+    assert invoice is not None  # the caller holds its row lock
+    check_before_finalizing(session, invoice)
+
+
 def check_before_finalizing(session: Session, invoice: Invoice) -> None:
     """Raise EInvoiceFieldMissing (422, `param` the field) when the draft, finalized now
     with today's parties, could not yield a valid e-invoice and one is required."""

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     bindparam,
     case,
+    exists,
     func,
     literal_column,
     select,
@@ -24,7 +25,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by, distinct_on
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from billing.balances import balances
 from billing.charging import charges
@@ -687,16 +689,16 @@ def delete_line(invoice_id: str, line_id: str) -> Invoice:
     return invoice
 
 
-def _check_transition(invoice: Invoice, target: InvoiceStatus) -> None:
+def _check_transition(status: str, target: InvoiceStatus) -> None:
     try:
-        rules.require_transition(invoice.status, target)
+        rules.require_transition(status, target)
     except rules.InvalidStateTransition as exc:
         raise InvalidStateTransition(str(exc), param="status") from exc
 
 
 def _transition(invoice: Invoice, target: InvoiceStatus) -> None:
     """Every change of an invoice's status: what the state machine allows, or a 409."""
-    _check_transition(invoice, target)
+    _check_transition(invoice.status, target)
     invoice.status = target.value
 
 
@@ -735,28 +737,59 @@ _invoices = Invoice.__table__
 _customers = Customer.__table__
 
 
-def finalize_invoice(invoice_id: str) -> Invoice:
+# What finalize_many reads of its drafts, each with its customer's credit.
+_DRAFT_COLUMNS = (
+    _invoices.c.id,
+    _invoices.c.customer_id,
+    _invoices.c.status,
+    _invoices.c.total,
+    _invoices.c.currency,
+    _invoices.c.collection_method,
+    _invoices.c.due_date,
+    _invoices.c.days_until_due,
+    _customers.c.balance,
+)
+_DRAFTS = Prebuilt(
+    select(*_DRAFT_COLUMNS)
+    .join(_customers, _customers.c.id == _invoices.c.customer_id)
+    .where(_invoices.c.id == func.any(bindparam("b_ids", type_=ARRAY(_invoices.c.id.type))))
+    .order_by(_invoices.c.id)
+)
+# Finalizing one invoice: the same, its row locked, with whether it has a line. One
+# statement rather than the invoice and its lines loaded as models and then read again.
+_DRAFT_TO_FINALIZE = Prebuilt(
+    select(
+        *_DRAFT_COLUMNS, exists().where(InvoiceLine.invoice_id == _invoices.c.id).label("has_lines")
+    )
+    .join(_customers, _customers.c.id == _invoices.c.customer_id)
+    .where(_invoices.c.id == bindparam("b_invoice_id"))
+    .with_for_update(of=_invoices)
+)
+
+
+def finalize_invoice(invoice_id: str) -> ShownInvoice:
+    """Finalize one draft (finalize_many's way), answering it as a response shows it."""
     with transaction() as session:
-        invoice = session.get(
-            Invoice,
-            invoice_id,
-            with_for_update={"of": Invoice},
-            populate_existing=True,
-            options=[joinedload(Invoice.lines)],
-        )
-        if invoice is None:
+        session.flush()  # a caller's draft made through the models (a subscription's)
+        draft = _DRAFT_TO_FINALIZE.execute(
+            session.connection(), {"b_invoice_id": invoice_id}
+        ).one_or_none()
+        if draft is None:
             raise NotFound(f"No such invoice: '{invoice_id}'", param="id")
-        _check_transition(invoice, InvoiceStatus.OPEN)
-        if not invoice.lines:
+        _check_transition(draft.status, InvoiceStatus.OPEN)
+        if not draft.has_lines:
             raise InvalidRequest("an invoice needs at least one line to be finalized")
-        if invoice.total < 0:
+        if draft.total < 0:
             raise InvalidRequest("an invoice's total cannot be negative")
-        session.flush()
-        einvoices.check_before_finalizing(session, invoice)
-        finalize_many(session, [invoice_id], _now())
-        session.expire(invoice)
-    log.info("invoice.finalized", invoice_id=invoice_id, number=invoice.number)
-    return invoice
+        einvoices.check_draft_before_finalizing(session, invoice_id)
+        finalize_many(session, [invoice_id], _now(), drafts=[draft])
+        # The caller's model of it, if it holds one, is read again when next used.
+        held = session.identity_map.get(identity_key(Invoice, invoice_id))
+        if held is not None:
+            session.expire(held)
+        shown = shown_invoices(session, [invoice_id])[invoice_id]
+    log.info("invoice.finalized", invoice_id=invoice_id, number=shown.number)
+    return shown
 
 
 # Every invoice of a finalization in one statement, whatever their number: the values come
@@ -795,7 +828,13 @@ _FINALIZED = (
 )
 
 
-def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -> None:
+def finalize_many(
+    session: Session,
+    invoice_ids: Sequence[str],
+    now: datetime,
+    *,
+    drafts: Sequence[Any] | None = None,
+) -> None:
     """The one way invoices leave draft, for one invoice (finalize_invoice) or a billing
     run's chunk alike, in the caller's transaction; the invoices are drafts with their lines
     and totals, row-locked or just inserted by the caller. Each gets its due date (when the
@@ -803,26 +842,12 @@ def finalize_many(session: Session, invoice_ids: Sequence[str], now: datetime) -
     to pay), its PDF job (which sends the "invoice issued" email), its parties and its
     number; a zero invoice is paid at once, as Stripe does. A table at a time, the invoices
     themselves in one update, so that a chunk of a thousand takes as many statements as one
-    invoice."""
+    invoice. `drafts`: the invoices' rows as the caller read them already (_DRAFT_COLUMNS,
+    ordered by id)."""
     if not invoice_ids:
         return
-    drafts = session.execute(
-        select(
-            _invoices.c.id,
-            _invoices.c.customer_id,
-            _invoices.c.status,
-            _invoices.c.total,
-            _invoices.c.currency,
-            _invoices.c.collection_method,
-            _invoices.c.due_date,
-            _invoices.c.days_until_due,
-            _customers.c.balance,
-        )
-        .join(_customers, _customers.c.id == _invoices.c.customer_id)
-        .where(_invoices.c.id == func.any(bindparam("b_ids", type_=ARRAY(_invoices.c.id.type))))
-        .order_by(_invoices.c.id),
-        {"b_ids": list(invoice_ids)},
-    ).all()
+    if drafts is None:
+        drafts = _DRAFTS.execute(session.connection(), {"b_ids": list(invoice_ids)}).all()
     default_days = context.settings().default_days_until_due
     for draft in drafts:
         rules.require_transition(draft.status, InvoiceStatus.OPEN)

@@ -86,14 +86,18 @@ def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, An
         }
         for args in args_of_each
     ]
-    session.execute(
-        insert(OutboxJob.__table__).values(
-            sent_at=func.now(), lease_expires_at=func.now() + lease()
-        ),
-        rows,
-    )
+    lease_for = lease()
+    for row in rows:
+        row["b_lease"] = lease_for
+    session.execute(_INSERT_SENT_JOBS, rows)
     after_commit(session, _relay, *((row["id"], name, request_id) for row in rows))
     return [row["id"] for row in rows]
+
+
+# Built once: the statement each recorded job goes through.
+_INSERT_SENT_JOBS = insert(OutboxJob.__table__).values(
+    sent_at=func.now(), lease_expires_at=func.now() + bindparam("b_lease", type_=Interval())
+)
 
 
 def recorded_jobs(session: Session) -> list[tuple[str, str, str | None]]:

@@ -224,11 +224,14 @@ def invoice_body(invoice: ShownInvoice, history: InvoiceHistory) -> dict[str, An
     }
 
 
-def invoice_out(invoice: Invoice, *, just_finalized: bool = False) -> schemas.InvoiceOut:
-    """The invoice after a change, its history read here. `just_finalized`: the invoice
-    was numbered by this very request, so no email and no document of it can exist yet:
-    two queries the hottest request can skip."""
-    shown = ShownInvoice.of(invoice)
+def invoice_out(
+    invoice: Invoice | ShownInvoice, *, just_finalized: bool = False
+) -> schemas.InvoiceOut:
+    """The invoice after a change (its model, or its rows as a change already read them),
+    its history read here. `just_finalized`: the invoice was numbered by this very request,
+    so no email and no document of it can exist yet: two queries the hottest request can
+    skip."""
+    shown = invoice if isinstance(invoice, ShownInvoice) else ShownInvoice.of(invoice)
     history = invoice_histories([shown], just_finalized=just_finalized)[invoice.id]
     body = invoice_body(shown, history)
     # A response is shaped last, from the change's own transaction: the invoice's event
