@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, insert, or_, select
+from sqlalchemy import bindparam, exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -62,6 +62,7 @@ from billing.platform.ledger import Claim, ClaimResult
 from billing.platform.logging import get_logger
 from billing.platform.metrics import AMOUNT_MISMATCHES, CHARGES, count_on_commit
 from billing.platform.outbox import JobWork, has_unfinished_job, record_jobs
+from billing.platform.prebuilt import Prebuilt
 from billing.platform.unit_of_work import transaction
 
 log = get_logger(__name__)
@@ -286,16 +287,24 @@ class _Prepared:
     known_intent: str | None
 
 
+_LOCKED = Prebuilt(
+    select(ChargeAttempt, Invoice, Customer)
+    .join(Invoice, Invoice.id == ChargeAttempt.invoice_id)
+    .join(Customer, Customer.id == Invoice.customer_id)
+    .where(ChargeAttempt.id == bindparam("b_attempt_id"))
+    .with_for_update(of=[ChargeAttempt, Invoice])
+)
+
+
 def _locked(session: Session, attempt_id: str) -> tuple[ChargeAttempt, Invoice, Customer] | None:
     """The attempt and its invoice, both row-locked, with the invoice's customer: one
-    statement, locking the attempt's row before the invoice's as separate reads did."""
+    statement, locking the attempt's row before the invoice's as separate reads did. Both
+    phases of every charge run it: prepared once per connection."""
     row = session.execute(
         select(ChargeAttempt, Invoice, Customer)
-        .join(Invoice, Invoice.id == ChargeAttempt.invoice_id)
-        .join(Customer, Customer.id == Invoice.customer_id)
-        .where(ChargeAttempt.id == attempt_id)
-        .with_for_update(of=[ChargeAttempt, Invoice])
-        .execution_options(populate_existing=True)
+        .from_statement(_LOCKED.for_orm(session.connection()))
+        .execution_options(populate_existing=True),
+        {"b_attempt_id": attempt_id},
     ).one_or_none()
     return None if row is None else (row[0], row[1], row[2])
 

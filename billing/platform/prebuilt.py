@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Dialect
+from sqlalchemy import Connection, CursorResult, Dialect, TextualSelect, bindparam, text
 from sqlalchemy.sql.expression import Executable
 
 _PARAMETER = re.compile(r"%\((\w+)\)s")
@@ -46,6 +46,7 @@ class _Compiled:
     name: str
     prepare: str
     execute: str
+    parameters: tuple[str, ...]  # in the order EXECUTE takes them
 
 
 def _sql_type(bind: Any, dialect: Dialect) -> str:
@@ -57,6 +58,7 @@ class Prebuilt:
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._compiled: _Compiled | None = None
+        self._orm_text: tuple[Dialect, TextualSelect] | None = None
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled
@@ -92,9 +94,39 @@ class Prebuilt:
             name,
             f"PREPARE {name} ({types}) AS {body}",
             f"EXECUTE {name} ({', '.join(f'%({parameter})s' for parameter in order)})",
+            tuple(order),
         )
         self._compiled = compiled
         return compiled
+
+    def _prepared(self, connection: Connection) -> _Compiled:
+        compiled = self._compile(connection.dialect)
+        prepared: set[str] = connection.connection.info.setdefault(_PREPARED, set())
+        if compiled.name not in prepared:
+            connection.exec_driver_sql(compiled.prepare)
+            prepared.add(compiled.name)
+        return compiled
+
+    def for_orm(self, connection: Connection) -> TextualSelect:
+        """The EXECUTE of this statement as a text the ORM loads models from
+        (`select(Model, ...).from_statement(...)`), its result columns matched by position
+        to the statement's own: the models come back as from the statement itself, planned
+        once per connection. Executed through the session with the statement's parameters;
+        meant for the session's own connection, which it prepares on."""
+        compiled = self._prepared(connection)
+        if self._orm_text is None or self._orm_text[0] is not compiled.dialect:
+            done = self.statement.compile(dialect=compiled.dialect)  # type: ignore[attr-defined]
+            own = done.construct_params(_check=False)
+            call = ", ".join(f":{parameter}" for parameter in compiled.parameters)
+            textual = (
+                text(f"EXECUTE {compiled.name} ({call})")
+                .bindparams(
+                    *(bindparam(p, own[p], type_=done.binds[p].type) for p in compiled.parameters)
+                )
+                .columns(*self.statement.selected_columns)  # type: ignore[attr-defined]
+            )
+            self._orm_text = (compiled.dialect, textual)
+        return self._orm_text[1]
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> CursorResult[Any]:
         compiled = self._compile(connection.dialect)
@@ -106,8 +138,5 @@ class Prebuilt:
             values[name] = (
                 processor(value) if processor is not None and value is not None else value
             )
-        prepared: set[str] = connection.connection.info.setdefault(_PREPARED, set())
-        if compiled.name not in prepared:
-            connection.exec_driver_sql(compiled.prepare)
-            prepared.add(compiled.name)
+        self._prepared(connection)
         return connection.exec_driver_sql(compiled.execute, values)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Interval, bindparam, func, literal, select
+from sqlalchemy import Interval, bindparam, func, inspect, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from billing.extensions import db
@@ -47,3 +47,47 @@ def test_a_list_parameter_cannot_be_prebuilt(app):
     statement = Prebuilt(select(_jobs.c.id).where(_jobs.c.state.in_(("pending", "sent"))))
     with db.engine.connect() as connection, pytest.raises(ValueError, match="cannot send"):
         statement.execute(connection, {})
+
+
+def test_models_load_from_a_prebuilt_statement_as_from_the_statement_itself(app, make_customer):
+    from billing.models import Customer
+
+    make_customer(name="First GmbH")
+    make_customer(name="Second GmbH")
+    # A value of the statement's own (the currency) rides along with the caller's.
+    statement = (
+        select(Customer)
+        .where(Customer.name == bindparam("b_name"), Customer.currency == "eur")
+        .with_for_update()
+    )
+    prebuilt = Prebuilt(statement)
+    session = db.session()
+    try:
+        theirs = session.execute(statement, {"b_name": "Second GmbH"}).one()
+        stale = theirs[0]
+        # Renamed behind the session's back: the model it holds is out of date.
+        session.execute(
+            update(Customer.__table__)
+            .where(Customer.__table__.c.id == stale.id)
+            .values(name="Second AG")
+        )
+        ours = session.execute(
+            select(Customer)
+            .from_statement(prebuilt.for_orm(session.connection()))
+            .execution_options(populate_existing=True),
+            {"b_name": "Second AG"},
+        ).one()
+        # The same model, read afresh, every column in its place.
+        assert ours[0] is stale
+        row = session.execute(
+            select(Customer.__table__).where(Customer.__table__.c.id == stale.id)
+        ).one()
+        attributes = inspect(Customer).column_attrs
+        assert {a.key: getattr(ours[0], a.key) for a in attributes} == {
+            a.key: row._mapping[a.columns[0]] for a in attributes
+        }
+        assert ours[0].name == "Second AG"
+        # Prepared once on this connection, and used again as it is.
+        assert prebuilt.for_orm(session.connection()) is prebuilt.for_orm(session.connection())
+    finally:
+        session.rollback()
