@@ -35,7 +35,7 @@ from billing.platform.ids import new_id
 from billing.platform.jobs import queue_for
 from billing.platform.logging import get_logger
 from billing.platform.prebuilt import Prebuilt
-from billing.platform.unit_of_work import after_commit, registered, transaction
+from billing.platform.unit_of_work import after_commit, before_commit, registered, transaction
 
 log = get_logger(__name__)
 
@@ -64,8 +64,13 @@ def record_job(session: Session, name: str, **args: Any) -> str:
 
 
 def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, Any]]) -> list[str]:
-    """Record follow-up jobs of one name in the caller's transaction, one multi-row insert
-    however many; they are published after commit. Returns their ids.
+    """Record follow-up jobs of one name in the caller's transaction; they are published
+    after commit. Returns their ids.
+
+    Every job a transaction records, whatever its name, is inserted just before it commits,
+    in one multi-row insert: a payment's receipt and its new PDF take one statement, not
+    two. Until then no statement of the transaction sees them (none looks for a job it
+    has just recorded).
 
     Each is recorded as already `sent`, with a full lease: publishing right after commit
     almost always works, and writing "sent" afterwards would cost every request another
@@ -86,10 +91,7 @@ def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, An
         }
         for args in args_of_each
     ]
-    lease_for = lease()
-    for row in rows:
-        row["b_lease"] = lease_for
-    session.execute(_INSERT_SENT_JOBS, rows)
+    before_commit(session, _insert_recorded, *rows)
     after_commit(session, _relay, *((row["id"], name, request_id) for row in rows))
     return [row["id"] for row in rows]
 
@@ -98,6 +100,11 @@ def record_jobs(session: Session, name: str, args_of_each: Sequence[dict[str, An
 _INSERT_SENT_JOBS = insert(OutboxJob.__table__).values(
     sent_at=func.now(), lease_expires_at=func.now() + bindparam("b_lease", type_=Interval())
 )
+
+
+def _insert_recorded(session: Session, rows: list[dict[str, Any]]) -> None:
+    lease_for = lease()
+    session.execute(_INSERT_SENT_JOBS, [{**row, "b_lease": lease_for} for row in rows])
 
 
 def recorded_jobs(session: Session) -> list[tuple[str, str, str | None]]:
