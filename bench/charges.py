@@ -354,6 +354,9 @@ def main() -> int:
 
             def service_round(size: int) -> None:
                 nonlocal service_seconds, finalize_seconds, paid_so_far
+                # Fresh connections each round: one left idle since the last round may be
+                # closed by the server (its keep-alive ran out) just as it is reused.
+                api.close()
                 emulator.reset()
                 customer_id = paying_customer(api, url, client)
                 drafts = draft_invoices(api, url, customer_id, size)
@@ -370,6 +373,7 @@ def main() -> int:
 
             def guide_round(size: int, *, timed: bool = True) -> None:
                 nonlocal guide_seconds, guide_requests_seconds, guide_paid_so_far
+                guide_api.close()  # as for the service's rounds
                 emulator.reset()
                 customer_id = guide_customer(client, guide_app)
                 cpu_before = _cpu_seconds(guide_processes, emulator, guide_database_url)
