@@ -121,7 +121,13 @@ class Prebuilt:
             textual = (
                 text(f"EXECUTE {compiled.name} ({call})")
                 .bindparams(
-                    *(bindparam(p, own[p], type_=done.binds[p].type) for p in compiled.parameters)
+                    *(
+                        # The caller's own (no value in the statement) must be given.
+                        bindparam(p, type_=done.binds[p].type, required=True)
+                        if own[p] is None
+                        else bindparam(p, own[p], type_=done.binds[p].type)
+                        for p in compiled.parameters
+                    )
                 )
                 .columns(*self.statement.selected_columns)  # type: ignore[attr-defined]
             )

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Interval, bindparam, func, inspect, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import StatementError
 
 from billing.extensions import db
 from billing.models import OutboxJob
@@ -87,6 +88,10 @@ def test_models_load_from_a_prebuilt_statement_as_from_the_statement_itself(app,
             a.key: row._mapping[a.columns[0]] for a in attributes
         }
         assert ours[0].name == "Second AG"
+        # A parameter the caller must give is refused when missing, never sent as NULL.
+        with pytest.raises(StatementError, match="b_name"):
+            session.execute(select(Customer).from_statement(prebuilt.for_orm(session.connection())))
+        session.rollback()
         # Prepared once on this connection, and used again as it is.
         assert prebuilt.for_orm(session.connection()) is prebuilt.for_orm(session.connection())
     finally:
