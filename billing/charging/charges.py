@@ -301,10 +301,9 @@ def _locked(session: Session, attempt_id: str) -> tuple[ChargeAttempt, Invoice, 
     statement, locking the attempt's row before the invoice's as separate reads did. Both
     phases of every charge run it: prepared once per connection."""
     row = session.execute(
-        select(ChargeAttempt, Invoice, Customer)
-        .from_statement(_LOCKED.for_orm(session.connection()))
-        .execution_options(populate_existing=True),
+        _LOCKED.for_orm(session.connection()),
         {"b_attempt_id": attempt_id},
+        execution_options={"populate_existing": True},
     ).one_or_none()
     return None if row is None else (row[0], row[1], row[2])
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Dialect, TextualSelect, bindparam, text
+from sqlalchemy import Connection, CursorResult, Dialect, bindparam, text
 from sqlalchemy.sql.expression import Executable
 
 _PARAMETER = re.compile(r"%\((\w+)\)s")
@@ -58,7 +58,7 @@ class Prebuilt:
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._compiled: _Compiled | None = None
-        self._orm_text: tuple[Dialect, TextualSelect] | None = None
+        self._orm: tuple[Dialect, Executable] | None = None
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self._compiled
@@ -107,14 +107,15 @@ class Prebuilt:
             prepared.add(compiled.name)
         return compiled
 
-    def for_orm(self, connection: Connection) -> TextualSelect:
-        """The EXECUTE of this statement as a text the ORM loads models from
-        (`select(Model, ...).from_statement(...)`), its result columns matched by position
-        to the statement's own: the models come back as from the statement itself, planned
-        once per connection. Executed through the session with the statement's parameters;
-        meant for the session's own connection, which it prepares on."""
+    def for_orm(self, connection: Connection) -> Executable:
+        """This statement (a select of models) as the ORM runs it from its EXECUTE: the
+        same models as from the statement itself, its result columns matched by position,
+        and planned once per connection. Executed through the session with the statement's
+        parameters (`session.execute(prebuilt.for_orm(session.connection()), params)`);
+        meant for the session's own connection, which it prepares on. Built once: a new
+        ORM statement per execution would cost its cache key every time."""
         compiled = self._prepared(connection)
-        if self._orm_text is None or self._orm_text[0] is not compiled.dialect:
+        if self._orm is None or self._orm[0] is not compiled.dialect:
             done = self.statement.compile(dialect=compiled.dialect)  # type: ignore[attr-defined]
             own = done.construct_params(_check=False)
             call = ", ".join(f":{parameter}" for parameter in compiled.parameters)
@@ -131,8 +132,9 @@ class Prebuilt:
                 )
                 .columns(*self.statement.selected_columns)  # type: ignore[attr-defined]
             )
-            self._orm_text = (compiled.dialect, textual)
-        return self._orm_text[1]
+            orm = self.statement.from_statement(textual)  # type: ignore[attr-defined]
+            self._orm = (compiled.dialect, orm)
+        return self._orm[1]
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> CursorResult[Any]:
         compiled = self._compile(connection.dialect)

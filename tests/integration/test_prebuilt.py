@@ -73,10 +73,9 @@ def test_models_load_from_a_prebuilt_statement_as_from_the_statement_itself(app,
             .values(name="Second AG")
         )
         ours = session.execute(
-            select(Customer)
-            .from_statement(prebuilt.for_orm(session.connection()))
-            .execution_options(populate_existing=True),
+            prebuilt.for_orm(session.connection()),
             {"b_name": "Second AG"},
+            execution_options={"populate_existing": True},
         ).one()
         # The same model, read afresh, every column in its place.
         assert ours[0] is stale
@@ -90,7 +89,7 @@ def test_models_load_from_a_prebuilt_statement_as_from_the_statement_itself(app,
         assert ours[0].name == "Second AG"
         # A parameter the caller must give is refused when missing, never sent as NULL.
         with pytest.raises(StatementError, match="b_name"):
-            session.execute(select(Customer).from_statement(prebuilt.for_orm(session.connection())))
+            session.execute(prebuilt.for_orm(session.connection()))
         session.rollback()
         # Prepared once on this connection, and used again as it is.
         assert prebuilt.for_orm(session.connection()) is prebuilt.for_orm(session.connection())
