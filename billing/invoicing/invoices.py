@@ -749,19 +749,20 @@ _DRAFT_COLUMNS = (
     _invoices.c.days_until_due,
     _customers.c.balance,
 )
+_DRAFTS_WITH_CREDIT = select(*_DRAFT_COLUMNS).join(
+    _customers, _customers.c.id == _invoices.c.customer_id
+)
 _DRAFTS = Prebuilt(
-    select(*_DRAFT_COLUMNS)
-    .join(_customers, _customers.c.id == _invoices.c.customer_id)
-    .where(_invoices.c.id == func.any(bindparam("b_ids", type_=ARRAY(_invoices.c.id.type))))
-    .order_by(_invoices.c.id)
+    _DRAFTS_WITH_CREDIT.where(
+        _invoices.c.id == func.any(bindparam("b_ids", type_=ARRAY(_invoices.c.id.type)))
+    ).order_by(_invoices.c.id)
 )
 # Finalizing one invoice: the same, its row locked, with whether it has a line. One
 # statement rather than the invoice and its lines loaded as models and then read again.
 _DRAFT_TO_FINALIZE = Prebuilt(
-    select(
-        *_DRAFT_COLUMNS, exists().where(InvoiceLine.invoice_id == _invoices.c.id).label("has_lines")
+    _DRAFTS_WITH_CREDIT.add_columns(
+        exists().where(InvoiceLine.invoice_id == _invoices.c.id).label("has_lines")
     )
-    .join(_customers, _customers.c.id == _invoices.c.customer_id)
     .where(_invoices.c.id == bindparam("b_invoice_id"))
     .with_for_update(of=_invoices)
 )

@@ -137,7 +137,7 @@ class Prebuilt:
         return self._orm[1]
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> CursorResult[Any]:
-        compiled = self._compile(connection.dialect)
+        compiled = self._prepared(connection)
         values = dict(compiled.defaults)
         for name, value in params.items():
             if name not in values:
@@ -146,5 +146,4 @@ class Prebuilt:
             values[name] = (
                 processor(value) if processor is not None and value is not None else value
             )
-        self._prepared(connection)
         return connection.exec_driver_sql(compiled.execute, values)
